@@ -1,0 +1,109 @@
+"""Moving blocks between memory, the local block cache and the object store.
+
+Everything here that touches disk or network runs in worker threads under
+capacity limits; the trio loop only awaits.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+
+import trio
+
+from fsd.cache.blockcache import BlockCache, CacheFull
+from fsd.format import keys
+from fsd.format.dataobj import decode_block, encode_block
+from fsd.format.framing import CorruptObject
+from fsd.meta.ops import FsError
+from fsd.meta.state import BlockRef
+from fsd.store.aio import AsyncStore
+from fsd.store.base import NotFound, PreconditionFailed, StoreError
+
+log = logging.getLogger("ferry.blocks")
+
+
+class BlockIO:
+    """Fetch (with de-duplication of concurrent fetches) and upload blocks."""
+
+    def __init__(self, *, volume: str, astore: AsyncStore, cache: BlockCache, compress: bool,
+                 cpu_limiter: trio.CapacityLimiter) -> None:
+        self.volume = volume
+        self.astore = astore
+        self.cache = cache
+        self.compress = compress
+        self.cpu = cpu_limiter
+        self._fetching: dict[bytes, trio.Event] = {}
+        self.known_remote: set[bytes] = set()   # hashes known to exist in the store
+        self.bytes_uploaded = 0
+        self.bytes_fetched = 0
+
+    # ------------------------------------------------------------------ read
+    async def read_range(self, ino: int, idx: int, ref: BlockRef, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a committed block, clipped to ref.length."""
+        end = min(end, ref.length)
+        if start >= end:
+            return b""
+        data = await trio.to_thread.run_sync(self.cache.get_range, ref.hash, start, end, limiter=self.cpu)
+        if data is not None:
+            return data
+        raw = await self.fetch(ino, idx, ref)
+        return raw[start:end]
+
+    async def fetch(self, ino: int, idx: int, ref: BlockRef) -> bytes:
+        """The whole committed block (clipped to ref.length), from cache or store."""
+        h = ref.hash
+        while True:
+            raw = await trio.to_thread.run_sync(self.cache.get, h, limiter=self.cpu)
+            if raw is not None:
+                return raw[: ref.length]
+            ev = self._fetching.get(h)
+            if ev is None:
+                break
+            await ev.wait()
+        ev = self._fetching[h] = trio.Event()
+        try:
+            key = keys.data_key(self.volume, h)
+            try:
+                obj = await self.astore.get(key)
+            except NotFound:
+                log.error("volume %s: inode %d block %d: data object %s is missing from the store",
+                          self.volume, ino, idx, key)
+                raise FsError(errno.EIO) from None
+            except StoreError as e:
+                log.error("volume %s: inode %d block %d: cannot fetch %s: %s", self.volume, ino, idx, key, e)
+                raise FsError(errno.EIO) from None
+            try:
+                raw = await trio.to_thread.run_sync(decode_block, obj, h, key, limiter=self.cpu)
+            except CorruptObject as e:
+                log.error("volume %s: inode %d block %d: data object %s is corrupt: %s",
+                          self.volume, ino, idx, key, e)
+                raise FsError(errno.EIO) from None
+            self.bytes_fetched += len(raw)
+            self.known_remote.add(h)
+            try:
+                await trio.to_thread.run_sync(self.cache.put, h, raw, limiter=self.cpu)
+            except CacheFull as e:
+                log.warning("volume %s: block cache full, not caching: %s", self.volume, e)
+            return raw[: ref.length]
+        finally:
+            del self._fetching[h]
+            ev.set()
+
+    # ----------------------------------------------------------------- write
+    async def upload(self, raw: bytes) -> BlockRef:
+        """Store one block: encode (hash, maybe compress), keep a clean copy in
+        the cache, PUT it unless the store already has it. Content addressing
+        makes a 412 on the conditional PUT mean 'already there'."""
+        h, obj = await trio.to_thread.run_sync(encode_block, raw, self.compress, limiter=self.cpu)
+        if h not in self.known_remote:
+            try:
+                await self.astore.put(keys.data_key(self.volume, h), obj, if_none_match=True)
+            except PreconditionFailed:
+                pass
+            self.known_remote.add(h)
+            self.bytes_uploaded += len(obj)
+        try:
+            await trio.to_thread.run_sync(self.cache.put, h, raw, limiter=self.cpu)
+        except CacheFull as e:
+            log.warning("volume %s: block cache full, not caching: %s", self.volume, e)
+        return BlockRef(h, len(raw))

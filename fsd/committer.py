@@ -1,0 +1,289 @@
+"""The commit pipeline: cut a batch, upload its blocks, write one journal
+segment with `If-None-Match: *`, acknowledge the fsyncs that waited for it.
+
+Group commit: commits run one at a time; an fsync that arrives while one is
+running waits for the next, which takes everything written by then. So any
+number of concurrent fsyncs cost one segment PUT per round.
+
+A commit is durable exactly when its segment exists (SPEC §4). A conflict
+on the segment key means a newer epoch sealed ours: we are fenced, we
+acknowledge nothing more and the mount turns read-only.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import trio
+
+from fsd.data import DataLayer
+from fsd.fencing import WriterPosition
+from fsd.format import keys
+from fsd.format.segment import Segment
+from fsd.meta.ops import FsError, MetaOps
+from fsd.meta.records import BLOCK
+from fsd.meta.state import BlockRef
+from fsd.store.aio import AsyncStore
+from fsd.store.base import NotFound, PreconditionFailed, StoreError
+from fsd import failpoints
+from fsd.blockio import BlockIO
+from fsd.localjournal import LocalEntry, LocalJournal
+
+log = logging.getLogger("ferry.commit")
+
+
+@dataclass
+class Batch:
+    id: int
+    records: list
+    blocks: dict[tuple[int, int], bytes]
+    nbytes: int
+    first_change_ns: int = 0
+
+
+@dataclass
+class CommitStats:
+    commits: int = 0
+    segments_since_snapshot: int = 0
+    last_commit_ns: int = 0
+    oldest_uncommitted_ns: int | None = None   # when the first uncommitted change was made
+    last_error: str | None = None
+
+
+class Committer:
+    def __init__(self, *, volume: str, ops: MetaOps, data: DataLayer, bio: BlockIO,
+                 astore: AsyncStore, position: WriterPosition, interval: float,
+                 snapshot_every: int = 512, local: LocalJournal | None = None) -> None:
+        self.volume = volume
+        self.ops = ops
+        self.data = data
+        self.bio = bio
+        self.astore = astore
+        self.pos = position
+        self.interval = interval
+        self.snapshot_every = snapshot_every
+        self.stats = CommitStats()
+        self._next_cut = 1          # id the next batch will get
+        self._done = 0              # highest batch id durable in the store
+        self._local_done = 0        # highest batch id durable locally (durability=local)
+        self._queue_times: dict[int, int] = {}   # local mode: batch id -> first change, until in the store
+        self._stopping = False
+        self._stopped = trio.Event()
+        self.local = local
+        self._wake = trio.Event()
+        self._progress = trio.Condition()
+        self._running = False
+        self.snapshot_hook = None   # async callable(epoch, seq), set by the mount
+        data.on_pressure = self.request
+        data.is_fenced = lambda: self.pos.fenced
+
+    # -------------------------------------------------------------- requests
+    def request(self) -> None:
+        """Start a commit as soon as possible (fsync, dirty pressure, unmount)."""
+        self._wake.set()
+
+    def note_change(self) -> None:
+        if self.stats.oldest_uncommitted_ns is None:
+            self.stats.oldest_uncommitted_ns = time.time_ns()
+
+    @property
+    def fenced(self) -> bool:
+        return self.pos.fenced
+
+    def upload_lag_s(self) -> float:
+        """Age of the oldest change not yet durable in the object store."""
+        times = [t for t in (self.stats.oldest_uncommitted_ns, *self._queue_times.values()) if t is not None]
+        return 0.0 if not times else (time.time_ns() - min(times)) / 1e9
+
+    async def sync(self) -> None:
+        """Return once everything changed before the call is durable in the store."""
+        if self.pos.fenced:
+            raise FsError(errno.EIO)
+        target = self._next_cut
+        self.request()
+        async with self._progress:
+            while (self._local_done if self.local is not None else self._done) < target:
+                if self.pos.fenced:
+                    raise FsError(errno.EIO)
+                await self._progress.wait()
+        if self.pos.fenced:
+            raise FsError(errno.EIO)
+
+    # ------------------------------------------------------------------ loop
+    async def run(self) -> None:
+        """Commit every `interval` seconds or when asked, until cancelled.
+
+        Remote durability: one loop, cut then upload, so concurrent fsyncs
+        group into the next round. Local durability: a cutter persists each
+        batch to the local journal (that is when fsync returns) and hands it
+        to an uploader that commits batches to the store in order."""
+        try:
+            if self.local is None:
+                while not self.pos.fenced and not self._stopping:
+                    await self._wait_for_work()
+                    await self.commit_once()
+                return
+            send, recv = trio.open_memory_channel(math.inf)
+            async with trio.open_nursery() as n:
+                n.start_soon(self._uploader, recv)
+                async with send:
+                    while not self.pos.fenced and not self._stopping:
+                        await self._wait_for_work()
+                        batch = await self._cut_local()
+                        if batch is not None:
+                            self._queue_times[batch.id] = batch.first_change_ns
+                            await send.send(batch)
+        finally:
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Let the running round (and, in local mode, the upload queue) finish,
+        then make run() return. Never cancel a commit half-way: its batch
+        has left the dirty set and would be lost."""
+        self._stopping = True
+        self.request()
+        await self._stopped.wait()
+
+    async def _wait_for_work(self) -> None:
+        with trio.move_on_after(self.interval):
+            await self._wake.wait()
+        self._wake = trio.Event()
+
+    def _pending_anything(self) -> bool:
+        return bool(self.ops.pending) or bool(self.ops.attr_dirty) or self.data.has_dirty
+
+    def _cut(self) -> Batch | None:
+        """Atomically (no await) take pending records and dirty blocks."""
+        batch_id = self._next_cut
+        self._next_cut += 1
+        if not self._pending_anything():
+            return None
+        records = self.ops.take_pending()
+        blocks = self.data.cut(batch_id)
+        first = self.stats.oldest_uncommitted_ns or time.time_ns()
+        self.stats.oldest_uncommitted_ns = None
+        return Batch(batch_id, records, blocks, sum(len(b) for b in blocks.values()), first)
+
+    async def _notify(self) -> None:
+        async with self._progress:
+            self._progress.notify_all()
+
+    async def _cut_local(self) -> Batch | None:
+        batch = self._cut()
+        bid = self._next_cut - 1
+        if batch is not None:
+            entry = LocalEntry(self.pos.epoch, batch.id, batch.records,
+                               [(i, x, raw) for (i, x), raw in batch.blocks.items()])
+            await trio.to_thread.run_sync(self.local.append, entry)
+        self._local_done = bid
+        await self._notify()
+        return batch
+
+    async def _uploader(self, recv) -> None:
+        async with recv:
+            async for batch in recv:
+                ok = await self._commit_batch(batch)
+                self._queue_times.pop(batch.id, None)
+                if not ok:
+                    return
+                await trio.to_thread.run_sync(self.local.remove, self.pos.epoch, batch.id)
+                await self._notify()
+
+    async def commit_once(self) -> bool:
+        """One remote group-commit round. Returns False if there was nothing to do."""
+        if self.pos.fenced:
+            return False
+        batch = self._cut()
+        if batch is None:
+            # Nothing changed: everyone waiting is already durable.
+            self._done = self._local_done = self._next_cut - 1
+            await self._notify()
+            return False
+        ok = await self._commit_batch(batch)
+        if ok:
+            self._local_done = max(self._local_done, batch.id)
+        return ok
+
+    async def _commit_batch(self, batch: Batch) -> bool:
+        """Upload a batch's blocks, then its segment. True once durable."""
+        records = list(batch.records)
+        results: dict[tuple[int, int], BlockRef] = {}
+
+        async def up(key: tuple[int, int], raw: bytes) -> None:
+            results[key] = await self._retry(f"upload of inode {key[0]} block {key[1]}",
+                                             lambda: self.bio.upload(raw))
+
+        async with trio.open_nursery() as n:
+            for key, raw in batch.blocks.items():
+                n.start_soon(up, key, raw)
+        failpoints.hit("after_blocks_uploaded")
+        for (ino, idx), ref in results.items():
+            records.append([BLOCK, ino, idx, ref.hash, ref.length])
+        seq = self.pos.next_seq
+        seg = Segment(kind="segment", epoch=self.pos.epoch, seq=seq, created_ns=time.time_ns(),
+                      records=records, reason=None, sealed_by=None, batch=batch.id)
+        body = seg.encode()
+        ok = await self._retry(f"journal segment {seq}", lambda: self._put_segment(seq, body))
+        if not ok:
+            self.pos.fence()
+            log.error("volume %s: FENCED: epoch %d was sealed by a newer owner before segment %d; "
+                      "this mount acknowledges nothing more and is now read-only "
+                      "(fsync returns EIO). Unmount it.", self.volume, self.pos.epoch, seq)
+            await self._notify()
+            async with self.data.space_freed:
+                self.data.space_freed.notify_all()
+            return False
+        failpoints.hit("after_segment_written")
+        self.pos.committed(seq)
+        await self.data.settle(batch.id, results, batch.nbytes)
+        self._queue_times.pop(batch.id, None)
+        self._done = batch.id
+        self.stats.commits += 1
+        self.stats.segments_since_snapshot += 1
+        self.stats.last_commit_ns = time.time_ns()
+        self.stats.last_error = None
+        await self._notify()
+        if (self.snapshot_hook is not None and self.stats.segments_since_snapshot >= self.snapshot_every
+                and not self._pending_anything() and not self.data.inflight and not self._queue_times):
+            # Only now does the live state equal the replay up to `seq`.
+            await self.snapshot_hook(self.pos.epoch, seq)
+        return True
+
+    async def _put_segment(self, seq: int, body: bytes) -> bool:
+        key = keys.journal_key(self.volume, self.pos.epoch, seq)
+        try:
+            await self.astore.put(key, body, if_none_match=True)
+            return True
+        except PreconditionFailed:
+            # Either a newer owner sealed us, or an earlier attempt of this very
+            # PUT succeeded and only its response was lost. Tell them apart.
+            try:
+                existing = await self.astore.get(key)
+            except NotFound:
+                raise StoreError(f"segment {key} vanished after a conflict; retrying") from None
+            return existing == body
+
+    async def _retry(self, what: str, fn):
+        """Run `fn` until it succeeds: an unreachable store makes fsync wait,
+        not fail (writers continue until the dirty limit)."""
+        delay = 0.2
+        attempt = 0
+        while True:
+            try:
+                return await fn()
+            except StoreError as e:
+                attempt += 1
+                self.stats.last_error = f"{what}: {e}"
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("volume %s: %s failed (attempt %d), retrying: %s", self.volume, what, attempt, e)
+                await trio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 10.0)
+
+    async def drain(self) -> None:
+        """Commit until nothing is dirty or pending (clean unmount), after stop()."""
+        while self._pending_anything() and not self.pos.fenced:
+            await self.commit_once()

@@ -1,0 +1,204 @@
+"""File contents: dirty block buffers in memory, blocks being committed, and
+committed blocks fetched through `BlockIO`.
+
+A block of a file is, in order of precedence:
+  1. dirty     - written since the last commit cut (a bytearray we own),
+  2. in flight - cut into a commit batch, frozen while it uploads,
+  3. committed - `state.blocks[ino][idx]`, a content-addressed object,
+  4. a hole    - reads as zeros.
+Writes never modify an in-flight buffer; they copy it into a new dirty one.
+"""
+from __future__ import annotations
+
+import errno
+from typing import Iterator
+
+import trio
+
+from fsd.blockio import BlockIO
+from fsd.meta.ops import FsError, MetaOps
+from fsd.meta.records import BLOCK
+from fsd.meta.state import BlockRef
+
+Key = tuple[int, int]
+
+
+def split_range(off: int, size: int, bs: int) -> Iterator[tuple[int, int, int]]:
+    """(block index, offset in block, length) pieces covering [off, off+size)."""
+    end = off + size
+    while off < end:
+        idx, boff = divmod(off, bs)
+        n = min(bs - boff, end - off)
+        yield idx, boff, n
+        off += n
+
+
+class DataLayer:
+    def __init__(self, ops: MetaOps, bio: BlockIO, block_size: int, dirty_limit: int) -> None:
+        self.ops = ops
+        self.state = ops.state
+        self.bio = bio
+        self.bs = block_size
+        self.dirty_limit = dirty_limit
+        self.dirty: dict[Key, bytearray] = {}
+        self.inflight: dict[Key, tuple[int, bytes]] = {}
+        self.dirty_bytes = 0
+        self.inflight_bytes = 0
+        self.space_freed = trio.Condition()
+        self.on_pressure = lambda: None   # set by the committer: start a commit now
+        self.is_fenced = lambda: False     # set by the committer
+
+    # ------------------------------------------------------------------ read
+    async def read(self, ino: int, off: int, size: int) -> bytes:
+        inode = self.state.inodes.get(ino)
+        if inode is None:
+            raise FsError(errno.ENOENT)
+        size = max(0, min(size, inode.size - off))
+        if size == 0:
+            return b""
+        parts: list[bytes] = []
+        for idx, boff, n in split_range(off, size, self.bs):
+            key = (ino, idx)
+            buf = self.dirty.get(key)
+            if buf is None:
+                fl = self.inflight.get(key)
+                if fl is not None:
+                    chunk = fl[1][boff:boff + n]
+                else:
+                    ref = self.state.blocks.get(ino, {}).get(idx)
+                    chunk = b"" if ref is None else await self.bio.read_range(ino, idx, ref, boff, boff + n)
+            else:
+                chunk = bytes(buf[boff:boff + n])
+            if len(chunk) < n:
+                chunk = chunk + bytes(n - len(chunk))
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _base(self, ino: int, idx: int) -> bytearray:
+        """Current content of a block as a new mutable buffer."""
+        while True:
+            fl = self.inflight.get((ino, idx))
+            if fl is not None:
+                return bytearray(fl[1])
+            ref = self.state.blocks.get(ino, {}).get(idx)
+            if ref is None:
+                return bytearray()
+            raw = await self.bio.fetch(ino, idx, ref)
+            # Re-check: a truncate or commit may have changed the block meanwhile.
+            if self.state.blocks.get(ino, {}).get(idx) is ref and (ino, idx) not in self.inflight:
+                return bytearray(raw)
+
+    # ----------------------------------------------------------------- write
+    async def wait_for_room(self) -> None:
+        """Backpressure: writers wait while dirty + in-flight data is at its limit."""
+        if self.dirty_bytes + self.inflight_bytes < self.dirty_limit:
+            return
+        async with self.space_freed:
+            while self.dirty_bytes + self.inflight_bytes >= self.dirty_limit:
+                if self.is_fenced():
+                    raise FsError(errno.EROFS)
+                self.on_pressure()
+                await self.space_freed.wait()
+
+    async def write(self, ino: int, off: int, data: bytes, now_ns: int) -> int:
+        if ino not in self.state.inodes:
+            raise FsError(errno.ENOENT)
+        await self.wait_for_room()
+        mv = memoryview(data)
+        pos = 0
+        for idx, boff, n in split_range(off, len(data), self.bs):
+            key = (ino, idx)
+            buf = self.dirty.get(key)
+            if buf is None:
+                existing = self.inflight.get(key)
+                ref = self.state.blocks.get(ino, {}).get(idx)
+                covers = boff == 0 and (
+                    (existing is None and (ref is None or ref.length <= n))
+                    or (existing is not None and len(existing[1]) <= n)
+                )
+                base = bytearray() if covers else await self._base(ino, idx)
+                if ino not in self.state.inodes:
+                    raise FsError(errno.ENOENT)
+                buf = self.dirty.get(key)   # another writer may have created it meanwhile
+                if buf is None:
+                    buf = self.dirty[key] = base
+                    self.dirty_bytes += len(base)
+            old = len(buf)
+            if boff > old:
+                buf.extend(bytes(boff - old))
+            buf[boff:boff + n] = mv[pos:pos + n]
+            self.dirty_bytes += len(buf) - old
+            pos += n
+        self.ops.note_write(ino, off + len(data), now_ns)
+        if self.dirty_bytes >= self.dirty_limit // 4:
+            self.on_pressure()
+        return len(data)
+
+    def truncate(self, ino: int, size: int) -> None:
+        """Mirror a size change (already applied by MetaOps.setattr) in the buffers."""
+        cut_idx, rem = divmod(size, self.bs)
+        for key in [k for k in self.dirty if k[0] == ino and (k[1] > cut_idx or (k[1] == cut_idx and rem == 0))]:
+            self.dirty_bytes -= len(self.dirty.pop(key))
+        for key in [k for k in self.inflight if k[0] == ino and (k[1] > cut_idx or (k[1] == cut_idx and rem == 0))]:
+            del self.inflight[key]
+        if rem:
+            key = (ino, cut_idx)
+            buf = self.dirty.get(key)
+            if buf is not None:
+                if len(buf) > rem:
+                    self.dirty_bytes -= len(buf) - rem
+                    del buf[rem:]
+            elif key in self.inflight:
+                # The in-flight copy has bytes past the new end; replace it by a
+                # clipped dirty copy so they can never reappear if the file grows.
+                clipped = bytearray(self.inflight.pop(key)[1][:rem])
+                self.dirty[key] = clipped
+                self.dirty_bytes += len(clipped)
+
+    def restore_dirty(self, ino: int, idx: int, raw: bytes) -> None:
+        """Recovery: a block from the local journal becomes dirty again."""
+        old = self.dirty.pop((ino, idx), None)
+        if old is not None:
+            self.dirty_bytes -= len(old)
+        self.dirty[(ino, idx)] = bytearray(raw)
+        self.dirty_bytes += len(raw)
+
+    def drop_inode(self, ino: int) -> None:
+        for key in [k for k in self.dirty if k[0] == ino]:
+            self.dirty_bytes -= len(self.dirty.pop(key))
+        for key in [k for k in self.inflight if k[0] == ino]:
+            del self.inflight[key]
+
+    # ---------------------------------------------------------------- commit
+    def cut(self, batch_id: int) -> dict[Key, bytes]:
+        """Freeze every dirty block into batch `batch_id` (synchronous, atomic
+        with MetaOps.take_pending on the single trio thread)."""
+        batch: dict[Key, bytes] = {}
+        for key, buf in self.dirty.items():
+            frozen = bytes(buf)
+            batch[key] = frozen
+            self.inflight[key] = (batch_id, frozen)
+        self.inflight_bytes += self.dirty_bytes
+        self.dirty = {}
+        self.dirty_bytes = 0
+        return batch
+
+    async def settle(self, batch_id: int, results: dict[Key, BlockRef], nbytes: int) -> None:
+        """The batch's segment is durable: committed refs replace in-flight buffers.
+
+        A block truncated or deleted since the cut is no longer ours to
+        settle; its BLOCK record was followed by the TRUNC/INODE_DEL record in
+        the journal, so replay agrees with memory."""
+        for key, ref in results.items():
+            fl = self.inflight.get(key)
+            if fl is not None and fl[0] == batch_id:
+                del self.inflight[key]
+                if key[0] in self.state.inodes:
+                    self.state.apply([BLOCK, key[0], key[1], ref.hash, ref.length])
+        self.inflight_bytes -= nbytes
+        async with self.space_freed:
+            self.space_freed.notify_all()
+
+    @property
+    def has_dirty(self) -> bool:
+        return bool(self.dirty)

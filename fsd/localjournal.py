@@ -1,0 +1,85 @@
+"""The local journal for `durability=local` (SPEC §2.1): a batch is made
+durable on the cache disk (file written, fsynced, renamed, directory
+fsynced) before fsync returns; the upload to the store follows within the
+commit interval, after which the entry is deleted.
+
+Entry file: `DIR/{epoch:016x}-{batch:016x}`, framed like every ferry object
+(magic FRYL, see docs/format.md) holding msgpack
+{epoch, batch, records, blocks: [[ino, index, raw bytes], ...]}.
+A remount of the same cache directory after a crash re-commits the entries
+whose batch the store does not have yet.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fsd.format.framing import CorruptObject, frame, unframe
+
+log = logging.getLogger("ferry.localjournal")
+MAGIC = b"FRYL"
+
+
+@dataclass
+class LocalEntry:
+    epoch: int
+    batch: int
+    records: list
+    blocks: list[tuple[int, int, bytes]]
+
+
+class LocalJournal:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, epoch: int, batch: int) -> Path:
+        return self.dir / f"{epoch:016x}-{batch:016x}"
+
+    def append(self, entry: LocalEntry) -> None:
+        """Durably write one batch (blocking: run in a worker thread)."""
+        data = frame(MAGIC, {"epoch": entry.epoch, "batch": entry.batch, "records": entry.records,
+                             "blocks": [[i, x, b] for i, x, b in entry.blocks]})
+        path = self._path(entry.epoch, entry.batch)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            mv = memoryview(data)
+            while mv:
+                n = os.write(fd, mv)
+                mv = mv[n:]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def remove(self, epoch: int, batch: int) -> None:
+        self._path(epoch, batch).unlink(missing_ok=True)
+
+    def entries(self) -> list[LocalEntry]:
+        out = []
+        for p in sorted(self.dir.iterdir()):
+            if p.name.endswith(".tmp"):
+                p.unlink(missing_ok=True)
+                continue
+            try:
+                body = unframe(MAGIC, p.read_bytes(), str(p))
+                out.append(LocalEntry(body["epoch"], body["batch"], body["records"],
+                                      [(i, x, bytes(b)) for i, x, b in body["blocks"]]))
+            except (CorruptObject, KeyError, TypeError, ValueError) as e:
+                log.error("local journal entry %s is unreadable and is ignored: %s", p, e)
+        return out
+
+    def clear(self) -> None:
+        for p in self.dir.iterdir():
+            p.unlink(missing_ok=True)

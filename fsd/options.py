@@ -1,0 +1,93 @@
+"""Mount options (`-o k=v`): parsing and validation, pure.
+
+Every option has a default a user would pick; unknown or malformed ones are
+refused with the list of known ones, before anything is touched.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_size(text: str) -> int:
+    """'4096', '64k', '1M', '10GiB' -> bytes (binary units)."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a size (examples: 4096, 64k, 256M, 10G)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    durability: str = "remote"        # remote | local  (SPEC §2.1)
+    commit_interval: float = 5.0      # seconds between background commits
+    cache_size: int = 10 << 30        # bytes of clean blocks kept in the cache dir
+    dirty_limit: int = 256 << 20      # dirty + in-flight bytes at which writers wait
+    size: int = 1 << 50               # size limit reported by statfs
+    snapshot_every: int = 512         # segments between metadata snapshots
+
+
+KNOWN = {
+    "durability": "remote|local (default remote: fsync returns once data is in object storage)",
+    "commit_interval": "seconds between background commits (default 5)",
+    "cache_size": "size of the local block cache (default 10G)",
+    "dirty_limit": "unuploaded data at which writers wait (default 256M)",
+    "size": "volume size limit reported by df (default 1P)",
+    "snapshot_every": "journal segments between metadata snapshots (default 512)",
+}
+
+
+def known_options_text() -> str:
+    return "; ".join(f"{k}={v}" for k, v in KNOWN.items())
+
+
+def parse_kv(items: list[str]) -> dict[str, str]:
+    """['a=1', 'b=2,c=3'] -> {'a': '1', 'b': '2', 'c': '3'} (comma lists allowed, like mount -o)."""
+    out: dict[str, str] = {}
+    for item in items:
+        for part in item.split(","):
+            if not part:
+                continue
+            if "=" not in part:
+                raise ValueError(f"option {part!r} must be key=value")
+            k, v = part.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def parse_mount_options(kv: dict[str, str]) -> MountOptions:
+    unknown = sorted(set(kv) - set(KNOWN))
+    if unknown:
+        raise ValueError(f"unknown mount option(s) {', '.join(unknown)}; known: {known_options_text()}")
+    o = MountOptions()
+    vals: dict[str, object] = {}
+    if "durability" in kv:
+        if kv["durability"] not in ("remote", "local"):
+            raise ValueError(f"durability must be 'remote' or 'local', not {kv['durability']!r}")
+        vals["durability"] = kv["durability"]
+    if "commit_interval" in kv:
+        try:
+            ci = float(kv["commit_interval"])
+        except ValueError:
+            raise ValueError(f"commit_interval must be a number of seconds, not {kv['commit_interval']!r}") from None
+        if not 0.01 <= ci <= 3600:
+            raise ValueError("commit_interval must be between 0.01 and 3600 seconds")
+        vals["commit_interval"] = ci
+    for k in ("cache_size", "dirty_limit", "size"):
+        if k in kv:
+            v = parse_size(kv[k])
+            if v < (1 << 20):
+                raise ValueError(f"{k} must be at least 1M")
+            vals[k] = v
+    if "snapshot_every" in kv:
+        try:
+            n = int(kv["snapshot_every"])
+        except ValueError:
+            raise ValueError("snapshot_every must be a whole number") from None
+        if n < 1:
+            raise ValueError("snapshot_every must be at least 1")
+        vals["snapshot_every"] = n
+    return MountOptions(**{**o.__dict__, **vals})

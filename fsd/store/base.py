@@ -1,0 +1,58 @@
+"""The narrow object-store interface every part of ferry talks to.
+
+Implementations are synchronous and thread-safe; async code reaches them only
+through `fsd.store.aio.AsyncStore`, which runs each call in a worker thread
+under a capacity limit (no blocking call on the trio loop).
+"""
+from __future__ import annotations
+
+from typing import Iterator, Protocol
+
+
+class StoreError(Exception):
+    """Base class: something went wrong talking to the object store.
+
+    The message is written for a user: it says what failed and what to do."""
+
+
+class NotFound(StoreError):
+    """The key does not exist."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional create (If-None-Match: *) found the key already there."""
+
+
+class StoreUnavailable(StoreError):
+    """The store could not be reached or kept failing after retries (transient)."""
+
+
+class StoreAuthError(StoreError):
+    """Credentials were refused."""
+
+
+class StoreConfigError(StoreError):
+    """The store URL points nowhere usable (missing bucket, bad directory, bad URL)."""
+
+
+class ObjectStore(Protocol):
+    url: str
+
+    def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
+        """Store `data` at `key`. With if_none_match, atomically create only if
+        absent, else raise PreconditionFailed. Readers never see partial data."""
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """Whole object, or bytes [start, end) of it. Raises NotFound."""
+
+    def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
+        """Keys beginning with prefix, in lexical order, after start_after."""
+
+    def delete(self, key: str) -> None:
+        """Remove key; deleting a missing key is not an error."""
+
+    def head(self, key: str) -> int | None:
+        """Size of the object, or None if it does not exist."""
+
+    def close(self) -> None:
+        """Release connections and threads."""

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install everything ferry and its tests need on Debian 12, as root; idempotent and quick when done.
+# apt: fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio; virtualenv at ${FERRY_VENV:-.venv}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio psmisc"
+missing=""
+for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+  echo "installing Debian packages:$missing"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+fi
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+VENV=${FERRY_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+"$VENV/bin/python" -m pip install -q -e ".${FERRY_EXTRAS:-[test]}"

@@ -1,0 +1,45 @@
+import pytest
+
+from fsd.data import split_range
+from fsd.options import MountOptions, parse_kv, parse_mount_options, parse_size
+
+
+def test_defaults():
+    o = parse_mount_options({})
+    assert o == MountOptions()
+    assert o.durability == "remote" and o.commit_interval == 5.0
+
+
+@pytest.mark.parametrize("text,val", [("4096", 4096), ("64k", 65536), ("1M", 1 << 20), ("10GiB", 10 << 30)])
+def test_parse_size(text, val):
+    assert parse_size(text) == val
+
+
+@pytest.mark.parametrize("kv,msg", [
+    ({"bogus": "1"}, "unknown mount option"),
+    ({"durability": "cloud"}, "durability must be"),
+    ({"commit_interval": "soon"}, "commit_interval"),
+    ({"cache_size": "lots"}, "not a size"),
+    ({"dirty_limit": "1k"}, "at least 1M"),
+])
+def test_bad_options_are_refused_with_a_reason(kv, msg):
+    with pytest.raises(ValueError, match=msg):
+        parse_mount_options(kv)
+
+
+def test_unknown_option_lists_known_ones():
+    with pytest.raises(ValueError, match="durability=remote"):
+        parse_mount_options({"nope": "1"})
+
+
+def test_parse_kv_accepts_comma_lists():
+    assert parse_kv(["a=1,b=2", "c=x=y"]) == {"a": "1", "b": "2", "c": "x=y"}
+    with pytest.raises(ValueError):
+        parse_kv(["novalue"])
+
+
+def test_split_range():
+    assert list(split_range(0, 10, 4)) == [(0, 0, 4), (1, 0, 4), (2, 0, 2)]
+    assert list(split_range(5, 2, 4)) == [(1, 1, 2)]
+    assert list(split_range(3, 2, 4)) == [(0, 3, 1), (1, 0, 1)]
+    assert list(split_range(7, 0, 4)) == []
