@@ -90,7 +90,7 @@ def _mount_config(args):
 
 
 def _is_mounted(mp: Path) -> bool:
-    target = str(mp.resolve())
+    target = os.path.abspath(mp)   # no resolve(): never stat a possibly hung mount
     with open("/proc/mounts") as f:
         return any(line.split()[1] == target for line in f)
 
@@ -125,7 +125,7 @@ def cmd_mount(args) -> int:
 # -------------------------------------------------------------------- fs umount
 def cmd_umount(args) -> int:
     from fsd.mount import registry_path
-    mp = Path(args.mountpoint).resolve()
+    mp = Path(os.path.abspath(args.mountpoint))
     reg = registry_path(mp)
     info = json.loads(reg.read_text()) if reg.exists() else None
     if not _is_mounted(mp):

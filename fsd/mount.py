@@ -60,7 +60,9 @@ def run_dir() -> Path:
 
 
 def registry_path(mountpoint: Path) -> Path:
-    h = hashlib.sha1(str(mountpoint.resolve()).encode()).hexdigest()[:16]
+    # abspath, not resolve(): resolving stats the mountpoint, which would
+    # deadlock when called by the daemon serving it.
+    h = hashlib.sha1(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
     return run_dir() / "mounts" / f"{h}.json"
 
 
@@ -186,7 +188,7 @@ async def serve(cfg: MountConfig, on_ready=None) -> int:
     pyfuse3.init(fsops, str(cfg.mountpoint), fuse_opts)
     reg = registry_path(cfg.mountpoint)
     reg.parent.mkdir(parents=True, exist_ok=True)
-    reg.write_text(json.dumps({"mountpoint": str(cfg.mountpoint.resolve()), "pid": os.getpid(),
+    reg.write_text(json.dumps({"mountpoint": os.path.abspath(cfg.mountpoint), "pid": os.getpid(),
                                "volume": cfg.volume, "store": cfg.store_url,
                                "cache_dir": str(cfg.cache_dir)}))
     unmounted = False

@@ -13,7 +13,7 @@ import stat
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from fsd.meta.check import check_state
 from fsd.meta.ops import RENAME_EXCHANGE, RENAME_NOREPLACE, FsError, MetaOps
@@ -80,7 +80,25 @@ class MetaMachine(RuleBasedStateMachine):
         return {p: i for p, i in self.tree.items() if p[:len(top)] == top}
 
     # -------------------------------------------------------------- rules
-    @rule(data=st.data(), name=ANY_NAME, kind=st.sampled_from(["file", "dir", "dir", "link", "fifo"]))
+    @initialize(committed=st.booleans())
+    def starter_tree(self, committed):
+        """Begin with something to work on (from an empty root most generated
+        operations fail early and the runs stay shallow; the unit tests cover
+        the empty volume)."""
+        ops, now = self.ops, self.tick()
+        d1 = ops.mkdir(ROOT_INO, b"a", 0o755, 0, 0, now)
+        d2 = ops.mkdir(ROOT_INO, b"b", 0o755, 0, 0, now)
+        sub = ops.mkdir(d2.ino, b"c", 0o755, 0, 0, now)
+        f = ops.create(d1.ino, b"a", 0o644, 0, 0, now)
+        g = ops.create(ROOT_INO, b"c", 0o644, 0, 0, now)
+        h = ops.link(g.ino, d2.ino, b"a", now)
+        ln = ops.symlink(sub.ino, b"b", b"../a", 0, 0, now)
+        self.tree.update({(b"a",): d1.ino, (b"b",): d2.ino, (b"b", b"c"): sub.ino, (b"a", b"a"): f.ino,
+                          (b"c",): g.ino, (b"b", b"a"): h.ino, (b"b", b"c", b"b"): ln.ino})
+        if committed:
+            self.commit_now()
+
+    @rule(data=st.data(), name=ANY_NAME, kind=st.sampled_from(["file", "file", "dir", "dir", "link", "fifo"]))
     def make(self, data, name, kind):
         parent = self.parent(data)
         pino = self.tree[parent]
@@ -171,12 +189,13 @@ class MetaMachine(RuleBasedStateMachine):
             length = min(BS, node.size - idx * BS)
             self.ops.set_block(ino, idx, BlockRef(bytes([tag, idx % 256]) * 16, length))
 
-    @rule(data=st.data(), size=st.one_of(st.none(), st.integers(0, 4 * BS)),
+    @rule(data=st.data(), size=st.one_of(st.none(), st.integers(0, 4 * BS), st.sampled_from([0, BS, 2 * BS])),
           mode=st.one_of(st.none(), st.integers(0, 0o177777)), uid=st.one_of(st.none(), st.integers(0, 9)),
           mtime=st.one_of(st.none(), st.integers(-5, 5)))
     def setattr(self, data, size, mode, uid, mtime):
         inos = sorted({self.tree[p] for p in self.tree} | self.open)
-        ino = data.draw(st.sampled_from(inos))
+        regs = [i for i in inos if stat.S_ISREG(self.ops.state.inodes[i].mode)]
+        ino = data.draw(st.sampled_from(regs if regs and data.draw(st.integers(0, 3)) else inos))
         self.attempt(self.ops.setattr, ino, self.tick(), size=size, mode=mode, uid=uid, mtime_ns=mtime)
 
     @rule(data=st.data(), name=st.sampled_from([b"user.a", b"user.b", b""]), value=st.binary(max_size=4),
@@ -188,8 +207,12 @@ class MetaMachine(RuleBasedStateMachine):
         else:
             self.attempt(self.ops.setxattr, ino, name, value, self.tick())
 
-    @rule()
-    def commit(self):
+    @rule(now=st.integers(0, 2))
+    def commit(self, now):
+        if now == 0:
+            self.commit_now()
+
+    def commit_now(self):
         recs = self.ops.take_pending()
         assert not self.ops.pending and not self.ops.attr_dirty
         assert decode_records(encode_records(recs)) == recs

@@ -386,10 +386,12 @@ def test_setattr_size(ops):
     assert [r[0] for r in ops.take_pending()] == [INODE]          # growing: no TRUNC
     ops.setattr(f.ino, 6, size=100)
     assert f.mtime_ns == 5 and f.ctime_ns == 6                     # unchanged size
-    ops.setattr(f.ino, 7, size=20, mtime_ns=3)
+    ops.setattr(f.ino, 7, size=50)
+    assert f.size == 50 and f.mtime_ns == f.ctime_ns == 7          # shrinking too
+    ops.setattr(f.ino, 8, size=20, mtime_ns=3)
     assert f.size == 20 and f.mtime_ns == 3                        # explicit mtime wins
     recs = ops.take_pending()
-    assert recs[-2:][0] == [TRUNC, f.ino, 20] and recs[-1][0] == INODE
+    assert [r[0] for r in recs] == [TRUNC, INODE, TRUNC, INODE] and recs[2] == [TRUNC, f.ino, 20]
     err(errno.EISDIR, ops.setattr, d.ino, 8, size=0)
     err(errno.EINVAL, ops.setattr, f.ino, 8, size=-1)
     assert ops.usage() == (3, 20)
