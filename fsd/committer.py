@@ -133,10 +133,7 @@ class Committer:
                 async with send:
                     while not self.pos.fenced and not self._stopping:
                         await self._wait_for_work()
-                        batch = await self._cut_local()
-                        if batch is not None:
-                            self._queue_times[batch.id] = batch.first_change_ns
-                            await send.send(batch)
+                        await self._cut_local(send)
         finally:
             self._stopped.set()
 
@@ -172,16 +169,34 @@ class Committer:
         async with self._progress:
             self._progress.notify_all()
 
-    async def _cut_local(self) -> Batch | None:
+    async def _cut_local(self, send) -> None:
+        """Cut a batch, make it durable in the local journal, acknowledge,
+        queue it for upload. If the local disk refuses (ENOSPC, EIO), the
+        batch is acknowledged only once it is in the store instead."""
         batch = self._cut()
         bid = self._next_cut - 1
-        if batch is not None:
-            entry = LocalEntry(self.pos.epoch, batch.id, batch.records,
-                               [(i, x, raw) for (i, x), raw in batch.blocks.items()])
+        if batch is None:
+            self._local_done = bid
+            await self._notify()
+            return
+        entry = LocalEntry(self.pos.epoch, batch.id, batch.records,
+                           [(i, x, raw) for (i, x), raw in batch.blocks.items()])
+        try:
             await trio.to_thread.run_sync(self.local.append, entry)
+        except OSError as e:
+            log.error("volume %s: cannot write the local journal (%s); acknowledging batch %d only "
+                      "once it is in the object store", self.volume, e, batch.id)
+            self.stats.last_error = f"local journal: {e}"
+            self._queue_times[batch.id] = batch.first_change_ns
+            await send.send(batch)
+            async with self._progress:
+                while self._done < batch.id and not self.pos.fenced:
+                    await self._progress.wait()
+        else:
+            self._queue_times[batch.id] = batch.first_change_ns
+            await send.send(batch)
         self._local_done = bid
         await self._notify()
-        return batch
 
     async def _uploader(self, recv) -> None:
         async with recv:
@@ -280,6 +295,10 @@ class Committer:
                 self.stats.last_error = f"{what}: {e}"
                 if attempt == 1 or attempt % 10 == 0:
                     log.warning("volume %s: %s failed (attempt %d), retrying: %s", self.volume, what, attempt, e)
+            except Exception as e:  # never let an unexpected error kill the daemon mid-commit
+                attempt += 1
+                self.stats.last_error = f"{what}: {e!r}"
+                log.exception("volume %s: %s failed unexpectedly (attempt %d), retrying", self.volume, what, attempt)
                 await trio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 10.0)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mount import FerryMount, run_ferry
+from tests.helpers.mount import MountError, fsck_clean
 
 VOL = "vol"
 
@@ -26,21 +26,14 @@ def _write_fsync(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _new_mount(tmp_path: Path, name: str) -> FerryMount:
-    mp = tmp_path / f"mnt-{name}"
-    mp.mkdir()
-    return FerryMount(tmp_path, mp, tmp_path / f"cache-{name}")
-
-
 def _fsck_clean(store_url: str) -> None:
-    r = run_ferry("fs", "fsck", "--store", store_url, VOL)
-    assert r.returncode == 0 and "clean" in r.stdout, r.stdout + r.stderr
+    fsck_clean(store_url, VOL)
 
 
-def test_fsync_survives_kill9_on_fresh_host(store_url, tmp_path):
+def test_fsync_survives_kill9_on_fresh_host(store_url, new_mount):
     """Host loss: kill -9 right after fsync; another 'host' (fresh cache dir)
     must need --takeover, then see every acknowledged byte."""
-    a = _new_mount(tmp_path, "a")
+    a = new_mount("a")
     a.mkfs(store_url, VOL)
     a.mount(store_url, VOL)
     payload = os.urandom(3 * 1024 * 1024 + 123)
@@ -50,8 +43,8 @@ def test_fsync_survives_kill9_on_fresh_host(store_url, tmp_path):
     os.sync()
     a.kill9()
 
-    b = _new_mount(tmp_path, "b")
-    with pytest.raises(Exception) as exc:
+    b = new_mount("b")
+    with pytest.raises(MountError) as exc:
         b.mount(store_url, VOL)
     assert "--takeover" in str(exc.value)
     b.mount(store_url, VOL, takeover=True)
@@ -61,8 +54,8 @@ def test_fsync_survives_kill9_on_fresh_host(store_url, tmp_path):
     _fsck_clean(store_url)
 
 
-def test_same_host_remount_after_kill9_needs_no_takeover(store_url, tmp_path):
-    a = _new_mount(tmp_path, "a")
+def test_same_host_remount_after_kill9_needs_no_takeover(store_url, new_mount):
+    a = new_mount("a")
     a.mkfs(store_url, VOL)
     a.mount(store_url, VOL)
     _write_fsync(a.mountpoint / "f", b"x" * 10000)
@@ -74,11 +67,11 @@ def test_same_host_remount_after_kill9_needs_no_takeover(store_url, tmp_path):
 
 
 @pytest.mark.parametrize("point", ["after_blocks_uploaded", "after_segment_written", "before_snapshot_put"])
-def test_kill_at_chosen_commit_points(store_url, tmp_path, point):
+def test_kill_at_chosen_commit_points(store_url, new_mount, point):
     """kill -9 mid-commit (between data upload and journal write, right after
     the journal write, mid-snapshot): what was fsync-acknowledged before is
     there, the tree is consistent, fsck is clean."""
-    a = _new_mount(tmp_path, "a")
+    a = new_mount("a")
     a.mkfs(store_url, VOL)
     a.mount(store_url, VOL)
     _write_fsync(a.mountpoint / "before", b"acknowledged")
@@ -92,7 +85,7 @@ def test_kill_at_chosen_commit_points(store_url, tmp_path, point):
         pass  # the daemon died under us: not acknowledged, may be absent
     a.wait_dead(timeout=30)
     a.cleanup_dead_mount()
-    b = _new_mount(tmp_path, "b")
+    b = new_mount("b")
     b.mount(store_url, VOL, takeover=True)
     assert (b.mountpoint / "before").read_bytes() == b"acknowledged"
     if (b.mountpoint / "during").exists():
@@ -101,14 +94,14 @@ def test_kill_at_chosen_commit_points(store_url, tmp_path, point):
     _fsck_clean(store_url)
 
 
-def test_stale_writer_is_fenced(store_url, tmp_path):
+def test_stale_writer_is_fenced(store_url, new_mount):
     """Mount A keeps writing; B takes over. A's next fsync fails with EIO;
     everything A acknowledged is on B; nothing A wrote after the seal is."""
-    a = _new_mount(tmp_path, "a")
+    a = new_mount("a")
     a.mkfs(store_url, VOL)
     a.mount(store_url, VOL, options=["commit_interval=3600"])
     _write_fsync(a.mountpoint / "acked", b"before takeover")
-    b = _new_mount(tmp_path, "b")
+    b = new_mount("b")
     b.mount(store_url, VOL, takeover=True)
     with pytest.raises(OSError) as exc:
         _write_fsync(a.mountpoint / "late", b"after takeover")
@@ -122,7 +115,7 @@ def test_stale_writer_is_fenced(store_url, tmp_path):
     _write_fsync(b.mountpoint / "b-file", b"owned by b")
     a.umount(expect_failure=True)
     b.umount()
-    c = _new_mount(tmp_path, "c")
+    c = new_mount("c")
     c.mount(store_url, VOL)
     assert (c.mountpoint / "b-file").read_bytes() == b"owned by b"
     assert not (c.mountpoint / "late").exists()
@@ -130,36 +123,14 @@ def test_stale_writer_is_fenced(store_url, tmp_path):
     _fsck_clean(store_url)
 
 
-def test_clean_unmount_commits_unsynced_data(store_url, tmp_path):
-    a = _new_mount(tmp_path, "a")
+def test_clean_unmount_commits_unsynced_data(store_url, new_mount):
+    a = new_mount("a")
     a.mkfs(store_url, VOL)
     a.mount(store_url, VOL, options=["commit_interval=3600"])
     data = os.urandom(5 * 1024 * 1024)
     (a.mountpoint / "nosync").write_bytes(data)
     a.umount()
-    b = _new_mount(tmp_path, "b")
+    b = new_mount("b")
     b.mount(store_url, VOL)                # released cleanly: no --takeover needed
     assert (b.mountpoint / "nosync").read_bytes() == data
     b.umount()
-
-
-def test_local_durability_survives_kill9_same_host(store_url, tmp_path):
-    """durability=local: fsync returns once in the local journal; after
-    kill -9 (no upload happened: commit interval 1 h), the same cache dir
-    brings it back and uploads it."""
-    a = _new_mount(tmp_path, "a")
-    a.mkfs(store_url, VOL)
-    a.mount(store_url, VOL, options=["durability=local", "commit_interval=3600"],
-            extra_env={"FERRY_FAILPOINTS": "after_blocks_uploaded"})
-    payload = os.urandom(100_000)
-    _write_fsync(a.mountpoint / "local-acked", payload)
-    a.wait_dead(timeout=30)   # the background upload hit the failpoint
-    a.cleanup_dead_mount()
-    a.mount(store_url, VOL)
-    assert (a.mountpoint / "local-acked").read_bytes() == payload
-    a.umount()
-    b = _new_mount(tmp_path, "b")
-    b.mount(store_url, VOL)
-    assert (b.mountpoint / "local-acked").read_bytes() == payload
-    b.umount()
-    _fsck_clean(store_url)

@@ -14,6 +14,7 @@ kernel passes them straight to applications.
 from __future__ import annotations
 
 import errno
+from bisect import bisect_right
 from stat import (S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK,
                   S_ISGID)
 from typing import Iterable
@@ -28,6 +29,7 @@ RENAME_EXCHANGE = 2
 SYMLINK_MAX = 4095          # PATH_MAX - 1
 _NODE_TYPES = frozenset((S_IFREG, S_IFCHR, S_IFBLK, S_IFIFO, S_IFSOCK))
 _DOTS = (b".", b"..")
+_LISTINGS_KEPT = 64         # directories whose sorted listing is cached
 
 
 class FsError(Exception):
@@ -58,21 +60,28 @@ def _check_new_name(name: bytes) -> None:
 
 
 class MetaOps:
-    __slots__ = ("state", "pending", "attr_dirty")
+    __slots__ = ("state", "pending", "attr_dirty", "_listings")
 
     def __init__(self, state: MetaState) -> None:
         self.state = state
         self.pending: list[list] = []
         self.attr_dirty: set[int] = set()
+        # directory -> (sorted cookies, [(cookie, name)]): FUSE reads a large
+        # directory in many small readdir calls; sorting it for each would be
+        # quadratic. Dropped by _emit whenever the directory changes.
+        self._listings: dict[int, tuple[list[int], list[tuple[int, bytes]]]] = {}
 
     # ------------------------------------------------------------ plumbing
     def _emit(self, rec: list) -> None:
         self.state.apply(rec)
         self.pending.append(rec)
-        if rec[0] == INODE or rec[0] == INODE_DEL:
+        t = rec[0]
+        if t == INODE or t == INODE_DEL:
             # An INODE record is built from the current attributes (or
             # replaces them), and a deleted inode is owed nothing.
             self.attr_dirty.discard(rec[1])
+        if (t == DENT or t == DENT_DEL or t == INODE_DEL) and self._listings:
+            self._listings.pop(rec[1], None)
 
     def reapply(self, recs: Iterable[list]) -> None:
         """Re-emit records recorded earlier (local journal recovery): they
@@ -169,20 +178,37 @@ class MetaOps:
     def getattr(self, ino: int) -> Inode:
         return self._node(ino)
 
-    def readdir(self, ino: int, after_cookie: int) -> list[tuple[bytes, Inode, int]]:
-        """Entries with a cookie above `after_cookie`, in cookie order.
-        Entries keep their cookie for life, so a listing resumed at a cookie
-        neither repeats nor skips entries that were not renamed meanwhile.
-        A directory removed while open lists as empty (as on Linux)."""
+    def readdir(self, ino: int, after_cookie: int,
+                limit: int | None = None) -> list[tuple[bytes, Inode, int]]:
+        """Entries with a cookie above `after_cookie`, in cookie order (at
+        most `limit` of them). Entries keep their cookie for life, so a
+        listing resumed at a cookie neither repeats nor skips entries that
+        were not renamed meanwhile. A directory removed while open lists as
+        empty (as on Linux)."""
         n = self.state.inodes.get(ino)
         if n is None:
             return []
         if n.mode & S_FMT != S_IFDIR:
             raise FsError(errno.ENOTDIR)
+        m = self.state.entries[ino]
+        listing = self._listings.get(ino)
+        if listing is None:
+            items = sorted((cookie, name) for name, (_, cookie) in m.items())
+            listing = ([c for c, _ in items], items)
+            if len(self._listings) >= _LISTINGS_KEPT:
+                del self._listings[next(iter(self._listings))]
+            self._listings[ino] = listing
+        cookies, items = listing
+        start = bisect_right(cookies, after_cookie)
+        stop = len(items) if limit is None else min(len(items), start + max(limit, 0))
         inodes = self.state.inodes
-        found = sorted((cookie, name, child) for name, (child, cookie)
-                       in self.state.entries[ino].items() if cookie > after_cookie)
-        return [(name, inodes[child], cookie) for cookie, name, child in found if child in inodes]
+        out = []
+        for i in range(start, stop):
+            cookie, name = items[i]
+            child = inodes.get(m[name][0])
+            if child is not None:
+                out.append((name, child, cookie))
+        return out
 
     def usage(self) -> tuple[int, int]:
         """(number of inodes, sum of sizes of regular files), for statfs."""

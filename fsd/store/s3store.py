@@ -65,9 +65,9 @@ class S3Store:
                 if not isinstance(err, StoreUnavailable):
                     raise err from None
                 last = err
-            except (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionError,
-                    botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectTimeoutError,
-                    botocore.exceptions.ResponseStreamingError) as e:
+            except (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError,
+                    botocore.exceptions.ResponseStreamingError, botocore.exceptions.IncompleteReadError,
+                    OSError) as e:
                 last = StoreUnavailable(f"cannot reach object store at {self.endpoint}: {e}; "
                                         f"check the endpoint and the network")
             except botocore.exceptions.NoCredentialsError:

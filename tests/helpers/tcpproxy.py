@@ -27,8 +27,8 @@ class TcpProxy:
 
     def cut(self) -> None:
         """Drop every open connection and reset new ones until restore()."""
-        self._up = False
         with self._lock:
+            self._up = False
             for c in list(self._conns):
                 try:
                     c.shutdown(socket.SHUT_RDWR)
@@ -61,6 +61,10 @@ class TcpProxy:
                 client.close()
                 continue
             with self._lock:
+                if not self._up:   # cut while we were connecting: drop it
+                    client.close()
+                    upstream.close()
+                    continue
                 self._conns.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()

@@ -391,7 +391,7 @@ def test_setattr_size(ops):
     ops.setattr(f.ino, 8, size=20, mtime_ns=3)
     assert f.size == 20 and f.mtime_ns == 3                        # explicit mtime wins
     recs = ops.take_pending()
-    assert [r[0] for r in recs] == [TRUNC, INODE, TRUNC, INODE] and recs[2] == [TRUNC, f.ino, 20]
+    assert [r[0] for r in recs] == [INODE, TRUNC, INODE, TRUNC, INODE] and recs[3] == [TRUNC, f.ino, 20]
     err(errno.EISDIR, ops.setattr, d.ino, 8, size=0)
     err(errno.EINVAL, ops.setattr, f.ino, 8, size=-1)
     assert ops.usage() == (3, 20)
@@ -587,3 +587,27 @@ def test_check_state_flags_blocks_on_non_regular_files():
     assert any("not a regular file" in p for p in check_state(s))
     t = MetaState(BS)
     assert any("root" in p for p in check_state(t))
+
+
+def test_readdir_limit_and_listing_cache(ops):
+    for i in range(10):
+        ops.create(R, b"f%d" % i, REG, 0, 0, 1)
+    got, after = [], 0
+    while True:
+        part = ops.readdir(R, after, limit=3)
+        if not part:
+            break
+        assert len(part) <= 3
+        got += [n for n, _, _ in part]
+        after = part[-1][2]
+        if after == 6:                      # changes in the middle of a listing
+            ops.rename(R, b"f0", R, b"moved", 0, 2)
+            ops.unlink(R, b"f8", 2)
+            ops.create(R, b"late", REG, 0, 0, 2)
+    assert got == [b"f%d" % i for i in range(6)] + [b"f6", b"f7", b"f9", b"moved", b"late"]
+    assert ops.readdir(R, 0, limit=0) == []
+    # the cache is bounded
+    for i in range(80):
+        d = ops.mkdir(R, b"d%d" % i, 0o755, 0, 0, 3)
+        assert ops.readdir(d.ino, 0) == []
+    assert len(ops._listings) <= 64

@@ -1,0 +1,165 @@
+"""Faults (SPEC §6): the object store going away, corrupt or missing data
+objects, a full cache disk, and local durability across a crash."""
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from fsd.format import keys
+from tests.conftest import make_bucket
+from tests.helpers.mount import fsck_clean
+from tests.helpers.tcpproxy import TcpProxy
+
+VOL = "vol"
+
+
+@pytest.fixture
+def proxied_store_url(moto_endpoint):
+    """An s3:// URL whose endpoint is a proxy the test can cut and restore."""
+    port = urlsplit(moto_endpoint).port
+    proxy = TcpProxy("127.0.0.1", port)
+    url = f"s3://{make_bucket(moto_endpoint)}?endpoint={proxy.endpoint}&region=us-east-1"
+    try:
+        yield url, proxy
+    finally:
+        proxy.close()
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_store_outage_fsync_waits_and_nothing_is_lost(proxied_store_url, new_mount):
+    url, proxy = proxied_store_url
+    a = new_mount("a")
+    a.mkfs(url, VOL)
+    a.mount(url, VOL, options=["commit_interval=0.5"])
+    proxy.cut()
+    data = os.urandom(2 * 1024 * 1024)
+    # Writes keep working while the store is down (below the dirty limit).
+    (a.mountpoint / "during-outage").write_bytes(data)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def fsync_it() -> None:
+        try:
+            fd = os.open(a.mountpoint / "during-outage", os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+        done.set()
+
+    t = threading.Thread(target=fsync_it)
+    t.start()
+    # The store is unreachable: fsync cannot have been acknowledged.
+    assert not done.wait(3.0), f"fsync returned while the object store was unreachable: {errors}"
+    proxy.restore()
+    assert done.wait(120), "fsync did not return after the store came back"
+    t.join()
+    assert not errors, errors
+    a.kill9()   # host lost right after the acknowledged fsync
+    b = new_mount("b")
+    b.mount(url, VOL, takeover=True)
+    assert (b.mountpoint / "during-outage").read_bytes() == data
+    b.umount()
+    fsck_clean(url, VOL)
+
+
+def _file_store_dir(url: str) -> Path:
+    return Path(urlsplit(url).path)
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "delete"])
+def test_damaged_data_object_reads_as_eio_and_is_logged(file_store_url, new_mount, damage):
+    a = new_mount("a")
+    a.mkfs(file_store_url, VOL)
+    a.mount(file_store_url, VOL)
+    (a.mountpoint / "victim").write_bytes(b"A" * 300_000)
+    (a.mountpoint / "bystander").write_bytes(b"B" * 1000)
+    ino = os.stat(a.mountpoint / "victim").st_ino
+    a.umount()
+    objs = sorted((_file_store_dir(file_store_url) / VOL / "data").rglob("*"))
+    objs = [p for p in objs if p.is_file()]
+    assert len(objs) == 2
+    victim = next(p for p in objs if p.stat().st_size > 100_000)
+    if damage == "corrupt":
+        raw = bytearray(victim.read_bytes())
+        raw[-10] ^= 0xFF
+        victim.write_bytes(bytes(raw))
+    else:
+        victim.unlink()
+    b = new_mount("b")   # fresh cache: the block must come from the store
+    b.mount(file_store_url, VOL)
+    with pytest.raises(OSError) as exc:
+        (b.mountpoint / "victim").read_bytes()
+    assert exc.value.errno == errno.EIO
+    assert (b.mountpoint / "bystander").read_bytes() == b"B" * 1000
+    b.umount()
+    log = b.log()
+    assert f"inode {ino} block 0" in log and ("corrupt" in log or "missing" in log), log
+
+
+def test_full_cache_disk_is_not_corruption(file_store_url, new_mount, tmp_path):
+    cache = tmp_path / "tiny-cache"
+    cache.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(cache)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {r.stderr!r}")
+    try:
+        a = new_mount("a")
+        a.cache_dir = cache / "c"
+        a.mkfs(file_store_url, VOL)
+        a.mount(file_store_url, VOL)
+        data = os.urandom(12 * 1024 * 1024)   # four times the cache disk
+        _fsync_write(a.mountpoint / "big", data)
+        subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"])
+        assert (a.mountpoint / "big").read_bytes() == data
+        a.umount()
+        b = new_mount("b")
+        b.mount(file_store_url, VOL)
+        assert (b.mountpoint / "big").read_bytes() == data
+        b.umount()
+        fsck_clean(file_store_url, VOL)
+    finally:
+        subprocess.run(["umount", "-l", str(cache)])
+
+
+def test_local_durability_survives_kill9_while_store_is_down(proxied_store_url, new_mount):
+    """durability=local: fsync returns once in the local journal, even with
+    the store unreachable; after kill -9 the same cache dir re-commits it."""
+    url, proxy = proxied_store_url
+    a = new_mount("a")
+    a.mkfs(url, VOL)
+    a.mount(url, VOL, options=["durability=local", "commit_interval=0.5"])
+    proxy.cut()
+    payload = os.urandom(700_000)
+    _fsync_write(a.mountpoint / "local-acked", payload)   # must return: local journal
+    os.mkdir(a.mountpoint / "dir-acked")
+    fd = os.open(a.mountpoint / "dir-acked", os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    a.kill9()
+    proxy.restore()
+    a.mount(url, VOL)        # same cache dir: its own crashed epoch, recovers the journal
+    assert (a.mountpoint / "local-acked").read_bytes() == payload
+    assert (a.mountpoint / "dir-acked").is_dir()
+    a.umount()
+    b = new_mount("b")       # another host sees it: it was uploaded at recovery
+    b.mount(url, VOL)
+    assert (b.mountpoint / "local-acked").read_bytes() == payload
+    b.umount()
+    fsck_clean(url, VOL)
