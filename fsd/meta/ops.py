@@ -68,7 +68,8 @@ class MetaOps:
         self.attr_dirty: set[int] = set()
         # directory -> (sorted cookies, [(cookie, name)]): FUSE reads a large
         # directory in many small readdir calls; sorting it for each would be
-        # quadratic. Dropped by _emit whenever the directory changes.
+        # quadratic. Dropped by _emit whenever the directory changes (once a
+        # MetaOps exists, entries change only through it).
         self._listings: dict[int, tuple[list[int], list[tuple[int, bytes]]]] = {}
 
     # ------------------------------------------------------------ plumbing
