@@ -246,7 +246,7 @@ class FerryOperations(pyfuse3.Operations):
 
     @_fuse_errors
     async def readdir(self, fh, start_id, token):
-        for name, node, cookie in self.ops.readdir(fh, start_id):
+        for name, node, cookie in self.ops.readdir(fh, start_id, limit=256):
             if not pyfuse3.readdir_reply(token, name, self._attr(node), cookie):
                 break
 
