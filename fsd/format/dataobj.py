@@ -37,6 +37,8 @@ def decode_block(obj: bytes, expected_hash: bytes, key: str) -> bytes:
         raise CorruptObject(f"{key}: bad magic {magic!r}")
     if version != VERSION:
         raise CorruptObject(f"{key}: unsupported data object version {version}")
+    if flags & ~FLAG_ZSTD:
+        raise CorruptObject(f"{key}: unknown flags {flags:#x}")
     payload = memoryview(obj)[_HEAD.size:]
     if flags & FLAG_ZSTD:
         try:

@@ -80,7 +80,12 @@ class S3Store:
         raise last
 
     def check(self) -> None:
-        self._call(f"bucket {self.spec.bucket}", lambda: self.client.head_bucket(Bucket=self.spec.bucket))
+        """Fail early, with advice, if the bucket is missing or access is refused."""
+        try:
+            self._call(f"bucket {self.spec.bucket}", lambda: self.client.head_bucket(Bucket=self.spec.bucket))
+        except NotFound:
+            raise StoreConfigError(f"bucket {self.spec.bucket} does not exist at {self.endpoint}; "
+                                   f"create it first") from None
 
     def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
         kw = {"IfNoneMatch": "*"} if if_none_match else {}

@@ -1,0 +1,63 @@
+"""The CLI as users meet it: exit codes (0 / 1 explained / 2 usage) and messages."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers.mount import run_ferry
+
+
+@pytest.mark.parametrize("args", [["--help"], ["fs", "--help"], ["fs", "mount", "--help"], ["fs", "mkfs", "--help"]])
+def test_help(args):
+    r = run_ferry(*args)
+    assert r.returncode == 0 and "usage" in r.stdout.lower()
+
+
+def test_mount_help_teaches_options():
+    r = run_ferry("fs", "mount", "--help")
+    assert "durability" in r.stdout and "--takeover" in r.stdout
+
+
+@pytest.mark.parametrize("name", ["..", "a/b", "x" * 129, "bad\x01"])
+def test_bad_volume_name_is_a_usage_error(file_store_url, name):
+    r = run_ferry("fs", "mkfs", "--store", file_store_url, name)
+    assert r.returncode == 2 and "volume name" in r.stderr
+
+
+def test_missing_arguments_exit_2():
+    assert run_ferry("fs", "mkfs").returncode == 2
+    assert run_ferry("fs", "frobnicate").returncode == 2
+
+
+def test_unknown_mount_option_lists_known_ones(file_store_url, tmp_path):
+    run_ferry("fs", "mkfs", "--store", file_store_url, "v")
+    (tmp_path / "m").mkdir()
+    r = run_ferry("fs", "mount", "--store", file_store_url, "--cache-dir", str(tmp_path / "c"), "v",
+                  str(tmp_path / "m"), "-o", "turbo=1")
+    assert r.returncode == 2 and "unknown mount option" in r.stderr and "durability" in r.stderr
+
+
+def test_mkfs_twice_and_missing_volume(file_store_url, tmp_path):
+    assert run_ferry("fs", "mkfs", "--store", file_store_url, "v").returncode == 0
+    r = run_ferry("fs", "mkfs", "--store", file_store_url, "v")
+    assert r.returncode == 1 and "already exists" in r.stderr
+    r = run_ferry("fs", "fsck", "--store", file_store_url, "nope")
+    assert r.returncode == 1 and "ferry fs mkfs" in r.stderr
+
+
+def test_bad_store_url(tmp_path):
+    r = run_ferry("fs", "mkfs", "--store", "ftp://x", "v")
+    assert r.returncode == 1 and "s3://" in r.stderr
+
+
+def test_inspect_after_clean_unmount(file_store_url, new_mount):
+    m = new_mount("a")
+    m.mkfs(file_store_url, "v")
+    m.mount(file_store_url, "v")
+    (m.mountpoint / "f").write_bytes(b"x")
+    m.umount()
+    r = run_ferry("fs", "inspect", "--store", file_store_url, "v", "--json")
+    info = json.loads(r.stdout)
+    assert info["sealed"] is True and info["seal_reason"] == "release" and info["epoch"] == 2
+    assert info["latest_snapshot"] is not None
