@@ -38,6 +38,9 @@ class BlockIO:
         self.bytes_fetched = 0
 
     # ------------------------------------------------------------------ read
+    def is_cached_or_fetching(self, h: bytes) -> bool:
+        return h in self._fetching or self.cache.contains(h)
+
     async def read_range(self, ino: int, idx: int, ref: BlockRef, start: int, end: int) -> bytes:
         """Bytes [start, end) of a committed block, clipped to ref.length."""
         end = min(end, ref.length)

@@ -47,6 +47,9 @@ class DataLayer:
         self.space_freed = trio.Condition()
         self.on_pressure = lambda: None   # set by the committer: start a commit now
         self.is_fenced = lambda: False     # set by the committer
+        self.spawn = None                  # nursery.start_soon, set by the mount: background read-ahead
+        self.readahead_blocks = 8
+        self._last_read_end: dict[int, int] = {}
 
     # ------------------------------------------------------------------ read
     async def read(self, ino: int, off: int, size: int) -> bytes:
@@ -56,6 +59,9 @@ class DataLayer:
         size = max(0, min(size, inode.size - off))
         if size == 0:
             return b""
+        if self._last_read_end.get(ino) == off or off == 0:
+            self._read_ahead(ino, (off + size) // self.bs + 1, inode.size)
+        self._last_read_end[ino] = off + size
         parts: list[bytes] = []
         for idx, boff, n in split_range(off, size, self.bs):
             key = (ino, idx)
@@ -73,6 +79,26 @@ class DataLayer:
                 chunk = chunk + bytes(n - len(chunk))
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _read_ahead(self, ino: int, first: int, file_size: int) -> None:
+        """Sequential reader: fetch the next blocks into the cache in the
+        background, so cold sequential reads stream at store bandwidth."""
+        if self.spawn is None:
+            return
+        blocks = self.state.blocks.get(ino)
+        if not blocks:
+            return
+        last = min(first + self.readahead_blocks, (file_size + self.bs - 1) // self.bs)
+        for idx in range(first, last):
+            ref = blocks.get(idx)
+            if ref is not None and not self.bio.is_cached_or_fetching(ref.hash):
+                self.spawn(self._prefetch, ino, idx, ref)
+
+    async def _prefetch(self, ino: int, idx: int, ref: BlockRef) -> None:
+        try:
+            await self.bio.fetch(ino, idx, ref)
+        except FsError:
+            pass   # the foreground read will report it
 
     async def _base(self, ino: int, idx: int) -> bytearray:
         """Current content of a block as a new mutable buffer."""

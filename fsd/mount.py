@@ -195,6 +195,7 @@ async def serve(cfg: MountConfig, on_ready=None) -> int:
     try:
         async with trio.open_nursery() as n:
             n.start_soon(committer.run)
+            data.spawn = n.start_soon
             n.start_soon(status_writer)
             n.start_soon(on_signals)
             if on_ready:
