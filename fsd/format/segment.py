@@ -1,7 +1,7 @@
 """Journal segment or seal (magic FRYJ)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from fsd.format.framing import CorruptObject, frame, require, unframe
 
@@ -21,7 +21,10 @@ class Segment:
     batch: int | None = None
 
     def encode(self) -> bytes:
-        return frame(MAGIC, asdict(self))
+        # Not dataclasses.asdict: it deep-copies every record (hot at commit).
+        return frame(MAGIC, {"kind": self.kind, "epoch": self.epoch, "seq": self.seq,
+                             "created_ns": self.created_ns, "records": self.records, "reason": self.reason,
+                             "sealed_by": self.sealed_by, "batch": self.batch})
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> "Segment":
