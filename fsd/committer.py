@@ -57,7 +57,8 @@ class CommitStats:
 class Committer:
     def __init__(self, *, volume: str, ops: MetaOps, data: DataLayer, bio: BlockIO,
                  astore: AsyncStore, position: WriterPosition, interval: float,
-                 snapshot_every: int = 512, local: LocalJournal | None = None) -> None:
+                 snapshot_every: int = 512, local: LocalJournal | None = None,
+                 working_copy=None) -> None:
         self.volume = volume
         self.ops = ops
         self.data = data
@@ -74,6 +75,8 @@ class Committer:
         self._stopping = False
         self._stopped = trio.Event()
         self.local = local
+        self.working_copy = working_copy    # fsd.localdb.WorkingCopy, kept equal to the journal
+        self._wc_limiter = trio.CapacityLimiter(1)
         self._wake = trio.Event()
         self._progress = trio.Condition()
         self._running = False
@@ -262,6 +265,13 @@ class Committer:
         self.stats.last_commit_ns = time.time_ns()
         self.stats.last_error = None
         await self._notify()
+        if self.working_copy is not None:
+            try:
+                await trio.to_thread.run_sync(self.working_copy.apply_segment, records,
+                                              (self.pos.epoch, seq), limiter=self._wc_limiter)
+            except Exception as e:  # noqa: BLE001 - an accelerator: disable it, the store is the truth
+                log.warning("volume %s: local working copy disabled after an error: %r", self.volume, e)
+                self.working_copy = None
         if (self.snapshot_hook is not None and self.stats.segments_since_snapshot >= self.snapshot_every
                 and not self._pending_anything() and not self.data.inflight and not self._queue_times):
             # Only now does the live state equal the replay up to `seq`.

@@ -125,10 +125,18 @@ async def serve(cfg: MountConfig, on_ready=None) -> int:
     epoch, token = await t(lambda: vol_mod.claim_epoch(store, cfg.volume, cache_token=cache_token,
                                                        takeover=cfg.takeover))
     cache_dir.write_owner({"volume": cfg.volume, "uuid": sb.uuid, "epoch": epoch, "token": token})
-    loaded = await t(vol_mod.load_state, store, cfg.volume, sb)
+    wc = await t(_open_working_copy, cfg.cache_dir / "meta.db", sb.block_size)
+    loaded = await t(vol_mod.load_state, store, cfg.volume, sb, wc)
     state, last, replayed = loaded.state, loaded.last, loaded.replayed
-    log.info("volume %s: epoch %d, metadata rebuilt up to segment %s (%d segments replayed, %d inodes)",
-             cfg.volume, epoch, last, replayed, len(state.inodes))
+    log.info("volume %s: epoch %d, metadata rebuilt from %s up to segment %s (%d segments replayed, %d inodes)",
+             cfg.volume, epoch, loaded.source, last, replayed, len(state.inodes))
+    if wc is not None:
+        # The begin segment (epoch, 1) carries no records: the copy is exact there.
+        try:
+            await t(wc.reset, sb.uuid, state, (epoch, 1))
+        except Exception as e:  # noqa: BLE001 - an accelerator only
+            log.warning("volume %s: local working copy disabled: %r", cfg.volume, e)
+            wc = None
     ops = MetaOps(state)
     cache = await t(BlockCache, cfg.cache_dir / "blocks", cfg.options.cache_size)
     bio = BlockIO(volume=cfg.volume, astore=astore, cache=cache, compress=sb.compression == "zstd",
@@ -141,7 +149,8 @@ async def serve(cfg: MountConfig, on_ready=None) -> int:
     ljournal = await t(LocalJournal, cfg.cache_dir / "journal")
     committer = Committer(volume=cfg.volume, ops=ops, data=data, bio=bio, astore=astore, position=pos,
                           interval=cfg.options.commit_interval, snapshot_every=cfg.options.snapshot_every,
-                          local=ljournal if cfg.options.durability == "local" else None)
+                          local=ljournal if cfg.options.durability == "local" else None,
+                          working_copy=wc)
     committer.stats.segments_since_snapshot = replayed
 
     async def snapshot(e: int, s: int) -> None:
@@ -259,3 +268,17 @@ async def _recover_local_journal(cfg: MountConfig, owner: dict | None, epoch: in
             raise vol_mod.VolumeError("fenced while recovering the local journal")
         log.info("volume %s: recovered local batch %d of epoch %d", cfg.volume, entry.batch, entry.epoch)
     await trio.to_thread.run_sync(ljournal.clear)
+
+
+def _open_working_copy(path: Path, block_size: int):
+    from fsd.localdb import WorkingCopy
+    try:
+        return WorkingCopy(path, block_size)
+    except Exception as e:  # noqa: BLE001 - a damaged copy is rebuilt from the store
+        log.warning("local working copy %s unusable (%r); rebuilding it", path, e)
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(path) + suffix).unlink(missing_ok=True)
+        try:
+            return WorkingCopy(path, block_size)
+        except Exception:  # noqa: BLE001
+            return None

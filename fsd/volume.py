@@ -256,31 +256,49 @@ class LoadResult:
     last: tuple[int, int]            # (epoch, seq) of the last replayed segment
     replayed: int                    # segments replayed after the snapshot
     max_batch: dict[int, int]        # epoch -> highest local batch id among replayed segments
+    source: str = "journal"          # where replay started: "snapshot", "local" or "journal"
 
 
-def load_state(store: ObjectStore, volume: str, sb: Superblock) -> LoadResult:
-    """Latest valid snapshot + replay of every later replayable segment."""
+def load_state(store: ObjectStore, volume: str, sb: Superblock, local=None) -> LoadResult:
+    """Best valid starting point + replay of every later replayable segment.
+
+    Starting points: remote snapshots, and `local` (a `fsd.localdb.WorkingCopy`
+    of this cache directory), newest first. One is valid only if the segment
+    it is keyed at exists and is not a seal: a snapshot is written only after
+    its segment committed, and our writers never skip a seq, so no seal can
+    precede a non-seal segment at (e, s)."""
     view = list_journal(store, volume)
+    candidates = [(e, s, "snapshot") for e, s in view.snapshots]
+    local_pos = local.position(sb.uuid) if local is not None else None
+    if local_pos is not None:
+        candidates.append((local_pos[0], local_pos[1], "local"))
+    candidates.sort(key=lambda c: (c[0], c[1], c[2] == "local"), reverse=True)
     state: MetaState | None = None
     start: tuple[int, int] = (0, 0)
-    for e, s in reversed(view.snapshots):
+    source = "journal"
+    for e, s, kind in candidates:
         if s not in view.seqs.get(e, []):
             continue
         try:
             seg = read_segment(store, volume, e, s)
-            # A snapshot is written only after its segment committed, and our
-            # writers never skip a seq, so no seal can precede a non-seal
-            # segment at (e, s): checking that one object is enough.
             if seg.kind == "seal":
                 continue
-            key = keys.snapshot_key(volume, e, s)
-            se, ss, next_ino, records = decode_snapshot(store.get(key), key)
+            if kind == "local":
+                state = local.load()
+            else:
+                key = keys.snapshot_key(volume, e, s)
+                _se, _ss, next_ino, records = decode_snapshot(store.get(key), key)
+                state = MetaState.from_records(sb.block_size, records)
+                state.next_ino = max(state.next_ino, next_ino)
         except (CorruptObject, NotFound) as exc:
-            log.warning("volume %s: ignoring snapshot %d-%d: %s", volume, e, s, exc)
+            log.warning("volume %s: ignoring %s at %d-%d: %s", volume, kind, e, s, exc)
             continue
-        state = MetaState.from_records(sb.block_size, records)
-        state.next_ino = max(state.next_ino, next_ino)
+        except Exception as exc:  # a damaged local database must not prevent mounting
+            log.warning("volume %s: ignoring %s at %d-%d: %r", volume, kind, e, s, exc)
+            state = None
+            continue
         start = (e, s)
+        source = kind
         break
     if state is None:
         state = MetaState(sb.block_size)
@@ -312,7 +330,7 @@ def load_state(store: ObjectStore, volume: str, sb: Superblock) -> LoadResult:
                 max_batch[e] = max(max_batch.get(e, 0), segs[s].batch)
             last = (e, s)
             replayed += 1
-    return LoadResult(state, last, replayed, max_batch)
+    return LoadResult(state, last, replayed, max_batch, source)
 
 
 def write_snapshot(store: ObjectStore, volume: str, epoch: int, seq: int, state: MetaState,

@@ -134,3 +134,25 @@ def test_clean_unmount_commits_unsynced_data(store_url, new_mount):
     b.mount(store_url, VOL)                # released cleanly: no --takeover needed
     assert (b.mountpoint / "nosync").read_bytes() == data
     b.umount()
+
+
+def test_remount_starts_from_local_working_copy_and_survives_its_damage(store_url, new_mount):
+    a = new_mount("a")
+    a.mkfs(store_url, VOL)
+    a.mount(store_url, VOL)
+    (a.mountpoint / "d").mkdir()
+    (a.mountpoint / "d/f").write_bytes(b"v1")
+    a.umount()
+    a.mount(store_url, VOL)
+    assert "metadata rebuilt from local" in a.log()
+    assert (a.mountpoint / "d/f").read_bytes() == b"v1"
+    (a.mountpoint / "d/f").write_bytes(b"v2")
+    a.umount()
+    (a.cache_dir / "meta.db").write_bytes(b"this is not a database" * 100)
+    for suffix in ("-wal", "-shm"):
+        (a.cache_dir / f"meta.db{suffix}").unlink(missing_ok=True)
+    a.mount(store_url, VOL)
+    assert "metadata rebuilt from local" not in a.log()
+    assert (a.mountpoint / "d/f").read_bytes() == b"v2"
+    a.umount()
+    fsck_clean(store_url, VOL)

@@ -1,0 +1,135 @@
+"""The local SQLite working copy of a volume's metadata (WAL mode).
+
+It is changed only by applying committed journal segments, in order, so it
+always equals the replay of the journal up to its recorded position (epoch,
+seq). A remount of the same cache directory starts from it and replays only
+the segments after that position, instead of downloading a snapshot and
+every later segment. If it is missing, damaged or behind the latest
+snapshot, the remote path is used: it is an accelerator, never the truth.
+
+Synchronous: callers on the trio loop run it in one worker thread at a time
+(a CapacityLimiter of 1), which also keeps segment order.
+"""
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Iterable
+
+import msgpack
+
+from fsd.meta.records import BLOCK, DENT, DENT_DEL, INODE, INODE_DEL, TRUNC, XATTR, XATTR_DEL
+from fsd.meta.state import MetaState
+
+log = logging.getLogger("ferry.localdb")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v BLOB);
+CREATE TABLE IF NOT EXISTS inode (ino INTEGER PRIMARY KEY, rec BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS dent (parent INTEGER, name BLOB, ino INTEGER, cookie INTEGER,
+                                 PRIMARY KEY (parent, name));
+CREATE TABLE IF NOT EXISTS block (ino INTEGER, idx INTEGER, hash BLOB, length INTEGER,
+                                  PRIMARY KEY (ino, idx));
+CREATE TABLE IF NOT EXISTS xattr (ino INTEGER, name BLOB, value BLOB, PRIMARY KEY (ino, name));
+"""
+
+
+class WorkingCopy:
+    def __init__(self, path: Path, block_size: int) -> None:
+        self.path = path
+        self.bs = block_size
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    # ------------------------------------------------------------ identity
+    def _get(self, k: str):
+        row = self.db.execute("SELECT v FROM kv WHERE k=?", (k,)).fetchone()
+        return None if row is None else msgpack.unpackb(row[0], raw=False)
+
+    def position(self, uuid: str) -> tuple[int, int] | None:
+        """(epoch, seq) this copy reflects, if it belongs to volume `uuid`."""
+        try:
+            if self._get("uuid") != uuid:
+                return None
+            pos = self._get("position")
+            return None if pos is None else (pos[0], pos[1])
+        except (sqlite3.DatabaseError, ValueError, msgpack.UnpackException) as e:
+            log.warning("local working copy %s unreadable (%s); ignoring it", self.path, e)
+            return None
+
+    def reset(self, uuid: str, state: MetaState, position: tuple[int, int]) -> None:
+        """Replace the whole copy by `state` as of `position`."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            for t in ("kv", "inode", "dent", "block", "xattr"):
+                db.execute(f"DELETE FROM {t}")
+            self._apply(state.snapshot_records())
+            db.execute("INSERT INTO kv VALUES ('uuid', ?)", (msgpack.packb(uuid),))
+            db.execute("INSERT INTO kv VALUES ('position', ?)", (msgpack.packb(list(position)),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def apply_segment(self, records: list, position: tuple[int, int]) -> None:
+        """Apply one committed segment and advance the position, atomically."""
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            self._apply(records)
+            db.execute("INSERT OR REPLACE INTO kv VALUES ('position', ?)", (msgpack.packb(list(position)),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _apply(self, records: Iterable[list]) -> None:
+        x = self.db.execute
+        for r in records:
+            t = r[0]
+            if t == INODE:
+                x("INSERT OR REPLACE INTO inode VALUES (?, ?)", (r[1], msgpack.packb(r, use_bin_type=True)))
+            elif t == DENT:
+                x("INSERT OR REPLACE INTO dent VALUES (?, ?, ?, ?)", (r[1], r[2], r[3], r[4]))
+            elif t == DENT_DEL:
+                x("DELETE FROM dent WHERE parent=? AND name=?", (r[1], r[2]))
+            elif t == BLOCK:
+                if x("SELECT 1 FROM inode WHERE ino=?", (r[1],)).fetchone():
+                    x("INSERT OR REPLACE INTO block VALUES (?, ?, ?, ?)", (r[1], r[2], r[3], r[4]))
+            elif t == TRUNC:
+                ino, size = r[1], r[2]
+                idx, rem = divmod(size, self.bs)
+                x("DELETE FROM block WHERE ino=? AND idx>=?", (ino, idx + 1 if rem else idx))
+                if rem:
+                    x("UPDATE block SET length=MIN(length, ?) WHERE ino=? AND idx=?", (rem, ino, idx))
+            elif t == INODE_DEL:
+                for table, col in (("inode", "ino"), ("dent", "parent"), ("block", "ino"), ("xattr", "ino")):
+                    x(f"DELETE FROM {table} WHERE {col}=?", (r[1],))
+            elif t == XATTR:
+                if x("SELECT 1 FROM inode WHERE ino=?", (r[1],)).fetchone():
+                    x("INSERT OR REPLACE INTO xattr VALUES (?, ?, ?)", (r[1], r[2], r[3]))
+            elif t == XATTR_DEL:
+                x("DELETE FROM xattr WHERE ino=? AND name=?", (r[1], r[2]))
+
+    # ------------------------------------------------------------- loading
+    def records(self) -> Iterable[list]:
+        """Records that recreate the copy (inodes first, then the rest)."""
+        q = self.db.execute
+        for (rec,) in q("SELECT rec FROM inode ORDER BY ino"):
+            yield msgpack.unpackb(rec, raw=False)
+        for ino, name, value in q("SELECT ino, name, value FROM xattr"):
+            yield [XATTR, ino, bytes(name), bytes(value)]
+        for parent, name, ino, cookie in q("SELECT parent, name, ino, cookie FROM dent ORDER BY parent, cookie"):
+            yield [DENT, parent, bytes(name), ino, cookie]
+        for ino, idx, h, length in q("SELECT ino, idx, hash, length FROM block"):
+            yield [BLOCK, ino, idx, bytes(h), length]
+
+    def load(self) -> MetaState:
+        return MetaState.from_records(self.bs, self.records())
+
+    def close(self) -> None:
+        self.db.close()
