@@ -116,3 +116,23 @@ async def test_async_store_runs_in_threads(store):
             n.start_soon(a.put, f"k/{i}", b"x" * i)
     assert await a.list("k/") == sorted(f"k/{i}" for i in range(10))
     assert await a.get("k/5") == b"xxxxx"
+
+
+@pytest.mark.parametrize("code,status,exc", [
+    ("InvalidAccessKeyId", 403, "StoreAuthError"), ("SignatureDoesNotMatch", 403, "StoreAuthError"),
+    ("AccessDenied", 403, "StoreAuthError"), ("NoSuchBucket", 404, "StoreConfigError"),
+    ("NoSuchKey", 404, "NotFound"), ("PreconditionFailed", 412, "PreconditionFailed"),
+    ("ConditionalRequestConflict", 409, "PreconditionFailed"), ("SlowDown", 503, "StoreUnavailable"),
+    ("InternalError", 500, "StoreUnavailable"),
+])
+def test_s3_error_mapping(code, status, exc):
+    """moto accepts any credentials, so the mapping of refusals is checked on
+    the botocore errors S3 returns."""
+    import botocore.exceptions
+    from fsd.store.s3store import map_client_error
+    err = botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+    mapped = map_client_error(err, "PUT k", "http://e")
+    assert type(mapped).__name__ == exc
+    if exc == "StoreAuthError":
+        assert "AWS_ACCESS_KEY_ID" in str(mapped)
