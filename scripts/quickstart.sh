@@ -10,7 +10,7 @@ CACHE_DIR=${FERRY_CACHE_DIR:-/var/cache/ferry/demo}
 VOL=${FERRY_VOLUME:-demo}
 
 bash scripts/install.sh
-FERRY=.venv/bin/ferry
+FERRY="$(pwd)/${FERRY_VENV:-.venv}/bin/ferry"
 
 mkdir -p "$STORE_DIR" "$MNT" "$CACHE_DIR"
 if ! $FERRY fs inspect --store "file://$STORE_DIR" "$VOL" >/dev/null 2>&1; then
