@@ -163,3 +163,29 @@ def test_local_durability_survives_kill9_while_store_is_down(proxied_store_url, 
     assert (b.mountpoint / "local-acked").read_bytes() == payload
     b.umount()
     fsck_clean(url, VOL)
+
+
+def test_local_durability_with_full_cache_disk_still_acknowledges_durably(file_store_url, new_mount, tmp_path):
+    """The local journal cannot be written (ENOSPC): fsync must still only
+    return once the data is durable - in the store - and nothing is lost."""
+    cache = tmp_path / "tiny"
+    cache.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(cache)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {r.stderr!r}")
+    try:
+        a = new_mount("a")
+        a.cache_dir = cache / "c"
+        a.mkfs(file_store_url, VOL)
+        a.mount(file_store_url, VOL, options=["durability=local"])
+        data = os.urandom(6 * 1024 * 1024)
+        _fsync_write(a.mountpoint / "big", data)
+        a.kill9()
+        assert "cannot write the local journal" in a.log()
+        b = new_mount("b")
+        b.mount(file_store_url, VOL, takeover=True)
+        assert (b.mountpoint / "big").read_bytes() == data
+        b.umount()
+        fsck_clean(file_store_url, VOL)
+    finally:
+        subprocess.run(["umount", "-l", str(cache)])
