@@ -49,6 +49,13 @@ class DataLayer:
         self.is_fenced = lambda: False     # set by the committer
         self.spawn = None                  # nursery.start_soon, set by the mount: background read-ahead
         self.readahead_blocks = 8
+        # Start a commit early once this much is dirty, so uploads overlap
+        # with further writes instead of piling up until fsync.
+        self.commit_trigger = min(dirty_limit // 4, 16 * block_size)
+        # Full blocks are uploaded as soon as they fill (bounded), so the store
+        # is kept busy while the writer goes on; the commit then finds them
+        # already stored (content addressing) and only writes the segment.
+        self.eager_slots = trio.Semaphore(16)
         self._last_read_end: dict[int, int] = {}
 
     # ------------------------------------------------------------------ read
@@ -79,6 +86,21 @@ class DataLayer:
                 chunk = chunk + bytes(n - len(chunk))
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _eager_upload(self, buf: bytearray) -> None:
+        try:
+            self.eager_slots.acquire_nowait()
+        except trio.WouldBlock:
+            return   # enough in flight: the commit will upload this one
+        self.spawn(self._eager_task, bytes(buf))
+
+    async def _eager_task(self, raw: bytes) -> None:
+        try:
+            await self.bio.upload(raw)
+        except Exception:  # noqa: BLE001 - best effort; the commit uploads it with retries
+            pass
+        finally:
+            self.eager_slots.release()
 
     def _read_ahead(self, ino: int, first: int, file_size: int) -> None:
         """Sequential reader: fetch the next blocks into the cache in the
@@ -155,8 +177,10 @@ class DataLayer:
             buf[boff:boff + n] = mv[pos:pos + n]
             self.dirty_bytes += len(buf) - old
             pos += n
+            if boff + n == self.bs and self.spawn is not None:
+                self._eager_upload(buf)
         self.ops.note_write(ino, off + len(data), now_ns)
-        if self.dirty_bytes >= self.dirty_limit // 4:
+        if self.dirty_bytes >= self.commit_trigger:
             self.on_pressure()
         return len(data)
 

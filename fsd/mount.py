@@ -194,7 +194,15 @@ async def serve(cfg: MountConfig, on_ready=None) -> int:
 
     fuse_opts = {"fsname=ferry:" + cfg.volume, "subtype=ferry", "default_permissions", "allow_other",
                  "noatime"}
-    pyfuse3.init(fsops, str(cfg.mountpoint), fuse_opts)
+    try:
+        pyfuse3.init(fsops, str(cfg.mountpoint), fuse_opts)
+    except Exception as e:
+        # Nothing was served: release our epoch so the next mount, anywhere,
+        # needs no --takeover.
+        await committer.drain()
+        await t(lambda: vol_mod.seal_epoch(store, cfg.volume, epoch, sealed_by=epoch, reason="release"))
+        raise vol_mod.VolumeError(f"cannot mount {cfg.mountpoint}: {e} (is /dev/fuse available and the "
+                                  f"mountpoint an empty directory?)") from None
     reg = registry_path(cfg.mountpoint)
     reg.parent.mkdir(parents=True, exist_ok=True)
     reg.write_text(json.dumps({"mountpoint": os.path.abspath(cfg.mountpoint), "pid": os.getpid(),

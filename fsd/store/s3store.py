@@ -48,9 +48,16 @@ class S3Store:
         q = "&".join(f"{k}={v}" for k, v in (("endpoint", spec.endpoint), ("region", spec.region)) if v)
         self.url = f"s3://{spec.bucket}/{spec.prefix}" + (f"?{q}" if q else "")
         self.endpoint = spec.endpoint or "AWS S3"
+        # ferry checksums every object itself (blake2b in the frame or the
+        # content address), so skip botocore's extra per-request payload
+        # hashing (SigV4 payload signing over http, CRC32 flexible checksums).
+        s3cfg: dict = {"payload_signing_enabled": False}
+        if spec.endpoint:
+            s3cfg["addressing_style"] = "path"
         cfg = botocore.config.Config(max_pool_connections=48, retries={"max_attempts": 1, "mode": "standard"},
-                                     connect_timeout=connect_timeout, read_timeout=read_timeout,
-                                     s3={"addressing_style": "path"} if spec.endpoint else {})
+                                     connect_timeout=connect_timeout, read_timeout=read_timeout, s3=s3cfg,
+                                     request_checksum_calculation="when_supported",
+                                     response_checksum_validation="when_required")
         self.client = boto3.session.Session().client("s3", endpoint_url=spec.endpoint,
                                                      region_name=spec.region or "us-east-1", config=cfg)
 
