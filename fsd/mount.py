@@ -219,7 +219,7 @@ async def serve(cfg: MountConfig, on_ready=None) -> int:
                 on_ready()
             log.info("volume %s mounted on %s (epoch %d, durability %s)", cfg.volume, cfg.mountpoint,
                      epoch, cfg.options.durability)
-            await pyfuse3.main()
+            await pyfuse3.main(min_tasks=4)
             unmounted = True
             # The kernel has flushed its dirty pages to us and detached: commit all.
             await t(cache_dir.write_status, status("releasing"))
