@@ -309,8 +309,8 @@ class Committer:
                 attempt += 1
                 self.stats.last_error = f"{what}: {e!r}"
                 log.exception("volume %s: %s failed unexpectedly (attempt %d), retrying", self.volume, what, attempt)
-                await trio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 10.0)
+            await trio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 10.0)
 
     async def drain(self) -> None:
         """Commit until nothing is dirty or pending (clean unmount), after stop()."""
