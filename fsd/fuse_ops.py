@@ -124,7 +124,9 @@ class FerryOperations(pyfuse3.Operations):
     @_fuse_errors
     async def setattr(self, inode, attr, fields, fh, ctx):
         self._writable()
-        now = self.now_ns()
+        # With writeback_cache the kernel keeps c/mtime itself and sends them
+        # here after writing back data; its ctime must win over ours.
+        now = attr.st_ctime_ns if fields.update_ctime else self.now_ns()
         kw = {}
         if fields.update_mode:
             kw["mode"] = attr.st_mode
