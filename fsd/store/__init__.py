@@ -1,5 +1,8 @@
-"""Object stores behind one narrow interface (see base.py)."""
+"""Object stores behind one narrow interface (see base.py): `file://`
+directories and `s3://` buckets, opened from a store URL."""
 from __future__ import annotations
+
+from typing import Any
 
 from fsd.store.base import (NotFound, ObjectStore, PreconditionFailed, StoreAuthError, StoreConfigError,
                             StoreError, StoreUnavailable)
@@ -9,12 +12,22 @@ __all__ = ["open_store", "ObjectStore", "StoreError", "NotFound", "PreconditionF
            "StoreAuthError", "StoreConfigError", "StoreSpec", "parse_store_url"]
 
 
-def open_store(url: str) -> ObjectStore:
+def open_store(url: str, *, check: bool = True, **s3_options: Any) -> ObjectStore:
+    """Open the store a URL names. For s3://, `s3_options` go to S3Store
+    (attempts, base_delay, connect_timeout, ...) and, with `check`, the bucket
+    is checked right away, so a wrong URL or refused credentials fail here
+    with advice rather than at the first write. Blocking: from trio, call it
+    in a worker thread."""
     spec = parse_store_url(url)
     if spec.scheme == "file":
         from fsd.store.filestore import FileStore
         return FileStore(spec.path)
     from fsd.store.s3store import S3Store
-    store = S3Store(spec)
-    store.check()
+    store = S3Store(spec, **s3_options)
+    if check:
+        try:
+            store.check()
+        except BaseException:
+            store.close()
+            raise
     return store

@@ -1,5 +1,11 @@
-"""trio face of an ObjectStore: every call runs in a worker thread under a
-capacity limit, so no blocking call ever runs on the trio loop."""
+"""trio face of an ObjectStore. Stores are synchronous (boto3, file I/O), so
+every call runs in a worker thread, under a CapacityLimiter that bounds how
+many run at once (and so the S3 connection pool and open files in use). No
+blocking call ever runs on the trio loop.
+
+Calls are not abandoned on cancellation: a PUT that was started completes
+(or fails) before the cancelled task unwinds, so nobody is left guessing
+whether it happened."""
 from __future__ import annotations
 
 import trio
@@ -10,6 +16,7 @@ from fsd.store.base import ObjectStore
 class AsyncStore:
     def __init__(self, store: ObjectStore, limit: int = 16) -> None:
         self.store = store
+        self.url = store.url
         self.limiter = trio.CapacityLimiter(limit)
 
     async def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
@@ -20,6 +27,8 @@ class AsyncStore:
         return await trio.to_thread.run_sync(self.store.get, key, start, end, limiter=self.limiter)
 
     async def list(self, prefix: str, start_after: str = "") -> list[str]:
+        """All matching keys at once: the lazy iterator of the sync store would
+        otherwise do blocking page fetches on the loop."""
         return await trio.to_thread.run_sync(lambda: list(self.store.list(prefix, start_after)),
                                              limiter=self.limiter)
 

@@ -20,11 +20,15 @@ class NotFound(StoreError):
 
 
 class PreconditionFailed(StoreError):
-    """A conditional create (If-None-Match: *) found the key already there."""
+    """A conditional create (If-None-Match: *) found the key already there.
+
+    S3's 409 ConditionalRequestConflict (another write to the key was in
+    flight) is reported as this too: the caller re-lists and retries."""
 
 
 class StoreUnavailable(StoreError):
-    """The store could not be reached or kept failing after retries (transient)."""
+    """The store could not be reached or kept failing after retries (transient:
+    the same call may succeed later, so long-running callers retry it)."""
 
 
 class StoreAuthError(StoreError):

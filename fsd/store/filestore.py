@@ -1,121 +1,204 @@
-"""`file://` store: a directory laid out as an object store.
+"""`file://` store: a directory laid out as an object store (key "a/b/c" is
+the file ROOT/a/b/c), for tests, single-host setups and NFS.
 
-Writes go to a hidden temp file, are fsynced, then renamed (plain put) or
-hard-linked (conditional create: link(2) fails atomically if the name
-exists), so readers never see partial objects."""
+Writes go to a hidden temp file in the destination directory, are fsynced,
+then renamed into place (plain put) or hard-linked (conditional create:
+link(2) fails atomically with EEXIST if the name exists, which gives the
+same single-winner guarantee as S3's If-None-Match: *). Readers therefore
+never see a partial object. Temp names start with ".tmp-"; keys with such a
+component are refused, so `list` can skip them safely. Empty directories
+left behind by `delete` are kept: removing them would race with a
+concurrent put creating a file inside.
+"""
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Iterator
 
-from fsd.store.base import NotFound, PreconditionFailed, StoreConfigError, StoreError
+from fsd.store.base import NotFound, PreconditionFailed, StoreAuthError, StoreConfigError, StoreError, StoreUnavailable
+from fsd.store.url import StoreSpec
 
 TMP = ".tmp-"
+# Local errors that may clear up by themselves (or by an admin freeing
+# space): callers retry these like an unreachable S3 endpoint.
+_TRANSIENT = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR}
 
 
 class FileStore:
-    def __init__(self, root: str) -> None:
+    """ObjectStore on a local (or NFS) directory that must already exist."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
-        self.url = f"file://{root}"
-        if not self.root.is_dir():
+        self.url = StoreSpec("file", path=str(root)).to_url()
+        if not self.root.exists():
             raise StoreConfigError(f"store directory {root} does not exist; create it with: mkdir -p {root}")
+        if not self.root.is_dir():
+            raise StoreConfigError(f"store path {root} is not a directory; point file:// at a directory")
+
+    # ------------------------------------------------------------- helpers
+    def _parts(self, key: str) -> list[str]:
+        parts = key.split("/")
+        if (not key or "\0" in key
+                or any(p in ("", ".", "..") or p.startswith(TMP) for p in parts)):
+            raise StoreError(f"invalid object key {key!r}: keys are '/'-separated names, without empty, "
+                             f"'.', '..' or '{TMP}*' components, not absolute, no NUL")
+        return parts
 
     def _path(self, key: str) -> Path:
-        parts = key.split("/")
-        if not key or any(p in ("", ".", "..") or p.startswith(TMP) for p in parts) or "\0" in key:
-            raise StoreError(f"invalid object key {key!r}")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*self._parts(key))
 
-    def _fsync_dir(self, d: Path) -> None:
-        fd = os.open(d, os.O_RDONLY)
+    def _oserror(self, what: str, e: OSError) -> StoreError:
+        """Turn a local error into a store error a user can act on."""
+        if isinstance(e, PermissionError):
+            return StoreAuthError(f"{what} in {self.root}: permission denied ({e.strerror}); give this user "
+                                  f"read/write access to the store directory")
+        if e.errno in _TRANSIENT:
+            return StoreUnavailable(f"{what} in {self.root} failed: {e.strerror}; check the disk or mount "
+                                    f"holding the store directory")
+        return StoreError(f"{what} in {self.root} failed: {e}")
+
+    @staticmethod
+    def _fsync_dir(d: Path) -> None:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
 
+    def _makedirs(self, d: Path) -> None:
+        """mkdir -p, fsyncing the parent of every directory created, so the
+        new path survives a power loss along with the object inside it."""
+        if d.is_dir():
+            return
+        missing = []
+        p = d
+        while not p.is_dir() and p != self.root and p.parent != p:
+            missing.append(p)
+            p = p.parent
+        for p in reversed(missing):
+            try:
+                p.mkdir()
+            except FileExistsError:
+                if not p.is_dir():
+                    raise StoreError(f"cannot create {p}: a key of the same name exists "
+                                     f"(a key cannot be both an object and a prefix in a file:// store)") from None
+                continue
+            self._fsync_dir(p.parent)
+
+    # ----------------------------------------------------------- interface
     def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f"{TMP}{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            mv = memoryview(data)
-            while mv:
-                mv = mv[os.write(fd, mv):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            if if_none_match:
+            self._makedirs(path.parent)
+            tmp = path.parent / f"{TMP}{secrets.token_hex(8)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
                 try:
-                    os.link(tmp, path)
-                except FileExistsError:
-                    raise PreconditionFailed(f"{key} already exists") from None
+                    mv = memoryview(data)
+                    while mv:
+                        mv = mv[os.write(fd, mv):]
+                    os.fsync(fd)
                 finally:
+                    os.close(fd)
+                if if_none_match:
+                    try:
+                        os.link(tmp, path)
+                    except FileExistsError:
+                        if path.is_dir():
+                            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path)) from None
+                        raise PreconditionFailed(f"{key} already exists in {self.url}") from None
+                else:
+                    os.replace(tmp, path)
+            finally:
+                try:
                     os.unlink(tmp)
-            else:
-                os.replace(tmp, path)
-        except BaseException:
-            if tmp.exists():
-                tmp.unlink()
-            raise
-        self._fsync_dir(path.parent)
+                except FileNotFoundError:
+                    pass     # renamed into place
+            self._fsync_dir(path.parent)
+        except IsADirectoryError:
+            raise StoreError(f"cannot write {key}: keys below it exist (a key cannot be both an object "
+                             f"and a prefix in a file:// store)") from None
+        except NotADirectoryError:
+            raise StoreError(f"cannot write {key}: one of its prefixes is an object (a key cannot be both "
+                             f"an object and a prefix in a file:// store)") from None
+        except OSError as e:
+            raise self._oserror(f"PUT {key}", e) from None
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        path = self._path(key)
         try:
-            with open(self._path(key), "rb") as f:
+            with open(path, "rb") as f:
                 if start is None and end is None:
                     return f.read()
-                f.seek(start or 0)
-                return f.read(-1 if end is None else max(0, end - (start or 0)))
-        except (FileNotFoundError, NotADirectoryError):
-            raise NotFound(key) from None
+                start = start or 0
+                if end is not None and end <= start:
+                    return b""
+                f.seek(start)
+                return f.read(-1 if end is None else end - start)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(f"{key} not found in {self.url}") from None
+        except OSError as e:
+            raise self._oserror(f"GET {key}", e) from None
 
     def head(self, key: str) -> int | None:
         try:
-            return self._path(key).stat().st_size
+            st = self._path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            raise self._oserror(f"HEAD {key}", e) from None
+        return None if stat.S_ISDIR(st.st_mode) else st.st_size
 
     def delete(self, key: str) -> None:
+        path = self._path(key)
         try:
-            self._path(key).unlink()
-        except (FileNotFoundError, NotADirectoryError):
-            pass
+            path.unlink()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return
+        except OSError as e:
+            raise self._oserror(f"DELETE {key}", e) from None
+        try:
+            self._fsync_dir(path.parent)
+        except OSError:
+            pass     # best effort: a resurrected deleted object is harmless (idempotent delete)
 
     def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
-        # Walk only the directory that contains the prefix; yield in key order.
+        """Keys starting with `prefix` (a plain string prefix) after
+        `start_after`, in lexical order. Only the directory holding the
+        prefix is walked, and subtrees that cannot match are skipped."""
         base_dir, _, _ = prefix.rpartition("/")
-        top = self.root.joinpath(*base_dir.split("/")) if base_dir else self.root
-        if not top.is_dir():
-            return
+        parts = base_dir.split("/") if base_dir else []
+        if any(p in ("", ".", "..") or p.startswith(TMP) or "\0" in p for p in parts):
+            return     # no valid key has such a prefix
+        top = self.root.joinpath(*parts)
         yield from self._walk(top, base_dir + "/" if base_dir else "", prefix, start_after)
 
     def _walk(self, d: Path, keypfx: str, prefix: str, start_after: str) -> Iterator[str]:
         try:
-            names = sorted(os.listdir(d))
-        except FileNotFoundError:
+            with os.scandir(d) as it:
+                # A directory "m" holds keys "m/...": sort it as "m/" so the
+                # walk yields full keys in string order ("m-x" < "m/y" < "m0").
+                entries = sorted((e.name + "/" if e.is_dir() else e.name, e.name)
+                                 for e in it if not e.name.startswith(TMP))
+        except (FileNotFoundError, NotADirectoryError):
             return
-        # Sort so that "a/..." keys order as strings: compare "name/" for dirs.
-        items = []
-        for n in names:
-            if n.startswith(TMP):
-                continue
-            p = d / n
-            items.append((n + "/" if p.is_dir() else n, p))
-        items.sort()
-        for n, p in items:
-            key = keypfx + n
-            if n.endswith("/"):
+        except OSError as e:
+            raise self._oserror(f"LIST {prefix}", e) from None
+        for sortname, name in entries:
+            key = keypfx + sortname
+            if sortname.endswith("/"):
                 if not (key.startswith(prefix) or prefix.startswith(key)):
                     continue
-                if start_after and not start_after.startswith(key) and key < start_after:
+                # Every key below is < start_after unless start_after is below too.
+                if key < start_after and not start_after.startswith(key):
                     continue
-                yield from self._walk(p, key, prefix, start_after)
+                yield from self._walk(d / name, key, prefix, start_after)
             elif key.startswith(prefix) and key > start_after:
                 yield key
 
     def close(self) -> None:
-        pass
+        """Nothing to release: every call opens and closes its own files."""
