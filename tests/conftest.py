@@ -1,8 +1,22 @@
 """Shared fixtures: a real S3 wire protocol (moto_server on loopback) and the
-file:// store. Processes are started in their own process group and always
-killed, even when a test fails."""
+file:// store.
+
+moto_server processes run in their own process group and are always killed:
+by the fixture's teardown, or, if the session dies before teardown, by an
+atexit hook.
+
+Fixtures:
+  moto_endpoint   (session)  "http://127.0.0.1:PORT" of a shared moto_server
+  s3_store_url               "s3://BUCKET?endpoint=...&region=us-east-1", a fresh bucket
+  file_store_url             "file:///.../store", a fresh existing directory
+  store_url                  parametrized over ["file", "s3"]: one of the two above
+  store                      open_store(store_url), closed afterwards
+  moto_control               a private, stoppable moto_server (MotoServer), for outage tests
+  new_mount                  factory of FerryMount instances, cleaned up afterwards
+"""
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -16,12 +30,15 @@ from pathlib import Path
 
 import pytest
 
+# Set before anything creates a boto3 client; subprocesses (ferry daemons)
+# inherit them. moto accepts any credentials.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
 def free_port() -> int:
+    """A loopback port that was free a moment ago (nothing listens on it)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -29,66 +46,150 @@ def free_port() -> int:
 
 def _moto_binary() -> str:
     here = Path(sys.executable).parent / "moto_server"
-    return str(here) if here.exists() else (shutil.which("moto_server") or "moto_server")
+    if here.exists():
+        return str(here)
+    found = shutil.which("moto_server")
+    if not found:
+        raise RuntimeError("moto_server not found next to the Python interpreter or on PATH; "
+                           "install the test extras: pip install -e '.[test]'")
+    return found
+
+
+_live: set["MotoServer"] = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    for srv in list(_live):
+        srv.stop()
 
 
 class MotoServer:
-    """A moto_server subprocess on a fixed loopback port (restartable; moto
-    keeps no data across restarts)."""
+    """A moto_server subprocess on a fixed loopback port.
 
-    def __init__(self, log_dir: Path) -> None:
-        self.port = free_port()
-        self.log = open(log_dir / f"moto-{self.port}.log", "ab")
-        self.proc: subprocess.Popen | None = None
+    stop() kills it abruptly (SIGKILL to its process group: an outage, not a
+    clean shutdown); start() brings it back on the same port, so clients keep
+    their endpoint URL. moto_server keeps everything in memory and has no
+    persistence option (its request recorder can replay history, but records
+    requests before handling them, so concurrent conditional writes may
+    replay with a different winner): after a restart the store is EMPTY, and
+    the test must re-create its bucket (make_bucket). To take a store away
+    without losing data, put tests.helpers.tcpproxy.TcpProxy in front of the
+    session moto instead.
+    """
+
+    def __init__(self, log_dir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.log_path = log_dir / f"moto-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen([_moto_binary(), "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=self.log, stderr=self.log, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 30) -> None:
+        """Start (or restart) on self.port; return once it answers HTTP."""
+        if self.running:
+            return
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([_moto_binary(), "-H", "127.0.0.1", "-p", str(self.port)],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         start_new_session=True)
+        _live.add(self)
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1)
+                urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1).close()
                 return
-            except Exception:
+            except OSError:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"moto_server exited with {self.proc.returncode}")
-                time.sleep(0.1)
-        raise RuntimeError("moto_server did not start within 30 s")
+                    self.stop()
+                    raise RuntimeError(f"moto_server exited with {self.proc.returncode} "
+                                       f"(port {self.port} taken?); see {self.log_path}") from None
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto_server did not answer within {timeout} s; see {self.log_path}") from None
+                time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        """Kill the server and everything it spawned; idempotent."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait()
+        _live.discard(self)
+
+    def make_bucket(self, name: str | None = None) -> str:
+        """Create a bucket (a fresh random name unless given); return its name."""
+        return make_bucket(self.endpoint, name)
+
+    def store_url(self, bucket: str) -> str:
+        return f"s3://{bucket}?endpoint={self.endpoint}&region=us-east-1"
+
+
+def _started_moto(log_dir: Path) -> MotoServer:
+    """A running MotoServer on a fresh port (retrying if another process
+    grabbed the port between free_port() and moto binding it)."""
+    for attempt in range(3):
+        srv = MotoServer(log_dir)
+        try:
+            srv.start()
+            return srv
+        except RuntimeError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory):
-    srv = MotoServer(tmp_path_factory.mktemp("moto"))
-    srv.start()
+    """One moto_server for the whole session: "http://127.0.0.1:PORT"."""
+    srv = _started_moto(tmp_path_factory.mktemp("moto"))
     try:
         yield srv.endpoint
     finally:
         srv.stop()
 
 
-def make_bucket(endpoint: str) -> str:
+@pytest.fixture
+def moto_control(tmp_path):
+    """A private moto_server (a MotoServer, already started) that the test
+    may stop() and start() again on the same port, to simulate an outage.
+    A restart loses all data: re-create the bucket with
+    moto_control.make_bucket(name) after start()."""
+    srv = _started_moto(tmp_path)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def make_bucket(endpoint: str, name: str | None = None) -> str:
     import boto3
-    name = "b-" + secrets.token_hex(6)
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    name = name or "b-" + secrets.token_hex(6)
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    try:
+        client.create_bucket(Bucket=name)
+    finally:
+        client.close()
     return name
 
 
 @pytest.fixture
 def s3_store_url(moto_endpoint):
+    """A fresh bucket on the session moto_server, as a store URL."""
     return f"s3://{make_bucket(moto_endpoint)}?endpoint={moto_endpoint}&region=us-east-1"
 
 
 @pytest.fixture
 def file_store_url(tmp_path):
+    """A fresh, existing directory, as a store URL."""
     d = tmp_path / "store"
     d.mkdir()
     return f"file://{d}"
