@@ -12,8 +12,13 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || true
+python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || {
+  echo "install.sh: ferry needs python3 >= 3.11 on PATH (found $(python3 -V 2>&1))" >&2
+  exit 1
+}
 VENV=${FERRY_VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
+  echo "install.sh: creating virtualenv $VENV" >&2
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true

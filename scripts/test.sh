@@ -1,14 +1,44 @@
 #!/usr/bin/env bash
-# The test command (README): installs everything the tests need on a fresh
-# Debian 12 machine as root (apt packages, a virtualenv, pip packages), then
-# runs the whole suite with pytest. Extra arguments go to pytest.
+# THE test command (README, CI): on a fresh Debian 12 machine, as root, with no
+# manual steps. Installs what the tests need (Debian packages, a virtualenv at
+# ${FERRY_VENV:-.venv} with ferry and its test extras), then runs pytest over
+# the whole suite: real FUSE mounts, moto_server as S3, the file:// store.
+#
+#   bash scripts/test.sh                  # everything
+#   bash scripts/test.sh -k posix -x      # extra arguments go to pytest
+#
+# Exits with pytest's exit code. Test files and daemon logs of a failed run are
+# kept (the path is printed); a passing run removes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# --- Debian packages, Python >= 3.11, the virtualenv with ferry[test], /dev/fuse
 bash scripts/install.sh
 VENV=${FERRY_VENV:-.venv}
+
+# --- run pytest with a private temp dir, and never leave a mount behind
+RUN_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ferry-tests.XXXXXX")
+chmod 755 "$RUN_TMP"          # some tests act as another uid on their mounts
+
+unmount_leftovers() {
+  local mp
+  awk '$3 ~ /^fuse/ { print $2 }' /proc/mounts | while read -r mp; do
+    case "$mp" in
+      "$RUN_TMP"/*) echo "test.sh: unmounting leftover $mp" >&2; fusermount3 -u -z "$mp" 2>/dev/null || true ;;
+    esac
+  done
+}
+trap unmount_leftovers EXIT
+
 set +e
-"$VENV/bin/python" -m pytest "$@"
+TMPDIR="$RUN_TMP" "$VENV/bin/python" -m pytest "$@"
 rc=$?
-# Never leave a FUSE mount behind, even if a test's cleanup failed.
-grep -E ' fuse\.ferry ' /proc/mounts | awk '{print $2}' | while read -r m; do fusermount3 -u -z "$m" || true; done
-exit $rc
+set -e
+
+unmount_leftovers
+if [ "$rc" -eq 0 ]; then
+  rm -rf --one-file-system "$RUN_TMP"
+else
+  echo "test.sh: pytest exited with $rc; test files and daemon logs are in $RUN_TMP" >&2
+fi
+exit "$rc"
