@@ -202,13 +202,22 @@ class Committer:
         await self._notify()
 
     async def _uploader(self, recv) -> None:
+        """Commit queued local batches in order. Whatever queued up while the
+        previous upload ran goes into ONE segment, so the upload rate does
+        not limit the (local) fsync rate."""
         async with recv:
-            async for batch in recv:
-                ok = await self._commit_batch(batch)
-                self._queue_times.pop(batch.id, None)
+            async for first in recv:
+                batches = [first]
+                while len(batches) < 256:
+                    try:
+                        batches.append(recv.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                ok = await self._commit_batches(batches)
                 if not ok:
                     return
-                await trio.to_thread.run_sync(self.local.remove, self.pos.epoch, batch.id)
+                for b in batches:
+                    await trio.to_thread.run_sync(self.local.remove, self.pos.epoch, b.id)
                 await self._notify()
 
     async def commit_once(self) -> bool:
@@ -227,20 +236,36 @@ class Committer:
         return ok
 
     async def _commit_batch(self, batch: Batch) -> bool:
-        """Upload a batch's blocks, then its segment. True once durable."""
-        records = list(batch.records)
-        results: dict[tuple[int, int], BlockRef] = {}
+        return await self._commit_batches([batch])
 
-        async def up(key: tuple[int, int], raw: bytes) -> None:
-            results[key] = await self._retry(f"upload of inode {key[0]} block {key[1]}",
-                                             lambda: self.bio.upload(raw))
+    async def _commit_batches(self, batches: list[Batch]) -> bool:
+        """Upload the batches' blocks, then ONE segment holding, batch by
+        batch, its records followed by BLOCK records for its blocks. A block
+        that a later batch in the group rewrites is skipped: the later BLOCK
+        record (placed after every record in between) gives the final state.
+        True once durable."""
+        latest: dict[tuple[int, int], int] = {}
+        for i, b in enumerate(batches):
+            for key in b.blocks:
+                latest[key] = i
+        results: list[dict[tuple[int, int], BlockRef]] = [{} for _ in batches]
+
+        async def up(i: int, key: tuple[int, int], raw: bytes) -> None:
+            results[i][key] = await self._retry(f"upload of inode {key[0]} block {key[1]}",
+                                                lambda: self.bio.upload(raw))
 
         async with trio.open_nursery() as n:
-            for key, raw in batch.blocks.items():
-                n.start_soon(up, key, raw)
+            for i, b in enumerate(batches):
+                for key, raw in b.blocks.items():
+                    if latest[key] == i:
+                        n.start_soon(up, i, key, raw)
         failpoints.hit("after_blocks_uploaded")
-        for (ino, idx), ref in results.items():
-            records.append([BLOCK, ino, idx, ref.hash, ref.length])
+        records: list = []
+        for i, b in enumerate(batches):
+            records.extend(b.records)
+            for (ino, idx), ref in results[i].items():
+                records.append([BLOCK, ino, idx, ref.hash, ref.length])
+        batch = batches[-1]
         seq = self.pos.next_seq
         seg = Segment(kind="segment", epoch=self.pos.epoch, seq=seq, created_ns=time.time_ns(),
                       records=records, reason=None, sealed_by=None, batch=batch.id)
@@ -257,8 +282,9 @@ class Committer:
             return False
         failpoints.hit("after_segment_written")
         self.pos.committed(seq)
-        await self.data.settle(batch.id, results, batch.nbytes)
-        self._queue_times.pop(batch.id, None)
+        for i, b in enumerate(batches):
+            await self.data.settle(b.id, results[i], b.nbytes)
+            self._queue_times.pop(b.id, None)
         self._done = batch.id
         self.stats.commits += 1
         self.stats.segments_since_snapshot += 1
