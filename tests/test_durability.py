@@ -12,18 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.mount import MountError, fsck_clean
+from tests.helpers.mount import MountError, fsck_clean, write_fsync
 
 VOL = "vol"
 
 
-def _write_fsync(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_write_fsync = write_fsync
 
 
 def _fsck_clean(store_url: str) -> None:

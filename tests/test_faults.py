@@ -13,7 +13,7 @@ import pytest
 
 from fsd.format import keys
 from tests.conftest import make_bucket
-from tests.helpers.mount import fsck_clean
+from tests.helpers.mount import fsck_clean, write_fsync
 from tests.helpers.tcpproxy import TcpProxy
 
 VOL = "vol"
@@ -32,12 +32,28 @@ def proxied_store_url(moto_endpoint):
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    write_fsync(path, data)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A tmpfs of a few MiB, to fill a cache disk; unmounted afterwards."""
+    mounted = []
+
+    def make(size: str) -> Path:
+        d = tmp_path / f"tiny-{len(mounted)}"
+        d.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)], capture_output=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount tmpfs: {r.stderr!r}")
+        mounted.append(d)
+        return d
+
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        yield make
     finally:
-        os.close(fd)
+        for d in mounted:
+            subprocess.run(["umount", "-l", str(d)])
 
 
 def test_store_outage_fsync_waits_and_nothing_is_lost(proxied_store_url, new_mount):
@@ -113,29 +129,22 @@ def test_damaged_data_object_reads_as_eio_and_is_logged(file_store_url, new_moun
     assert f"inode {ino} block 0" in log and ("corrupt" in log or "missing" in log), log
 
 
-def test_full_cache_disk_is_not_corruption(file_store_url, new_mount, tmp_path):
-    cache = tmp_path / "tiny-cache"
-    cache.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(cache)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {r.stderr!r}")
-    try:
-        a = new_mount("a")
-        a.cache_dir = cache / "c"
-        a.mkfs(file_store_url, VOL)
-        a.mount(file_store_url, VOL)
-        data = os.urandom(12 * 1024 * 1024)   # four times the cache disk
-        _fsync_write(a.mountpoint / "big", data)
-        subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"])
-        assert (a.mountpoint / "big").read_bytes() == data
-        a.umount()
-        b = new_mount("b")
-        b.mount(file_store_url, VOL)
-        assert (b.mountpoint / "big").read_bytes() == data
-        b.umount()
-        fsck_clean(file_store_url, VOL)
-    finally:
-        subprocess.run(["umount", "-l", str(cache)])
+def test_full_cache_disk_is_not_corruption(file_store_url, new_mount, tiny_tmpfs):
+    cache = tiny_tmpfs("3m")
+    a = new_mount("a")
+    a.cache_dir = cache / "c"
+    a.mkfs(file_store_url, VOL)
+    a.mount(file_store_url, VOL)
+    data = os.urandom(12 * 1024 * 1024)   # four times the cache disk
+    _fsync_write(a.mountpoint / "big", data)
+    subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"])
+    assert (a.mountpoint / "big").read_bytes() == data
+    a.umount()
+    b = new_mount("b")
+    b.mount(file_store_url, VOL)
+    assert (b.mountpoint / "big").read_bytes() == data
+    b.umount()
+    fsck_clean(file_store_url, VOL)
 
 
 def test_local_durability_survives_kill9_while_store_is_down(proxied_store_url, new_mount):
@@ -165,27 +174,20 @@ def test_local_durability_survives_kill9_while_store_is_down(proxied_store_url, 
     fsck_clean(url, VOL)
 
 
-def test_local_durability_with_full_cache_disk_still_acknowledges_durably(file_store_url, new_mount, tmp_path):
+def test_local_durability_with_full_cache_disk_still_acknowledges_durably(file_store_url, new_mount, tiny_tmpfs):
     """The local journal cannot be written (ENOSPC): fsync must still only
     return once the data is durable - in the store - and nothing is lost."""
-    cache = tmp_path / "tiny"
-    cache.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(cache)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {r.stderr!r}")
-    try:
-        a = new_mount("a")
-        a.cache_dir = cache / "c"
-        a.mkfs(file_store_url, VOL)
-        a.mount(file_store_url, VOL, options=["durability=local"])
-        data = os.urandom(6 * 1024 * 1024)
-        _fsync_write(a.mountpoint / "big", data)
-        a.kill9()
-        assert "cannot write the local journal" in a.log()
-        b = new_mount("b")
-        b.mount(file_store_url, VOL, takeover=True)
-        assert (b.mountpoint / "big").read_bytes() == data
-        b.umount()
-        fsck_clean(file_store_url, VOL)
-    finally:
-        subprocess.run(["umount", "-l", str(cache)])
+    cache = tiny_tmpfs("2m")
+    a = new_mount("a")
+    a.cache_dir = cache / "c"
+    a.mkfs(file_store_url, VOL)
+    a.mount(file_store_url, VOL, options=["durability=local"])
+    data = os.urandom(6 * 1024 * 1024)
+    _fsync_write(a.mountpoint / "big", data)
+    a.kill9()
+    assert "cannot write the local journal" in a.log()
+    b = new_mount("b")
+    b.mount(file_store_url, VOL, takeover=True)
+    assert (b.mountpoint / "big").read_bytes() == data
+    b.umount()
+    fsck_clean(file_store_url, VOL)

@@ -250,3 +250,14 @@ def snapshot_diff(expected: dict, got: dict) -> list[str]:
                 if a != b:
                     out.append(f"{path}: {k} expected {a!r}, got {b!r}")
     return out
+
+
+def write_fsync(path: Path, data: bytes) -> None:
+    """Write a whole file and fsync it: after this returns, ferry has
+    acknowledged the bytes as durable."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
