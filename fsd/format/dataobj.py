@@ -1,5 +1,13 @@
 """Data object (magic FRYD): one block, content-addressed by the blake2b-256
-of its raw bytes, optionally zstd-compressed. These run in worker threads."""
+of its raw bytes, optionally zstd-compressed (docs/format.md):
+
+    "FRYD" | version (1) | flags (1; bit 0 = zstd) | raw length (uint32 BE) | payload
+
+Encoding and decoding run in worker threads on blocks of up to 16 MiB, so
+they work on memoryviews and copy the payload once at most. Every check a
+reader can make (magic, version, flags, length, zstd frame, hash) is made:
+a block that decodes is exactly the block that was written.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -7,48 +15,87 @@ import struct
 
 import zstandard
 
+from fsd.format import keys
 from fsd.format.framing import CorruptObject
+from fsd.format.superblock import MAX_BLOCK_SIZE
 
 MAGIC = b"FRYD"
 VERSION = 1
-_HEAD = struct.Struct(">4sBBI")   # magic, version, flags, raw length
 FLAG_ZSTD = 1
+HASH_SIZE = keys.HASH_SIZE
+_HEAD = struct.Struct(">4sBBI")   # magic, version, flags, raw length
+HEAD_SIZE = _HEAD.size
+_LEVEL = 1
 
 
-def block_hash(raw: bytes) -> bytes:
-    return hashlib.blake2b(raw, digest_size=32).digest()
+def block_hash(raw: bytes | bytearray | memoryview) -> bytes:
+    """The content address of a raw block."""
+    return hashlib.blake2b(raw, digest_size=HASH_SIZE).digest()
 
 
-def encode_block(raw: bytes, compress: bool) -> tuple[bytes, bytes]:
+def encode_block(raw: bytes | bytearray | memoryview, compress: bool) -> tuple[bytes, bytes]:
+    """(hash of raw, object bytes). With `compress`, zstd is used only when it
+    actually makes the object smaller; incompressible data is stored as is."""
+    n = len(raw)
+    if n > MAX_BLOCK_SIZE:
+        raise ValueError(f"block of {n} bytes is larger than the maximum block size {MAX_BLOCK_SIZE}")
     h = block_hash(raw)
     flags, payload = 0, raw
     if compress:
-        z = zstandard.ZstdCompressor(level=1).compress(raw)
-        if len(z) < len(raw):
+        z = zstandard.ZstdCompressor(level=_LEVEL).compress(raw)
+        if len(z) < n:
             flags, payload = FLAG_ZSTD, z
-    return h, _HEAD.pack(MAGIC, VERSION, flags, len(raw)) + payload
+    return h, b"".join((_HEAD.pack(MAGIC, VERSION, flags, n), payload))
 
 
-def decode_block(obj: bytes, expected_hash: bytes, key: str) -> bytes:
-    if len(obj) < _HEAD.size:
-        raise CorruptObject(f"{key}: truncated data object")
-    magic, version, flags, length = _HEAD.unpack_from(obj)
+def decode_block(obj: bytes | bytearray | memoryview, expected_hash: bytes, key: str) -> bytes:
+    """The raw block stored in `obj`, which must hash to `expected_hash`;
+    CorruptObject naming `key` and the problem otherwise."""
+    mv = memoryview(obj)
+    if len(mv) < HEAD_SIZE:
+        raise CorruptObject(f"{key}: truncated data object ({len(mv)} bytes, the header alone is {HEAD_SIZE})")
+    magic, version, flags, length = _HEAD.unpack_from(mv)
     if magic != MAGIC:
-        raise CorruptObject(f"{key}: bad magic {magic!r}")
+        raise CorruptObject(f"{key}: bad magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
-        raise CorruptObject(f"{key}: unsupported data object version {version}")
+        hint = " (written by a newer ferry?)" if version > VERSION else ""
+        raise CorruptObject(f"{key}: unsupported data object version {version}{hint}")
     if flags & ~FLAG_ZSTD:
-        raise CorruptObject(f"{key}: unknown flags {flags:#x}")
-    payload = memoryview(obj)[_HEAD.size:]
+        raise CorruptObject(f"{key}: unknown flags {flags:#04x}")
+    if length > MAX_BLOCK_SIZE:
+        raise CorruptObject(f"{key}: raw length {length} exceeds the maximum block size {MAX_BLOCK_SIZE}")
+    payload = mv[HEAD_SIZE:]
     if flags & FLAG_ZSTD:
-        try:
-            raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=length)
-        except zstandard.ZstdError as e:
-            raise CorruptObject(f"{key}: zstd error: {e}") from None
+        raw = _decompress(payload, length, key)
     else:
-        raw = bytes(payload)
+        if len(payload) != length:
+            raise CorruptObject(f"{key}: payload is {len(payload)} bytes, header says {length}")
+        raw = payload
     if len(raw) != length:
-        raise CorruptObject(f"{key}: length {len(raw)} != {length}")
+        raise CorruptObject(f"{key}: decompressed to {len(raw)} bytes, header says {length}")
     if block_hash(raw) != expected_hash:
-        raise CorruptObject(f"{key}: checksum mismatch")
+        raise CorruptObject(f"{key}: content hash mismatch: the block is damaged or not the one named")
+    return raw if isinstance(raw, bytes) else bytes(raw)   # the one copy, after the checks
+
+
+def _decompress(payload: memoryview, length: int, key: str) -> bytes:
+    # The frame must declare its size (our encoder always writes it) and it
+    # must match the header: python-zstandard trusts the declared size over
+    # any output limit, and a damaged header could ask for gigabytes.
+    try:
+        declared = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError as e:
+        raise CorruptObject(f"{key}: bad zstd frame header: {e}") from None
+    if declared != length:
+        what = "does not declare its size" if declared == -1 else f"holds {declared} bytes"
+        raise CorruptObject(f"{key}: zstd frame {what}, header says {length}")
+    dobj = zstandard.ZstdDecompressor().decompressobj(write_size=max(length, 1))
+    try:
+        raw = dobj.decompress(payload)
+    except zstandard.ZstdError as e:
+        raise CorruptObject(f"{key}: zstd error: {e}") from None
+    if not dobj.eof:
+        raise CorruptObject(f"{key}: zstd frame is truncated")
+    if dobj.unused_data:
+        raise CorruptObject(f"{key}: {len(dobj.unused_data)} stray bytes after the zstd frame")
     return raw
