@@ -29,8 +29,7 @@ store URLs:
 """
 
 
-class UsageError(Exception):
-    pass
+from fsd.clierrors import Failure, UsageError  # noqa: E402  (shared with control/agent CLIs)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -274,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     store_arg(i)
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(fn=cmd_inspect)
+
+    # Cluster commands live with their packages; each adds its own subcommands.
+    from control.cli import add_commands as add_control_commands
+    from agent.cli import add_commands as add_agent_commands
+    add_control_commands(sub)
+    add_agent_commands(sub)
     return p
 
 
@@ -292,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"ferry: {e}", file=sys.stderr)
         return 2
-    except (StoreError, VolumeError, CorruptObject) as e:
+    except (StoreError, VolumeError, CorruptObject, Failure) as e:
         print(f"ferry: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
