@@ -13,6 +13,7 @@ import time
 from typing import Callable
 
 import pyfuse3
+import trio
 
 from fsd.committer import Committer
 from fsd.data import DataLayer
@@ -56,6 +57,9 @@ class FerryOperations(pyfuse3.Operations):
         self.data = data
         self.committer = committer
         self.volume = volume
+        # Set once the kernel's INIT request is answered: only then do
+        # per-mount kernel settings stick (the INIT reply resets them).
+        self.initialized = trio.Event()
         self.size_limit = size_limit
         self.now_ns = now_ns
         self._next_fh = 1
@@ -101,6 +105,11 @@ class FerryOperations(pyfuse3.Operations):
         if node is not None and node.nlink == 0 and not self.open_count.get(ino) and not self.committer.fenced:
             self.ops.purge(ino)
             self.data.drop_inode(ino)
+
+    def init(self) -> None:
+        """pyfuse3 calls this while handling FUSE_INIT; libfuse sends the
+        reply right after it returns, before any trio task runs again."""
+        self.initialized.set()
 
     # ------------------------------------------------------------- namespace
     @_fuse_errors

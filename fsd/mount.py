@@ -35,6 +35,7 @@ from fsd.committer import Committer
 from fsd.data import DataLayer
 from fsd.fencing import WriterPosition
 from fsd.fuse_ops import FerryOperations
+from fsd.kernel_tuning import tune_bdi
 from fsd.localjournal import LocalJournal
 from fsd.meta.ops import MetaOps
 from fsd.options import MountOptions
@@ -180,6 +181,11 @@ async def serve(cfg: MountConfig, on_ready=None) -> int:
             await t(cache_dir.write_status, status("mounted"))
             await trio.sleep(1.0)
 
+    async def tune_kernel() -> None:
+        await fsops.initialized.wait()
+        tuned = await t(tune_bdi, str(cfg.mountpoint), cfg.options.readahead)
+        log.debug("volume %s: kernel tuning %s", cfg.volume, tuned)
+
     async def on_signals() -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
             lazy = False
@@ -215,6 +221,7 @@ async def serve(cfg: MountConfig, on_ready=None) -> int:
             data.spawn = n.start_soon
             n.start_soon(status_writer)
             n.start_soon(on_signals)
+            n.start_soon(tune_kernel)
             if on_ready:
                 on_ready()
             log.info("volume %s mounted on %s (epoch %d, durability %s)", cfg.volume, cfg.mountpoint,

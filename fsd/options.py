@@ -28,6 +28,7 @@ class MountOptions:
     dirty_limit: int = 256 << 20      # dirty + in-flight bytes at which writers wait
     size: int = 1 << 50               # size limit reported by statfs
     snapshot_every: int = 512         # segments between metadata snapshots
+    readahead: int = 4 << 20          # kernel read-ahead window of the mount (0: kernel default)
 
 
 KNOWN = {
@@ -37,6 +38,7 @@ KNOWN = {
     "dirty_limit": "unuploaded data at which writers wait (default 256M)",
     "size": "volume size limit reported by df (default 1P)",
     "snapshot_every": "journal segments between metadata snapshots (default 512)",
+    "readahead": "kernel read-ahead window for sequential reads (default 4M; 0 keeps the kernel's 128k)",
 }
 
 
@@ -82,6 +84,11 @@ def parse_mount_options(kv: dict[str, str]) -> MountOptions:
             if v < (1 << 20):
                 raise ValueError(f"{k} must be at least 1M")
             vals[k] = v
+    if "readahead" in kv:
+        ra = parse_size(kv["readahead"])
+        if ra > (256 << 20):
+            raise ValueError("readahead must be at most 256M")
+        vals["readahead"] = ra
     if "snapshot_every" in kv:
         try:
             n = int(kv["snapshot_every"])

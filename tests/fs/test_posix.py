@@ -10,6 +10,8 @@ import os
 import stat
 import subprocess
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -551,3 +553,21 @@ def test_everything_persists_across_remount(mnt, remount):
     remount(fresh_cache=True)
     diffs = snapshot_diff(before, tree_snapshot(mnt, times=True))
     assert not diffs, "\n".join(diffs)
+
+
+def test_mount_gets_a_large_kernel_readahead_window(volume, mnt):
+    """The kernel's 128 KiB default would split sequential reads into many small requests."""
+    from fsd.kernel_tuning import mount_device
+    if volume.mount is None:
+        pytest.skip("not a ferry mount")
+    dev = mount_device(str(volume.root))
+    assert dev is not None
+    ra = Path(f"/sys/class/bdi/{dev}/read_ahead_kb")
+    if not os.access(ra, os.W_OK):
+        pytest.skip("needs root to tune the bdi")
+    os.stat(volume.root)                 # the kernel's INIT is answered by now; tuning follows it
+    for _ in range(100):
+        if int(ra.read_text()) == 4096:
+            break
+        time.sleep(0.05)
+    assert int(ra.read_text()) == 4096

@@ -43,3 +43,11 @@ def test_split_range():
     assert list(split_range(5, 2, 4)) == [(1, 1, 2)]
     assert list(split_range(3, 2, 4)) == [(0, 3, 1), (1, 0, 1)]
     assert list(split_range(7, 0, 4)) == []
+
+
+def test_readahead_option():
+    assert parse_mount_options({}).readahead == 4 << 20
+    assert parse_mount_options({"readahead": "0"}).readahead == 0
+    assert parse_mount_options({"readahead": "16M"}).readahead == 16 << 20
+    with pytest.raises(ValueError, match="at most 256M"):
+        parse_mount_options({"readahead": "1G"})
