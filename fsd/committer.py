@@ -16,16 +16,16 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
-from fsd.data import DataLayer
+from fsd.data import DataLayer, merge_extents
 from fsd.fencing import WriterPosition
 from fsd.format import keys
 from fsd.format.segment import Segment
 from fsd.meta.ops import FsError, MetaOps
-from fsd.meta.records import BLOCK
+from fsd.meta.records import BLOCK, PATCH
 from fsd.meta.state import BlockRef
 from fsd.store.aio import AsyncStore
 from fsd.store.base import NotFound, PreconditionFailed, StoreError
@@ -36,6 +36,14 @@ from fsd.localjournal import LocalEntry, LocalJournal
 log = logging.getLogger("ferry.commit")
 
 
+# Inline small writes (PATCH records in the segment) instead of uploading
+# their whole block: an fsync after a small write then costs one PUT.
+INLINE_MAX = 64 << 10            # bytes written into one block since its last commit
+PATCH_MAX_PER_BLOCK = 256 << 10  # inline bytes a block may accumulate before it is stored whole
+PATCH_BUDGET = 16 << 20          # inline bytes in the whole volume's metadata
+FOLD_PER_COMMIT = 8              # blocks folded back into objects per commit when over budget
+
+
 @dataclass
 class Batch:
     id: int
@@ -43,6 +51,7 @@ class Batch:
     blocks: dict[tuple[int, int], bytes]
     nbytes: int
     first_change_ns: int = 0
+    extents: dict = field(default_factory=dict)   # key -> merged written ranges, None: whole block
 
 
 @dataclass
@@ -163,10 +172,10 @@ class Committer:
         if not self._pending_anything():
             return None
         records = self.ops.take_pending()
-        blocks = self.data.cut(batch_id)
+        blocks, extents = self.data.cut(batch_id)
         first = self.stats.oldest_uncommitted_ns or time.time_ns()
         self.stats.oldest_uncommitted_ns = None
-        return Batch(batch_id, records, blocks, sum(len(b) for b in blocks.values()), first)
+        return Batch(batch_id, records, blocks, sum(len(b) for b in blocks.values()), first, extents)
 
     async def _notify(self) -> None:
         async with self._progress:
@@ -176,6 +185,7 @@ class Committer:
         """Cut a batch, make it durable in the local journal, acknowledge,
         queue it for upload. If the local disk refuses (ENOSPC, EIO), the
         batch is acknowledged only once it is in the store instead."""
+        await self._fold_patches()
         batch = self._cut()
         bid = self._next_cut - 1
         if batch is None:
@@ -220,10 +230,48 @@ class Committer:
                     await trio.to_thread.run_sync(self.local.remove, self.pos.epoch, b.id)
                 await self._notify()
 
+    async def _fold_patches(self) -> None:
+        """Over the inline budget: turn the most-patched blocks back into
+        whole objects (they become dirty and go out with this commit)."""
+        st = self.data.state
+        if st.patch_bytes <= PATCH_BUDGET // 2:
+            return
+        sizes = sorted(((sum(len(d) for _, d in pl), ino, idx) for ino, pm in st.patches.items()
+                        for idx, pl in pm.items()), reverse=True)
+        for _, ino, idx in sizes[:FOLD_PER_COMMIT]:
+            try:
+                await self.data.fold(ino, idx)
+            except FsError:
+                pass   # unreadable base: reported by reads; keep the patches
+
+    def _plan_inline(self, batches: list[Batch], latest: dict) -> dict:
+        """Which blocks of the group go inline: key -> [(offset, bytes)]."""
+        st = self.data.state
+        budget = PATCH_BUDGET - st.patch_bytes
+        plan: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
+        for key, i in latest.items():
+            ranges: list[tuple[int, int]] = []
+            for b in batches[: i + 1]:
+                if key in b.blocks:
+                    ext = b.extents.get(key, None)
+                    if ext is None:
+                        break
+                    ranges.extend(ext)
+            else:
+                raw = batches[i].blocks[key]
+                pieces = [(s, raw[s:min(e, len(raw))]) for s, e in merge_extents(ranges) if s < len(raw)]
+                n = sum(len(d) for _, d in pieces)
+                have = sum(len(d) for _, d in st.block_patches(*key) or ())
+                if n <= INLINE_MAX and have + n <= PATCH_MAX_PER_BLOCK and n <= budget:
+                    plan[key] = pieces
+                    budget -= n
+        return plan
+
     async def commit_once(self) -> bool:
         """One remote group-commit round. Returns False if there was nothing to do."""
         if self.pos.fenced:
             return False
+        await self._fold_patches()
         batch = self._cut()
         if batch is None:
             # Nothing changed: everyone waiting is already durable.
@@ -249,6 +297,10 @@ class Committer:
             for key in b.blocks:
                 latest[key] = i
         results: list[dict[tuple[int, int], BlockRef]] = [{} for _ in batches]
+        inline = self._plan_inline(batches, latest)
+        inline_by_batch: list[dict] = [{} for _ in batches]
+        for key, pieces in inline.items():
+            inline_by_batch[latest[key]][key] = pieces
 
         async def up(i: int, key: tuple[int, int], raw: bytes) -> None:
             results[i][key] = await self._retry(f"upload of inode {key[0]} block {key[1]}",
@@ -257,7 +309,7 @@ class Committer:
         async with trio.open_nursery() as n:
             for i, b in enumerate(batches):
                 for key, raw in b.blocks.items():
-                    if latest[key] == i:
+                    if latest[key] == i and key not in inline:
                         n.start_soon(up, i, key, raw)
         failpoints.hit("after_blocks_uploaded")
         records: list = []
@@ -265,6 +317,8 @@ class Committer:
             records.extend(b.records)
             for (ino, idx), ref in results[i].items():
                 records.append([BLOCK, ino, idx, ref.hash, ref.length])
+            for (ino, idx), pieces in inline_by_batch[i].items():
+                records.extend([PATCH, ino, idx, off, data] for off, data in pieces)
         batch = batches[-1]
         seq = self.pos.next_seq
         seg = Segment(kind="segment", epoch=self.pos.epoch, seq=seq, created_ns=time.time_ns(),
@@ -283,7 +337,7 @@ class Committer:
         failpoints.hit("after_segment_written")
         self.pos.committed(seq)
         for i, b in enumerate(batches):
-            await self.data.settle(b.id, results[i], b.nbytes)
+            await self.data.settle(b.id, results[i], b.nbytes, inline_by_batch[i])
             self._queue_times.pop(b.id, None)
         self._done = batch.id
         self.stats.commits += 1

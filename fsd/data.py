@@ -4,9 +4,15 @@ committed blocks fetched through `BlockIO`.
 A block of a file is, in order of precedence:
   1. dirty     - written since the last commit cut (a bytearray we own),
   2. in flight - cut into a commit batch, frozen while it uploads,
-  3. committed - `state.blocks[ino][idx]`, a content-addressed object,
+  3. committed - `state.blocks[ino][idx]`, a content-addressed object, with
+                 any inline patches of `state.patches` laid over it,
   4. a hole    - reads as zeros.
 Writes never modify an in-flight buffer; they copy it into a new dirty one.
+
+Each dirty buffer also records which byte ranges were written since it was
+made from the committed (or in-flight) content: the committer sends small
+changes inline in the journal segment (PATCH records) instead of uploading
+the whole block, so an fsync after a small write costs one PUT, not two.
 """
 from __future__ import annotations
 
@@ -17,10 +23,33 @@ import trio
 
 from fsd.blockio import BlockIO
 from fsd.meta.ops import FsError, MetaOps
-from fsd.meta.records import BLOCK
+from fsd.meta.records import BLOCK, PATCH
 from fsd.meta.state import BlockRef
 
 Key = tuple[int, int]
+Extents = list[tuple[int, int]] | None     # written [start, end) ranges; None: the whole buffer
+
+
+def merge_extents(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted, non-overlapping, non-adjacent union of [start, end) ranges."""
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            if e > out[-1][1]:
+                out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
+
+
+def overlay(base: bytes, patches: list[tuple[int, bytes]]) -> bytes:
+    """`base` with each (offset, data) laid over it in order; gaps read as zeros."""
+    buf = bytearray(base)
+    for off, data in patches:
+        if off > len(buf):
+            buf.extend(bytes(off - len(buf)))
+        buf[off:off + len(data)] = data
+    return bytes(buf)
 
 
 def split_range(off: int, size: int, bs: int) -> Iterator[tuple[int, int, int]]:
@@ -41,6 +70,7 @@ class DataLayer:
         self.bs = block_size
         self.dirty_limit = dirty_limit
         self.dirty: dict[Key, bytearray] = {}
+        self.extents: dict[Key, Extents] = {}     # per dirty key: what was written into it
         self.inflight: dict[Key, tuple[int, bytes]] = {}
         self.dirty_bytes = 0
         self.inflight_bytes = 0
@@ -77,6 +107,8 @@ class DataLayer:
                 fl = self.inflight.get(key)
                 if fl is not None:
                     chunk = fl[1][boff:boff + n]
+                elif self.state.block_patches(ino, idx):
+                    chunk = (await self.committed_block(ino, idx))[boff:boff + n]
                 else:
                     ref = self.state.blocks.get(ino, {}).get(idx)
                     chunk = b"" if ref is None else await self.bio.read_range(ino, idx, ref, boff, boff + n)
@@ -122,6 +154,14 @@ class DataLayer:
         except FsError:
             pass   # the foreground read will report it
 
+    async def committed_block(self, ino: int, idx: int) -> bytes:
+        """The committed content of a block: its object (if any) with its
+        inline patches laid over it."""
+        ref = self.state.blocks.get(ino, {}).get(idx)
+        patches = self.state.block_patches(ino, idx)
+        base = b"" if ref is None else await self.bio.fetch(ino, idx, ref)
+        return overlay(base, list(patches)) if patches else base
+
     async def _base(self, ino: int, idx: int) -> bytearray:
         """Current content of a block as a new mutable buffer."""
         while True:
@@ -129,11 +169,15 @@ class DataLayer:
             if fl is not None:
                 return bytearray(fl[1])
             ref = self.state.blocks.get(ino, {}).get(idx)
-            if ref is None:
+            patches = self.state.block_patches(ino, idx)
+            npatches = len(patches) if patches else 0
+            if ref is None and not npatches:
                 return bytearray()
-            raw = await self.bio.fetch(ino, idx, ref)
+            raw = await self.committed_block(ino, idx)
             # Re-check: a truncate or commit may have changed the block meanwhile.
-            if self.state.blocks.get(ino, {}).get(idx) is ref and (ino, idx) not in self.inflight:
+            now_patches = self.state.block_patches(ino, idx)
+            if (self.state.blocks.get(ino, {}).get(idx) is ref and (ino, idx) not in self.inflight
+                    and now_patches is patches and (len(now_patches) if now_patches else 0) == npatches):
                 return bytearray(raw)
 
     # ----------------------------------------------------------------- write
@@ -161,7 +205,8 @@ class DataLayer:
                 existing = self.inflight.get(key)
                 ref = self.state.blocks.get(ino, {}).get(idx)
                 covers = boff == 0 and (
-                    (existing is None and (ref is None or ref.length <= n))
+                    (existing is None and (ref is None or ref.length <= n)
+                     and self.state.block_length(ino, idx) <= n)
                     or (existing is not None and len(existing[1]) <= n)
                 )
                 base = bytearray() if covers else await self._base(ino, idx)
@@ -170,11 +215,17 @@ class DataLayer:
                 buf = self.dirty.get(key)   # another writer may have created it meanwhile
                 if buf is None:
                     buf = self.dirty[key] = base
+                    self.extents[key] = []
                     self.dirty_bytes += len(base)
             old = len(buf)
             if boff > old:
                 buf.extend(bytes(boff - old))
             buf[boff:boff + n] = mv[pos:pos + n]
+            ext = self.extents.get(key)
+            if ext is not None:
+                ext.append((boff, boff + n))
+                if len(ext) > 64:
+                    ext[:] = merge_extents(ext)
             self.dirty_bytes += len(buf) - old
             pos += n
             if boff + n == self.bs and self.spawn is not None:
@@ -189,6 +240,7 @@ class DataLayer:
         cut_idx, rem = divmod(size, self.bs)
         for key in [k for k in self.dirty if k[0] == ino and (k[1] > cut_idx or (k[1] == cut_idx and rem == 0))]:
             self.dirty_bytes -= len(self.dirty.pop(key))
+            self.extents.pop(key, None)
         for key in [k for k in self.inflight if k[0] == ino and (k[1] > cut_idx or (k[1] == cut_idx and rem == 0))]:
             del self.inflight[key]
         if rem:
@@ -198,11 +250,13 @@ class DataLayer:
                 if len(buf) > rem:
                     self.dirty_bytes -= len(buf) - rem
                     del buf[rem:]
+                    self.extents[key] = None    # keep the reasoning simple: commit it whole
             elif key in self.inflight:
                 # The in-flight copy has bytes past the new end; replace it by a
                 # clipped dirty copy so they can never reappear if the file grows.
                 clipped = bytearray(self.inflight.pop(key)[1][:rem])
                 self.dirty[key] = clipped
+                self.extents[key] = None
                 self.dirty_bytes += len(clipped)
 
     def restore_dirty(self, ino: int, idx: int, raw: bytes) -> None:
@@ -211,30 +265,53 @@ class DataLayer:
         if old is not None:
             self.dirty_bytes -= len(old)
         self.dirty[(ino, idx)] = bytearray(raw)
+        self.extents[(ino, idx)] = None
         self.dirty_bytes += len(raw)
+
+    async def fold(self, ino: int, idx: int) -> bool:
+        """Make a block with inline patches dirty as a whole, so the next
+        commit stores it as one object and its patches leave the metadata."""
+        key = (ino, idx)
+        if key in self.dirty or key in self.inflight or not self.state.block_patches(ino, idx):
+            return False
+        base = await self._base(ino, idx)
+        if key in self.dirty or ino not in self.state.inodes:
+            return False
+        self.dirty[key] = base
+        self.extents[key] = None
+        self.dirty_bytes += len(base)
+        return True
 
     def drop_inode(self, ino: int) -> None:
         for key in [k for k in self.dirty if k[0] == ino]:
             self.dirty_bytes -= len(self.dirty.pop(key))
+            self.extents.pop(key, None)
         for key in [k for k in self.inflight if k[0] == ino]:
             del self.inflight[key]
 
     # ---------------------------------------------------------------- commit
-    def cut(self, batch_id: int) -> dict[Key, bytes]:
+    def cut(self, batch_id: int) -> tuple[dict[Key, bytes], dict[Key, Extents]]:
         """Freeze every dirty block into batch `batch_id` (synchronous, atomic
-        with MetaOps.take_pending on the single trio thread)."""
+        with MetaOps.take_pending on the single trio thread). Returns the
+        blocks and, per block, the ranges written into it (merged)."""
         batch: dict[Key, bytes] = {}
+        extents: dict[Key, Extents] = {}
         for key, buf in self.dirty.items():
             frozen = bytes(buf)
             batch[key] = frozen
+            ext = self.extents.get(key)
+            extents[key] = None if ext is None else merge_extents(ext)
             self.inflight[key] = (batch_id, frozen)
         self.inflight_bytes += self.dirty_bytes
         self.dirty = {}
+        self.extents = {}
         self.dirty_bytes = 0
-        return batch
+        return batch, extents
 
-    async def settle(self, batch_id: int, results: dict[Key, BlockRef], nbytes: int) -> None:
-        """The batch's segment is durable: committed refs replace in-flight buffers.
+    async def settle(self, batch_id: int, results: dict[Key, BlockRef], nbytes: int,
+                     inline: dict[Key, list[tuple[int, bytes]]] | None = None) -> None:
+        """The batch's segment is durable: committed refs (or inline patches)
+        replace in-flight buffers.
 
         A block truncated or deleted since the cut is no longer ours to
         settle; its BLOCK record was followed by the TRUNC/INODE_DEL record in
@@ -245,6 +322,13 @@ class DataLayer:
                 del self.inflight[key]
                 if key[0] in self.state.inodes:
                     self.state.apply([BLOCK, key[0], key[1], ref.hash, ref.length])
+        for key, pieces in (inline or {}).items():
+            fl = self.inflight.get(key)
+            if fl is not None and fl[0] == batch_id:
+                del self.inflight[key]
+                if key[0] in self.state.inodes:
+                    for off, data in pieces:
+                        self.state.apply([PATCH, key[0], key[1], off, data])
         self.inflight_bytes -= nbytes
         async with self.space_freed:
             self.space_freed.notify_all()

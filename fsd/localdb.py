@@ -19,7 +19,7 @@ from typing import Iterable
 
 import msgpack
 
-from fsd.meta.records import BLOCK, DENT, DENT_DEL, INODE, INODE_DEL, TRUNC, XATTR, XATTR_DEL
+from fsd.meta.records import BLOCK, DENT, DENT_DEL, INODE, INODE_DEL, PATCH, TRUNC, XATTR, XATTR_DEL
 from fsd.meta.state import MetaState
 
 log = logging.getLogger("ferry.localdb")
@@ -32,6 +32,9 @@ CREATE TABLE IF NOT EXISTS dent (parent INTEGER, name BLOB, ino INTEGER, cookie 
 CREATE TABLE IF NOT EXISTS block (ino INTEGER, idx INTEGER, hash BLOB, length INTEGER,
                                   PRIMARY KEY (ino, idx));
 CREATE TABLE IF NOT EXISTS xattr (ino INTEGER, name BLOB, value BLOB, PRIMARY KEY (ino, name));
+CREATE TABLE IF NOT EXISTS patch (n INTEGER PRIMARY KEY AUTOINCREMENT, ino INTEGER, idx INTEGER,
+                                  off INTEGER, data BLOB);
+CREATE INDEX IF NOT EXISTS patch_block ON patch (ino, idx);
 """
 
 
@@ -65,7 +68,7 @@ class WorkingCopy:
         db = self.db
         db.execute("BEGIN")
         try:
-            for t in ("kv", "inode", "dent", "block", "xattr"):
+            for t in ("kv", "inode", "dent", "block", "xattr", "patch"):
                 db.execute(f"DELETE FROM {t}")
             self._apply(state.snapshot_records())
             db.execute("INSERT INTO kv VALUES ('uuid', ?)", (msgpack.packb(uuid),))
@@ -100,14 +103,24 @@ class WorkingCopy:
             elif t == BLOCK:
                 if x("SELECT 1 FROM inode WHERE ino=?", (r[1],)).fetchone():
                     x("INSERT OR REPLACE INTO block VALUES (?, ?, ?, ?)", (r[1], r[2], r[3], r[4]))
+                    x("DELETE FROM patch WHERE ino=? AND idx=?", (r[1], r[2]))
+            elif t == PATCH:
+                if x("SELECT 1 FROM inode WHERE ino=?", (r[1],)).fetchone():
+                    x("INSERT INTO patch (ino, idx, off, data) VALUES (?, ?, ?, ?)", (r[1], r[2], r[3], r[4]))
             elif t == TRUNC:
                 ino, size = r[1], r[2]
                 idx, rem = divmod(size, self.bs)
-                x("DELETE FROM block WHERE ino=? AND idx>=?", (ino, idx + 1 if rem else idx))
+                first_gone = idx + 1 if rem else idx
+                x("DELETE FROM block WHERE ino=? AND idx>=?", (ino, first_gone))
+                x("DELETE FROM patch WHERE ino=? AND idx>=?", (ino, first_gone))
                 if rem:
                     x("UPDATE block SET length=MIN(length, ?) WHERE ino=? AND idx=?", (rem, ino, idx))
+                    x("DELETE FROM patch WHERE ino=? AND idx=? AND off>=?", (ino, idx, rem))
+                    x("UPDATE patch SET data=substr(data, 1, ? - off) WHERE ino=? AND idx=? AND off + length(data) > ?",
+                      (rem, ino, idx, rem))
             elif t == INODE_DEL:
-                for table, col in (("inode", "ino"), ("dent", "parent"), ("block", "ino"), ("xattr", "ino")):
+                for table, col in (("inode", "ino"), ("dent", "parent"), ("block", "ino"), ("xattr", "ino"),
+                                   ("patch", "ino")):
                     x(f"DELETE FROM {table} WHERE {col}=?", (r[1],))
             elif t == XATTR:
                 if x("SELECT 1 FROM inode WHERE ino=?", (r[1],)).fetchone():
@@ -127,6 +140,8 @@ class WorkingCopy:
             yield [DENT, parent, bytes(name), ino, cookie]
         for ino, idx, h, length in q("SELECT ino, idx, hash, length FROM block"):
             yield [BLOCK, ino, idx, bytes(h), length]
+        for ino, idx, off, data in q("SELECT ino, idx, off, data FROM patch ORDER BY n"):
+            yield [PATCH, ino, idx, off, bytes(data)]
 
     def load(self) -> MetaState:
         return MetaState.from_records(self.bs, self.records())

@@ -105,13 +105,14 @@ def test_damaged_data_object_reads_as_eio_and_is_logged(file_store_url, new_moun
     a.mkfs(file_store_url, VOL)
     a.mount(file_store_url, VOL)
     (a.mountpoint / "victim").write_bytes(b"A" * 300_000)
-    (a.mountpoint / "bystander").write_bytes(b"B" * 1000)
+    # big enough to be a data object of its own, not inline in the journal
+    (a.mountpoint / "bystander").write_bytes(b"B" * 100_000)
     ino = os.stat(a.mountpoint / "victim").st_ino
     a.umount()
     objs = sorted((_file_store_dir(file_store_url) / VOL / "data").rglob("*"))
     objs = [p for p in objs if p.is_file()]
     assert len(objs) == 2
-    victim = next(p for p in objs if p.stat().st_size > 100_000)
+    victim = max(objs, key=lambda p: p.stat().st_size)
     if damage == "corrupt":
         raw = bytearray(victim.read_bytes())
         raw[-10] ^= 0xFF
@@ -123,7 +124,7 @@ def test_damaged_data_object_reads_as_eio_and_is_logged(file_store_url, new_moun
     with pytest.raises(OSError) as exc:
         (b.mountpoint / "victim").read_bytes()
     assert exc.value.errno == errno.EIO
-    assert (b.mountpoint / "bystander").read_bytes() == b"B" * 1000
+    assert (b.mountpoint / "bystander").read_bytes() == b"B" * 100_000
     b.umount()
     log = b.log()
     assert f"inode {ino} block 0" in log and ("corrupt" in log or "missing" in log), log
@@ -191,3 +192,4 @@ def test_local_durability_with_full_cache_disk_still_acknowledges_durably(file_s
     assert (b.mountpoint / "big").read_bytes() == data
     b.umount()
     fsck_clean(file_store_url, VOL)
+

@@ -94,6 +94,16 @@ def check_state(state: MetaState) -> list[str]:
                 problems.append(f"inode {ino} block {idx}: ends at {idx * bs + ref.length}, "
                                 f"beyond size {n.size}")
 
+    for ino, pm in state.patches.items():
+        n = inodes.get(ino)
+        if n is None or n.mode & S_FMT != S_IFREG:
+            problems.append(f"inline data (PATCH) of inode {ino}, which is not a regular file")
+            continue
+        for idx in pm:
+            end = idx * bs + state.block_length(ino, idx)
+            if end > n.size:
+                problems.append(f"inode {ino} block {idx}: inline data ends at {end}, beyond size {n.size}")
+
     problems.extend(_cycles(parent_of))
     reachable = _reachable(state)
     for ino, n in inodes.items():

@@ -23,9 +23,10 @@ BLOCK = 5
 TRUNC = 6
 XATTR = 7
 XATTR_DEL = 8
+PATCH = 9
 
 NAMES = {INODE: "INODE", INODE_DEL: "INODE_DEL", DENT: "DENT", DENT_DEL: "DENT_DEL",
-         BLOCK: "BLOCK", TRUNC: "TRUNC", XATTR: "XATTR", XATTR_DEL: "XATTR_DEL"}
+         BLOCK: "BLOCK", TRUNC: "TRUNC", XATTR: "XATTR", XATTR_DEL: "XATTR_DEL", PATCH: "PATCH"}
 
 # Positions inside an INODE record, so that code building a changed record
 # from `Inode.to_record()` does not scatter magic numbers.
@@ -35,6 +36,7 @@ I_ATIME, I_MTIME, I_CTIME, I_RDEV, I_TARGET = 7, 8, 9, 10, 11
 HASH_LEN = 32          # blake2b-256
 NAME_MAX = 255         # directory entry and xattr name length limit
 XATTR_SIZE_MAX = 65536
+PATCH_DATA_MAX = 16 << 20   # the largest block size
 
 _U32 = (1 << 32) - 1
 _U64 = (1 << 64) - 1
@@ -91,6 +93,12 @@ def _hash(x: Any) -> str | None:
     return None
 
 
+def _patch_data(x: Any) -> str | None:
+    if type(x) is not bytes or not 0 < len(x) <= PATCH_DATA_MAX:
+        return f"bytes of length 1..{PATCH_DATA_MAX}"
+    return None
+
+
 def _target(x: Any) -> str | None:
     if x is not None and type(x) is not bytes:
         return "bytes or nil"
@@ -110,6 +118,7 @@ _SHAPES: dict[int, _Fields] = {
     TRUNC: (("ino", _ino), ("size", _u64)),
     XATTR: (("ino", _ino), ("name", _xattr_name), ("value", _xattr_value)),
     XATTR_DEL: (("ino", _ino), ("name", _xattr_name)),
+    PATCH: (("ino", _ino), ("index", _u64), ("offset", _u32), ("data", _patch_data)),
 }
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from stat import S_IFDIR, S_IFREG
 from typing import Any, Callable, Iterable, Iterator
 
-from fsd.meta.records import (BLOCK, DENT, DENT_DEL, INODE, INODE_DEL, TRUNC, XATTR, XATTR_DEL,
+from fsd.meta.records import (BLOCK, DENT, DENT_DEL, INODE, INODE_DEL, PATCH, TRUNC, XATTR, XATTR_DEL,
                               RecordError)
 
 ROOT_INO = 1
@@ -78,8 +78,8 @@ def new_volume_records(now_ns: int, uid: int = 0, gid: int = 0, mode: int = 0o75
 
 
 class MetaState:
-    __slots__ = ("block_size", "inodes", "entries", "blocks", "next_ino", "next_cookie",
-                 "dir_parent", "reg_bytes")
+    __slots__ = ("block_size", "inodes", "entries", "blocks", "patches", "patch_bytes", "next_ino",
+                 "next_cookie", "dir_parent", "reg_bytes")
 
     def __init__(self, block_size: int) -> None:
         if type(block_size) is not int or block_size <= 0:
@@ -89,6 +89,11 @@ class MetaState:
         # directory ino -> name -> (child ino, cookie)
         self.entries: dict[int, dict[bytes, tuple[int, int]]] = {}
         self.blocks: dict[int, dict[int, BlockRef]] = {}
+        # Small writes committed inline in the journal (PATCH records): per
+        # inode and block, (offset, bytes) to lay over the block's object (or
+        # over zeros when it has none), in order. A BLOCK record replaces them.
+        self.patches: dict[int, dict[int, list[tuple[int, bytes]]]] = {}
+        self.patch_bytes = 0                       # sum of all patch lengths
         self.next_ino = 2                          # max ino ever seen + 1
         self.next_cookie: dict[int, int] = {}      # per directory: max cookie seen + 1 (default 1)
         self.dir_parent: dict[int, int] = {}       # directory ino -> its parent (root: absent)
@@ -151,6 +156,7 @@ class MetaState:
         self.entries.pop(ino, None)
         self.next_cookie.pop(ino, None)
         self.blocks.pop(ino, None)
+        self._drop_patches(ino)
         self.dir_parent.pop(ino, None)
 
     def _dent(self, r: list) -> None:
@@ -183,9 +189,48 @@ class MetaState:
         if bm is None:
             bm = self.blocks[ino] = {}
         bm[r[2]] = BlockRef(r[3], r[4])
+        self._drop_patches(ino, r[2])
+
+    def _patch(self, r: list) -> None:
+        ino, idx, off, data = r[1], r[2], r[3], r[4]
+        if off + len(data) > self.block_size:
+            raise RecordError(f"PATCH of inode {ino} block {idx} ends at {off + len(data)}, past the "
+                              f"block size {self.block_size}")
+        if ino not in self.inodes:      # data of a deleted inode settling late
+            return
+        pm = self.patches.get(ino)
+        if pm is None:
+            pm = self.patches[ino] = {}
+        pm.setdefault(idx, []).append((off, data))
+        self.patch_bytes += len(data)
+
+    def _drop_patches(self, ino: int, idx: int | None = None) -> None:
+        pm = self.patches.get(ino)
+        if pm is None:
+            return
+        for i in ([idx] if idx is not None else list(pm)):
+            pl = pm.pop(i, None)
+            if pl:
+                self.patch_bytes -= sum(len(d) for _, d in pl)
+        if not pm:
+            del self.patches[ino]
+
+    def block_patches(self, ino: int, idx: int) -> list[tuple[int, bytes]] | None:
+        pm = self.patches.get(ino)
+        return None if pm is None else pm.get(idx)
+
+    def block_length(self, ino: int, idx: int) -> int:
+        """Bytes of block `idx` that count: its object's (clipped) length or
+        the end of its furthest patch, whichever is larger."""
+        ref = self.blocks.get(ino, {}).get(idx)
+        n = ref.length if ref is not None else 0
+        for off, data in self.block_patches(ino, idx) or ():
+            n = max(n, off + len(data))
+        return n
 
     def _trunc(self, r: list) -> None:
         ino, size = r[1], r[2]
+        self._trunc_patches(ino, size)
         bm = self.blocks.get(ino)
         if not bm:
             return
@@ -198,6 +243,24 @@ class MetaState:
                 bm[cut] = BlockRef(ref.hash, rem)
         if not bm:
             del self.blocks[ino]
+
+    def _trunc_patches(self, ino: int, size: int) -> None:
+        pm = self.patches.get(ino)
+        if not pm:
+            return
+        cut, rem = divmod(size, self.block_size)
+        for idx in [i for i in pm if i > cut or (i == cut and rem == 0)]:
+            self._drop_patches(ino, idx)
+        pl = pm.get(cut) if rem else None
+        if pl:
+            clipped = [(off, data[:rem - off]) for off, data in pl if off < rem]
+            self.patch_bytes -= sum(len(d) for _, d in pl) - sum(len(d) for _, d in clipped)
+            if clipped:
+                pm[cut] = clipped
+            else:
+                del pm[cut]
+        if not pm:
+            self.patches.pop(ino, None)
 
     def _xattr(self, r: list) -> None:
         n = self.inodes.get(r[1])
@@ -224,6 +287,10 @@ class MetaState:
         for ino, bm in self.blocks.items():
             for idx, ref in bm.items():
                 yield [BLOCK, ino, idx, ref.hash, ref.length]
+        for ino, pm in self.patches.items():       # after BLOCKs: a BLOCK clears its patches
+            for idx, pl in pm.items():
+                for off, data in pl:
+                    yield [PATCH, ino, idx, off, data]
 
     # ---------------------------------------------------------- comparison
     def content(self) -> dict[str, Any]:
@@ -236,6 +303,7 @@ class MetaState:
                        for ino, n in self.inodes.items()},
             "entries": {d: dict(m) for d, m in self.entries.items() if m},
             "blocks": {ino: dict(bm) for ino, bm in self.blocks.items() if bm},
+            "patches": {ino: {i: list(pl) for i, pl in pm.items()} for ino, pm in self.patches.items() if pm},
         }
 
     def __eq__(self, other: object) -> bool:
@@ -255,4 +323,5 @@ _APPLY: dict[int, Callable[[MetaState, list], None]] = {
     TRUNC: MetaState._trunc,
     XATTR: MetaState._xattr,
     XATTR_DEL: MetaState._xattr_del,
+    PATCH: MetaState._patch,
 }

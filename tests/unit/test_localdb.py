@@ -9,16 +9,17 @@ from hypothesis import strategies as st
 
 from fsd.localdb import WorkingCopy
 from fsd.meta.ops import FsError, MetaOps
+from fsd.meta.records import PATCH
 from fsd.meta.state import BlockRef, MetaState, new_volume_records
 
 BS = 65536
 NAMES = st.sampled_from([b"a", b"b", b"c"])
 OPS = st.lists(st.tuples(st.sampled_from(["create", "mkdir", "unlink", "rmdir", "rename", "link", "write",
-                                          "trunc", "xattr", "commit"]),
+                                          "trunc", "xattr", "patch", "commit"]),
                          NAMES, NAMES, st.integers(0, 300_000)), max_size=60)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(OPS)
 def test_working_copy_equals_replay(tmp_path_factory, ops):
     wc = WorkingCopy(tmp_path_factory.mktemp("wc") / "meta.db", BS)
@@ -27,6 +28,7 @@ def test_working_copy_equals_replay(tmp_path_factory, ops):
     m = MetaOps(state)
     seq = 1
     dirs = [1]
+    log: list = []          # records of the segment being built, in order
     for i, (op, n1, n2, num) in enumerate(ops):
         try:
             if op == "create":
@@ -55,15 +57,24 @@ def test_working_copy_equals_replay(tmp_path_factory, ops):
                 m.setattr(m.lookup(dirs[-1], n1).ino, i, size=num)
             elif op == "xattr":
                 m.setxattr(m.lookup(1, n1).ino, b"user." + n2, bytes([num % 256]), i)
+            elif op == "patch":       # inline data, as the committer emits it after a batch
+                node = m.lookup(dirs[-1], n1)
+                if stat.S_ISREG(node.mode):
+                    idx, off = num // BS % 3, num % (BS - 6000)
+                    rec = [PATCH, node.ino, idx, off, bytes([num % 251 + 1]) * (num % 5999 + 1)]
+                    log.extend(m.take_pending())
+                    log.append(rec)
+                    state.apply(rec)
             elif op == "commit":
                 seq += 1
-                wc.apply_segment(m.take_pending(), (1, seq))
+                wc.apply_segment(log + m.take_pending(), (1, seq))
+                log = []
         except FsError:
             pass
         if dirs[-1] not in state.inodes:
             dirs.pop()
     seq += 1
-    wc.apply_segment(m.take_pending(), (1, seq))
+    wc.apply_segment(log + m.take_pending(), (1, seq))
     assert wc.load() == state
     assert wc.position("u") == (1, seq)
     assert wc.position("other-volume") is None
