@@ -63,6 +63,19 @@ class CommitStats:
     last_error: str | None = None
 
 
+def _local_pieces(batch: Batch) -> list[tuple[int, int, int | None, bytes]]:
+    """What the local journal keeps of a batch's blocks: the written ranges
+    when they are a small part of the block, else the whole block."""
+    out: list[tuple[int, int, int | None, bytes]] = []
+    for (ino, idx), raw in batch.blocks.items():
+        ext = batch.extents.get((ino, idx))
+        if ext is not None and sum(e - s for s, e in ext) <= len(raw) // 2:
+            out.extend((ino, idx, s, raw[s:min(e, len(raw))]) for s, e in ext if s < len(raw))
+        else:
+            out.append((ino, idx, None, raw))
+    return out
+
+
 class Committer:
     def __init__(self, *, volume: str, ops: MetaOps, data: DataLayer, bio: BlockIO,
                  astore: AsyncStore, position: WriterPosition, interval: float,
@@ -192,8 +205,7 @@ class Committer:
             self._local_done = bid
             await self._notify()
             return
-        entry = LocalEntry(self.pos.epoch, batch.id, batch.records,
-                           [(i, x, raw) for (i, x), raw in batch.blocks.items()])
+        entry = LocalEntry(self.pos.epoch, batch.id, batch.records, _local_pieces(batch))
         try:
             await trio.to_thread.run_sync(self.local.append, entry)
         except OSError as e:

@@ -268,6 +268,31 @@ class DataLayer:
         self.extents[(ino, idx)] = None
         self.dirty_bytes += len(raw)
 
+    async def restore_range(self, ino: int, idx: int, off: int, piece: bytes) -> None:
+        """Recovery: bytes a crashed mount had written into a block (and
+        journaled locally) are written again, over the block's content as of
+        the records already re-applied. Attributes are not touched: those
+        records carry them."""
+        if ino not in self.state.inodes:
+            return
+        key = (ino, idx)
+        buf = self.dirty.get(key)
+        if buf is None:
+            base = await self._base(ino, idx)
+            buf = self.dirty.get(key)
+            if buf is None:
+                buf = self.dirty[key] = base
+                self.extents[key] = []
+                self.dirty_bytes += len(base)
+        old = len(buf)
+        if off > old:
+            buf.extend(bytes(off - old))
+        buf[off:off + len(piece)] = piece
+        ext = self.extents.get(key)
+        if ext is not None:
+            ext.append((off, off + len(piece)))
+        self.dirty_bytes += len(buf) - old
+
     async def fold(self, ino: int, idx: int) -> bool:
         """Make a block with inline patches dirty as a whole, so the next
         commit stores it as one object and its patches leave the metadata."""

@@ -5,7 +5,10 @@ commit interval, after which the entry is deleted.
 
 Entry file: `DIR/{epoch:016x}-{batch:016x}`, framed like every ferry object
 (magic FRYL, see docs/format.md) holding msgpack
-{epoch, batch, records, blocks: [[ino, index, raw bytes], ...]}.
+{epoch, batch, records, blocks: [[ino, index, offset, bytes], ...]}: with
+offset nil the bytes are the whole block; otherwise they are a range written
+into the block since its last commit, to lay over the block's content as
+of the batch's records (a small fsync writes a few KiB, not a whole block).
 A remount of the same cache directory after a crash re-commits the entries
 whose batch the store does not have yet.
 """
@@ -27,7 +30,7 @@ class LocalEntry:
     epoch: int
     batch: int
     records: list
-    blocks: list[tuple[int, int, bytes]]
+    blocks: list[tuple[int, int, int | None, bytes]]   # (ino, index, offset or None = whole, bytes)
 
 
 class LocalJournal:
@@ -41,7 +44,7 @@ class LocalJournal:
     def append(self, entry: LocalEntry) -> None:
         """Durably write one batch (blocking: run in a worker thread)."""
         data = frame(MAGIC, {"epoch": entry.epoch, "batch": entry.batch, "records": entry.records,
-                             "blocks": [[i, x, b] for i, x, b in entry.blocks]})
+                             "blocks": [[i, x, o, b] for i, x, o, b in entry.blocks]})
         path = self._path(entry.epoch, entry.batch)
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -75,7 +78,7 @@ class LocalJournal:
             try:
                 body = unframe(MAGIC, p.read_bytes(), str(p))
                 out.append(LocalEntry(body["epoch"], body["batch"], body["records"],
-                                      [(i, x, bytes(b)) for i, x, b in body["blocks"]]))
+                                      [_block(b) for b in body["blocks"]]))
             except (CorruptObject, KeyError, TypeError, ValueError) as e:
                 log.error("local journal entry %s is unreadable and is ignored: %s", p, e)
         return out
@@ -83,3 +86,13 @@ class LocalJournal:
     def clear(self) -> None:
         for p in self.dir.iterdir():
             p.unlink(missing_ok=True)
+
+
+def _block(item: list) -> tuple[int, int, int | None, bytes]:
+    if len(item) == 3:                       # entries written before ranges existed
+        ino, idx, raw = item
+        return ino, idx, None, bytes(raw)
+    ino, idx, off, raw = item
+    if off is not None and type(off) is not int:
+        raise ValueError(f"bad offset {off!r}")
+    return ino, idx, off, bytes(raw)

@@ -277,8 +277,11 @@ async def _recover_local_journal(cfg: MountConfig, owner: dict | None, epoch: in
                   sorted({e.epoch for e in lost}))
     for entry in todo:
         ops.reapply(entry.records)
-        for ino, idx, raw in entry.blocks:
-            data.restore_dirty(ino, idx, raw)
+        for ino, idx, off, raw in entry.blocks:
+            if off is None:
+                data.restore_dirty(ino, idx, raw)
+            else:
+                await data.restore_range(ino, idx, off, raw)
         if not await committer.commit_once() and committer.fenced:
             raise vol_mod.VolumeError("fenced while recovering the local journal")
         log.info("volume %s: recovered local batch %d of epoch %d", cfg.volume, entry.batch, entry.epoch)
