@@ -217,16 +217,7 @@ class DataLayer:
                     buf = self.dirty[key] = base
                     self.extents[key] = []
                     self.dirty_bytes += len(base)
-            old = len(buf)
-            if boff > old:
-                buf.extend(bytes(boff - old))
-            buf[boff:boff + n] = mv[pos:pos + n]
-            ext = self.extents.get(key)
-            if ext is not None:
-                ext.append((boff, boff + n))
-                if len(ext) > 64:
-                    ext[:] = merge_extents(ext)
-            self.dirty_bytes += len(buf) - old
+            self._put(key, buf, boff, mv[pos:pos + n])
             pos += n
             if boff + n == self.bs and self.spawn is not None:
                 self._eager_upload(buf)
@@ -284,6 +275,11 @@ class DataLayer:
                 buf = self.dirty[key] = base
                 self.extents[key] = []
                 self.dirty_bytes += len(base)
+        self._put(key, buf, off, piece)
+
+    def _put(self, key: Key, buf: bytearray, off: int, piece) -> None:
+        """Lay `piece` into dirty buffer `buf` at `off` (zero-filling a gap)
+        and remember the range as written."""
         old = len(buf)
         if off > old:
             buf.extend(bytes(off - old))
@@ -291,6 +287,8 @@ class DataLayer:
         ext = self.extents.get(key)
         if ext is not None:
             ext.append((off, off + len(piece)))
+            if len(ext) > 64:
+                ext[:] = merge_extents(ext)
         self.dirty_bytes += len(buf) - old
 
     async def fold(self, ino: int, idx: int) -> bool:

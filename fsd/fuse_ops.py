@@ -227,9 +227,11 @@ class FerryOperations(pyfuse3.Operations):
         self._writable()
         return await self.data.write(self.handles[fh], off, buf, self.now_ns())
 
-    @_fuse_errors
-    async def flush(self, fh):
-        return None
+    # No flush handler on purpose: pyfuse3 answers FLUSH with ENOSYS once and
+    # the kernel stops sending it, saving one round trip per close(). ferry
+    # has nothing to do at flush (no POSIX locks; data is committed by fsync
+    # or the commit interval), and the kernel still writes dirty pages back
+    # and reports their errors inside close() before it would send FLUSH.
 
     @_fuse_errors
     async def release(self, fh):

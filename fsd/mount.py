@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,10 @@ def registry_path(mountpoint: Path) -> Path:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    # A temp name per writer thread: the 1 s status writer and the unmount's
+    # "releasing" update may run at the same moment in two worker threads;
+    # a shared temp file made one os.replace fail and killed the release.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
