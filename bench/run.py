@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """ferry side by side with its peers, in one run, against one moto_server.
 
-    /opt/ferry-venv/bin/python bench/run.py [--size-mb N] [--quick] [--only ferry,s3fs,rclone,s3backer]
+    /opt/ferry-venv/bin/python bench/run.py [--size-mb N] [--quick] [--only ferry,s3fs,rclone,s3backer,null]
+                                            [--workloads randwrite,smallfiles,...]
 
 Runs as root (FUSE, loop mounts, drop_caches). Starts a moto_server on a free
 loopback port, measures the ceilings (a raw boto3 probe of the endpoint and
 the local disk), then runs the same fio / small-file workloads on ferry,
-s3fs-fuse, rclone mount (--vfs-cache-mode full) and s3backer+ext4, prints one
-table and writes it to bench/RESULTS.md. Every mount and process it starts is
+s3fs-fuse, rclone mount (--vfs-cache-mode full) and s3backer+ext4 -- and on
+bench/nullfs.py, an in-memory pyfuse3 filesystem with ferry's FUSE options (the
+ceiling of the binding, not a peer) -- prints one table and writes it to
+bench/RESULTS.md. Every mount and process it starts is
 removed when it ends, also on failure or Ctrl-C. See bench/README.md.
 """
 from __future__ import annotations
@@ -34,8 +37,11 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 MiB = 1 << 20
-SYSTEMS = ("ferry", "s3fs", "rclone", "s3backer")
+SYSTEMS = ("ferry", "s3fs", "rclone", "s3backer", "null")
 PEERS = ("s3fs", "rclone", "s3backer")
+# "null" is bench/nullfs.py: an in-memory pyfuse3 filesystem with ferry's mount options, the ceiling of
+# the Python FUSE binding itself. It is not a peer: it never counts as "best peer".
+LABELS = {"null": "pyfuse3 null"}
 ACCESS_KEY = "bench"
 SECRET_KEY = "bench-secret"
 REGION = "us-east-1"
@@ -334,13 +340,30 @@ def fio(name: str, filename: Path, rw: str, bs: str, size_mb: int, timeout: floa
 
 
 # ----------------------------------------------------------------------------- small files worker
-def smallfiles_worker(directory: str, n: int, cap: float) -> None:
-    """Runs in a child process (so a hung mount can be killed): create/stat/read/delete n 4 KiB files."""
+def smallfiles_worker(directory: str, n: int, cap: float, stats_pid: int = 0, stats_file: str = "") -> None:
+    """Runs in a child process (so a hung mount can be killed): create/stat/read/delete n 4 KiB files.
+
+    With stats_pid/stats_file (bench/nullfs.py), the daemon's request counters are read after each
+    phase (outside the timed part): res["requests"][phase] = counts at the end of that phase."""
     d = Path(directory)
     d.mkdir()
     payload = os.urandom(4096)
     names = [str(d / f"f{i:05d}") for i in range(n)]
     res = {}
+
+    def counters(tag):
+        if not stats_pid:
+            return
+        sf = Path(stats_file)
+        sf.unlink(missing_ok=True)
+        os.kill(stats_pid, signal.SIGUSR1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                res.setdefault("requests", {})[tag] = json.loads(sf.read_text())
+                return
+            except (OSError, ValueError):
+                time.sleep(0.01)
 
     def phase(key, fn, items):
         t0 = time.perf_counter()
@@ -351,6 +374,7 @@ def smallfiles_worker(directory: str, n: int, cap: float) -> None:
             if done % 50 == 0 and time.perf_counter() - t0 > cap:
                 break
         res[key] = [done, time.perf_counter() - t0, len(items)]
+        counters(key)
         return items[:done]
 
     def create(nm):
@@ -362,6 +386,7 @@ def smallfiles_worker(directory: str, n: int, cap: float) -> None:
             if len(f.read()) != 4096:
                 raise OSError(f"{nm}: short read")
 
+    counters("start")
     made = phase("create", create, names)
     phase("stat", os.stat, made)
     phase("read", read, made)
@@ -379,6 +404,7 @@ def smallfiles_worker(directory: str, n: int, cap: float) -> None:
 class System:
     name = "?"
     fuse = True
+    workloads: set[str] | None = None    # the workload keys that make sense for it (None: all)
 
     def __init__(self, h: "Harness"):
         self.h = h
@@ -706,6 +732,44 @@ class S3backer(System):
         return is_mounted(self.mnt) and self.proc is not None and self.proc.poll() is None
 
 
+class NullFS(System):
+    """bench/nullfs.py: ferry's FUSE options on an in-memory pyfuse3 filesystem (the binding's ceiling).
+
+    Nothing is stored, so the workloads that need a store or survive a remount are not run."""
+    name = "null"
+
+    def __init__(self, h):
+        super().__init__(h)
+        self.workloads = {"warmread", "randwrite", "randread", *SF_KEYS}
+        self.proc: subprocess.Popen | None = None
+        self.stats = self.dir / "requests.json"
+
+    def mount(self, **kw):
+        logf = self.dir / "nullfs.log"
+        self.proc = start_daemon([sys.executable, BENCH_DIR / "nullfs.py", self.mnt, "--stats", self.stats], logf)
+        try:
+            wait_mounted(self.mnt, 30, self.proc, logf, "nullfs")
+        except BenchError:
+            self.teardown()
+            raise
+
+    def unmount(self):
+        _fuse_unmount(self.mnt)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.teardown()
+            raise BenchTimeout("nullfs did not exit within 30 s of unmount") from None
+        T.untrack(self.proc)
+
+    def teardown(self):
+        force_unmount(self.mnt)
+        stop_proc(self.proc)
+
+    def alive(self):
+        return is_mounted(self.mnt) and self.proc is not None and self.proc.poll() is None
+
+
 def _fuse_unmount(path: Path, tries: int = 20) -> None:
     """Clean FUSE unmount; retries while the mount is briefly busy."""
     err = ""
@@ -739,6 +803,10 @@ WORKLOADS = [
     ("sf_delete", "small files: delete", "ops/s"),
 ]
 SF_KEYS = ("sf_create", "sf_stat", "sf_read", "sf_delete")
+# --workloads names -> workload keys
+WORKLOAD_GROUPS = {"seqwrite": ("seqwrite",), "coldread": ("coldread",), "warmread": ("warmread",),
+                   "randwrite": ("randwrite",), "randwrite_sync": ("randwrite_sync", "randwrite_sync_local"),
+                   "randread": ("randread",), "smallfiles": SF_KEYS}
 
 
 class Harness:
@@ -755,6 +823,12 @@ class Harness:
         bad = [s for s in self.only if s not in SYSTEMS]
         if bad:
             raise SystemExit(f"--only: unknown system(s) {', '.join(bad)}; known: {', '.join(SYSTEMS)}")
+        groups = [w.strip() for w in args.workloads.split(",")] if args.workloads else list(WORKLOAD_GROUPS)
+        bad = [w for w in groups if w not in WORKLOAD_GROUPS]
+        if bad:
+            raise SystemExit(f"--workloads: unknown workload(s) {', '.join(bad)}; known: {', '.join(WORKLOAD_GROUPS)}")
+        self.workloads = {k for w in groups for k in WORKLOAD_GROUPS[w]}
+        self.requests: dict[str, dict] = {}   # nullfs request counts per small-file phase
         self.root = Path(tempfile.mkdtemp(prefix="ferry-bench-", dir=args.workdir))
         T.root = self.root
         self.port = 0
@@ -791,7 +865,7 @@ class Harness:
         self.s3 = boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
                                aws_secret_access_key=SECRET_KEY, region_name=REGION,
                                config=Config(max_pool_connections=32, retries={"max_attempts": 2}))
-        for name in ("probe",) + tuple(self.only):
+        for name in ("probe",) + tuple(s for s in self.only if s != "null"):
             self.s3.create_bucket(Bucket=f"bench-{name}")
         log(f"moto_server on {self.endpoint} (pid {self.moto.pid})")
 
@@ -866,11 +940,15 @@ class Harness:
 
         def fail_rest(reason: str, kind: str = "fail"):
             for key, _, _ in WORKLOADS:
+                if key not in self.workloads or (sysobj.workloads is not None and key not in sysobj.workloads):
+                    continue
                 if key not in res and (key != "randwrite_sync_local" or ferry_local):
                     res[key] = Fail(kind, reason)
 
         def cell(keys, fn):
             keys = (keys,) if isinstance(keys, str) else keys
+            if not any(k in self.workloads and (sysobj.workloads is None or k in sysobj.workloads) for k in keys):
+                return None    # not selected (--workloads) or meaningless for this system: the cell stays "—"
             if not state["broken"] and time.monotonic() - t_start > self.budget:
                 state["broken"] = f"not run: {name} used up its time budget ({self.budget:.0f} s)"
             if state["broken"]:
@@ -942,9 +1020,19 @@ class Harness:
             if r.returncode != 0 or int(r.stdout.strip() or -1) != size:
                 raise BenchError(f"{path.name} is missing or has the wrong size ({r.stdout.strip() or r.stderr.strip()})")
 
-        def w_coldread():
+        def ensure_seq():
+            """The sequential file: written by the seqwrite row, or laid out here (untimed) if that row is not run."""
             if isinstance(res.get("seqwrite"), Fail):
                 raise BenchError("no file: the sequential write failed")
+            if "seqwrite" not in res:
+                fio("layout-seq", seq, "write", "1M", S, t_big, end_fsync=True)
+
+        def ensure_rand():
+            if "randwrite" not in res:    # not run; if it failed, check_size() says why
+                fio("layout", rand, "write", "1M", RAND_FILE_MB, t_big, end_fsync=True)
+
+        def w_coldread():
+            ensure_seq()
             sysobj.remount_cold()
             drop_caches()
             check_size(seq, S * MiB)
@@ -953,6 +1041,9 @@ class Harness:
         def w_warmread():
             if isinstance(res.get("coldread"), Fail):
                 raise BenchError("the cold read failed")
+            if "coldread" not in res:    # not run (nullfs, --workloads): one untimed full read instead
+                ensure_seq()
+                fio("preread-seq", seq, "read", "1M", S, t_big, invalidate=False)
             return fio("warmread", seq, "read", "1M", S, t_big, invalidate=False)["mibps"]
 
         def w_randwrite():
@@ -961,11 +1052,13 @@ class Harness:
             return fio("randwrite", rand, "randwrite", "4k", RAND_FILE_MB, t_timed, runtime=self.runtime)["iops"]
 
         def w_randwrite_sync():
+            ensure_rand()
             check_size(rand, RAND_FILE_MB * MiB)
             return fio("randwrite_sync", rand, "randwrite", "4k", RAND_FILE_MB, t_timed, runtime=self.runtime,
                        fdatasync=True)["iops"]
 
         def w_randread():
+            ensure_rand()
             check_size(rand, RAND_FILE_MB * MiB)
             fio("preread", rand, "read", "1M", RAND_FILE_MB, t_big, invalidate=False)
             return fio("randread", rand, "randread", "4k", RAND_FILE_MB, t_timed, runtime=self.runtime,
@@ -973,15 +1066,19 @@ class Harness:
 
         def w_smallfiles():
             cap = self.sf_cap
+            counting = [sysobj.proc.pid, sysobj.stats] if isinstance(sysobj, NullFS) else []
             r = run_cmd([sys.executable, str(Path(__file__).resolve()), "--_smallfiles",
                          mnt / f"small-{time.strftime('%H%M%S')}",
-                         self.nfiles, cap], timeout=4 * cap + 120 * self.args.timeout_scale,
+                         self.nfiles, cap, *counting], timeout=4 * cap + 120 * self.args.timeout_scale,
                          what="small-files loop")
             try:
                 data = json.loads(r.stdout.strip().splitlines()[-1])
             except (ValueError, IndexError):
                 raise BenchError(f"small-files loop printed no result: {r.stderr.strip()[-300:]}") from None
             out = {}
+            if data.get("requests"):
+                self.requests[name] = data["requests"]
+                sysobj.notes.append(requests_note(data))
             for phase in ("create", "stat", "read", "delete"):
                 n, secs, todo = data[phase]
                 out[f"sf_{phase}"] = n / secs if secs > 0 else Fail("fail", "no time measured")
@@ -1048,18 +1145,19 @@ class Harness:
     def run(self):
         self.start_moto()
         log(f"work dir {self.root}; size {self.size_mb} MiB, runtime {self.runtime} s, {self.nfiles} small files")
-        self.run_probe()
+        if self.workloads & {"seqwrite", "coldread", "randwrite_sync"}:   # the rows whose ceiling is the store
+            self.run_probe()
         self.run_system(LocalDisk(self))
         for name in SYSTEMS:
             if name not in self.only:
                 continue
-            cls = {"ferry": Ferry, "s3fs": S3fs, "rclone": Rclone, "s3backer": S3backer}[name]
+            cls = {"ferry": Ferry, "s3fs": S3fs, "rclone": Rclone, "s3backer": S3backer, "null": NullFS}[name]
             try:
                 sysobj = cls(self)
             except Exception as e:  # noqa: BLE001
                 self.results[name] = {k: Fail("fail", f"{type(e).__name__}: {e}") for k, _, _ in WORKLOADS}
                 continue
-            self.run_system(sysobj, ferry_local=(name == "ferry"))
+            self.run_system(sysobj, ferry_local=(name == "ferry" and "randwrite_sync_local" in self.workloads))
             self.notes += [f"{name}: {n}" for n in sysobj.notes]
 
     def cleanup(self):
@@ -1098,6 +1196,24 @@ class Harness:
 
 
 # ----------------------------------------------------------------------------- table
+def requests_note(data: dict) -> str:
+    """FUSE requests per file in each small-file phase, from nullfs's counters before/after each phase."""
+    reqs = data["requests"]
+    parts = []
+    prev = reqs.get("start", {})
+    for phase in ("create", "stat", "read", "delete"):
+        cur = reqs.get(phase)
+        n = data[phase][0]
+        if cur is None or not n:
+            break
+        delta = {op: cur.get(op, 0) - prev.get(op, 0) for op in cur}
+        delta = {op: c for op, c in sorted(delta.items(), key=lambda kv: -kv[1]) if c / n >= 0.005}
+        per = sum(delta.values()) / n
+        parts.append(f"{phase} {per:.2f}/file (" + ", ".join(f"{op} {c / n:.2f}" for op, c in delta.items()) + ")")
+        prev = cur
+    return "FUSE requests per small file: " + "; ".join(parts)
+
+
 def fmt(v) -> str:
     if isinstance(v, Fail):
         return str(v)
@@ -1125,7 +1241,8 @@ def build_rows(h: Harness) -> tuple[list[str], list[list[str]]]:
     R = h.results
     P = h.probe
     local = R.get("local", {})
-    get = lambda sysname, key: R.get(sysname, {}).get(key, Fail("skipped", "not run") if sysname in R else None)
+    get = lambda sysname, key: (None if key not in h.workloads else
+                                R.get(sysname, {}).get(key, Fail("skipped", "not run") if sysname in R else None))
 
     def best_peer(key):
         vals = [(num(get(p, key)), p) for p in PEERS if num(get(p, key)) is not None]
@@ -1177,10 +1294,12 @@ def build_rows(h: Harness) -> tuple[list[str], list[list[str]]]:
             out.append(f"{mark} {text}")
         return ", ".join(out)
 
-    header = ["workload", "unit", "ceiling", "ferry", "s3fs", "rclone", "s3backer",
-              "ferry/ceiling", "ferry/best peer", "target"]
+    header = ["workload", "unit", "ceiling", "ferry", "s3fs", "rclone", "s3backer", LABELS["null"],
+              "ferry/ceiling", "ferry/best peer", f"ferry/{LABELS['null']}", "target"]
     rows = []
     for key, label, unit in WORKLOADS:
+        if key not in h.workloads:     # --workloads
+            continue
         fk = key
         ferry_v = get("ferry", fk)
         peer_key = "randwrite_sync" if key == "randwrite_sync_local" else key
@@ -1193,11 +1312,15 @@ def build_rows(h: Harness) -> tuple[list[str], list[list[str]]]:
             if h.extra.get(p, {}).get(peer_key) and num(v) is not None:
                 txt += f" ({h.extra[p][peer_key]})"
             cells.append(txt)
+        null_v = R.get("null", {}).get(key)      # only the rows nullfs runs (no "skipped" for the others)
+        cells.append("—" if null_v is None else fmt(null_v))
         rc = ratio(ferry_v, ce)
         bp, bpn = best_peer(peer_key)
         rb = ratio(ferry_v, bp)
+        rn = ratio(ferry_v, null_v)
         cells.append("—" if rc is None else (f"{rc:.0%}" if rc >= 0.095 else f"{rc * 100:.2g}%"))
         cells.append("—" if rb is None else f"{fmt_ratio(rb)}× ({bpn})")
+        cells.append("—" if rn is None else f"{fmt_ratio(rn)}×")
         cells.append(target(key, num(ferry_v)))
         rows.append(cells)
     return header, rows
@@ -1219,7 +1342,7 @@ def print_table(h: Harness, header, rows):
         return
     t = Table(title=title, show_lines=False)
     for i, c in enumerate(header):
-        t.add_column(c, justify="left" if i in (0, 1, 9) else "right", overflow="fold")
+        t.add_column(c, justify="left" if i in (0, 1, len(header) - 1) else "right", overflow="fold")
     for r in rows:
         t.add_row(*r)
     Console(width=None if sys.stdout.isatty() else 220).print(t)
@@ -1289,7 +1412,7 @@ def write_results(h: Harness, header, rows, argv: list[str]):
         "acknowledge it before the data is in the store): read the caveats in the README before comparing.",
         "",
         "| " + " | ".join(header) + " |",
-        "|" + "|".join("---" if i in (0, 1, 9) else "---:" for i in range(len(header))) + "|",
+        "|" + "|".join("---" if i in (0, 1, len(header) - 1) else "---:" for i in range(len(header))) + "|",
     ]
     for r in rows:
         L.append("| " + " | ".join(esc(c) for c in r) + " |")
@@ -1331,13 +1454,18 @@ def failure_lines(h: Harness, md: bool = False) -> list[str]:
 # ----------------------------------------------------------------------------- main
 def main() -> int:
     if len(sys.argv) >= 2 and sys.argv[1] == "--_smallfiles":
-        smallfiles_worker(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        smallfiles_worker(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]),
+                          *((int(sys.argv[5]), sys.argv[6]) if len(sys.argv) > 6 else ()))
         return 0
     ap = argparse.ArgumentParser(description="Benchmark ferry side by side with s3fs, rclone mount and "
                                              "s3backer+ext4 against one moto_server (see bench/README.md).")
     ap.add_argument("--size-mb", type=int, help="sequential file size in MiB (default 256; --quick 64)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes and shorter timed runs")
-    ap.add_argument("--only", help=f"comma-separated subset of {','.join(SYSTEMS)} (ceilings always run)")
+    ap.add_argument("--only", help=f"comma-separated subset of {','.join(SYSTEMS)} (ceilings always run; "
+                                   f"null = the pyfuse3 null filesystem, bench/nullfs.py)")
+    ap.add_argument("--workloads", help=f"comma-separated subset of {','.join(WORKLOAD_GROUPS)} (default all; "
+                                        f"also limits the local-disk runs, and the S3 probe runs only for "
+                                        f"seqwrite/coldread/randwrite_sync)")
     ap.add_argument("--runtime", type=int, help="seconds per timed random-I/O run (default 15; --quick 5)")
     ap.add_argument("--files", type=int, help="number of small files (default 2000; --quick 500)")
     ap.add_argument("--timeout-scale", type=float, default=1.0,
@@ -1397,7 +1525,10 @@ def main() -> int:
         if h.notes:
             print("notes:\n" + "\n".join(f"  {n}" for n in h.notes))
         if not interrupted and not args.no_results and rc == 0:
-            write_results(h, header, rows, sys.argv[1:])
+            if args.workloads:
+                log(f"--workloads: partial run, {RESULTS_MD.name} not rewritten")
+            else:
+                write_results(h, header, rows, sys.argv[1:])
     return rc
 
 
