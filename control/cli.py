@@ -1,8 +1,395 @@
-"""`ferry control|volume|hosts|status|snapshot` subcommands (issue 3; filled in as they land)."""
+"""`ferry control serve`, `ferry volume ...`, `ferry hosts ls`, `ferry status`.
+
+Why a thin layer: every client command is one call of `control.client`
+(the same code the agents use) plus formatting; errors become
+`fsd.clierrors` exceptions so every ferry command fails the same way
+(exit 1 with an explanation, exit 2 for usage errors).
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import ssl
+import time
+from typing import Any, Awaitable, Callable
+
+from fsd.clierrors import Failure, UsageError
+
+ENV_CONTROL = "FERRY_CONTROL"
+ENV_TOKEN = "FERRY_TOKEN"
+
+EXAMPLES_SERVE = """\
+examples:
+  head -c 32 /dev/urandom | base64 > /etc/ferry/token && chmod 600 /etc/ferry/token
+  ferry control serve --listen 0.0.0.0:7450 --state sqlite:/var/lib/ferry/control.db \\
+      --token-file /etc/ferry/token
+  ferry control serve --listen 0.0.0.0:7450 --state sqlite:/var/lib/ferry/control.db \\
+      --token-file /etc/ferry/token --tls-cert /etc/ferry/control.crt --tls-key /etc/ferry/control.key
+
+The service records volumes, hosts and leases; it never touches data.
+Agents heartbeat every --heartbeat seconds; a host silent for --lease-ttl
+seconds loses its leases (another host may then take its volumes over).
+"""
+
+EXAMPLES_VOLUME = """\
+examples:
+  export FERRY_CONTROL=10.0.0.1:7450 FERRY_TOKEN=$(cat /etc/ferry/token)
+  ferry volume create pgdata -o durability=local -o size=50G --label app=postgres
+  ferry volume ls
+  ferry volume inspect pgdata        # owner, epoch, durability, upload lag
+  ferry volume move pgdata --to host-b
+  ferry volume rm pgdata             # refused while a live host holds it
+"""
 
 
+# ------------------------------------------------------------------ helpers
+def read_token(token_file: str | None, optional: bool = False) -> str:
+    """The cluster token from --token-file or $FERRY_TOKEN (UsageError if neither,
+    "" if `optional`: mutual TLS authenticates instead)."""
+    if token_file:
+        try:
+            token = open(token_file, encoding="utf-8").read().strip()
+        except OSError as e:
+            raise UsageError(f"cannot read token file {token_file}: {e.strerror}") from None
+        if not token:
+            raise UsageError(f"token file {token_file} is empty")
+        return token
+    token = os.environ.get(ENV_TOKEN, "").strip()
+    if not token and not optional:
+        raise UsageError("no cluster token: pass --token-file FILE or set FERRY_TOKEN (create one with: "
+                         "head -c 32 /dev/urandom | base64 > /etc/ferry/token)")
+    return token
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("control service")
+    g.add_argument("--control", metavar="ADDR", default=None,
+                   help=f"control service HOST:PORT (default ${ENV_CONTROL} or 127.0.0.1:7450)")
+    g.add_argument("--token-file", metavar="FILE", help=f"cluster token file (default ${ENV_TOKEN})")
+    g.add_argument("--tls", action="store_true", help="connect with TLS (system CA store)")
+    g.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting this CA file")
+    g.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS (implies --tls)")
+    g.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert")
+    g.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _run(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]]) -> int:
+    """Run `fn(client)` on a ControlClient built from the common arguments."""
+    import trio
+    from control.client import DEFAULT_ADDR, ControlClient, ControlError, Unreachable
+    addr = args.control or os.environ.get(ENV_CONTROL) or DEFAULT_ADDR
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    token = read_token(args.token_file, optional=bool(args.tls_cert))
+    tls: bool | ssl.SSLContext = False
+    if args.tls_ca or args.tls or args.tls_cert:
+        try:
+            tls = ssl.create_default_context(cafile=args.tls_ca)
+            if args.tls_cert:
+                tls.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as e:
+            raise UsageError(f"cannot load TLS files: {e}") from None
+    try:
+        client = ControlClient(addr, token, tls=tls)
+    except ValueError as e:
+        raise UsageError(f"--control: {e}") from None
+
+    async def main() -> int:
+        async with client:
+            return await fn(client)
+    try:
+        return trio.run(main)
+    except Unreachable as e:
+        raise Failure(str(e)) from None
+    except ControlError as e:
+        if e.code == "bad_request":
+            raise UsageError(e.message) from None
+        hint = {"unauthorized": " (check --token-file / FERRY_TOKEN)"}.get(e.code, "")
+        raise Failure(f"{e.message}{hint} [{e.code}]") from None
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for r in [header, *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+
+
+def _lag(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}s"
+
+
+def _kv_list(items: list[str] | None, what: str) -> dict[str, str]:
+    from fsd.options import parse_kv
+    try:
+        return parse_kv(items or [])
+    except ValueError as e:
+        raise UsageError(f"{what}: {e}") from None
+
+
+# ------------------------------------------------------------------- serve
+def _raise_fd_limit() -> None:
+    """Every agent keeps a few connections open: 1,000 agents need more than the
+    usual soft limit of 1,024 descriptors, so take what the hard limit allows."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+    from control.client import parse_addr
+    from control.leases import Config
+    from control.server import ControlServer, server_ssl_context
+    from control.state import StateError, open_state
+    try:
+        host, port = parse_addr(args.listen)
+        config = Config(ttl=args.lease_ttl, heartbeat=args.heartbeat)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+    token = read_token(args.token_file, optional=bool(args.tls_client_ca)) or None
+    ctx = None
+    if args.tls_cert:
+        try:
+            ctx = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+        except (OSError, ssl.SSLError) as e:
+            raise UsageError(f"cannot load TLS certificate/key: {e}") from None
+    try:
+        state = open_state(args.state)
+    except ValueError as e:
+        raise UsageError(f"--state: {e}") from None
+    except StateError as e:
+        raise Failure(str(e)) from None
+    _raise_fd_limit()
+    server = ControlServer(state, token, config)
+    try:
+        trio.run(server.serve, host, port, ctx)
+    except OSError as e:
+        raise Failure(f"cannot listen on {args.listen}: {e.strerror or e}") from None
+    except StateError as e:
+        raise Failure(str(e)) from None
+    finally:
+        state.close()
+    return 0
+
+
+# ------------------------------------------------------------------ volume
+def cmd_volume_create(args: argparse.Namespace) -> int:
+    from control.validate import validate_volume_name, validate_volume_options
+    options = _kv_list(args.option, "-o")
+    labels = _kv_list(args.label, "--label")
+    try:   # checked here too, so a typo is a usage error before any connection
+        validate_volume_name(args.name)
+        validate_volume_options(args.name, options)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+    async def go(c) -> int:
+        v = await c.volume_create(args.name, options, labels)
+        if args.json:
+            _print_json(v)
+        else:
+            print(f"volume {v['name']} recorded (durability {v['durability']}); the agent formats it on "
+                  f"the store when a host first uses it")
+        return 0
+    return _run(args, go)
+
+
+def cmd_volume_ls(args: argparse.Namespace) -> int:
+    async def go(c) -> int:
+        vols = await c.volume_list()
+        if args.json:
+            _print_json(vols)
+            return 0
+        rows = []
+        for v in vols:
+            lease = v["lease"] or {}
+            rows.append([v["name"], v["durability"], lease.get("host") or "-",
+                         "-" if lease.get("epoch") is None else str(lease["epoch"]),
+                         ("in use" if lease.get("in_use") else "idle") if lease else "-",
+                         _lag(lease.get("upload_lag_s"))])
+        _table(rows, ["NAME", "DURABILITY", "OWNER", "EPOCH", "STATE", "UPLOAD LAG"])
+        return 0
+    return _run(args, go)
+
+
+def cmd_volume_inspect(args: argparse.Namespace) -> int:
+    async def go(c) -> int:
+        v = await c.volume_get(args.name)
+        if args.json:
+            _print_json(v)
+            return 0
+        lease = v["lease"]
+        print(f"name          {v['name']}")
+        print(f"created       {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(v['created']))}")
+        print(f"durability    {v['durability']}")
+        print(f"size limit    {v.get('size') or 'default'}")
+        print(f"options       {', '.join(f'{k}={x}' for k, x in sorted(v['options'].items())) or '-'}")
+        print(f"labels        {', '.join(f'{k}={x}' for k, x in sorted(v['labels'].items())) or '-'}")
+        if lease:
+            state = "alive" if lease["alive"] else "EXPIRED (another host may take it over)"
+            print(f"owner         {lease['host']} ({state}, lease expires in {lease['expires_in']}s)")
+            print(f"epoch         {lease['epoch'] if lease['epoch'] is not None else 'not reported yet'}")
+            print(f"in use        {'yes' if lease['in_use'] else 'no'}")
+            print(f"upload lag    {_lag(lease['upload_lag_s'])}")
+        else:
+            print("owner         none (not mounted anywhere)")
+        if v.get("move"):
+            print(f"moving to     {v['move']['to']}")
+        return 0
+    return _run(args, go)
+
+
+def cmd_volume_rm(args: argparse.Namespace) -> int:
+    async def go(c) -> int:
+        await c.volume_remove(args.name)
+        print(f"volume {args.name} removed from the control service")
+        return 0
+    return _run(args, go)
+
+
+def cmd_volume_move(args: argparse.Namespace) -> int:
+    async def go(c) -> int:
+        r = await c.volume_move(args.name, args.to, wait=args.wait)
+        if args.json:
+            _print_json(r)
+            return 0 if r["status"] in ("done", "free", "released") else 1
+        st = r["status"]
+        if st == "done":
+            print(f"volume {args.name} is already on {args.to}")
+        elif st == "free":
+            print(f"volume {args.name} is not held by any live host; {args.to} takes it at its next mount")
+        elif st == "released":
+            print(f"volume {args.name} released by {r['from']}; {args.to} takes it at its next mount")
+        else:
+            raise Failure(r.get("message") or f"move of {args.name} is {st}")
+        return 0
+    return _run(args, go)
+
+
+# ------------------------------------------------------------ hosts/status
+def cmd_hosts_ls(args: argparse.Namespace) -> int:
+    async def go(c) -> int:
+        hosts = await c.host_list()
+        if args.json:
+            _print_json(hosts)
+            return 0
+        rows = [[h["host_id"], h["address"] or "-", "alive" if h["alive"] else "DOWN",
+                 "-" if h["last_heartbeat_age"] is None else f"{h['last_heartbeat_age']:.1f}s ago",
+                 str(len(h["volumes"])), h["version"] or "-"] for h in hosts]
+        _table(rows, ["HOST", "ADDRESS", "STATE", "HEARTBEAT", "VOLUMES", "VERSION"])
+        return 0
+    return _run(args, go)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def go(c) -> int:
+        st = await c.status()
+        if args.json:
+            _print_json(st)
+            return 0
+        alive = sum(h["alive"] for h in st["hosts"])
+        print(f"control {c.addr}: {len(st['hosts'])} host(s), {alive} alive; {len(st['volumes'])} volume(s); "
+              f"lease TTL {st['ttl']:g}s, heartbeat {st['heartbeat']:g}s\n")
+        _table([[h["host_id"], "alive" if h["alive"] else "DOWN", str(len(h["volumes"]))] for h in st["hosts"]],
+               ["HOST", "STATE", "VOLUMES"])
+        print()
+        rows = []
+        for v in st["volumes"]:
+            lease = v["lease"] or {}
+            owner = lease.get("host") or "-"
+            if lease and not lease["alive"]:
+                owner += " (expired)"
+            rows.append([v["name"], owner, "-" if lease.get("epoch") is None else str(lease["epoch"]),
+                         v["durability"], _lag(lease.get("upload_lag_s")),
+                         v["move"]["to"] if v.get("move") else ""])
+        _table(rows, ["VOLUME", "OWNER", "EPOCH", "DURABILITY", "UPLOAD LAG", "MOVING TO"])
+        return 0
+    return _run(args, go)
+
+
+# ------------------------------------------------------------------ parser
 def add_commands(sub: "argparse._SubParsersAction") -> None:
     """Register the control-side subcommands on the top-level `ferry` parser."""
+    raw = argparse.RawDescriptionHelpFormatter
+    ctl = sub.add_parser("control", help="run the control service",
+                         description="The control service: volumes, hosts, leases.",
+                         epilog=EXAMPLES_SERVE, formatter_class=raw)
+    cs = ctl.add_subparsers(dest="ctlcmd", required=True, parser_class=type(ctl))
+    s = cs.add_parser("serve", help="serve the control API", description="Serve the control API over TCP.",
+                      epilog=EXAMPLES_SERVE, formatter_class=raw)
+    s.add_argument("--listen", default="0.0.0.0:7450", metavar="ADDR", help="HOST:PORT (default 0.0.0.0:7450)")
+    s.add_argument("--state", required=True, metavar="URL", help="sqlite:PATH (etcd://H:P comes later)")
+    s.add_argument("--token-file", metavar="FILE", help=f"cluster token file (default ${ENV_TOKEN})")
+    s.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
+    s.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM)")
+    s.add_argument("--tls-client-ca", metavar="FILE",
+                   help="require client certificates signed by this CA (mutual TLS; the token "
+                        "becomes optional)")
+    s.add_argument("--lease-ttl", type=float, default=10.0, metavar="S",
+                   help="seconds without heartbeat after which a host's leases expire (default 10)")
+    s.add_argument("--heartbeat", type=float, default=2.0, metavar="S",
+                   help="heartbeat period agents are told to use (default 2)")
+    s.set_defaults(fn=cmd_serve)
+
+    vol = sub.add_parser("volume", help="manage cluster volumes (via the control service)",
+                         description="Create, list, inspect, move and remove volumes.",
+                         epilog=EXAMPLES_VOLUME, formatter_class=raw)
+    vs = vol.add_subparsers(dest="volcmd", required=True, parser_class=type(vol))
+    from control.validate import known_volume_options
+    c = vs.add_parser("create", help="record a new volume", description="Record a new volume at the "
+                      "control service (idempotent when identical). The agent formats it on the store "
+                      "when Docker first uses it.", formatter_class=raw,
+                      epilog="options (-o):\n" + "\n".join(f"  {k}: {v}" for k, v in known_volume_options().items())
+                      + "\n\n" + EXAMPLES_VOLUME)
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("-o", "--option", action="append", metavar="K=V", help="volume option (repeatable)")
+    c.add_argument("--label", action="append", metavar="K=V", help="label (repeatable)")
+    _client_args(c)
+    c.set_defaults(fn=cmd_volume_create)
+    ls = vs.add_parser("ls", help="list volumes with owner, epoch and upload lag")
+    _client_args(ls)
+    ls.set_defaults(fn=cmd_volume_ls)
+    i = vs.add_parser("inspect", help="show one volume: durability, owner, epoch, upload lag")
+    i.add_argument("name", metavar="NAME")
+    _client_args(i)
+    i.set_defaults(fn=cmd_volume_inspect)
+    r = vs.add_parser("rm", help="remove a volume (refused while a live host holds it)")
+    r.add_argument("name", metavar="NAME")
+    _client_args(r)
+    r.set_defaults(fn=cmd_volume_rm)
+    m = vs.add_parser("move", help="ask the owner to hand a volume over to another host",
+                      description="Ask the volume's owner to commit everything and release it for HOST. "
+                                  "Refused (exit 1) when containers on the owner use it.",
+                      epilog="example:\n  ferry volume move pgdata --to host-b", formatter_class=raw)
+    m.add_argument("name", metavar="NAME")
+    m.add_argument("--to", required=True, metavar="HOST", help="host id that should get the volume")
+    m.add_argument("--wait", type=float, default=30.0, metavar="S", help="seconds to wait for the owner (default 30)")
+    _client_args(m)
+    m.set_defaults(fn=cmd_volume_move)
+
+    hosts = sub.add_parser("hosts", help="list cluster hosts", description="Hosts known to the control service.")
+    hs = hosts.add_subparsers(dest="hostcmd", required=True, parser_class=type(hosts))
+    hl = hs.add_parser("ls", help="list hosts with liveness and volume count")
+    _client_args(hl)
+    hl.set_defaults(fn=cmd_hosts_ls)
+
+    st = sub.add_parser("status", help="cluster at a glance: hosts, volumes, owners, epochs, upload lag",
+                        description="Cluster at a glance.",
+                        epilog="example:\n  FERRY_CONTROL=10.0.0.1:7450 FERRY_TOKEN=... ferry status",
+                        formatter_class=raw)
+    _client_args(st)
+    st.set_defaults(fn=cmd_status)

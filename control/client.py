@@ -1,0 +1,219 @@
+"""The one control API client (trio), shared by the `ferry` CLI and the agents.
+
+Why one client: both talk the same wire format with the same errors, so a
+fix (reconnects, timeouts, messages) lands once. Each call borrows a
+connection from a small pool, so an agent's long-poll `host.watch` never
+delays its heartbeats. A stale pooled connection (the server restarted) is
+retried once on a fresh one: every operation is safe to repeat (creates and
+acquires are idempotent, release of a free lease is a no-op).
+"""
+from __future__ import annotations
+
+import itertools
+import ssl
+from typing import Any
+
+import trio
+
+from control import protocol
+from control.protocol import FrameBuffer, FrameError
+
+DEFAULT_PORT = 7450
+DEFAULT_ADDR = f"127.0.0.1:{DEFAULT_PORT}"
+MAX_IDLE = 4
+
+
+class ControlError(Exception):
+    """The service answered with an error; `code` is one of protocol.ERROR_CODES."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Unreachable(Exception):
+    """No answer from the control service (connect failed, timed out, connection lost)."""
+
+
+def parse_addr(addr: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """'host:port', 'host', '[::1]:7450' -> (host, port). ValueError explains."""
+    a = addr.strip()
+    if not a:
+        raise ValueError("empty address; use HOST:PORT, e.g. 127.0.0.1:7450")
+    if a.startswith("["):
+        host, sep, rest = a[1:].partition("]")
+        if not sep:
+            raise ValueError(f"address {addr!r}: missing ']'")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif a.count(":") == 1:
+        host, port_s = a.split(":")
+    else:
+        host, port_s = a, ""
+    try:
+        port = int(port_s) if port_s else default_port
+    except ValueError:
+        raise ValueError(f"address {addr!r}: port {port_s!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"address {addr!r}: port {port} is out of range")
+    return host or "0.0.0.0", port
+
+
+class _Conn:
+    def __init__(self, stream: trio.abc.Stream):
+        self.stream = stream
+        self.buf = FrameBuffer()
+
+    async def call(self, frame: bytes) -> dict[str, Any]:
+        await self.stream.send_all(frame)
+        while True:
+            body = self.buf.next_frame()
+            if body is not None:
+                return protocol.unpack(body)
+            data = await self.stream.receive_some(1 << 16)
+            if not data:
+                raise trio.BrokenResourceError("connection closed by the control service")
+            self.buf.feed(data)
+
+
+class ControlClient:
+    """`async with ControlClient("10.0.0.1:7450", token) as c: await c.volume_list()`."""
+
+    def __init__(self, addr: str, token: str, tls: bool | ssl.SSLContext = False, *,
+                 timeout: float = 10.0, connect_timeout: float = 5.0):
+        self.addr = addr
+        self.host, self.port = parse_addr(addr)
+        self.token = token
+        if tls is True:
+            tls = ssl.create_default_context()
+        self.ssl_context: ssl.SSLContext | None = tls or None
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._idle: list[_Conn] = []
+        self._ids = itertools.count(1)
+        self._closed = False
+
+    async def __aenter__(self) -> "ControlClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for c in idle:
+            await trio.aclose_forcefully(c.stream)
+
+    def _unreachable(self, why: str) -> Unreachable:
+        return Unreachable(f"cannot reach the control service at {self.addr}: {why}. Check --control "
+                           f"(or FERRY_CONTROL) and that `ferry control serve` is running there")
+
+    async def _connect(self) -> _Conn:
+        try:
+            with trio.fail_after(self.connect_timeout):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(self.host, self.port)
+                if self.ssl_context is not None:
+                    tls = trio.SSLStream(stream, self.ssl_context, server_hostname=self.host)
+                    try:
+                        await tls.do_handshake()
+                    except BaseException:
+                        await trio.aclose_forcefully(stream)
+                        raise
+                    stream = tls
+        except trio.TooSlowError:
+            raise self._unreachable(f"no connection within {self.connect_timeout:g}s") from None
+        except (OSError, trio.BrokenResourceError, ssl.SSLError) as e:
+            raise self._unreachable(str(e) or type(e).__name__) from None
+        return _Conn(stream)
+
+    async def call(self, op: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
+        """Send one request, return its result or raise ControlError / Unreachable."""
+        if self._closed:
+            raise RuntimeError("ControlClient is closed")
+        req_id = next(self._ids)
+        frame = protocol.encode_frame(protocol.make_request(req_id, op, args or {}, self.token))
+        limit = self.timeout if timeout is None else timeout
+        for attempt in (0, 1):
+            fresh = not self._idle
+            conn = self._idle.pop() if self._idle else await self._connect()
+            try:
+                with trio.fail_after(limit):
+                    resp = await conn.call(frame)
+            except trio.TooSlowError:
+                await trio.aclose_forcefully(conn.stream)
+                raise self._unreachable(f"no answer to {op} within {limit:g}s") from None
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError, FrameError,
+                    protocol.ProtocolError) as e:
+                await trio.aclose_forcefully(conn.stream)
+                if attempt == 0 and not fresh:
+                    continue            # a stale pooled connection: one retry on a fresh one
+                raise self._unreachable(f"connection lost during {op} ({e or type(e).__name__})") from None
+            except BaseException:
+                await trio.aclose_forcefully(conn.stream)   # cancelled mid-call: the stream is unusable
+                raise
+            if len(self._idle) < MAX_IDLE and not self._closed:
+                self._idle.append(conn)
+            else:
+                await trio.aclose_forcefully(conn.stream)
+            return self._result(op, resp, req_id)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _result(op: str, resp: Any, req_id: int) -> Any:
+        if not isinstance(resp, dict) or "ok" not in resp:
+            raise ControlError("internal", f"{op}: malformed response from the control service")
+        if resp.get("ok") is True:
+            return resp.get("result")
+        err = resp.get("error") or {}
+        code = err.get("code") if isinstance(err, dict) else None
+        msg = err.get("message") if isinstance(err, dict) else None
+        raise ControlError(code if isinstance(code, str) else "internal", str(msg or f"{op} failed"))
+
+    # ------------------------------------------------------------ operations
+    async def ping(self) -> dict[str, Any]:
+        return await self.call("ping")
+
+    async def volume_create(self, name: str, options: dict[str, str] | None = None,
+                            labels: dict[str, str] | None = None) -> dict[str, Any]:
+        return await self.call("volume.create", {"name": name, "options": options or {}, "labels": labels or {}})
+
+    async def volume_get(self, name: str) -> dict[str, Any]:
+        return await self.call("volume.get", {"name": name})
+
+    async def volume_list(self) -> list[dict[str, Any]]:
+        return await self.call("volume.list")
+
+    async def volume_remove(self, name: str) -> None:
+        await self.call("volume.remove", {"name": name})
+
+    async def volume_move(self, name: str, to: str, wait: float = 30.0) -> dict[str, Any]:
+        return await self.call("volume.move", {"name": name, "to": to, "wait": wait},
+                               timeout=self.timeout + wait)
+
+    async def host_register(self, host_id: str, address: str = "", version: str = "") -> dict[str, Any]:
+        return await self.call("host.register", {"host_id": host_id, "address": address, "version": version})
+
+    async def host_heartbeat(self, host_id: str, volumes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """volumes: [{name, in_use, epoch, upload_lag_s}] of the volumes this host serves."""
+        return await self.call("host.heartbeat", {"host_id": host_id, "volumes": volumes or []})
+
+    async def host_list(self) -> list[dict[str, Any]]:
+        return await self.call("host.list")
+
+    async def host_watch(self, host_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        return await self.call("host.watch", {"host_id": host_id, "timeout": timeout},
+                               timeout=self.timeout + timeout)
+
+    async def lease_acquire(self, volume: str, host_id: str, wait: float = 0.0) -> dict[str, Any]:
+        return await self.call("lease.acquire", {"volume": volume, "host_id": host_id, "wait": wait},
+                               timeout=self.timeout + wait)
+
+    async def lease_release(self, volume: str, host_id: str, epoch: int | None = None) -> None:
+        await self.call("lease.release", {"volume": volume, "host_id": host_id, "epoch": epoch})
+
+    async def lease_refuse_move(self, volume: str, host_id: str) -> None:
+        await self.call("lease.refuse_move", {"volume": volume, "host_id": host_id})
+
+    async def status(self) -> dict[str, Any]:
+        return await self.call("status")

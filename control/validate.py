@@ -1,0 +1,37 @@
+"""Validation of volume names and options, exactly as the filesystem does it.
+
+Why here and not in leases.py: the rules belong to fsd (`fsd.format.keys`,
+`fsd.options`, `fsd.format.superblock`); the control service refuses at
+create time what fsd would refuse at mkfs or mount time, with the same
+messages, so a bad volume never gets recorded.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fsd.format import keys
+from fsd.format.superblock import KNOWN_OPTIONS as MKFS_OPTIONS, make_superblock
+from fsd.options import KNOWN as MOUNT_OPTIONS, parse_mount_options
+
+
+def known_volume_options() -> dict[str, str]:
+    """Every option `volume create -o` accepts: format options (mkfs) and mount options."""
+    return {**MKFS_OPTIONS, **MOUNT_OPTIONS}
+
+
+def validate_volume_name(name: Any) -> str:
+    """ValueError with fsd's message for an unusable name."""
+    keys.validate_volume_name(name)
+    return name
+
+
+def validate_volume_options(name: str, options: dict[str, str]) -> dict[str, str]:
+    """ValueError naming the bad option (and listing the known ones when unknown)."""
+    known = known_volume_options()
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown volume option(s) {', '.join(unknown)}; known: "
+                         + "; ".join(f"{k}={v}" for k, v in known.items()))
+    make_superblock(name, {k: v for k, v in options.items() if k in MKFS_OPTIONS}, 0)
+    parse_mount_options({k: v for k, v in options.items() if k in MOUNT_OPTIONS})
+    return dict(options)
