@@ -1,0 +1,284 @@
+"""Starting, stopping, adopting and checking filesystem daemons (one per mounted volume).
+
+Why through the `ferry fs` command line: the agent runs exactly the daemon a
+standalone user would (docs/cluster.md), in background mode, so the daemon
+lives in its own session and outlives the agent (an agent restart must not
+break running mounts). `ferry fs umount` is the one clean stop: it commits
+everything, seals the epoch with reason `release` and waits for the daemon.
+
+What a daemon is doing is read from the files it keeps: fsd's mount
+registry (`$FERRY_RUN_DIR/mounts/<hash>.json`: pid, volume, cache dir) and
+`status.json` in its cache directory (phase, epoch, upload lag). Every
+blocking call (file reads, stat of a FUSE mountpoint, store calls for mkfs)
+runs in a worker thread: a stat of a hung FUSE mount must not freeze the loop.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from fsd.mount import registry_path
+from fsd.options import KNOWN as MOUNT_OPTIONS
+
+log = logging.getLogger("ferry.agent.fsd")
+
+
+class FsdError(Exception):
+    """A daemon could not be started or stopped; the message says why and where the log is."""
+
+
+class Health(Enum):
+    RUNNING = "running"      # pid alive and mountpoint answering
+    DEAD = "dead"            # registered but pid gone, or mountpoint ENOTCONN
+    ABSENT = "absent"        # no daemon registered for this mountpoint
+    HUNG = "hung"            # mountpoint did not answer a stat in time (reported, not remounted)
+
+
+@dataclass(frozen=True)
+class FsdInfo:
+    volume: str
+    mountpoint: Path
+    pid: int
+    cache_dir: Path
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def in_proc_mounts(mp: Path) -> bool:
+    target = os.path.abspath(mp)
+    with open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 1 and fields[1].replace("\\040", " ") == target:
+                return True
+    return False
+
+
+def _stat_ok(mp: Path) -> bool:
+    try:
+        os.stat(mp)
+        return True
+    except OSError as e:
+        if e.errno in (errno.ENOTCONN, errno.ECONNABORTED, errno.EIO):
+            return False
+        raise
+
+
+class FsdManager:
+    """Daemons of one agent: `<mount-root>/<vol>` with cache `<cache-root>/<vol>`."""
+
+    def __init__(self, store_url: str, cache_root: Path, mount_root: Path, *,
+                 ferry_cmd: list[str] | None = None, mount_timeout: float = 60.0,
+                 umount_timeout: float = 300.0, stat_timeout: float = 5.0) -> None:
+        self.store_url = store_url
+        self.cache_root = Path(cache_root)
+        self.mount_root = Path(mount_root)
+        self.ferry_cmd = ferry_cmd or [sys.executable, "-m", "fsd.cli"]
+        self.mount_timeout = mount_timeout
+        self.umount_timeout = umount_timeout
+        self.stat_timeout = stat_timeout
+        self._limiter = trio.CapacityLimiter(8)
+
+    # ------------------------------------------------------------ paths
+    def mountpoint(self, volume: str) -> Path:
+        return Path(os.path.abspath(self.mount_root / volume))
+
+    def cache_dir(self, volume: str) -> Path:
+        return Path(os.path.abspath(self.cache_root / volume))
+
+    async def _thread(self, fn, *args, abandon: bool = False):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter, abandon_on_cancel=abandon)
+
+    # ------------------------------------------------------------ registry / status
+    def _registry(self, volume: str) -> dict[str, Any] | None:
+        try:
+            d = json.loads(registry_path(self.mountpoint(volume)).read_text())
+        except (OSError, ValueError):
+            return None
+        return d if isinstance(d, dict) and d.get("volume") == volume else None
+
+    async def info(self, volume: str) -> FsdInfo | None:
+        d = await self._thread(self._registry, volume)
+        if d is None or not isinstance(d.get("pid"), int):
+            return None
+        return FsdInfo(volume=volume, mountpoint=self.mountpoint(volume), pid=d["pid"],
+                       cache_dir=Path(d.get("cache_dir") or self.cache_dir(volume)))
+
+    def _status(self, volume: str, pid: int | None) -> dict[str, Any] | None:
+        try:
+            st = json.loads((self.cache_dir(volume) / "status.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(st, dict) or (pid is not None and st.get("pid") != pid):
+            return None
+        return st
+
+    async def status(self, volume: str) -> dict[str, Any] | None:
+        """The running daemon's status.json (epoch, upload_lag_s, phase...), or None."""
+        info = await self.info(volume)
+        if info is None:
+            return None
+        return await self._thread(self._status, volume, info.pid)
+
+    def registered_volumes(self) -> list[str]:
+        """Volumes with a daemon registered under our mount root (blocking)."""
+        reg_dir = registry_path(self.mountpoint("x")).parent
+        out = []
+        try:
+            entries = list(reg_dir.glob("*.json"))
+        except OSError:
+            return []
+        for p in entries:
+            try:
+                d = json.loads(p.read_text())
+            except (OSError, ValueError):
+                continue
+            vol, mp = d.get("volume"), d.get("mountpoint")
+            if isinstance(vol, str) and isinstance(mp, str) and mp == str(self.mountpoint(vol)):
+                out.append(vol)
+        return sorted(out)
+
+    async def health(self, volume: str) -> Health:
+        info = await self.info(volume)
+        mp = self.mountpoint(volume)
+        mounted = await self._thread(in_proc_mounts, mp)
+        if info is None:
+            return Health.DEAD if mounted else Health.ABSENT
+        if not await self._thread(pid_alive, info.pid):
+            return Health.DEAD
+        if not mounted:
+            return Health.DEAD          # daemon alive but not mounted: stopping or broken
+        with trio.move_on_after(self.stat_timeout):
+            try:
+                ok = await self._thread(_stat_ok, mp, abandon=True)
+            except OSError:
+                ok = False
+            return Health.RUNNING if ok else Health.DEAD
+        return Health.HUNG
+
+    # ------------------------------------------------------------ actions
+    async def mkfs_if_missing(self, volume: str, options: dict[str, str]) -> bool:
+        """Create the volume on the store unless it is there already. True if created."""
+        from fsd import volume as vol_mod
+        from fsd.format.superblock import KNOWN_OPTIONS
+        from fsd.store import open_store
+
+        mkfs_opts = {k: v for k, v in options.items() if k in KNOWN_OPTIONS}
+
+        def run() -> bool:
+            store = open_store(self.store_url)
+            try:
+                try:
+                    vol_mod.read_superblock(store, volume)
+                    return False
+                except vol_mod.VolumeError:
+                    pass
+                try:
+                    vol_mod.mkfs(store, volume, mkfs_opts)
+                except vol_mod.VolumeError:
+                    vol_mod.read_superblock(store, volume)     # created concurrently: fine
+                    return False
+                return True
+            finally:
+                store.close()
+        try:
+            return await self._thread(run)
+        except Exception as e:  # noqa: BLE001 - StoreError, VolumeError, ...: the message matters
+            raise FsdError(f"cannot create volume {volume!r} on {self.store_url}: {e}") from None
+
+    async def start(self, volume: str, *, takeover: bool, options: dict[str, str]) -> FsdInfo:
+        mp, cache = self.mountpoint(volume), self.cache_dir(volume)
+        await self._thread(lambda: (mp.mkdir(parents=True, exist_ok=True),
+                                    cache.mkdir(parents=True, exist_ok=True)))
+        if await self._thread(in_proc_mounts, mp):
+            await self.lazy_unmount(volume)
+        argv = self.ferry_cmd + ["fs", "mount", "--store", self.store_url, "--cache-dir", str(cache),
+                                 volume, str(mp)]
+        if takeover:
+            argv.append("--takeover")
+        for k, v in sorted(options.items()):
+            if k in MOUNT_OPTIONS:
+                argv += ["-o", f"{k}={v}"]
+        log.info("volume=%s starting fsd: %s", volume, " ".join(argv))
+        try:
+            with trio.fail_after(self.mount_timeout):
+                r = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False,
+                                           stdin=b"")
+        except trio.TooSlowError:
+            raise FsdError(f"volume {volume!r}: fsd did not mount {mp} within {self.mount_timeout:g}s; "
+                           f"see {cache / 'fsd.log'}") from None
+        if r.returncode != 0:
+            tail = r.stderr.decode(errors="replace").strip().splitlines()[-3:]
+            raise FsdError(f"volume {volume!r}: mounting failed: {' | '.join(tail)} (log: {cache / 'fsd.log'})")
+        info = await self.info(volume)
+        if info is None:
+            raise FsdError(f"volume {volume!r}: fsd mounted {mp} but did not register itself")
+        return info
+
+    async def wait_epoch(self, volume: str, timeout: float = 5.0) -> int | None:
+        """The epoch the running daemon claimed (from its status file)."""
+        with trio.move_on_after(timeout):
+            while True:
+                st = await self.status(volume)
+                if st is not None and isinstance(st.get("epoch"), int):
+                    return st["epoch"]
+                await trio.sleep(0.1)
+        return None
+
+    async def stop(self, volume: str) -> None:
+        """Clean stop: unmount, the daemon commits everything and releases its epoch."""
+        mp = self.mountpoint(volume)
+        argv = self.ferry_cmd + ["fs", "umount", str(mp)]
+        log.info("volume=%s stopping fsd (ferry fs umount %s)", volume, mp)
+        try:
+            with trio.fail_after(self.umount_timeout):
+                r = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False,
+                                           stdin=b"")
+        except trio.TooSlowError:
+            raise FsdError(f"volume {volume!r}: fsd did not finish committing within "
+                           f"{self.umount_timeout:g}s; see {self.cache_dir(volume) / 'fsd.log'}") from None
+        if r.returncode != 0:
+            msg = r.stderr.decode(errors="replace").strip().replace("\n", " ")
+            raise FsdError(f"volume {volume!r}: unmount failed: {msg}")
+
+    async def lazy_unmount(self, volume: str) -> None:
+        """Detach a dead mount (ENOTCONN) so the mountpoint can be used again."""
+        mp = self.mountpoint(volume)
+        r = await trio.run_process(["fusermount3", "-u", "-z", str(mp)], capture_stdout=True,
+                                   capture_stderr=True, check=False)
+        if r.returncode != 0 and await self._thread(in_proc_mounts, mp):
+            r2 = await trio.run_process(["umount", "-l", str(mp)], capture_stdout=True,
+                                        capture_stderr=True, check=False)
+            if r2.returncode != 0:
+                raise FsdError(f"volume {volume!r}: cannot detach dead mount {mp}: "
+                               f"{r.stderr.decode(errors='replace').strip()}")
+        log.warning("volume=%s detached dead mount %s", volume, mp)
+
+    async def kill(self, volume: str) -> None:
+        """Forget a daemon that is dead or must go: detach its mount, drop its registry entry."""
+        info = await self.info(volume)
+        if await self._thread(in_proc_mounts, self.mountpoint(volume)):
+            await self.lazy_unmount(volume)
+        if info is not None and not await self._thread(pid_alive, info.pid):
+            await self._thread(lambda: registry_path(self.mountpoint(volume)).unlink(missing_ok=True))

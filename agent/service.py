@@ -1,0 +1,527 @@
+"""The agent: the one place where the plugin protocol, the mount table, the
+control client and the filesystem daemons are wired together.
+
+Why this shape: every Docker request and every background event that
+touches a volume (Mount, Unmount, a move request, a dead daemon) takes that
+volume's lock, so "is it mounted here, by whom, is fsd running" is always
+decided on a consistent view, and the mount table - the authoritative "in
+use here" - is saved before the request is answered.
+
+Background tasks (docs/cluster.md):
+  * heartbeat: renews every lease this host holds and reports, per served
+    volume, {name, in_use, epoch, upload_lag_s}; retries lease releases that
+    did not reach the control service; re-registers when the service forgot us;
+  * watch: long-polls `host.watch` for move requests: a volume unused here is
+    unmounted cleanly and released, a volume in use is refused;
+  * monitor: a daemon that died (pid gone, ENOTCONN) while containers use its
+    volume is detached and remounted, loudly; a daemon with no mount IDs
+    (an Unmount whose stop failed, an agent crash mid-Mount) is stopped.
+At start the agent loads its mount table and adopts the daemons fsd's mount
+registry lists under its mount root; nothing running is unmounted by a restart.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from agent import plugin
+from agent.fsd_proc import FsdError, FsdManager, Health
+from agent.http import serve_unix
+from agent.mounts import MountTable, UnknownMount
+from agent.statefile import StateFile
+from control.client import ControlClient, ControlError, Unreachable
+
+log = logging.getLogger("ferry.agent")
+VERSION = "0.1.0"
+
+
+@dataclass
+class AgentConfig:
+    control: str
+    host_id: str
+    store_url: str
+    cache_dir: Path
+    socket: Path = Path("/run/docker/plugins/ferry.sock")
+    mount_root: Path = Path("/var/lib/ferry/mounts")
+    state_dir: Path = Path("/var/lib/ferry/agent")
+    token: str = ""
+    address: str = ""
+    heartbeat: float = 2.0          # until the control service says otherwise
+    acquire_wait: float = 60.0      # waiting for a planned move (Docker allows 120 s per Mount)
+    mount_timeout: float = 45.0
+    monitor_interval: float = 2.0
+    watch_timeout: float = 30.0
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, control: Any = None, fsd: FsdManager | None = None) -> None:
+        self.cfg = cfg
+        self.host = cfg.host_id
+        self.control = control if control is not None else ControlClient(cfg.control, cfg.token)
+        self.fsd = fsd or FsdManager(cfg.store_url, cfg.cache_dir, cfg.mount_root,
+                                     mount_timeout=cfg.mount_timeout)
+        self.statefile = StateFile(cfg.state_dir)
+        self.table = MountTable()
+        self.served: set[str] = set()           # volumes whose fsd we started or adopted
+        self.epochs: dict[str, int | None] = {}
+        self.lags: dict[str, float | None] = {}
+        self.to_release: dict[str, int | None] = {}   # releases the control service has not heard yet
+        self.registered = trio.Event()
+        self.heartbeat_period = cfg.heartbeat
+        self._locks: dict[str, trio.Lock] = {}
+        self._kick = trio.Event()
+        self._moving: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+
+    # ================================================================ helpers
+    def _lock(self, volume: str) -> trio.Lock:
+        return self._locks.setdefault(volume, trio.Lock())
+
+    async def _save(self) -> None:
+        try:
+            await trio.to_thread.run_sync(self.statefile.save, self.table)
+        except OSError as e:
+            log.error("host=%s cannot save agent state %s: %s (mount IDs will be lost if the agent "
+                      "restarts now)", self.host, self.statefile.path, e)
+
+    def kick_heartbeat(self) -> None:
+        self._kick.set()
+
+    def _control_err(self, what: str, e: Exception) -> dict[str, Any]:
+        if isinstance(e, Unreachable):
+            return plugin.err(f"{what}: {e}")
+        return plugin.err(f"{what}: {getattr(e, 'message', str(e))}")
+
+    # ================================================================ plugin API
+    async def handle(self, path: str, body: bytes) -> dict[str, Any]:
+        """The HTTP handler: one plugin request in, one JSON reply out."""
+        try:
+            req = plugin.parse_request(path, body)
+        except plugin.BadRequest as e:
+            log.info("host=%s refused %s: %s", self.host, path, e)
+            return plugin.err(str(e))
+        if isinstance(req, plugin.Activate):
+            return plugin.activate_reply()
+        if isinstance(req, plugin.Capabilities):
+            return plugin.capabilities_reply()
+        handler = {plugin.Create: self.create, plugin.Remove: self.remove, plugin.Mount: self.mount,
+                   plugin.Unmount: self.unmount, plugin.Path: self.path, plugin.Get: self.get,
+                   plugin.ListVolumes: self.list}[type(req)]
+        return await handler(req)
+
+    async def create(self, req: plugin.Create) -> dict[str, Any]:
+        try:
+            await self.control.volume_create(req.name, req.options, {})
+        except (ControlError, Unreachable) as e:
+            return self._control_err(f"cannot create volume {req.name!r}", e)
+        try:
+            created = await self.fsd.mkfs_if_missing(req.name, req.options)
+        except FsdError as e:
+            return plugin.err(str(e))
+        log.info("host=%s volume=%s created (%s)", self.host, req.name,
+                 "formatted on the store" if created else "already on the store")
+        return plugin.ok()
+
+    async def remove(self, req: plugin.Remove) -> dict[str, Any]:
+        name = req.name
+        async with self._lock(name):
+            n = self.table.count(name)
+            if n:
+                return plugin.err(f"volume {name!r} is in use on this host ({self.host}) by {n} container(s); "
+                                  "remove them first")
+            await self._flush_release(name)
+            try:
+                await self.control.volume_remove(name)
+            except (ControlError, Unreachable) as e:
+                return self._control_err(f"cannot remove volume {name!r}", e)
+        log.info("host=%s volume=%s removed from the cluster (its data stays in the store)", self.host, name)
+        return plugin.ok()
+
+    async def mount(self, req: plugin.Mount) -> dict[str, Any]:
+        name = req.name
+        async with self._lock(name):
+            mp = str(self.fsd.mountpoint(name))
+            if name in self.served or self.table.in_use(name):
+                health = await self.fsd.health(name)
+                if health is Health.RUNNING:
+                    self.served.add(name)
+                    if self.table.add(name, req.id).changed:
+                        await self._save()
+                        self.kick_heartbeat()
+                    log.info("host=%s volume=%s mount %s added (%d mount(s) here)", self.host, name,
+                             req.id[:12], self.table.count(name))
+                    return plugin.ok(Mountpoint=mp)
+            failure = await self._ensure_running(name)
+            if failure:
+                return plugin.err(failure)
+            self.table.add(name, req.id)
+            await self._save()
+            self.kick_heartbeat()
+            log.info("host=%s volume=%s mounted on %s for %s (epoch %s)", self.host, name, mp, req.id[:12],
+                     self.epochs.get(name))
+            return plugin.ok(Mountpoint=mp)
+
+    async def _ensure_running(self, name: str) -> str | None:
+        """Acquire the lease and start fsd (volume lock held). None, or why it failed."""
+        try:
+            vol = await self.control.volume_get(name)
+        except ControlError as e:
+            if e.code == "not_found":
+                return f"volume {name!r} does not exist; create it with: docker volume create -d ferry {name}"
+            return f"cannot mount volume {name!r}: {e.message}"
+        except Unreachable as e:
+            return f"cannot mount volume {name!r}: {e}"
+        options = dict(vol.get("options") or {})
+        try:
+            res = await self.control.lease_acquire(name, self.host, wait=self.cfg.acquire_wait)
+        except (ControlError, Unreachable) as e:
+            return f"cannot mount volume {name!r}: {getattr(e, 'message', e)}"
+        status, owner = res.get("status"), res.get("owner")
+        if status == "busy":
+            return (f"volume {name!r} is in use on host {owner}; stop its containers there first"
+                    + (f" ({res['message']})" if res.get("message") else ""))
+        if status != "granted":
+            return (f"volume {name!r}: host {owner} did not release it within {self.cfg.acquire_wait:g}s; "
+                    "retry, or wait for its lease to expire if that host is down")
+        takeover = bool(res.get("takeover"))
+        if takeover:
+            log.warning("host=%s volume=%s taking over from host %s whose lease expired (its epoch is sealed)",
+                        self.host, name, res.get("previous_owner"))
+        try:
+            if await self.fsd.health(name) is Health.DEAD:
+                await self.fsd.kill(name)
+            await self.fsd.mkfs_if_missing(name, options)
+            await self.fsd.start(name, takeover=takeover, options=options)
+        except FsdError as e:
+            log.error("host=%s volume=%s %s", self.host, name, e)
+            if not self.table.in_use(name):
+                await self._release(name, None)
+            return str(e)
+        self.served.add(name)
+        self.epochs[name] = await self.fsd.wait_epoch(name)
+        return None
+
+    async def unmount(self, req: plugin.Unmount) -> dict[str, Any]:
+        name = req.name
+        async with self._lock(name):
+            try:
+                out = self.table.remove(name, req.id)
+            except UnknownMount as e:
+                return plugin.err(str(e))
+            await self._save()
+            self.kick_heartbeat()
+            if not out.stop:
+                log.info("host=%s volume=%s mount %s removed (%d left)", self.host, name, req.id[:12],
+                         self.table.count(name))
+                return plugin.ok()
+            failure = await self._stop_and_release(name)
+            if failure:
+                return plugin.err(failure + "; the agent retries in the background")
+            return plugin.ok()
+
+    async def _stop_and_release(self, name: str) -> str | None:
+        """Last user gone (volume lock held): unmount cleanly, then release the lease."""
+        epoch = self.epochs.get(name)
+        try:
+            await self.fsd.stop(name)
+        except FsdError as e:
+            log.error("host=%s volume=%s %s", self.host, name, e)
+            if await self.fsd.health(name) in (Health.RUNNING, Health.HUNG):
+                return str(e)           # still serving (busy mountpoint): retried by the monitor
+            await self._reseal(name)    # the daemon died while stopping
+            epoch = None
+        self.served.discard(name)
+        self.epochs.pop(name, None)
+        self.lags.pop(name, None)
+        log.info("host=%s volume=%s unmounted: committed and released epoch %s", self.host, name, epoch)
+        await self._release(name, epoch)
+        return None
+
+    async def _reseal(self, name: str) -> bool:
+        """A daemon died without releasing its epoch (volume lock held, lease still ours).
+        Mount and unmount once more on the same cache directory: fsd recognises its own
+        crashed epoch, seals it and replays (nothing fsync-acknowledged is lost), and the
+        clean unmount seals the new epoch with reason `release` - so the next owner, on
+        any host, needs no takeover."""
+        try:
+            await self.fsd.kill(name)
+            try:
+                options = dict((await self.control.volume_get(name)).get("options") or {})
+            except (ControlError, Unreachable):
+                options = {}
+            await self.fsd.start(name, takeover=False, options=options)
+            await self.fsd.stop(name)
+        except FsdError as e:
+            log.error("host=%s volume=%s its fsd died without releasing the volume and recovering it "
+                      "failed: %s; the next owner will need a takeover", self.host, name, e)
+            return False
+        log.warning("host=%s volume=%s its fsd had died without releasing; remounted and released it "
+                    "cleanly", self.host, name)
+        return True
+
+    async def _release(self, name: str, epoch: int | None) -> None:
+        try:
+            await self.control.lease_release(name, self.host, epoch)
+            self.to_release.pop(name, None)
+        except Unreachable as e:
+            log.warning("host=%s volume=%s lease release not delivered (%s); retrying", self.host, name, e)
+            self.to_release[name] = epoch
+        except ControlError as e:
+            if e.code == "conflict" and epoch is not None:
+                await self._release(name, None)     # epoch mismatch: still ours, release it
+                return
+            log.warning("host=%s volume=%s lease release refused: %s", self.host, name, e.message)
+            self.to_release.pop(name, None)
+
+    async def _flush_release(self, name: str) -> None:
+        if name in self.to_release:
+            await self._release(name, self.to_release[name])
+
+    async def path(self, req: plugin.Path) -> dict[str, Any]:
+        mp = str(self.fsd.mountpoint(req.name)) if self.table.in_use(req.name) else ""
+        return plugin.ok(Mountpoint=mp)
+
+    def _mp_if_here(self, name: str) -> str:
+        return str(self.fsd.mountpoint(name)) if self.table.in_use(name) else ""
+
+    async def get(self, req: plugin.Get) -> dict[str, Any]:
+        name = req.name
+        try:
+            v = await self.control.volume_get(name)
+        except ControlError as e:
+            if e.code == "not_found":
+                return plugin.err(f"volume {name!r} does not exist")
+            return plugin.err(f"cannot get volume {name!r}: {e.message}")
+        except Unreachable as e:
+            if not self.table.in_use(name):
+                return plugin.err(f"cannot get volume {name!r}: {e}")
+            v = {"durability": None, "lease": {"host": self.host}}
+        lease = v.get("lease") or {}
+        status = {"owner": lease.get("host"), "epoch": lease.get("epoch"),
+                  "durability": v.get("durability"), "upload_lag_s": lease.get("upload_lag_s")}
+        if name in self.served:
+            st = await self.fsd.status(name)
+            if st is not None:
+                status.update(epoch=st.get("epoch"), upload_lag_s=st.get("upload_lag_s"),
+                              durability=st.get("durability") or status["durability"])
+            status["mounts_here"] = self.table.count(name)
+        return plugin.ok(Volume=plugin.volume_entry(name, self._mp_if_here(name), status))
+
+    async def list(self, req: plugin.ListVolumes) -> dict[str, Any]:
+        try:
+            vols = await self.control.volume_list()
+            names = [v["name"] for v in vols if isinstance(v, dict) and isinstance(v.get("name"), str)]
+        except (ControlError, Unreachable) as e:
+            log.warning("host=%s List answered from local state only: %s", self.host, e)
+            names = self.table.names()
+        return plugin.ok(Volumes=[plugin.volume_entry(n, self._mp_if_here(n)) for n in sorted(names)])
+
+    # ================================================================ background
+    async def register(self) -> None:
+        res = await self.control.host_register(self.host, self.cfg.address, VERSION)
+        held = [x["volume"] for x in res.get("leases", []) if isinstance(x, dict) and "volume" in x]
+        log.info("host=%s registered with the control service at %s (holds %d lease(s))", self.host,
+                 self.cfg.control, len(held))
+        for name in held:
+            if name not in self.served and not self.table.in_use(name):
+                async with self._lock(name):
+                    if name not in self.served and not self.table.in_use(name):
+                        log.info("host=%s volume=%s lease held but not mounted here: releasing it",
+                                 self.host, name)
+                        await self._release(name, None)
+        self.registered.set()
+
+    async def _reports(self) -> list[dict[str, Any]]:
+        out = []
+        for name in sorted(self.served | set(self.table.names())):
+            st = await self.fsd.status(name)
+            if st is not None:
+                if isinstance(st.get("epoch"), int):
+                    self.epochs[name] = st["epoch"]
+                self.lags[name] = st.get("upload_lag_s")
+            lag = self.lags.get(name)
+            out.append({"name": name, "in_use": self.table.in_use(name), "epoch": self.epochs.get(name),
+                        "upload_lag_s": float(lag) if isinstance(lag, (int, float)) and lag >= 0 else None})
+        return out
+
+    async def heartbeat_loop(self) -> None:
+        failing = False
+        while True:
+            try:
+                if not self.registered.is_set():
+                    await self.register()
+                for name, epoch in list(self.to_release.items()):
+                    if name not in self.served:
+                        await self._release(name, epoch)
+                res = await self.control.host_heartbeat(self.host, await self._reports())
+                if failing:
+                    log.info("host=%s control service reachable again", self.host)
+                failing = False
+                hb = res.get("heartbeat")
+                if isinstance(hb, (int, float)) and hb > 0:
+                    self.heartbeat_period = float(hb)
+                for m in res.get("moves", []):
+                    self._start_move(m.get("volume"), m.get("to"))
+                for name in res.get("lost", []):
+                    await self._lost(name)
+            except ControlError as e:
+                if e.code == "not_found":        # the service does not know us (state reset): register again
+                    self.registered = trio.Event()
+                log.warning("host=%s heartbeat refused: %s", self.host, e.message)
+            except Unreachable as e:
+                if not failing:
+                    log.warning("host=%s heartbeat failed: %s (mounts keep working; retrying)", self.host, e)
+                failing = True
+            with trio.move_on_after(self.heartbeat_period):
+                await self._kick.wait()
+            self._kick = trio.Event()
+
+    async def _lost(self, name: str) -> None:
+        """The control service says we no longer hold `name` (taken over after our lease expired)."""
+        async with self._lock(name):
+            if name not in self.served:
+                return
+            if self.table.in_use(name):
+                log.error("host=%s volume=%s lease lost: another host took the volume over; this host's "
+                          "fsd is fenced at its next commit and its containers get I/O errors. Stop them.",
+                          self.host, name)
+                return
+            log.warning("host=%s volume=%s lease lost while unused here: stopping fsd", self.host, name)
+            try:
+                await self.fsd.stop(name)
+            except FsdError as e:
+                log.error("host=%s volume=%s %s", self.host, name, e)
+                await self.fsd.kill(name)
+            self.served.discard(name)
+
+    async def watch_loop(self) -> None:
+        await self.registered.wait()
+        while True:
+            try:
+                res = await self.control.host_watch(self.host, timeout=self.cfg.watch_timeout)
+            except ControlError as e:
+                if e.code == "not_found":
+                    self.registered = trio.Event()
+                    self.kick_heartbeat()
+                    await self.registered.wait()
+                else:
+                    log.warning("host=%s watch refused: %s", self.host, e.message)
+                    await trio.sleep(self.heartbeat_period)
+                continue
+            except Unreachable:
+                await trio.sleep(self.heartbeat_period)
+                continue
+            moves = [m for m in res.get("moves", []) if isinstance(m, dict)]
+            new = [m for m in moves if m.get("volume") not in self._moving]
+            for m in new:
+                self._start_move(m.get("volume"), m.get("to"))
+            if moves and not new:
+                await trio.sleep(0.2)        # moves in progress: don't spin on the long poll
+
+    def _start_move(self, volume: Any, to: Any) -> None:
+        if not isinstance(volume, str) or volume in self._moving or self._nursery is None:
+            return
+        self._moving.add(volume)
+        self._nursery.start_soon(self._handle_move, volume, str(to))
+
+    async def _handle_move(self, name: str, to: str) -> None:
+        """Another host asked for `name`: hand it over if no container uses it here."""
+        try:
+            async with self._lock(name):
+                if self.table.in_use(name):
+                    log.info("host=%s volume=%s move to %s refused: in use here by %d container(s)",
+                             self.host, name, to, self.table.count(name))
+                    try:
+                        await self.control.lease_refuse_move(name, self.host)
+                    except (ControlError, Unreachable) as e:
+                        log.warning("host=%s volume=%s refuse_move failed: %s", self.host, name, e)
+                    return
+                if name in self.served:
+                    failure = await self._stop_and_release(name)
+                    if failure:
+                        try:
+                            await self.control.lease_refuse_move(name, self.host)
+                        except (ControlError, Unreachable):
+                            pass
+                        return
+                else:
+                    await self._release(name, None)
+                log.info("host=%s volume=%s handed over to host %s", self.host, name, to)
+        finally:
+            self._moving.discard(name)
+
+    async def monitor_loop(self) -> None:
+        while True:
+            for name in sorted(self.served | set(self.table.names())):
+                await self.check_volume(name)
+            await trio.sleep(self.cfg.monitor_interval)
+
+    async def check_volume(self, name: str) -> None:
+        """Remount a dead daemon still in use; stop a daemon nobody uses."""
+        async with self._lock(name):
+            health = await self.fsd.health(name)
+            if self.table.in_use(name):
+                if health is Health.RUNNING:
+                    self.served.add(name)
+                elif health is Health.HUNG:
+                    log.warning("host=%s volume=%s mountpoint does not answer (fsd pid hung?)", self.host, name)
+                else:
+                    log.error("host=%s volume=%s fsd is gone (%s) while %d container(s) use it: detaching the "
+                              "dead mount and remounting", self.host, name, health.value, self.table.count(name))
+                    self.served.discard(name)
+                    failure = await self._ensure_running(name)
+                    if failure:
+                        log.error("host=%s volume=%s remount failed: %s (retrying)", self.host, name, failure)
+                    else:
+                        log.warning("host=%s volume=%s remounted (epoch %s)", self.host, name,
+                                    self.epochs.get(name))
+                        self.kick_heartbeat()
+                return
+            if health is Health.RUNNING:
+                log.warning("host=%s volume=%s fsd runs with no mount ID: stopping it", self.host, name)
+                await self._stop_and_release(name)
+            elif health is Health.DEAD:
+                log.warning("host=%s volume=%s fsd died with no container using it", self.host, name)
+                await self._reseal(name)
+                self.served.discard(name)
+                await self._release(name, None)
+            elif health is Health.ABSENT:
+                self.served.discard(name)
+
+    async def adopt(self) -> None:
+        """At start: take over the daemons a previous agent left running."""
+        self.table = await trio.to_thread.run_sync(self.statefile.load)
+        registered = await trio.to_thread.run_sync(self.fsd.registered_volumes)
+        for name in sorted(set(registered) | set(self.table.names())):
+            health = await self.fsd.health(name)
+            if health is Health.RUNNING:
+                self.served.add(name)
+                info = await self.fsd.info(name)
+                self.epochs[name] = await self.fsd.wait_epoch(name, timeout=2.0)
+                log.info("host=%s volume=%s adopted fsd pid %s (epoch %s, %d mount ID(s))", self.host, name,
+                         info.pid if info else "?", self.epochs[name], self.table.count(name))
+            elif self.table.in_use(name):
+                log.error("host=%s volume=%s has %d mount ID(s) but its fsd is %s: it will be remounted",
+                          self.host, name, self.table.count(name), health.value)
+            elif health is Health.DEAD:
+                self.served.add(name)       # the monitor detaches it
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled. Cancelling stops the agent only: mounts keep running."""
+        await self.adopt()
+        try:
+            async with trio.open_nursery() as n:
+                self._nursery = n
+                await n.start(serve_unix, self.cfg.socket, self.handle)
+                n.start_soon(self.heartbeat_loop)
+                n.start_soon(self.watch_loop)
+                n.start_soon(self.monitor_loop)
+                log.info("host=%s agent ready: socket %s, mounts under %s, store %s", self.host,
+                         self.cfg.socket, self.cfg.mount_root, self.cfg.store_url)
+                task_status.started()
+        finally:
+            self._nursery = None

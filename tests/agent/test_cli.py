@@ -1,0 +1,135 @@
+"""`ferry agent serve` as a real process: usage errors, and a kill -9 of the
+agent process that leaves the mount working and is adopted by the next agent."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from agent.fsd_proc import in_proc_mounts
+from tests.agent.harness import TOKEN, post
+from tests.conftest import free_port
+from tests.helpers.mount import ferry_cmd, run_ferry
+
+
+def test_usage_errors(tmp_path):
+    r = run_ferry("agent", "serve", "--help")
+    assert r.returncode == 0 and "example" in r.stdout and "--socket" in r.stdout
+    base = ["agent", "serve", "--host-id", "h1", "--store", f"file://{tmp_path}", "--cache-dir", str(tmp_path)]
+    r = run_ferry(*base, "--control", "h:notaport", env={"FERRY_TOKEN": "t"})
+    assert r.returncode == 2 and "port" in r.stderr
+    r = run_ferry(*base, "--control", "127.0.0.1:1", env={"FERRY_TOKEN": ""})
+    assert r.returncode == 2 and "token" in r.stderr
+    r = run_ferry("agent", "serve", "--control", "127.0.0.1:1", "--host-id", "bad/host", "--store",
+                  f"file://{tmp_path}", "--cache-dir", str(tmp_path), env={"FERRY_TOKEN": "t"})
+    assert r.returncode == 2 and "host" in r.stderr
+    r = run_ferry("agent", "serve")
+    assert r.returncode == 2
+
+
+class AgentProc:
+    def __init__(self, tmp: Path, control: str, store: str) -> None:
+        self.tmp = tmp
+        self.sock = tmp / "h1" / "plugin.sock"
+        self.argv = ferry_cmd() + ["agent", "serve", "--control", control, "--host-id", "h1", "--store", store,
+                                   "--cache-dir", str(tmp / "h1" / "cache"), "--socket", str(self.sock),
+                                   "--mount-root", str(tmp / "h1" / "mnt"), "--state-dir", str(tmp / "h1" / "state")]
+        self.proc: subprocess.Popen | None = None
+        self.n = 0
+
+    async def start(self) -> None:
+        self.n += 1
+        log = open(self.tmp / f"agent{self.n}.log", "wb")
+        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, env={**os.environ, "FERRY_TOKEN": TOKEN})
+        with trio.fail_after(20):
+            while True:
+                try:
+                    status, r = await post(self.sock, "/Plugin.Activate")
+                    if status == 200:
+                        return
+                except OSError:
+                    pass
+                assert self.proc.poll() is None, (self.tmp / f"agent{self.n}.log").read_text()
+                await trio.sleep(0.1)
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def log(self) -> str:
+        return "\n".join(p.read_text() for p in sorted(self.tmp.glob("agent*.log")))
+
+    async def call(self, path, obj):
+        status, r = await post(self.sock, path, obj)
+        assert status == 200
+        return r
+
+
+@pytest.fixture
+def control_proc(tmp_path):
+    """`ferry control serve` as a real process on a free port, SQLite state in tmp."""
+    port = free_port()
+    log = open(tmp_path / "control.log", "wb")
+    proc = subprocess.Popen(ferry_cmd() + ["control", "serve", "--listen", f"127.0.0.1:{port}", "--state",
+                                           f"sqlite:{tmp_path / 'control.db'}", "--lease-ttl", "6",
+                                           "--heartbeat", "1"],
+                            stdout=log, stderr=log, env={**os.environ, "FERRY_TOKEN": TOKEN})
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "control.log").read_text()
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+async def agent_proc(tmp_path, run_dir, control_proc, file_store_url):
+    ap = AgentProc(tmp_path, control_proc, file_store_url)
+    yield ap
+    ap.kill9()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+async def test_agent_process_killed_and_restarted(agent_proc):
+    ap = agent_proc
+    await ap.start()
+    assert (await ap.call("/VolumeDriver.Create", {"Name": "v"}))["Err"] == ""
+    r = await ap.call("/VolumeDriver.Mount", {"Name": "v", "ID": "c1"})
+    assert r["Err"] == "", ap.log()
+    mp = Path(r["Mountpoint"])
+
+    def write(name: str, data: bytes) -> None:
+        with open(mp / name, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    await trio.to_thread.run_sync(write, "one", b"1")
+    ap.kill9()
+    await trio.to_thread.run_sync(write, "two", b"2")       # the mount outlives the agent
+    assert in_proc_mounts(mp)
+    await ap.start()                                          # stale socket replaced, fsd adopted
+    assert "adopted fsd" in ap.log()
+    assert (await ap.call("/VolumeDriver.Path", {"Name": "v"}))["Mountpoint"] == str(mp)
+    assert (await ap.call("/VolumeDriver.Unmount", {"Name": "v", "ID": "c1"}))["Err"] == ""
+    assert not in_proc_mounts(mp)
+    st = json.loads((ap.tmp / "h1" / "cache" / "v" / "status.json").read_text())
+    assert st["phase"] == "released"
+    r = await ap.call("/VolumeDriver.Mount", {"Name": "v", "ID": "c2"})
+    assert (mp / "two").read_bytes() == b"2"
+    assert (await ap.call("/VolumeDriver.Unmount", {"Name": "v", "ID": "c2"}))["Err"] == ""

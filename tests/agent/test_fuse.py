@@ -1,0 +1,180 @@
+"""The agent with real FUSE mounts, a real control service and a file:// store:
+Mount/Unmount with data, mount-ID refcount, agent restart with adoption,
+a killed fsd remounted, a volume moving between two hosts."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import trio
+
+from agent.fsd_proc import in_proc_mounts
+from fsd.mount import registry_path
+from tests.helpers.mount import write_fsync
+from tests.agent.harness import RunningAgent, agent_config, control_client, start_control
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+
+
+async def in_thread(fn, *a):
+    return await trio.to_thread.run_sync(fn, *a)
+
+
+def fsd_pid(mp: str) -> int:
+    return json.loads(registry_path(Path(mp)).read_text())["pid"]
+
+
+@pytest.fixture
+async def control(nursery, tmp_path, run_dir):
+    return await start_control(nursery, tmp_path)
+
+
+async def test_mount_write_unmount_remount_and_refcount(nursery, tmp_path, control, store_url):
+    ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", store_url))
+    await ra.start()
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "data"}))["Err"] == ""
+    r = await ra.call("/VolumeDriver.Mount", {"Name": "data", "ID": "c1"})
+    assert r["Err"] == "", r
+    mp = r["Mountpoint"]
+    assert mp == str(ra.cfg.mount_root / "data") and in_proc_mounts(Path(mp))
+    payload = os.urandom(300_000)
+    await in_thread(write_fsync, Path(mp) / "f.bin", payload)
+
+    # a second container: same mountpoint, same daemon
+    pid = fsd_pid(mp)
+    r2 = await ra.call("/VolumeDriver.Mount", {"Name": "data", "ID": "c2"})
+    assert r2 == {"Mountpoint": mp, "Err": ""}
+    assert (await ra.call("/VolumeDriver.Mount", {"Name": "data", "ID": "c2"}))["Err"] == ""   # idempotent
+    assert fsd_pid(mp) == pid
+    assert (await ra.call("/VolumeDriver.Path", {"Name": "data"}))["Mountpoint"] == mp
+    g = await ra.call("/VolumeDriver.Get", {"Name": "data"})
+    st = g["Volume"]["Status"]
+    assert g["Volume"]["Mountpoint"] == mp and st["owner"] == "h1" and st["epoch"] >= 2
+    assert st["mounts_here"] == 2 and st["durability"] == "remote"
+    r = await ra.call("/VolumeDriver.Remove", {"Name": "data"})
+    assert "in use on this host" in r["Err"]
+
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "data", "ID": "c1"}))["Err"] == ""
+    assert in_proc_mounts(Path(mp))                       # c2 still uses it
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "data", "ID": "c2"}))["Err"] == ""
+    assert not in_proc_mounts(Path(mp))
+    status = json.loads((ra.cfg.cache_dir / "data" / "status.json").read_text())
+    assert status["phase"] == "released"
+    async with control_client(control) as c:
+        assert (await c.volume_get("data"))["lease"] is None      # released at the control service
+
+    r = await ra.call("/VolumeDriver.Mount", {"Name": "data", "ID": "c3"})
+    assert r["Err"] == ""
+    assert await in_thread((Path(mp) / "f.bin").read_bytes) == payload
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "data", "ID": "c3"}))["Err"] == ""
+    assert (await ra.call("/VolumeDriver.Remove", {"Name": "data"}))["Err"] == ""
+
+
+async def test_agent_restart_adopts_and_killed_fsd_is_remounted(nursery, tmp_path, control, file_store_url):
+    cfg = agent_config(tmp_path, control, "h1", file_store_url)
+    ra = RunningAgent(nursery, cfg)
+    await ra.start()
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "db"}))["Err"] == ""
+    mp = (await ra.call("/VolumeDriver.Mount", {"Name": "db", "ID": "c1"}))["Mountpoint"]
+    await in_thread(write_fsync, Path(mp) / "a", b"before restart")
+    pid = fsd_pid(mp)
+
+    # agent dies (the daemon does not)
+    await ra.stop()
+    assert not cfg.socket.exists() or True
+    await in_thread(write_fsync, Path(mp) / "b", b"while the agent is down")
+    agent = await ra.start()
+    assert "db" in agent.served and fsd_pid(mp) == pid and agent.table.ids("db") == {"c1"}
+    assert agent.epochs["db"] is not None
+    assert await in_thread((Path(mp) / "b").read_bytes) == b"while the agent is down"
+    assert (await ra.call("/VolumeDriver.Path", {"Name": "db"}))["Mountpoint"] == mp
+
+    # the daemon dies: the agent detaches the dead mount and remounts
+    os.kill(pid, signal.SIGKILL)
+    with trio.fail_after(60):
+        while True:
+            await trio.sleep(0.2)
+            try:
+                if fsd_pid(mp) != pid and in_proc_mounts(Path(mp)):
+                    ok = await in_thread(os.path.exists, Path(mp) / "a")
+                    if ok:
+                        break
+            except (OSError, ValueError, KeyError):
+                pass
+    assert await in_thread((Path(mp) / "a").read_bytes) == b"before restart"
+    assert await in_thread((Path(mp) / "b").read_bytes) == b"while the agent is down"
+    assert agent.table.ids("db") == {"c1"}
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "db", "ID": "c1"}))["Err"] == ""
+    assert not in_proc_mounts(Path(mp))
+
+
+async def test_volume_moves_between_hosts(nursery, tmp_path, control, file_store_url):
+    a = RunningAgent(nursery, agent_config(tmp_path, control, "ha", file_store_url))
+    b = RunningAgent(nursery, agent_config(tmp_path, control, "hb", file_store_url))
+    await a.start()
+    await b.start()
+    assert (await a.call("/VolumeDriver.Create", {"Name": "mv"}))["Err"] == ""
+    assert (await b.call("/VolumeDriver.Create", {"Name": "mv"}))["Err"] == ""     # Swarm: every node
+    mpa = (await a.call("/VolumeDriver.Mount", {"Name": "mv", "ID": "x"}))["Mountpoint"]
+    await in_thread(write_fsync, Path(mpa) / "f", b"from a")
+    await trio.sleep(1.5)      # a heartbeat reports it in use
+    r = await b.call("/VolumeDriver.Mount", {"Name": "mv", "ID": "y"})
+    assert "in use on host ha" in r["Err"]
+    assert (await a.call("/VolumeDriver.Unmount", {"Name": "mv", "ID": "x"}))["Err"] == ""
+    r = await b.call("/VolumeDriver.Mount", {"Name": "mv", "ID": "y"})
+    assert r["Err"] == "", r
+    assert await in_thread((Path(r["Mountpoint"]) / "f").read_bytes) == b"from a"
+    assert (await b.call("/VolumeDriver.Unmount", {"Name": "mv", "ID": "y"}))["Err"] == ""
+
+
+async def test_planned_move_released_by_idle_owner_and_refused_when_in_use(nursery, tmp_path, control,
+                                                                          file_store_url):
+    a = RunningAgent(nursery, agent_config(tmp_path, control, "ha", file_store_url))
+    b = RunningAgent(nursery, agent_config(tmp_path, control, "hb", file_store_url))
+    agent_a = await a.start()
+    await b.start()
+    assert (await a.call("/VolumeDriver.Create", {"Name": "idle"}))["Err"] == ""
+    assert (await a.call("/VolumeDriver.Create", {"Name": "busy"}))["Err"] == ""
+    # ha holds the lease of "idle" but no container uses it there
+    async with control_client(control) as c:
+        assert (await c.lease_acquire("idle", "ha"))["status"] == "granted"
+    with trio.fail_after(30):
+        r = await b.call("/VolumeDriver.Mount", {"Name": "idle", "ID": "y"})
+    assert r["Err"] == "", r                  # ha saw the move request (watch) and released
+    async with control_client(control) as c:
+        assert (await c.volume_get("idle"))["lease"]["host"] == "hb"
+    assert (await b.call("/VolumeDriver.Unmount", {"Name": "idle", "ID": "y"}))["Err"] == ""
+
+    # in use on ha: a move request is refused and ha keeps serving it
+    mp = (await a.call("/VolumeDriver.Mount", {"Name": "busy", "ID": "x"}))["Mountpoint"]
+    await agent_a._handle_move("busy", "hb")
+    async with control_client(control) as c:
+        lease = (await c.volume_get("busy"))["lease"]
+        assert lease["host"] == "ha" and lease["in_use"] is True
+    assert in_proc_mounts(Path(mp))
+    assert (await a.call("/VolumeDriver.Unmount", {"Name": "busy", "ID": "x"}))["Err"] == ""
+
+
+async def test_fsd_dead_at_unmount_is_resealed_so_another_host_mounts(nursery, tmp_path, control,
+                                                                      file_store_url):
+    cfg_a = agent_config(tmp_path, control, "ha", file_store_url)
+    cfg_a.monitor_interval = 3600          # the Unmount, not the monitor, meets the dead daemon
+    a = RunningAgent(nursery, cfg_a)
+    b = RunningAgent(nursery, agent_config(tmp_path, control, "hb", file_store_url))
+    agent_a = await a.start()
+    await b.start()
+    assert (await a.call("/VolumeDriver.Create", {"Name": "crash"}))["Err"] == ""
+    mp = (await a.call("/VolumeDriver.Mount", {"Name": "crash", "ID": "x"}))["Mountpoint"]
+    await in_thread(write_fsync, Path(mp) / "acked", b"fsync-acknowledged")
+    pid = fsd_pid(mp)
+    os.kill(pid, signal.SIGKILL)
+    await trio.sleep(0.3)
+    assert (await a.call("/VolumeDriver.Unmount", {"Name": "crash", "ID": "x"}))["Err"] == ""
+    assert not in_proc_mounts(Path(mp)) and "crash" not in agent_a.served
+    r = await b.call("/VolumeDriver.Mount", {"Name": "crash", "ID": "y"})   # no takeover needed
+    assert r["Err"] == "", r
+    assert await in_thread((Path(r["Mountpoint"]) / "acked").read_bytes) == b"fsync-acknowledged"
+    assert (await b.call("/VolumeDriver.Unmount", {"Name": "crash", "ID": "y"}))["Err"] == ""
