@@ -238,6 +238,8 @@ async def serve(cfg: MountConfig, on_ready=None) -> int:
                      data.dirty_bytes + data.inflight_bytes)
             await committer.stop()
             await committer.drain()
+            if not pos.fenced:
+                await t(ljournal.clear)     # every batch is in the store now
             n.cancel_scope.cancel()
     finally:
         pyfuse3.close(unmount=not unmounted)

@@ -1,0 +1,102 @@
+"""The local journal (durability=local): append-only log files whose torn or
+damaged tail is ignored, never misread."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+import fsd.localjournal as lj
+from fsd.format.framing import frame
+from fsd.localjournal import MAGIC, LocalEntry, LocalJournal
+
+
+def _e(batch: int, payload: bytes = b"x" * 100) -> LocalEntry:
+    return LocalEntry(epoch=3, batch=batch, records=[[7, 2, b"user.a", b"v"]],
+                      blocks=[(2, 0, 4096, payload), (2, 1, None, b"whole")])
+
+
+def test_round_trip_in_order(tmp_path: Path):
+    j = LocalJournal(tmp_path)
+    for b in (1, 2, 3):
+        j.append(_e(b))
+    j.close()
+    got = LocalJournal(tmp_path).entries()
+    assert [e.batch for e in got] == [1, 2, 3]
+    assert got[0] == _e(1)
+
+
+def test_torn_tail_is_ignored_and_earlier_entries_kept(tmp_path: Path):
+    j = LocalJournal(tmp_path)
+    j.append(_e(1))
+    j.append(_e(2))
+    j.close()
+    (log,) = tmp_path.glob("log-*")
+    data = log.read_bytes()
+    log.write_bytes(data[:-7])                 # a crash mid-append of entry 2
+    assert [e.batch for e in LocalJournal(tmp_path).entries()] == [1]
+    log.write_bytes(data[:3])                  # not even a whole length field
+    assert LocalJournal(tmp_path).entries() == []
+
+
+def test_damaged_record_stops_reading_that_file(tmp_path: Path):
+    j = LocalJournal(tmp_path)
+    for b in (1, 2, 3):
+        j.append(_e(b))
+    j.close()
+    (log,) = tmp_path.glob("log-*")
+    data = bytearray(log.read_bytes())
+    rec = len(data) // 3
+    data[rec + 50] ^= 0xFF                     # inside entry 2
+    log.write_bytes(bytes(data))
+    assert [e.batch for e in LocalJournal(tmp_path).entries()] == [1]
+
+
+def test_a_new_journal_appends_to_a_new_file_never_after_an_old_tail(tmp_path: Path):
+    j = LocalJournal(tmp_path)
+    j.append(_e(1))
+    j.close()
+    (old,) = tmp_path.glob("log-*")
+    old.write_bytes(old.read_bytes()[:-5])     # torn
+    j2 = LocalJournal(tmp_path)
+    j2.append(_e(2))
+    j2.close()
+    assert len(list(tmp_path.glob("log-*"))) == 2
+    assert [e.batch for e in LocalJournal(tmp_path).entries()] == [2]
+
+
+def test_file_is_dropped_once_everything_is_uploaded_and_it_is_big(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(lj, "ROTATE_BYTES", 1000)
+    j = LocalJournal(tmp_path)
+    j.append(_e(1, b"y" * 2000))
+    j.append(_e(2))
+    j.remove(3, 1)
+    assert list(tmp_path.glob("log-*")), "entry 2 is still needed"
+    j.remove(3, 2)
+    assert list(tmp_path.glob("log-*")) == []
+    j.append(_e(3))
+    assert [e.batch for e in j.entries()] == [3]
+
+
+def test_clear_removes_everything(tmp_path: Path):
+    j = LocalJournal(tmp_path)
+    j.append(_e(1))
+    j.clear()
+    assert list(tmp_path.iterdir()) == []
+    j.append(_e(2))
+    assert [e.batch for e in j.entries()] == [2]
+
+
+def test_entry_files_of_the_older_layout_are_still_read(tmp_path: Path):
+    (tmp_path / f"{3:016x}-{9:016x}").write_bytes(
+        frame(MAGIC, {"epoch": 3, "batch": 9, "records": [], "blocks": [[2, 0, b"raw"]]}))
+    (tmp_path / "half.tmp").write_bytes(b"junk")
+    got = LocalJournal(tmp_path).entries()
+    assert [(e.batch, e.blocks) for e in got] == [(9, [(2, 0, None, b"raw")])]
+    assert not (tmp_path / "half.tmp").exists()
+
+
+def test_bad_offset_type_is_refused(tmp_path: Path):
+    j = LocalJournal(tmp_path)
+    j.append(LocalEntry(3, 1, [], [(2, 0, "zero", b"x")]))   # type: ignore[list-item]
+    j.close()
+    assert LocalJournal(tmp_path).entries() == []
