@@ -183,6 +183,13 @@ class Cluster:
         heard = self.last_heard.get(host_id)
         return heard is not None and now - heard <= self.config.ttl
 
+    def suspect(self, host_id: str, now: float) -> bool:
+        """Alive by its lease but silent for over two heartbeat periods: likely
+        dead. A Mount elsewhere then waits for the lease to expire instead of
+        failing at once (the failover path), and still fails if the host speaks up."""
+        heard = self.last_heard.get(host_id)
+        return heard is not None and now - heard > 2 * self.config.heartbeat and self.alive(host_id, now)
+
     def lease_expires(self, lease: Lease) -> float | None:
         if lease.host is None:
             return None

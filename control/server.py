@@ -258,6 +258,32 @@ class ControlServer:
                 return {**res, "message": f"host {owner!r} did not answer within {wait:g}s"}
             await self._wait_change(deadline)
 
+    async def _await_owner_fate(self, vol: str, host: str, busy: dict[str, Any], wait: float) -> dict[str, Any]:
+        """The volume is in use on its owner. A live owner proves it with its
+        next heartbeat (then: busy, within about one heartbeat period); a dead
+        one stays silent until its lease expires (then: take over, with the
+        storage-level seal). This is what makes a Mount issued right after a
+        host died succeed after the TTL instead of failing at once."""
+        owner = busy["owner"]
+        c = self.cluster
+        heard_before = c.last_heard.get(owner)
+        deadline = trio.current_time() + wait
+        logged = False
+        while trio.current_time() < deadline:
+            await self._wait_change(deadline)
+            c, now = self.cluster, self.clock()
+            lease = c.leases.get(vol)
+            if lease is None or lease.host != owner or not c.alive(owner, now):
+                res = await self._mutate(lambda c, now: leases.acquire(c, vol, host, now, 0.0))
+                self._log_acquire(vol, host, res)
+                return res
+            if c.last_heard.get(owner) != heard_before:
+                return busy       # it spoke up: really in use there
+            if not logged and c.suspect(owner, now):
+                log.info("volume=%s: owner %s is silent; host %s waits for its lease to expire", vol, owner, host)
+                logged = True
+        return busy
+
     async def op_host_register(self, a: dict[str, Any]) -> Any:
         host = a["host_id"]
         res = await self._mutate(lambda c, now: leases.register_host(c, host, a["address"], a["version"],
@@ -296,6 +322,8 @@ class ControlServer:
         vol, host, wait = a["volume"], a["host_id"], a["wait"]
         res = await self._mutate(lambda c, now: leases.acquire(c, vol, host, now, wait))
         self._log_acquire(vol, host, res)
+        if res["status"] == "busy" and wait > 0 and res.get("owner") in self.cluster.hosts:
+            res = await self._await_owner_fate(vol, host, res, wait)
         if res["status"] != "pending" or wait <= 0:
             return res
         seq = res["move_seq"]

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Install everything ferry and its tests need on Debian 12, as root; idempotent and quick when done.
-# apt: fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio; virtualenv at ${FERRY_VENV:-.venv}.
+# apt: fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio psmisc iproute2 (multi-host tests); virtualenv at ${FERRY_VENV:-.venv}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio psmisc"
+PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio psmisc iproute2 util-linux"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -110,13 +110,21 @@ async def test_in_use_on_another_host_refuses_mount_and_remove(env):
         await other.host_register("h2")
         res = await other.lease_acquire("shared", "h2")
         assert res["status"] == "granted"
-        await other.host_heartbeat("h2", [{"name": "shared", "in_use": True, "epoch": 2, "upload_lag_s": 0.0}])
-        r = await ra.call("/VolumeDriver.Mount", {"Name": "shared", "ID": "c1"})
-        assert "in use on host h2" in r["Err"] and "stop its containers there first" in r["Err"]
-        r = await ra.call("/VolumeDriver.Remove", {"Name": "shared"})
-        assert "in use on host 'h2'" in r["Err"]
-        r = await ra.call("/VolumeDriver.Get", {"Name": "shared"})
-        assert r["Volume"]["Status"]["owner"] == "h2" and r["Volume"]["Status"]["epoch"] == 2
+        async def alive_h2() -> None:      # a live owner heartbeats; a silent one would be taken over
+            while True:
+                await other.host_heartbeat("h2", [{"name": "shared", "in_use": True, "epoch": 2,
+                                                   "upload_lag_s": 0.0}])
+                await trio.sleep(0.3)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(alive_h2)
+            r = await ra.call("/VolumeDriver.Mount", {"Name": "shared", "ID": "c1"})
+            assert "in use on host h2" in r["Err"] and "stop its containers there first" in r["Err"]
+            r = await ra.call("/VolumeDriver.Remove", {"Name": "shared"})
+            assert "in use on host 'h2'" in r["Err"]
+            r = await ra.call("/VolumeDriver.Get", {"Name": "shared"})
+            assert r["Volume"]["Status"]["owner"] == "h2" and r["Volume"]["Status"]["epoch"] == 2
+            n.cancel_scope.cancel()
         await other.lease_release("shared", "h2", 2)
     assert await ra.call("/VolumeDriver.Remove", {"Name": "shared"}) == {"Err": ""}
 

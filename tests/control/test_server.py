@@ -380,3 +380,43 @@ async def test_cas_conflict_from_another_writer_reloads_and_refuses(control):
         # The server reloaded: it now knows B holds v, and answers from that.
         r = await c.lease_acquire("v", "A")
         assert r["status"] == "busy" and r["owner"] == "B" and r["generation"] == 7
+
+
+async def _in_use(c, host: str, volume: str) -> None:
+    await c.host_heartbeat(host, [{"name": volume, "in_use": True, "epoch": 2, "upload_lag_s": 0.0}])
+
+
+async def test_in_use_owner_that_goes_silent_is_taken_over_after_its_ttl(control):
+    """A Mount issued right after the owner died must not fail at once with
+    'in use': a dead owner never heartbeats again, so the acquire waits for
+    its lease to expire and takes over."""
+    async with control.client() as c:
+        await c.volume_create("v")
+        await c.host_register("A")
+        await c.host_register("B")
+        await c.lease_acquire("v", "A")
+        await _in_use(c, "A", "v")                      # ... and then A dies
+        with trio.fail_after(6):
+            r = await c.lease_acquire("v", "B", wait=5)
+        assert r["status"] == "granted" and r["takeover"] is True and r["previous_owner"] == "A"
+
+
+async def test_in_use_owner_that_keeps_heartbeating_gives_busy_quickly(control):
+    async with control.client() as c, control.client() as a:
+        await c.volume_create("v")
+        await c.host_register("A")
+        await c.host_register("B")
+        await c.lease_acquire("v", "A")
+        await _in_use(a, "A", "v")
+
+        async def alive() -> None:
+            while True:
+                await trio.sleep(0.25)
+                await _in_use(a, "A", "v")
+
+        async with trio.open_nursery() as n:
+            n.start_soon(alive)
+            with trio.fail_after(1.5):                  # about one heartbeat, never the TTL
+                r = await c.lease_acquire("v", "B", wait=5)
+            n.cancel_scope.cancel()
+        assert r["status"] == "busy" and r["owner"] == "A"
