@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Install everything ferry and its tests need on Debian 12, as root; idempotent and quick when done.
-# apt: fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio psmisc iproute2 (multi-host tests); virtualenv at ${FERRY_VENV:-.venv}.
+# apt: fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio psmisc; with --tests also
+# iproute2 util-linux docker.io busybox-static (multi-host and Docker tests); virtualenv at ${FERRY_VENV:-.venv}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio psmisc iproute2 util-linux"
+PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio psmisc"
+if [ "${1:-}" = "--tests" ]; then
+  PKGS="$PKGS iproute2 util-linux docker.io busybox-static"
+fi
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # --- Debian packages, Python >= 3.11, the virtualenv with ferry[test], /dev/fuse
-bash scripts/install.sh
+bash scripts/install.sh --tests
 VENV=${FERRY_VENV:-.venv}
 
 # --- run pytest with a private temp dir, and never leave a mount behind

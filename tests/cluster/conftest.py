@@ -36,10 +36,10 @@ def _ferry() -> list[str]:
 class Agent:
     """`ferry agent serve` on one simulated host."""
 
-    def __init__(self, cluster: "Cluster", host: SimHost) -> None:
+    def __init__(self, cluster: "Cluster", host: SimHost, sock: Path | None = None) -> None:
         self.cluster = cluster
         self.host = host
-        self.sock = host.dir / "ferry.sock"
+        self.sock = sock or host.dir / "ferry.sock"     # a path inside the host's mount namespace
         self.mount_root = host.dir / "mnt"
         self.log = host.dir / "agent.log"
         self.proc: subprocess.Popen | None = None
@@ -54,12 +54,10 @@ class Agent:
                         "--state-dir", str(self.host.dir / "state"), "--address", self.host.ip],
             self.log, env=env)
         deadline = time.monotonic() + 30
-        while not self.sock.exists():
+        while self.host.run("test", "-S", str(self.sock), check=False).returncode != 0:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"agent on {self.host.name} did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        # Answering Activate means the plugin socket serves.
-        assert plugin_call(self.sock, "Plugin.Activate", {}) == {"Implements": ["VolumeDriver"]}
+            time.sleep(0.1)
 
     def call(self, endpoint: str, **body) -> dict:
         return plugin_call(self.sock, "VolumeDriver." + endpoint, body)
@@ -104,11 +102,20 @@ class Cluster:
             os.killpg(self.control.pid, 9)
             self.control.wait()
 
-    def add_host(self, name: str) -> Agent:
+    def add_host(self, name: str, docker: bool = False) -> Agent:
+        """A simulated host with a running agent; with `docker`, its plugin
+        socket is at Docker's discovery path, private to the host."""
         host = SimHost(self.bridge, len(self.hosts), name, self.dir)
         self.hosts.append(host)
-        agent = Agent(self, host)
+        sock = None
+        if docker:
+            host.private_tmpfs("/run/docker/plugins")
+            sock = Path("/run/docker/plugins/ferry.sock")
+        agent = Agent(self, host, sock)
         agent.start()
+        if not docker:
+            # Answering Activate means the plugin socket serves.
+            assert plugin_call(agent.sock, "Plugin.Activate", {}) == {"Implements": ["VolumeDriver"]}
         self.agents[name] = agent
         return agent
 

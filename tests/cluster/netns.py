@@ -106,12 +106,14 @@ class SimHost:
         sh("ip", "netns", "exec", self.ns, "ip", "link", "set", veth_host, "up")
         sh("ip", "netns", "exec", self.ns, "ip", "link", "set", "lo", "up")
         # The anchor holds the host's private mount namespace for its lifetime.
+        # Not `ip netns exec`: it remounts /sys for the netns, which hides the
+        # cgroup mounts dockerd needs. unshare makes the mount namespace, then
+        # nsenter joins the network namespace and execs sleep: only once the
+        # anchor IS sleep is its mount namespace the host's for good.
         self.anchor = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "unshare", "--mount", "--propagation", "private",
-             "sleep", "infinity"], stdin=subprocess.DEVNULL, start_new_session=True)
-        # `ip netns exec` makes a mount namespace of its own before it execs
-        # unshare, which makes the final one and execs sleep: only once the
-        # anchor IS sleep is its namespace the host's for good.
+            ["unshare", "--mount", "--propagation", "private", "--",
+             "nsenter", f"--net=/run/netns/{self.ns}", "--", "sleep", "infinity"],
+            stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 10
         while _comm(self.anchor.pid) != "sleep" or self._mnt_ns() == _mnt_ns_of(os.getpid()):
             if time.monotonic() > deadline:
@@ -146,6 +148,12 @@ class SimHost:
         import sys
         r = self.run(sys.executable, "-c", code, *args, timeout=timeout)
         return r.stdout.decode()
+
+    def private_tmpfs(self, path: str) -> None:
+        """A tmpfs at `path` seen only by this host (e.g. /run/docker/plugins,
+        so each host's dockerd discovers only its own agent)."""
+        os.makedirs(path, exist_ok=True)
+        self.run("mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", path)
 
     def link_down(self) -> None:
         sh("ip", "link", "set", self.veth_root, "down")

@@ -1,0 +1,62 @@
+"""Real Docker on simulated hosts: `docker volume create -d ferry`, `docker run
+-v vol:/data` on host A, the same bytes in a container on host B; two
+containers sharing a volume on one host; `docker volume rm` refused while in use."""
+from __future__ import annotations
+
+import pytest
+
+from tests.cluster import dockerd as dk
+
+pytestmark = pytest.mark.skipif(dk.available() is not None, reason=str(dk.available()))
+
+
+@pytest.fixture
+def docker_cluster(cluster):
+    started: list[dk.Dockerd] = []
+
+    def host(name: str) -> tuple:
+        agent = cluster.add_host(name, docker=True)
+        d = dk.Dockerd(agent.host)
+        started.append(d)
+        return agent, d
+
+    try:
+        yield host
+    finally:
+        for d in started:
+            d.stop()
+
+
+def test_container_moves_to_another_host_and_finds_its_data(docker_cluster):
+    _, da = docker_cluster("a")
+    _, db = docker_cluster("b")
+    da.docker("volume", "create", "-d", "ferry", "-o", "durability=remote", "appdata")
+    da.run("--rm", "-v", "appdata:/data", dk.IMAGE, "sh", "-c",
+           "dd if=/dev/zero bs=1024 count=3000 2>/dev/null | sha256sum > /data/sum && "
+           "echo written-on-a > /data/origin && dd if=/dev/zero of=/data/blob bs=1024 count=3000 2>/dev/null")
+    # the container is gone on A; its volume was committed and released
+    out = db.run("--rm", "--volume-driver", "ferry", "-v", "appdata:/data", dk.IMAGE, "sh", "-c",
+                 "cat /data/origin; sha256sum < /data/blob; cat /data/sum").stdout.split()
+    assert out[0] == "written-on-a"
+    assert out[1] == out[3], "the blob read on B differs from what A wrote"
+    inspect = db.docker("volume", "inspect", "appdata").stdout
+    assert '"Driver": "ferry"' in inspect and '"durability": "remote"' in inspect, inspect
+
+
+def test_two_containers_share_a_volume_and_rm_in_use_is_refused(docker_cluster):
+    agent, da = docker_cluster("a")
+    da.docker("volume", "create", "-d", "ferry", "shared")
+    da.run("-d", "--name", "holder", "-v", "shared:/data", dk.IMAGE, "sleep", "300")
+    # a second container on the same host: same fsd, reference counted by mount ID
+    out = da.run("--rm", "-v", "shared:/data", dk.IMAGE, "sh", "-c",
+                 "echo from-second > /data/x && cat /data/x").stdout.strip()
+    assert out == "from-second"
+    # the second container's Unmount must not have unmounted the volume under the first
+    out = da.docker("exec", "holder", "cat", "/data/x").stdout.strip()
+    assert out == "from-second"
+    rm = da.docker("volume", "rm", "shared", check=False)
+    assert rm.returncode != 0 and "in use" in (rm.stderr + rm.stdout), rm
+    da.docker("rm", "-f", "holder")
+    da.docker("volume", "rm", "shared")
+    ls = da.docker("volume", "ls", "-q").stdout.split()
+    assert "shared" not in ls
