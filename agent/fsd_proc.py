@@ -18,7 +18,6 @@ import errno
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import trio
 
+from fsd.daemon import spawn_mount, unmount_and_wait
 from fsd.mount import registry_path
 from fsd.options import KNOWN as MOUNT_OPTIONS
 
@@ -89,12 +89,11 @@ class FsdManager:
     """Daemons of one agent: `<mount-root>/<vol>` with cache `<cache-root>/<vol>`."""
 
     def __init__(self, store_url: str, cache_root: Path, mount_root: Path, *,
-                 ferry_cmd: list[str] | None = None, mount_timeout: float = 60.0,
+                 mount_timeout: float = 60.0,
                  umount_timeout: float = 300.0, stat_timeout: float = 5.0) -> None:
         self.store_url = store_url
         self.cache_root = Path(cache_root)
         self.mount_root = Path(mount_root)
-        self.ferry_cmd = ferry_cmd or [sys.executable, "-m", "fsd.cli"]
         self.mount_timeout = mount_timeout
         self.umount_timeout = umount_timeout
         self.stat_timeout = stat_timeout
@@ -213,23 +212,19 @@ class FsdManager:
                                     cache.mkdir(parents=True, exist_ok=True)))
         if await self._thread(in_proc_mounts, mp):
             await self.lazy_unmount(volume)
-        argv = self.ferry_cmd + ["fs", "mount", "--store", self.store_url, "--cache-dir", str(cache),
-                                 volume, str(mp)]
+        args = ["fs", "mount", "--store", self.store_url, "--cache-dir", str(cache), volume, str(mp)]
         if takeover:
-            argv.append("--takeover")
+            args.append("--takeover")
         for k, v in sorted(options.items()):
             if k in MOUNT_OPTIONS:
-                argv += ["-o", f"{k}={v}"]
-        log.info("volume=%s starting fsd: %s", volume, " ".join(argv))
-        try:
-            with trio.fail_after(self.mount_timeout):
-                r = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False,
-                                           stdin=b"")
-        except trio.TooSlowError:
-            raise FsdError(f"volume {volume!r}: fsd did not mount {mp} within {self.mount_timeout:g}s; "
-                           f"see {cache / 'fsd.log'}") from None
-        if r.returncode != 0:
-            tail = r.stderr.decode(errors="replace").strip().splitlines()[-3:]
+                args += ["-o", f"{k}={v}"]
+        log.info("volume=%s starting fsd: ferry %s", volume, " ".join(args))
+        # In a worker thread, not a `ferry fs mount` child: that would cost a
+        # second Python start-up on every Mount (planned moves are timed).
+        started = await self._thread(lambda: spawn_mount(args, cache, mp, timeout=self.mount_timeout),
+                                     abandon=True)
+        if not started.ok:
+            tail = [ln for ln in started.message.strip().splitlines() if ln.strip()][-3:]
             raise FsdError(f"volume {volume!r}: mounting failed: {' | '.join(tail)} (log: {cache / 'fsd.log'})")
         info = await self.info(volume)
         if info is None:
@@ -249,18 +244,12 @@ class FsdManager:
     async def stop(self, volume: str) -> None:
         """Clean stop: unmount, the daemon commits everything and releases its epoch."""
         mp = self.mountpoint(volume)
-        argv = self.ferry_cmd + ["fs", "umount", str(mp)]
-        log.info("volume=%s stopping fsd (ferry fs umount %s)", volume, mp)
-        try:
-            with trio.fail_after(self.umount_timeout):
-                r = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False,
-                                           stdin=b"")
-        except trio.TooSlowError:
-            raise FsdError(f"volume {volume!r}: fsd did not finish committing within "
-                           f"{self.umount_timeout:g}s; see {self.cache_dir(volume) / 'fsd.log'}") from None
-        if r.returncode != 0:
-            msg = r.stderr.decode(errors="replace").strip().replace("\n", " ")
-            raise FsdError(f"volume {volume!r}: unmount failed: {msg}")
+        log.info("volume=%s stopping fsd (unmount %s, commit, release)", volume, mp)
+        registry = await self._thread(lambda: self._registry(volume))
+        result = await self._thread(lambda: unmount_and_wait(mp, registry, timeout=self.umount_timeout),
+                                    abandon=True)
+        if not result.ok:
+            raise FsdError(f"volume {volume!r}: unmount failed: {result.message}")
 
     async def lazy_unmount(self, volume: str) -> None:
         """Detach a dead mount (ENOTCONN) so the mountpoint can be used again."""

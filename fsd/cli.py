@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -88,12 +87,6 @@ def _mount_config(args):
                        allow_unfenced=args.allow_unfenced_store)
 
 
-def _is_mounted(mp: Path) -> bool:
-    target = os.path.abspath(mp)   # no resolve(): never stat a possibly hung mount
-    with open("/proc/mounts") as f:
-        return any(line.split()[1] == target for line in f)
-
-
 def cmd_mount(args) -> int:
     cfg = _mount_config(args)
     if args.foreground:
@@ -102,84 +95,46 @@ def cmd_mount(args) -> int:
         setup_logging(args.verbose, cfg.volume)
         return trio.run(serve, cfg)
     # Background: run ourselves in the foreground in a new session, wait until mounted.
-    cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-    logpath = cfg.cache_dir / "fsd.log"
-    argv = [sys.executable, "-m", "fsd.cli"] + list(args.argv) + ["--foreground"]
-    with open(logpath, "ab") as logf:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                                start_new_session=True)
-    while True:
-        if _is_mounted(cfg.mountpoint):
-            print(f"mounted {cfg.volume} on {cfg.mountpoint} (daemon pid {proc.pid}, log {logpath})")
-            return 0
-        rc = proc.poll()
-        if rc is not None:
-            tail = logpath.read_text(errors="replace").splitlines()[-15:]
-            print("\n".join(tail), file=sys.stderr)
-            print(f"ferry: mount failed (daemon exited with {rc}); see {logpath}", file=sys.stderr)
-            return 1
-        time.sleep(0.05)
+    from fsd.daemon import spawn_mount
+    started = spawn_mount(list(args.argv), cfg.cache_dir, cfg.mountpoint)
+    if started.ok:
+        print(f"mounted {cfg.volume} on {cfg.mountpoint} (daemon pid {started.pid}, log {cfg.cache_dir / 'fsd.log'})")
+        return 0
+    print(started.message, file=sys.stderr)
+    print("ferry: mount failed", file=sys.stderr)
+    return 1
 
 
 # -------------------------------------------------------------------- fs umount
 def cmd_umount(args) -> int:
+    from fsd.daemon import unmount_and_wait
     from fsd.mount import registry_path
     mp = Path(os.path.abspath(args.mountpoint))
     reg = registry_path(mp)
     info = json.loads(reg.read_text()) if reg.exists() else None
-    if not _is_mounted(mp):
-        if info is None:
-            print(f"ferry: {mp} is not mounted", file=sys.stderr)
-            return 1
-    else:
-        r = subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True, text=True)
-        if r.returncode != 0:
-            print(f"ferry: cannot unmount {mp}: {r.stderr.strip()}\n"
-                  f"  A process still uses it; find it with: fuser -vm {mp}", file=sys.stderr)
-            return 1
-    if info is None:
-        print(f"unmounted {mp} (no daemon registered here; nothing to wait for)")
-        return 0
-    pid = info["pid"]
-    status_path = Path(info["cache_dir"]) / "status.json"
     started = time.monotonic()
-    shown = False
-    while _pid_alive(pid):
-        if time.monotonic() - started > 1.0:
-            try:
-                st = json.loads(status_path.read_text())
-                left = st.get("dirty_bytes", 0) + st.get("inflight_bytes", 0)
-                msg = f"\rcommitting {info['volume']}: {left / 1e6:.1f} MB left to upload, phase {st.get('phase')}   "
-            except (OSError, ValueError):
-                msg = f"\rcommitting {info['volume']}...   "
-            if sys.stderr.isatty() or not shown:
-                print(msg, end="", file=sys.stderr, flush=True)
-                shown = True
-        time.sleep(0.05)
-    if shown:
+    shown = [False]
+
+    def progress(st: dict | None) -> None:
+        if time.monotonic() - started <= 1.0:
+            return
+        if st is not None:
+            left = st.get("dirty_bytes", 0) + st.get("inflight_bytes", 0)
+            msg = f"\rcommitting {info['volume']}: {left / 1e6:.1f} MB left to upload, phase {st.get('phase')}   "
+        else:
+            msg = f"\rcommitting {info['volume']}...   "
+        if sys.stderr.isatty() or not shown[0]:
+            print(msg, end="", file=sys.stderr, flush=True)
+            shown[0] = True
+
+    result = unmount_and_wait(mp, info, progress=progress)
+    if shown[0]:
         print(file=sys.stderr)
-    try:
-        st = json.loads(status_path.read_text())
-    except (OSError, ValueError):
-        st = {}
-    if st.get("phase") == "released":
-        print(f"unmounted {mp}: volume {info['volume']} committed and released")
+    if result.ok:
+        print(result.message)
         return 0
-    print(f"ferry: daemon for {info['volume']} ended in phase {st.get('phase', 'unknown')}; "
-          f"see {Path(info['cache_dir']) / 'fsd.log'}", file=sys.stderr)
+    print(f"ferry: {result.message}", file=sys.stderr)
     return 1
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of ours counts as gone
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------------- fs fsck

@@ -70,13 +70,29 @@ class WorkingCopy:
         try:
             for t in ("kv", "inode", "dent", "block", "xattr", "patch"):
                 db.execute(f"DELETE FROM {t}")
-            self._apply(state.snapshot_records())
+            self._bulk_load(state)
             db.execute("INSERT INTO kv VALUES ('uuid', ?)", (msgpack.packb(uuid),))
             db.execute("INSERT INTO kv VALUES ('position', ?)", (msgpack.packb(list(position)),))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _bulk_load(self, state: MetaState) -> None:
+        """Fill empty tables from `state` with one executemany per table:
+        a mount on a new host does this before serving, so it is on the
+        planned-move path (record-by-record inserts cost ~4x more)."""
+        x = self.db.executemany
+        x("INSERT INTO inode VALUES (?, ?)",
+          ((ino, msgpack.packb(n.to_record(), use_bin_type=True)) for ino, n in state.inodes.items()))
+        x("INSERT INTO xattr VALUES (?, ?, ?)",
+          ((ino, k, v) for ino, n in state.inodes.items() for k, v in n.xattrs.items()))
+        x("INSERT INTO dent VALUES (?, ?, ?, ?)",
+          ((p, name, c, cookie) for p, m in state.entries.items() for name, (c, cookie) in m.items()))
+        x("INSERT INTO block VALUES (?, ?, ?, ?)",
+          ((ino, idx, r.hash, r.length) for ino, bm in state.blocks.items() for idx, r in bm.items()))
+        x("INSERT INTO patch (ino, idx, off, data) VALUES (?, ?, ?, ?)",
+          ((ino, idx, off, d) for ino, pm in state.patches.items() for idx, pl in pm.items() for off, d in pl))
 
     def apply_segment(self, records: list, position: tuple[int, int]) -> None:
         """Apply one committed segment and advance the position, atomically."""

@@ -67,8 +67,10 @@ class Agent:
 
 
 class Cluster:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, lease_ttl: float = LEASE_TTL, heartbeat: float = HEARTBEAT) -> None:
         self.dir = workdir
+        self.lease_ttl = lease_ttl
+        self.heartbeat = heartbeat
         self.bridge = Bridge()
         self.hosts: list[SimHost] = []
         self.agents: dict[str, Agent] = {}
@@ -92,7 +94,7 @@ class Cluster:
             self.control = subprocess.Popen(
                 _ferry() + ["control", "serve", "--listen", self.control_addr,
                             "--state", f"sqlite:{self.dir / 'control.db'}",
-                            "--lease-ttl", str(LEASE_TTL), "--heartbeat", str(HEARTBEAT)],
+                            "--lease-ttl", str(self.lease_ttl), "--heartbeat", str(self.heartbeat)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         host, port = self.control_addr.split(":")
         _wait_tcp(host, int(port), self.control)

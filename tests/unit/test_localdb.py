@@ -77,4 +77,6 @@ def test_working_copy_equals_replay(tmp_path_factory, ops):
     wc.apply_segment(log + m.take_pending(), (1, seq))
     assert wc.load() == state
     assert wc.position("u") == (1, seq)
+    wc.reset("u", state, (1, seq + 1))                 # bulk load of the same state
+    assert wc.load() == state
     assert wc.position("other-volume") is None

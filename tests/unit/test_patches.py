@@ -30,6 +30,9 @@ def _both(tmp_path, recs: list) -> MetaState:
     assert wc.load() == state
     again = MetaState.from_records(BS, list(state.snapshot_records()))
     assert again == state, "a snapshot must rebuild patches too"
+    fresh = WorkingCopy(tmp_path / "fresh.db", BS)       # a new host's copy: bulk-loaded
+    fresh.reset("u", state, (1, 2))
+    assert fresh.load() == state
     return state
 
 
