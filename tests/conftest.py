@@ -29,6 +29,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests run beside FUSE daemons and moto on 2 cores: generation can
+# be slow for reasons that say nothing about the code. Time limits stay off;
+# what each test checks is unchanged.
+settings.register_profile("ferry", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ferry")
 
 # Set before anything creates a boto3 client; subprocesses (ferry daemons)
 # inherit them. moto accepts any credentials.
