@@ -252,7 +252,8 @@ async def serve(cfg: MountConfig, on_ready=None) -> int:
     last_seq = pos.next_seq - 1
     if committer.stats.segments_since_snapshot > 0:
         await snapshot(epoch, last_seq)
-    sealed_at = await t(lambda: vol_mod.seal_epoch(store, cfg.volume, epoch, sealed_by=epoch, reason="release"))
+    sealed_at = await t(lambda: vol_mod.seal_epoch(store, cfg.volume, epoch, sealed_by=epoch, reason="release",
+                                                    next_seq=pos.next_seq))
     if sealed_at != pos.next_seq:
         log.error("volume %s: epoch %d was sealed by someone else before release", cfg.volume, epoch)
     cache_dir.write_status(status("released"))

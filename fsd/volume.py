@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fsd import failpoints, fencing
@@ -149,16 +150,33 @@ def epoch_seal(store: ObjectStore, volume: str, epoch: int, seqs: list[int]) -> 
     last = read_segment(store, volume, epoch, g - 1)
     if last.kind == "seal":
         return True, g
-    for s in range(1, g - 1):
-        if read_segment(store, volume, epoch, s).kind == "seal":
+    # In parallel: an epoch of a long-lived mount has thousands of segments,
+    # and a takeover (or a release) must not cost one GET round trip each.
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        kinds = pool.map(lambda s: read_segment(store, volume, epoch, s).kind, range(1, g - 1))
+        if any(k == "seal" for k in kinds):
             return True, g
     return False, g
 
 
-def seal_epoch(store: ObjectStore, volume: str, epoch: int, *, sealed_by: int, reason: str) -> int:
+def seal_epoch(store: ObjectStore, volume: str, epoch: int, *, sealed_by: int, reason: str,
+               next_seq: int | None = None) -> int:
     """Write a seal at the first free seq of `epoch`; re-list and retry on
     conflict (the old owner may be committing at that very moment).
-    Returns the seal's seq."""
+    Returns the seal's seq.
+
+    `next_seq`: the epoch's own writer releasing it knows where its journal
+    ends; one conditional PUT there is enough. If that key is taken, someone
+    sealed the epoch first, and the general path finds out where."""
+    if next_seq is not None:
+        seal = Segment(kind="seal", epoch=epoch, seq=next_seq, created_ns=_now_ns(), records=[],
+                       reason=reason, sealed_by=sealed_by)
+        try:
+            store.put(keys.journal_key(volume, epoch, next_seq), seal.encode(), if_none_match=True)
+            log.info("volume %s: sealed epoch %d at seq %d (%s)", volume, epoch, next_seq, reason)
+            return next_seq
+        except PreconditionFailed:
+            pass
     for _ in range(1000):
         seqs = [s for k in store.list(keys.journal_prefix(volume, epoch))
                 if (p := keys.parse_journal_key(volume, k)) and p[0] == epoch for s in [p[1]]]
