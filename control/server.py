@@ -114,24 +114,30 @@ class ControlServer:
         async with self._lock:
             d = decide(self.cluster, self.clock())
             if d.persistent:
-                ops = self._ops_for(d)
-                try:
-                    revs = await trio.to_thread.run_sync(self.state.txn, ops, limiter=self._limiter)
-                except CasConflict as e:
-                    log.warning("control state changed underneath us (%s); reloading", e)
-                    await self.load()
-                    self._notify()
-                    raise Refused("conflict", "the control state changed during the request; retry it") from None
-                for k, r in revs.items():
-                    if r:
-                        self._revs[k] = r
-                    else:
-                        self._revs.pop(k, None)
+                if not await self._persist(d):
+                    raise Refused("conflict", "the control state changed during the request; retry it")
             self.cluster.apply(d)
             self._dirty.update(lease.volume for lease in d.lazy_leases)
             if d.persistent or d.put_moves or d.del_moves or d.lazy_leases:
                 self._notify()
             return d.result
+
+    async def _persist(self, d: Decision) -> bool:
+        """Write `d` in one CAS transaction (caller holds the lock). False on a
+        CAS conflict: someone else changed the state, which is reloaded."""
+        try:
+            revs = await trio.to_thread.run_sync(self.state.txn, self._ops_for(d), limiter=self._limiter)
+        except CasConflict as e:
+            log.warning("control state changed underneath us (%s); reloading", e)
+            await self.load()
+            self._notify()
+            return False
+        for k, r in revs.items():
+            if r:
+                self._revs[k] = r
+            else:
+                self._revs.pop(k, None)
+        return True
 
     def _apply_soft(self, decide: Callable[[Cluster, float], Decision]) -> Any:
         """Decide and apply at once, without the lock, a decision that writes nothing
@@ -154,19 +160,11 @@ class ControlServer:
             current = [self.cluster.leases[v] for v in sorted(dirty) if v in self.cluster.leases]
             if not current:
                 return
-            ops = self._ops_for(Decision(put_leases=current))
             try:
-                revs = await trio.to_thread.run_sync(self.state.txn, ops, limiter=self._limiter)
-            except CasConflict as e:
-                log.warning("control state changed underneath us (%s); reloading", e)
-                await self.load()
-                self._notify()
-                return
+                await self._persist(Decision(put_leases=current))
             except StateError as e:
                 log.error("cannot persist lease reports (will retry): %s", e)
                 self._dirty |= dirty
-                return
-            self._revs.update(revs)
 
     async def flusher(self) -> None:
         while True:

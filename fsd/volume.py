@@ -168,30 +168,29 @@ def seal_epoch(store: ObjectStore, volume: str, epoch: int, *, sealed_by: int, r
     `next_seq`: the epoch's own writer releasing it knows where its journal
     ends; one conditional PUT there is enough. If that key is taken, someone
     sealed the epoch first, and the general path finds out where."""
-    if next_seq is not None:
-        seal = Segment(kind="seal", epoch=epoch, seq=next_seq, created_ns=_now_ns(), records=[],
-                       reason=reason, sealed_by=sealed_by)
-        try:
-            store.put(keys.journal_key(volume, epoch, next_seq), seal.encode(), if_none_match=True)
-            log.info("volume %s: sealed epoch %d at seq %d (%s)", volume, epoch, next_seq, reason)
-            return next_seq
-        except PreconditionFailed:
-            pass
+    if next_seq is not None and _put_seal(store, volume, epoch, next_seq, sealed_by, reason):
+        return next_seq
     for _ in range(1000):
         seqs = [s for k in store.list(keys.journal_prefix(volume, epoch))
                 if (p := keys.parse_journal_key(volume, k)) and p[0] == epoch for s in [p[1]]]
         sealed, g = epoch_seal(store, volume, epoch, seqs)
         if sealed:
             return g - 1
-        seal = Segment(kind="seal", epoch=epoch, seq=g, created_ns=_now_ns(), records=[],
-                       reason=reason, sealed_by=sealed_by)
-        try:
-            store.put(keys.journal_key(volume, epoch, g), seal.encode(), if_none_match=True)
-            log.info("volume %s: sealed epoch %d at seq %d (%s)", volume, epoch, g, reason)
+        if _put_seal(store, volume, epoch, g, sealed_by, reason):
             return g
-        except PreconditionFailed:
-            continue
     raise VolumeError(f"could not seal epoch {epoch} of {volume!r}: its owner keeps writing")
+
+
+def _put_seal(store: ObjectStore, volume: str, epoch: int, seq: int, sealed_by: int, reason: str) -> bool:
+    """Conditionally create the seal of `epoch` at `seq`; False if the key is taken."""
+    seal = Segment(kind="seal", epoch=epoch, seq=seq, created_ns=_now_ns(), records=[],
+                   reason=reason, sealed_by=sealed_by)
+    try:
+        store.put(keys.journal_key(volume, epoch, seq), seal.encode(), if_none_match=True)
+    except PreconditionFailed:
+        return False
+    log.info("volume %s: sealed epoch %d at seq %d (%s)", volume, epoch, seq, reason)
+    return True
 
 
 # ------------------------------------------------------------------ open/claim
