@@ -349,7 +349,7 @@ class Committer:
         failpoints.hit("after_segment_written")
         self.pos.committed(seq)
         for i, b in enumerate(batches):
-            await self.data.settle(b.id, results[i], b.nbytes, inline_by_batch[i])
+            await self.data.settle(b.id, b.blocks.keys(), results[i], b.nbytes, inline_by_batch[i])
             self._queue_times.pop(b.id, None)
         self._done = batch.id
         self.stats.commits += 1

@@ -9,6 +9,13 @@ A block of a file is, in order of precedence:
   4. a hole    - reads as zeros.
 Writes never modify an in-flight buffer; they copy it into a new dirty one.
 
+With `durability=local` several batches can be in flight at once (the
+cutter runs ahead of the uploader), so one block may be in flight in more
+than one batch. Reads see the newest version (`inflight`); the committed
+state must still receive every batch's BLOCK/PATCH in journal order
+(`unsettled`), or a later batch's PATCH would be laid over a stale base
+(issue 7: acknowledged bytes read back as zeros after a remount).
+
 Each dirty buffer also records which byte ranges were written since it was
 made from the committed (or in-flight) content: the committer sends small
 changes inline in the journal segment (PATCH records) instead of uploading
@@ -17,7 +24,7 @@ the whole block, so an fsync after a small write costs one PUT, not two.
 from __future__ import annotations
 
 import errno
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import trio
 
@@ -71,7 +78,12 @@ class DataLayer:
         self.dirty_limit = dirty_limit
         self.dirty: dict[Key, bytearray] = {}
         self.extents: dict[Key, Extents] = {}     # per dirty key: what was written into it
-        self.inflight: dict[Key, tuple[int, bytes]] = {}
+        self.inflight: dict[Key, tuple[int, bytes]] = {}    # newest in-flight version: what reads see
+        # Per key, the in-flight batches whose commit must still reach the
+        # committed state (in journal order). A truncate or delete of the key
+        # empties it: memory already holds the later TRUNC/INODE_DEL, which
+        # in the journal follows those batches' BLOCK records.
+        self.unsettled: dict[Key, set[int]] = {}
         self.dirty_bytes = 0
         self.inflight_bytes = 0
         self.space_freed = trio.Condition()
@@ -234,14 +246,20 @@ class DataLayer:
             self.extents.pop(key, None)
         for key in [k for k in self.inflight if k[0] == ino and (k[1] > cut_idx or (k[1] == cut_idx and rem == 0))]:
             del self.inflight[key]
+        for key in [k for k in self.unsettled if k[0] == ino and (k[1] > cut_idx or (k[1] == cut_idx and rem == 0))]:
+            del self.unsettled[key]
         if rem:
+            # The block the new end falls in. If the cut clips content that
+            # is in flight, its older batches no longer settle into memory
+            # (the TRUNC already did), so the block is committed whole next.
             key = (ino, cut_idx)
             buf = self.dirty.get(key)
             if buf is not None:
                 if len(buf) > rem:
                     self.dirty_bytes -= len(buf) - rem
                     del buf[rem:]
-                    self.extents[key] = None    # keep the reasoning simple: commit it whole
+                    self.extents[key] = None
+                    self.unsettled.pop(key, None)
             elif key in self.inflight:
                 # The in-flight copy has bytes past the new end; replace it by a
                 # clipped dirty copy so they can never reappear if the file grows.
@@ -249,6 +267,7 @@ class DataLayer:
                 self.dirty[key] = clipped
                 self.extents[key] = None
                 self.dirty_bytes += len(clipped)
+                self.unsettled.pop(key, None)
 
     def restore_dirty(self, ino: int, idx: int, raw: bytes) -> None:
         """Recovery: a block from the local journal becomes dirty again."""
@@ -311,6 +330,8 @@ class DataLayer:
             self.extents.pop(key, None)
         for key in [k for k in self.inflight if k[0] == ino]:
             del self.inflight[key]
+        for key in [k for k in self.unsettled if k[0] == ino]:
+            del self.unsettled[key]
 
     # ---------------------------------------------------------------- commit
     def cut(self, batch_id: int) -> tuple[dict[Key, bytes], dict[Key, Extents]]:
@@ -325,33 +346,41 @@ class DataLayer:
             ext = self.extents.get(key)
             extents[key] = None if ext is None else merge_extents(ext)
             self.inflight[key] = (batch_id, frozen)
+            self.unsettled.setdefault(key, set()).add(batch_id)
         self.inflight_bytes += self.dirty_bytes
         self.dirty = {}
         self.extents = {}
         self.dirty_bytes = 0
         return batch, extents
 
-    async def settle(self, batch_id: int, results: dict[Key, BlockRef], nbytes: int,
+    async def settle(self, batch_id: int, keys: Iterable[Key], results: dict[Key, BlockRef], nbytes: int,
                      inline: dict[Key, list[tuple[int, bytes]]] | None = None) -> None:
-        """The batch's segment is durable: committed refs (or inline patches)
-        replace in-flight buffers.
+        """The batch's segment is durable: apply its committed refs (or
+        inline patches) to the state, and drop in-flight buffers that no
+        newer batch replaced. `keys`: every block the batch cut, including
+        those whose final content a later batch of the same segment carries
+        (they get no result of their own).
 
-        A block truncated or deleted since the cut is no longer ours to
-        settle; its BLOCK record was followed by the TRUNC/INODE_DEL record in
-        the journal, so replay agrees with memory."""
-        for key, ref in results.items():
-            fl = self.inflight.get(key)
-            if fl is not None and fl[0] == batch_id:
-                del self.inflight[key]
-                if key[0] in self.state.inodes:
+        Batches settle in the order of their BLOCK records in the journal,
+        so applying each one whose key is still `unsettled` keeps memory
+        equal to replay, also when a newer batch already cut the same block.
+        A block truncated or deleted since the cut is skipped: its TRUNC or
+        INODE_DEL is already in memory and follows this batch in the journal."""
+        inline = inline or {}
+        for key in keys:
+            pending = self.unsettled.get(key)
+            if pending is not None and batch_id in pending:
+                pending.discard(batch_id)
+                if not pending:
+                    del self.unsettled[key]
+                ref = results.get(key)
+                if ref is not None:
                     self.state.apply([BLOCK, key[0], key[1], ref.hash, ref.length])
-        for key, pieces in (inline or {}).items():
+                for off, data in inline.get(key, ()):
+                    self.state.apply([PATCH, key[0], key[1], off, data])
             fl = self.inflight.get(key)
             if fl is not None and fl[0] == batch_id:
                 del self.inflight[key]
-                if key[0] in self.state.inodes:
-                    for off, data in pieces:
-                        self.state.apply([PATCH, key[0], key[1], off, data])
         self.inflight_bytes -= nbytes
         async with self.space_freed:
             self.space_freed.notify_all()
