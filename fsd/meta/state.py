@@ -12,6 +12,7 @@ maintained by `apply` so that lookups of ".." and statfs do not scan.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from stat import S_IFDIR, S_IFREG
 from typing import Any, Callable, Iterable, Iterator
@@ -91,7 +92,9 @@ class MetaState:
         self.blocks: dict[int, dict[int, BlockRef]] = {}
         # Small writes committed inline in the journal (PATCH records): per
         # inode and block, (offset, bytes) to lay over the block's object (or
-        # over zeros when it has none), in order. A BLOCK record replaces them.
+        # over zeros when it has none). Kept canonical: sorted, neither
+        # overlapping nor touching, so a block rewritten in place a thousand
+        # times holds its distinct bytes once. A BLOCK record replaces them.
         self.patches: dict[int, dict[int, list[tuple[int, bytes]]]] = {}
         self.patch_bytes = 0                       # sum of all patch lengths
         self.next_ino = 2                          # max ino ever seen + 1
@@ -201,9 +204,12 @@ class MetaState:
         pm = self.patches.get(ino)
         if pm is None:
             pm = self.patches[ino] = {}
-        pm.setdefault(idx, []).append((off, data))
-        self.patch_bytes += len(data)
-
+        pl = pm.get(idx)
+        if pl is None:
+            pm[idx] = [(off, data)]
+            self.patch_bytes += len(data)
+            return
+        self.patch_bytes += _merge_piece(pl, off, data)
     def _drop_patches(self, ino: int, idx: int | None = None) -> None:
         pm = self.patches.get(ino)
         if pm is None:
@@ -312,6 +318,31 @@ class MetaState:
         return self.content() == other.content()
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _merge_piece(pl: list[tuple[int, bytes]], off: int, data: bytes) -> int:
+    """Lay (off, data) over the canonical piece list `pl` in place, keeping
+    it canonical (sorted by offset, no two pieces overlapping or touching).
+    Returns the change in stored bytes."""
+    end = off + len(data)
+    # Pieces that overlap or touch [off, end): a contiguous run [i, j).
+    i = bisect.bisect_left(pl, off, key=lambda p: p[0] + len(p[1]))
+    j = i
+    while j < len(pl) and pl[j][0] <= end:
+        j += 1
+    if i == j:
+        pl.insert(i, (off, data))
+        return len(data)
+    first_off, first = pl[i]
+    last_off, last = pl[j - 1]
+    start = min(off, first_off)
+    merged = bytearray(first[:max(0, off - first_off)])
+    merged += data
+    if last_off + len(last) > end:
+        merged += last[end - last_off:]
+    old = sum(len(d) for _, d in pl[i:j])
+    pl[i:j] = [(start, bytes(merged))]
+    return len(merged) - old
 
 
 _APPLY: dict[int, Callable[[MetaState, list], None]] = {

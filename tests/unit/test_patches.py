@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 
 import pytest
+from hypothesis import given, strategies as st
 
 from fsd.data import merge_extents, overlay
 from fsd.localdb import WorkingCopy
@@ -38,7 +39,7 @@ def _both(tmp_path, recs: list) -> MetaState:
 
 def test_patch_overlays_in_order_and_extends_the_block(tmp_path):
     s = _both(tmp_path, [_file(), [BLOCK, 2, 0, H, 100], [PATCH, 2, 0, 50, b"AAAA"], [PATCH, 2, 0, 52, b"BBBBBBBB"]])
-    assert s.block_patches(2, 0) == [(50, b"AAAA"), (52, b"BBBBBBBB")]
+    assert s.block_patches(2, 0) == [(50, b"AABBBBBBBB")]      # kept canonical: merged
     assert s.block_length(2, 0) == 100
     assert overlay(b"." * 100, s.block_patches(2, 0))[48:62] == b"..AABBBBBBBB.."
     (tmp_path / "2").mkdir()
@@ -110,3 +111,18 @@ def test_merge_extents(ranges, merged):
 
 def test_overlay_fills_gaps_with_zeros():
     assert overlay(b"ab", [(4, b"cd"), (0, b"X")]) == b"Xb\0\0cd"
+
+
+@given(st.lists(st.tuples(st.integers(0, 300), st.binary(min_size=0, max_size=80)), max_size=40))
+def test_patch_pieces_stay_canonical_and_read_as_laid_in_order(pieces):
+    """Merging overlapping or touching pieces never changes what the block
+    reads as: the canonical list overlays to the same bytes as the pieces
+    laid in order, and holds each byte once."""
+    s = MetaState.from_records(BS, new_volume_records(1) + [_file()])
+    for off, data in pieces:
+        s.apply([PATCH, 2, 0, off, data])
+    pl = s.block_patches(2, 0) or []
+    assert overlay(b"", pl) == overlay(b"", pieces)
+    assert all(a[0] + len(a[1]) < b[0] for a, b in zip(pl, pl[1:])), pl
+    assert s.patch_bytes == sum(len(d) for _, d in pl)
+    assert s.block_length(2, 0) == len(overlay(b"", pieces))
