@@ -47,8 +47,11 @@ class LocalEntry:
 
 
 class LocalJournal:
-    """Thread-safe: the committer appends from one task and removes from
-    another, each in a worker thread."""
+    """Thread-safe: every public method holds one lock. The committer
+    appends from its cutter and removes from its uploader, each in a worker
+    thread; an unlocked `remove` once closed the file under a running
+    `append` (os.fdatasync(None) killed the daemon) and could unlink a log
+    whose newest entry was acknowledged but not yet counted as live."""
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
@@ -113,18 +116,30 @@ class LocalJournal:
 
     def remove(self, epoch: int, batch: int) -> None:
         """The batch is in the store. Drop the log file once nothing in it is
-        needed any more and it has grown large enough to be worth a new one."""
-        self._live.discard((epoch, batch))
-        if not self._live and self._fd is not None and self._size >= ROTATE_BYTES:
-            os.close(self._fd)
-            assert self._path is not None
-            self._path.unlink(missing_ok=True)
+        needed any more and it has grown large enough to be worth a new one.
+        Never raises: a file that cannot be dropped now is dropped by `clear`."""
+        with self._lock:
+            self._live.discard((epoch, batch))
+            if self._live or self._fd is None or self._size < ROTATE_BYTES:
+                return
+            fd, path = self._fd, self._path
             self._fd, self._path, self._size = None, None, 0
+            try:
+                os.close(fd)
+                if path is not None:
+                    path.unlink(missing_ok=True)
+            except OSError as e:
+                log.warning("local journal %s: cannot drop a fully uploaded log (%s); it is dropped at "
+                            "the next clean release", path, e)
 
     # --------------------------------------------------------------- reading
     def entries(self) -> list[LocalEntry]:
         """Every readable entry, oldest first (log files in order, then entry
         files of the older one-file-per-batch layout)."""
+        with self._lock:
+            return self._entries()
+
+    def _entries(self) -> list[LocalEntry]:
         out: list[LocalEntry] = []
         logs = sorted((p for p in self.dir.glob("log-*") if _is_hex(p.name[4:])), key=lambda p: p.name)
         for p in logs:
