@@ -10,7 +10,7 @@ import logging
 
 import trio
 
-from fsd.cache.blockcache import BlockCache, CacheFull
+from fsd.cache.blockcache import BlockCache
 from fsd.format import keys
 from fsd.format.dataobj import decode_block, encode_block
 from fsd.format.framing import CorruptObject
@@ -36,6 +36,7 @@ class BlockIO:
         self.known_remote: set[bytes] = set()   # hashes known to exist in the store
         self.bytes_uploaded = 0
         self.bytes_fetched = 0
+        self._last_cache_error: str | None = None
 
     # ------------------------------------------------------------------ read
     def is_cached_or_fetching(self, h: bytes) -> bool:
@@ -46,7 +47,7 @@ class BlockIO:
         end = min(end, ref.length)
         if start >= end:
             return b""
-        data = await trio.to_thread.run_sync(self.cache.get_range, ref.hash, start, end, limiter=self.cpu)
+        data = await self._cache_call(self.cache.get_range, ref.hash, start, end)
         if data is not None:
             return data
         raw = await self.fetch(ino, idx, ref)
@@ -56,7 +57,7 @@ class BlockIO:
         """The whole committed block (clipped to ref.length), from cache or store."""
         h = ref.hash
         while True:
-            raw = await trio.to_thread.run_sync(self.cache.get, h, limiter=self.cpu)
+            raw = await self._cache_call(self.cache.get, h)
             if raw is not None:
                 return raw[: ref.length]
             ev = self._fetching.get(h)
@@ -83,10 +84,7 @@ class BlockIO:
                 raise FsError(errno.EIO) from None
             self.bytes_fetched += len(raw)
             self.known_remote.add(h)
-            try:
-                await trio.to_thread.run_sync(self.cache.put, h, raw, limiter=self.cpu)
-            except CacheFull as e:
-                log.warning("volume %s: block cache full, not caching: %s", self.volume, e)
+            await self._cache_call(self.cache.put, h, raw)
             return raw[: ref.length]
         finally:
             del self._fetching[h]
@@ -105,8 +103,20 @@ class BlockIO:
                 pass
             self.known_remote.add(h)
             self.bytes_uploaded += len(obj)
-        try:
-            await trio.to_thread.run_sync(self.cache.put, h, raw, limiter=self.cpu)
-        except CacheFull as e:
-            log.warning("volume %s: block cache full, not caching: %s", self.volume, e)
+        await self._cache_call(self.cache.put, h, raw)
         return BlockRef(h, len(raw))
+
+    async def _cache_call(self, fn, *args):
+        """A block cache operation in a worker thread. The cache only ever
+        holds copies (dirty data lives in memory, committed data in the
+        store), so a full or failing cache disk makes a miss or an uncached
+        block, logged once per kind of error, never a failed read or commit."""
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.cpu)
+        except OSError as e:       # CacheFull, EIO, EROFS, ...
+            msg = f"{type(e).__name__}: {e}"
+            if msg != self._last_cache_error:
+                log.warning("volume %s: block cache %s failed, going on without it: %s", self.volume,
+                            getattr(fn, "__name__", "operation"), msg)
+                self._last_cache_error = msg
+            return None

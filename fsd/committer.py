@@ -16,6 +16,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -65,11 +66,15 @@ class CommitStats:
 
 def _local_pieces(batch: Batch) -> list[tuple[int, int, int | None, bytes]]:
     """What the local journal keeps of a batch's blocks: the written ranges
-    when they are a small part of the block, else the whole block."""
+    when they are small (at most INLINE_MAX) or a small part of the block,
+    else the whole block. Recovery turns ranges into PATCH records in one
+    segment and whole blocks into data objects, so small ranges keep the
+    recovery of many small fsyncs to a few PUTs."""
     out: list[tuple[int, int, int | None, bytes]] = []
     for (ino, idx), raw in batch.blocks.items():
         ext = batch.extents.get((ino, idx))
-        if ext is not None and sum(e - s for s, e in ext) <= len(raw) // 2:
+        written = None if ext is None else sum(e - s for s, e in ext)
+        if written is not None and (written <= INLINE_MAX or written <= len(raw) // 2):
             out.extend((ino, idx, s, raw[s:min(e, len(raw))]) for s, e in ext if s < len(raw))
         else:
             out.append((ino, idx, None, raw))
@@ -80,7 +85,8 @@ class Committer:
     def __init__(self, *, volume: str, ops: MetaOps, data: DataLayer, bio: BlockIO,
                  astore: AsyncStore, position: WriterPosition, interval: float,
                  snapshot_every: int = 512, local: LocalJournal | None = None,
-                 working_copy=None) -> None:
+                 working_copy=None,
+                 snapshot_hook: Callable[[int, int], Awaitable[None]] | None = None) -> None:
         self.volume = volume
         self.ops = ops
         self.data = data
@@ -102,7 +108,7 @@ class Committer:
         self._wake = trio.Event()
         self._progress = trio.Condition()
         self._running = False
-        self.snapshot_hook = None   # async callable(epoch, seq), set by the mount
+        self.snapshot_hook = snapshot_hook   # writes a metadata snapshot as of (epoch, seq)
         data.on_pressure = self.request
         data.is_fenced = lambda: self.pos.fenced
 
@@ -145,7 +151,13 @@ class Committer:
         Remote durability: one loop, cut then upload, so concurrent fsyncs
         group into the next round. Local durability: a cutter persists each
         batch to the local journal (that is when fsync returns) and hands it
-        to an uploader that commits batches to the store in order."""
+        to an uploader that commits batches to the store in order.
+
+        Never raises into the mount: an unexpected error (a bug) stops
+        committing and turns into errors for the writers (fsync EIO, writes
+        EROFS), as fencing does, instead of a vanished mount. Nothing is
+        acknowledged after it, and the epoch is left unsealed, so the next
+        mount of this cache dir recovers what the journal holds."""
         try:
             if self.local is None:
                 while not self.pos.fenced and not self._stopping:
@@ -159,6 +171,14 @@ class Committer:
                     while not self.pos.fenced and not self._stopping:
                         await self._wait_for_work()
                         await self._cut_local(send)
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            log.exception("volume %s: the commit pipeline failed; this mount acknowledges nothing more and "
+                          "is now read-only. Unmount it and mount again to recover.", self.volume)
+            self.stats.last_error = f"commit pipeline failed: {e!r}"
+            self.pos.fence()
+            await self._notify()
+            async with self.data.space_freed:
+                self.data.space_freed.notify_all()
         finally:
             self._stopped.set()
 
@@ -208,7 +228,7 @@ class Committer:
         entry = LocalEntry(self.pos.epoch, batch.id, batch.records, _local_pieces(batch))
         try:
             await trio.to_thread.run_sync(self.local.append, entry)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - ENOSPC, EIO, anything: fall back to the store
             log.error("volume %s: cannot write the local journal (%s); acknowledging batch %d only "
                       "once it is in the object store", self.volume, e, batch.id)
             self.stats.last_error = f"local journal: {e}"
@@ -218,6 +238,7 @@ class Committer:
                 while self._done < batch.id and not self.pos.fenced:
                     await self._progress.wait()
         else:
+            failpoints.hit("after_local_append")
             self._queue_times[batch.id] = batch.first_change_ns
             await send.send(batch)
         self._local_done = bid
@@ -238,8 +259,7 @@ class Committer:
                 ok = await self._commit_batches(batches)
                 if not ok:
                     return
-                for b in batches:
-                    await trio.to_thread.run_sync(self.local.remove, self.pos.epoch, b.id)
+                await trio.to_thread.run_sync(self.local.remove, self.pos.epoch, [b.id for b in batches])
                 await self._notify()
 
     async def _fold_patches(self) -> None:
@@ -367,7 +387,12 @@ class Committer:
         if (self.snapshot_hook is not None and self.stats.segments_since_snapshot >= self.snapshot_every
                 and not self._pending_anything() and not self.data.inflight and not self._queue_times):
             # Only now does the live state equal the replay up to `seq`.
-            await self.snapshot_hook(self.pos.epoch, seq)
+            try:
+                await self.snapshot_hook(self.pos.epoch, seq)
+                self.stats.segments_since_snapshot = 0
+            except Exception as e:  # noqa: BLE001 - snapshots only bound replay time: try again later
+                log.warning("volume %s: metadata snapshot at (%d, %d) failed, will retry: %r",
+                            self.volume, self.pos.epoch, seq, e)
         return True
 
     async def _put_segment(self, seq: int, body: bytes) -> bool:

@@ -27,6 +27,7 @@ import logging
 import os
 import struct
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,12 +115,15 @@ class LocalJournal:
             os.close(fd)
             self._fd = None
 
-    def remove(self, epoch: int, batch: int) -> None:
-        """The batch is in the store. Drop the log file once nothing in it is
-        needed any more and it has grown large enough to be worth a new one.
-        Never raises: a file that cannot be dropped now is dropped by `clear`."""
+    def remove(self, epoch: int, batches: Iterable[int]) -> None:
+        """These batches are in the store. Drop the log file once nothing in
+        it is needed any more and it has grown large enough to be worth a new
+        one. One call per uploaded group: the lock is shared with `append`,
+        which holds it across its fdatasync. Never raises: a file that cannot
+        be dropped now is dropped by `clear`."""
         with self._lock:
-            self._live.discard((epoch, batch))
+            for batch in batches:
+                self._live.discard((epoch, batch))
             if self._live or self._fd is None or self._size < ROTATE_BYTES:
                 return
             fd, path = self._fd, self._path

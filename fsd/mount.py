@@ -1,17 +1,22 @@
 """Running one mounted volume: the single place where fsd's parts are wired.
 
-Order matters for correctness:
-  1. read the superblock and re-check that the store honours conditional writes;
-  2. lock the cache directory (one daemon per cache dir);
-  3. claim the next epoch, seal older ones (fencing), write our begin segment;
-  4. only then rebuild metadata (snapshot + replay): after the seal, nothing
-     the old owner writes can count any more;
-  5. serve FUSE until unmounted; then commit everything, snapshot, and seal
-     our own epoch with reason "release" so the next mount needs no --takeover.
+`serve` is a sequence of named steps, and their order is what makes a
+mount correct:
+  1. `open_volume`: read the superblock, re-check that the store honours
+     conditional writes, lock the cache directory (one daemon per cache dir);
+  2. `recover_local`: if a `durability=local` mount of this cache dir
+     crashed, append what it acknowledged but had not uploaded to its own
+     epoch and seal it (decisions: the pure `fsd.recovery`);
+  3. `claim`: claim the next epoch, seal older ones (fencing, decided by
+     the pure `fsd.fencing`), write our begin segment;
+  4. `assemble`: only then rebuild metadata (snapshot + replay): after the
+     seal, nothing an old owner writes can count any more; wire the parts;
+  5. `serve_fuse` until unmounted, then commit everything; `release`:
+     snapshot and seal our own epoch ("release") so the next mount needs no
+     --takeover.
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
@@ -19,9 +24,9 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +34,7 @@ import msgpack
 import pyfuse3
 import trio
 
+from fsd import resume
 from fsd import volume as vol_mod
 from fsd.blockio import BlockIO
 from fsd.cache.blockcache import BlockCache
@@ -37,11 +43,14 @@ from fsd.data import DataLayer
 from fsd.fencing import WriterPosition
 from fsd.fuse_ops import FerryOperations
 from fsd.kernel_tuning import tune_bdi
+from fsd.format.superblock import Superblock
 from fsd.localjournal import LocalJournal
 from fsd.meta.ops import MetaOps
+from fsd.meta.state import MetaState
 from fsd.options import MountOptions
 from fsd.store import open_store
 from fsd.store.aio import AsyncStore
+from fsd.store.base import ObjectStore
 
 log = logging.getLogger("ferry.mount")
 
@@ -112,29 +121,104 @@ class CacheDir:
         _write_atomic(self.path / "status.json", json.dumps(status).encode())
 
 
-async def serve(cfg: MountConfig, on_ready=None) -> int:
-    """Mount, serve until unmounted, release. Returns the process exit code."""
+# ------------------------------------------------------------------ the steps
+
+
+@dataclass
+class Opened:
+    """Step 1: the store, the volume's superblock, our locked cache dir."""
+
+    store: ObjectStore
+    astore: AsyncStore
+    sb: Superblock
+    cache_dir: CacheDir
+    ljournal: LocalJournal
+    owner_epoch: int | None      # the epoch this cache dir's owner record names, if it is this volume's
+    cache_token: str | None      # proof that that epoch was ours
+
+
+@dataclass
+class Parts:
+    """Step 4: the running filesystem's objects, wired once."""
+
+    epoch: int
+    state: MetaState
+    ops: MetaOps
+    data: DataLayer
+    pos: WriterPosition
+    committer: Committer
+    fsops: FerryOperations
+
+
+async def serve(cfg: MountConfig, on_ready: Callable[[], None] | None = None) -> int:
+    """Mount, serve until unmounted, release. Returns the process exit code.
+
+    The order is what makes this safe (see the module docstring): open,
+    recover this cache dir's own crashed epoch, claim ours (sealing older
+    ones), only then load the metadata, serve, release."""
+    opened = await open_volume(cfg)
+    await recover_local(cfg, opened)
+    epoch = await claim(cfg, opened)
+    parts = await assemble(cfg, opened, epoch)
+    if not await serve_fuse(cfg, opened, parts, on_ready):
+        return 1
+    return await release(cfg, opened, parts)
+
+
+async def open_volume(cfg: MountConfig) -> Opened:
+    """Read the superblock, re-check conditional writes, lock the cache dir."""
     t = trio.to_thread.run_sync
     store = await t(open_store, cfg.store_url)
-    astore = AsyncStore(store, limit=32)
-    cpu = trio.CapacityLimiter(4)
     sb = await t(vol_mod.read_superblock, store, cfg.volume)
     if sb.fencing == "conditional" or not cfg.allow_unfenced:
         await t(vol_mod.check_fencing_support, store, cfg.allow_unfenced)
     cache_dir = CacheDir(cfg.cache_dir)
     cache_dir.lock()
     owner = cache_dir.read_owner()
-    cache_token = None
-    if owner and owner.get("uuid") == sb.uuid and owner.get("volume") == cfg.volume:
-        cache_token = owner.get("token")
-    epoch, token = await t(lambda: vol_mod.claim_epoch(store, cfg.volume, cache_token=cache_token,
+    mine = bool(owner and owner.get("uuid") == sb.uuid and owner.get("volume") == cfg.volume)
+    ljournal = await t(LocalJournal, cfg.cache_dir / "journal")
+    return Opened(store=store, astore=AsyncStore(store, limit=32), sb=sb, cache_dir=cache_dir,
+                  ljournal=ljournal, owner_epoch=owner.get("epoch") if mine and owner else None,
+                  cache_token=owner.get("token") if mine and owner else None)
+
+
+async def recover_local(cfg: MountConfig, opened: Opened) -> None:
+    """Batches a crashed `durability=local` mount of this cache dir had
+    acknowledged but not uploaded: append them to its own epoch and seal it
+    (`fsd.recovery` says why and when that is allowed). The local journal is
+    cleared only once the store holds everything it can."""
+    t = trio.to_thread.run_sync
+    entries = await t(opened.ljournal.entries)
+    if not entries:
+        return
+    report = await t(lambda: resume.recover_local_journal(
+        opened.store, cfg.volume, entries, own_epoch=opened.owner_epoch,
+        compress=opened.sb.compression == "zstd"))
+    resume.log_report(cfg.volume, report)
+    await t(opened.ljournal.clear)
+
+
+async def claim(cfg: MountConfig, opened: Opened) -> int:
+    """Claim the next epoch (sealing older ones as `fsd.fencing` decides)
+    and record it as ours in the cache dir."""
+    t = trio.to_thread.run_sync
+    epoch, token = await t(lambda: vol_mod.claim_epoch(opened.store, cfg.volume, cache_token=opened.cache_token,
                                                        takeover=cfg.takeover))
-    cache_dir.write_owner({"volume": cfg.volume, "uuid": sb.uuid, "epoch": epoch, "token": token})
+    await t(opened.cache_dir.write_owner, {"volume": cfg.volume, "uuid": opened.sb.uuid, "epoch": epoch,
+                                           "token": token})
+    return epoch
+
+
+async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
+    """Rebuild the metadata (working copy or snapshot, then replay) and wire
+    the filesystem's parts."""
+    t = trio.to_thread.run_sync
+    sb = opened.sb
     wc = await t(_open_working_copy, cfg.cache_dir / "meta.db", sb.block_size)
-    loaded = await t(vol_mod.load_state, store, cfg.volume, sb, wc)
-    state, last, replayed = loaded.state, loaded.last, loaded.replayed
+    loaded = await t(vol_mod.load_state, opened.store, cfg.volume, sb, wc)
+    state = loaded.state
     log.info("volume %s: epoch %d, metadata rebuilt from %s up to segment %s (%d segments replayed, %d inodes)",
-             cfg.volume, epoch, loaded.source, last, replayed, len(state.inodes))
+             cfg.volume, epoch, loaded.source, loaded.last, loaded.replayed, len(state.inodes))
     if wc is not None:
         # The begin segment (epoch, 1) carries no records: the copy is exact there.
         try:
@@ -144,73 +228,48 @@ async def serve(cfg: MountConfig, on_ready=None) -> int:
             wc = None
     ops = MetaOps(state)
     cache = await t(BlockCache, cfg.cache_dir / "blocks", cfg.options.cache_size)
-    bio = BlockIO(volume=cfg.volume, astore=astore, cache=cache, compress=sb.compression == "zstd",
-                  cpu_limiter=cpu)
+    bio = BlockIO(volume=cfg.volume, astore=opened.astore, cache=cache, compress=sb.compression == "zstd",
+                  cpu_limiter=trio.CapacityLimiter(4))
     for inode_blocks in state.blocks.values():
         for ref in inode_blocks.values():
             bio.known_remote.add(ref.hash)
     data = DataLayer(ops, bio, sb.block_size, cfg.options.dirty_limit)
     pos = WriterPosition(epoch=epoch, next_seq=2)
-    ljournal = await t(LocalJournal, cfg.cache_dir / "journal")
-    committer = Committer(volume=cfg.volume, ops=ops, data=data, bio=bio, astore=astore, position=pos,
-                          interval=cfg.options.commit_interval, snapshot_every=cfg.options.snapshot_every,
-                          local=ljournal if cfg.options.durability == "local" else None,
-                          working_copy=wc)
-    committer.stats.segments_since_snapshot = replayed
 
     async def snapshot(e: int, s: int) -> None:
         records = list(state.snapshot_records())
-        await t(vol_mod.write_snapshot, store, cfg.volume, e, s, state, records)
-        committer.stats.segments_since_snapshot = 0
+        await t(vol_mod.write_snapshot, opened.store, cfg.volume, e, s, state, records)
         log.info("volume %s: snapshot written at segment (%d, %d)", cfg.volume, e, s)
 
-    committer.snapshot_hook = snapshot
-    await _recover_local_journal(cfg, owner if cache_token else None, epoch, loaded, ljournal, ops, data, committer)
+    committer = Committer(volume=cfg.volume, ops=ops, data=data, bio=bio, astore=opened.astore, position=pos,
+                          interval=cfg.options.commit_interval, snapshot_every=cfg.options.snapshot_every,
+                          local=opened.ljournal if cfg.options.durability == "local" else None,
+                          working_copy=wc, snapshot_hook=snapshot)
+    committer.stats.segments_since_snapshot = loaded.replayed
     for ino in ops.orphans():          # unlinked-but-open files of a crashed mount
         ops.purge(ino)
     fsops = FerryOperations(ops=ops, data=data, committer=committer, volume=cfg.volume,
                             size_limit=cfg.options.size)
-    status_base = {"volume": cfg.volume, "epoch": epoch, "pid": os.getpid(), "host": socket.gethostname(),
-                   "mountpoint": str(cfg.mountpoint), "store": cfg.store_url,
-                   "durability": cfg.options.durability}
+    return Parts(epoch=epoch, state=state, ops=ops, data=data, pos=pos, committer=committer, fsops=fsops)
 
-    def status(phase: str) -> dict:
-        return {**status_base, "phase": phase, "next_seq": pos.next_seq, "fenced": pos.fenced,
-                "dirty_bytes": data.dirty_bytes, "inflight_bytes": data.inflight_bytes,
-                "upload_lag_s": round(committer.upload_lag_s(), 3), "commits": committer.stats.commits,
-                "last_error": committer.stats.last_error, "updated_ns": time.time_ns()}
 
-    async def status_writer() -> None:
-        while True:
-            await t(cache_dir.write_status, status("mounted"))
-            await trio.sleep(1.0)
-
-    async def tune_kernel() -> None:
-        await fsops.initialized.wait()
-        tuned = await t(tune_bdi, str(cfg.mountpoint), cfg.options.readahead)
-        log.debug("volume %s: kernel tuning %s", cfg.volume, tuned)
-
-    async def on_signals() -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
-            lazy = False
-            async for _ in sigs:
-                log.info("volume %s: signal received, unmounting %s", cfg.volume, cfg.mountpoint)
-                cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(cfg.mountpoint)]
-                r = await trio.run_process(cmd, check=False, capture_stderr=True)
-                if r.returncode != 0:
-                    log.warning("volume %s: cannot unmount %s yet (%s); send the signal again for a lazy unmount",
-                                cfg.volume, cfg.mountpoint, r.stderr.decode().strip())
-                    lazy = True
-
+async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
+                     on_ready: Callable[[], None] | None) -> bool:
+    """Serve FUSE until the kernel detaches, then commit everything.
+    Returns False if this mount was fenced (nothing more to release)."""
+    t = trio.to_thread.run_sync
+    committer, data, pos = parts.committer, parts.data, parts.pos
+    status = StatusReporter(cfg, opened.cache_dir, parts)
     fuse_opts = {"fsname=ferry:" + cfg.volume, "subtype=ferry", "default_permissions", "allow_other",
                  "noatime"}
     try:
-        pyfuse3.init(fsops, str(cfg.mountpoint), fuse_opts)
+        pyfuse3.init(parts.fsops, str(cfg.mountpoint), fuse_opts)
     except Exception as e:
         # Nothing was served: release our epoch so the next mount, anywhere,
         # needs no --takeover.
         await committer.drain()
-        await t(lambda: vol_mod.seal_epoch(store, cfg.volume, epoch, sealed_by=epoch, reason="release"))
+        await t(lambda: vol_mod.seal_epoch(opened.store, cfg.volume, parts.epoch, sealed_by=parts.epoch,
+                                           reason="release"))
         raise vol_mod.VolumeError(f"cannot mount {cfg.mountpoint}: {e} (is /dev/fuse available and the "
                                   f"mountpoint an empty directory?)") from None
     reg = registry_path(cfg.mountpoint)
@@ -223,76 +282,127 @@ async def serve(cfg: MountConfig, on_ready=None) -> int:
         async with trio.open_nursery() as n:
             n.start_soon(committer.run)
             data.spawn = n.start_soon
-            n.start_soon(status_writer)
-            n.start_soon(on_signals)
-            n.start_soon(tune_kernel)
+            n.start_soon(guarded, cfg.volume, "status writer", status.run)
+            n.start_soon(guarded, cfg.volume, "signal handler", _on_signals, cfg)
+            n.start_soon(guarded, cfg.volume, "kernel tuning", _tune_kernel, cfg, parts.fsops)
             if on_ready:
                 on_ready()
             log.info("volume %s mounted on %s (epoch %d, durability %s)", cfg.volume, cfg.mountpoint,
-                     epoch, cfg.options.durability)
+                     parts.epoch, cfg.options.durability)
             await pyfuse3.main(min_tasks=4)
             unmounted = True
             # The kernel has flushed its dirty pages to us and detached: commit all.
-            await t(cache_dir.write_status, status("releasing"))
+            await status.write("releasing")
             log.info("volume %s: unmounted; committing %d dirty bytes", cfg.volume,
                      data.dirty_bytes + data.inflight_bytes)
             await committer.stop()
             await committer.drain()
             if not pos.fenced:
-                await t(ljournal.clear)     # every batch is in the store now
+                try:
+                    await t(opened.ljournal.clear)     # every batch is in the store now
+                except OSError as e:
+                    # Harmless: the next mount finds these batches in the store.
+                    log.warning("volume %s: cannot clear the local journal: %s", cfg.volume, e)
             n.cancel_scope.cancel()
     finally:
         pyfuse3.close(unmount=not unmounted)
     if pos.fenced:
-        cache_dir.write_status(status("fenced"))
+        await status.write("fenced")
         reg.unlink(missing_ok=True)
-        log.error("volume %s: this mount was fenced by a newer owner; changes after the takeover were "
-                  "not committed", cfg.volume)
-        return 1
+        log.error("volume %s: this mount was fenced by a newer owner (or could not commit); changes after "
+                  "that were not committed", cfg.volume)
+        return False
+    reg.unlink(missing_ok=True)
+    return True
+
+
+async def release(cfg: MountConfig, opened: Opened, parts: Parts) -> int:
+    """Everything is committed: snapshot if the journal grew, seal our epoch."""
+    t = trio.to_thread.run_sync
+    pos, committer = parts.pos, parts.committer
     last_seq = pos.next_seq - 1
     if committer.stats.segments_since_snapshot > 0:
-        await snapshot(epoch, last_seq)
-    sealed_at = await t(lambda: vol_mod.seal_epoch(store, cfg.volume, epoch, sealed_by=epoch, reason="release",
-                                                    next_seq=pos.next_seq))
+        records = list(parts.state.snapshot_records())
+        await t(vol_mod.write_snapshot, opened.store, cfg.volume, parts.epoch, last_seq, parts.state, records)
+    sealed_at = await t(lambda: vol_mod.seal_epoch(opened.store, cfg.volume, parts.epoch, sealed_by=parts.epoch,
+                                                    reason="release", next_seq=pos.next_seq))
     if sealed_at != pos.next_seq:
-        log.error("volume %s: epoch %d was sealed by someone else before release", cfg.volume, epoch)
-    cache_dir.write_status(status("released"))
-    reg.unlink(missing_ok=True)
-    log.info("volume %s: released epoch %d cleanly", cfg.volume, epoch)
-    await t(store.close)
+        log.error("volume %s: epoch %d was sealed by someone else before release", cfg.volume, parts.epoch)
+    await StatusReporter(cfg, opened.cache_dir, parts).write("released")
+    log.info("volume %s: released epoch %d cleanly", cfg.volume, parts.epoch)
+    await t(opened.store.close)
     return 0
 
 
-async def _recover_local_journal(cfg: MountConfig, owner: dict | None, epoch: int, loaded, ljournal,
-                                 ops: MetaOps, data: DataLayer, committer: Committer) -> None:
-    """Re-commit what a crashed `durability=local` mount of this cache
-    directory had acknowledged but not uploaded.
+# ------------------------------------------------------------ background work
 
-    Only valid when the epoch we just sealed was that mount's own (nobody
-    else wrote in between): its entries then apply exactly on top of the
-    replayed state. Otherwise they are stale and are dropped, loudly."""
-    entries = await trio.to_thread.run_sync(ljournal.entries)
-    if not entries:
-        return
-    own_epoch = owner.get("epoch") if owner and owner.get("epoch") == epoch - 1 else None
-    done = loaded.max_batch.get(own_epoch, 0) if own_epoch else 0
-    todo = [e for e in entries if own_epoch is not None and e.epoch == own_epoch and e.batch > done]
-    lost = [e for e in entries if e not in todo and not (e.epoch == own_epoch and e.batch <= done)]
-    if lost:
-        log.error("volume %s: dropping %d locally-committed batch(es) from epoch(s) %s: another mount "
-                  "owned the volume since, so they can no longer be applied", cfg.volume, len(lost),
-                  sorted({e.epoch for e in lost}))
-    for entry in todo:
-        ops.reapply(entry.records)
-        for ino, idx, off, raw in entry.blocks:
-            if off is None:
-                data.restore_dirty(ino, idx, raw)
-            else:
-                await data.restore_range(ino, idx, off, raw)
-        if not await committer.commit_once() and committer.fenced:
-            raise vol_mod.VolumeError("fenced while recovering the local journal")
-        log.info("volume %s: recovered local batch %d of epoch %d", cfg.volume, entry.batch, entry.epoch)
-    await trio.to_thread.run_sync(ljournal.clear)
+
+async def guarded(volume: str, name: str, fn: Callable[..., Awaitable[None]], *args: object,
+                  retry_after: float = 5.0) -> None:
+    """Run a background task that must never take the daemon down: an
+    exception is logged (naming the volume) and the task starts again."""
+    while True:
+        try:
+            await fn(*args)
+            return
+        except Exception:  # noqa: BLE001 - the point: log, never crash the mount
+            log.exception("volume %s: %s failed; it starts again in %g s", volume, name, retry_after)
+        await trio.sleep(retry_after)
+
+
+class StatusReporter:
+    """The status file `ferry fs inspect`, `umount` and the agent read. A
+    full or failing cache disk makes a write fail: that is logged (once per
+    kind of error) and never stops the mount."""
+
+    def __init__(self, cfg: MountConfig, cache_dir: CacheDir, parts: Parts) -> None:
+        self.cfg, self.cache_dir, self.parts = cfg, cache_dir, parts
+        self._last_error: str | None = None
+        self.base = {"volume": cfg.volume, "epoch": parts.epoch, "pid": os.getpid(), "host": socket.gethostname(),
+                     "mountpoint": str(cfg.mountpoint), "store": cfg.store_url,
+                     "durability": cfg.options.durability}
+
+    def status(self, phase: str) -> dict:
+        p = self.parts
+        c = p.committer
+        return {**self.base, "phase": phase, "next_seq": p.pos.next_seq, "fenced": p.pos.fenced,
+                "dirty_bytes": p.data.dirty_bytes, "inflight_bytes": p.data.inflight_bytes,
+                "upload_lag_s": round(c.upload_lag_s(), 3), "commits": c.stats.commits,
+                "last_error": c.stats.last_error, "updated_ns": time.time_ns()}
+
+    async def write(self, phase: str) -> None:
+        try:
+            await trio.to_thread.run_sync(self.cache_dir.write_status, self.status(phase))
+            self._last_error = None
+        except OSError as e:
+            if str(e) != self._last_error:
+                log.warning("volume %s: cannot write the status file in %s (%s); the mount goes on",
+                            self.cfg.volume, self.cache_dir.path, e)
+            self._last_error = str(e)
+
+    async def run(self) -> None:
+        while True:
+            await self.write("mounted")
+            await trio.sleep(1.0)
+
+
+async def _tune_kernel(cfg: MountConfig, fsops: FerryOperations) -> None:
+    await fsops.initialized.wait()
+    tuned = await trio.to_thread.run_sync(tune_bdi, str(cfg.mountpoint), cfg.options.readahead)
+    log.debug("volume %s: kernel tuning %s", cfg.volume, tuned)
+
+
+async def _on_signals(cfg: MountConfig) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+        lazy = False
+        async for _ in sigs:
+            log.info("volume %s: signal received, unmounting %s", cfg.volume, cfg.mountpoint)
+            cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(cfg.mountpoint)]
+            r = await trio.run_process(cmd, check=False, capture_stderr=True)
+            if r.returncode != 0:
+                log.warning("volume %s: cannot unmount %s yet (%s); send the signal again for a lazy unmount",
+                            cfg.volume, cfg.mountpoint, r.stderr.decode().strip())
+                lazy = True
 
 
 def _open_working_copy(path: Path, block_size: int):

@@ -13,7 +13,7 @@ import pytest
 
 from fsd.format import keys
 from tests.conftest import make_bucket
-from tests.helpers.mount import fsck_clean, write_fsync
+from tests.helpers.mount import MountError, fsck_clean, write_fsync
 from tests.helpers.tcpproxy import TcpProxy
 
 VOL = "vol"
@@ -232,3 +232,120 @@ def test_local_durability_small_writes_journal_ranges_and_recover(proxied_store_
     assert (b.mountpoint / "db").read_bytes() == bytes(model)
     b.umount()
     fsck_clean(url, VOL)
+
+
+def _acked_small_files(root: Path, n: int) -> dict[str, bytes]:
+    """Create up to n files of 1-8 KiB, each fdatasync'ed; return those whose
+    fdatasync returned (stops at the first error: the daemon died)."""
+    acked: dict[str, bytes] = {}
+    for i in range(n):
+        name = f"f{i:04d}"
+        data = os.urandom(1024 * (1 + i % 8))
+        try:
+            write_fsync(root / name, data)
+        except OSError:
+            break
+        acked[name] = data
+    return acked
+
+
+@pytest.mark.parametrize("point", ["recovery_before_segment", "recovery_segment_written"])
+def test_kill_during_local_recovery_finishes_on_the_next_mount(proxied_store_url, new_mount, point):
+    """kill -9 of the mount that is recovering a crashed durability=local
+    epoch (before its recovery segment is written, or after it and before the
+    seal): the next mount of the same cache dir finishes the job, and every
+    locally acknowledged file is there, on this host and on another."""
+    url, proxy = proxied_store_url
+    a = new_mount("a")
+    a.mkfs(url, VOL)
+    opts = ["durability=local", "commit_interval=0.5"]
+    a.mount(url, VOL, options=opts)
+    proxy.cut()
+    acked = _acked_small_files(a.mountpoint, 60)
+    assert len(acked) == 60
+    a.kill9()
+    proxy.restore()
+    with pytest.raises(MountError, match="exited with -9"):
+        a.mount(url, VOL, options=opts, extra_env={"FERRY_FAILPOINTS": point})   # dies mid-recovery
+    a.cleanup_dead_mount()
+    a.mount(url, VOL, options=opts)
+    for name, data in acked.items():
+        assert (a.mountpoint / name).read_bytes() == data, name
+    a.umount()
+    b = new_mount("b")
+    b.mount(url, VOL)
+    assert {p.name for p in b.mountpoint.iterdir()} == set(acked)
+    b.umount()
+    fsck_clean(url, VOL)
+
+
+def test_local_batches_of_a_host_that_was_taken_over_are_dropped_not_applied(proxied_store_url, new_mount):
+    """Host A acknowledges locally, dies with the store out of reach; host B
+    takes over (A's unuploaded batches are lost: that is what durability=local
+    allows for a lost host) and writes. When A's cache dir mounts again, its
+    stale batches must be dropped loudly, never laid over B's newer state."""
+    url, proxy = proxied_store_url
+    a = new_mount("a")
+    a.mkfs(url, VOL)
+    a.mount(url, VOL, options=["durability=local", "commit_interval=0.5"])
+    write_fsync(a.mountpoint / "shared", b"uploaded by A")
+    a.umount()
+    a.mount(url, VOL, options=["durability=local", "commit_interval=0.5"])
+    proxy.cut()
+    write_fsync(a.mountpoint / "shared", b"A, local only")
+    write_fsync(a.mountpoint / "a-only", b"A, local only")
+    a.kill9()
+    proxy.restore()
+    b = new_mount("b")
+    b.mount(url, VOL, takeover=True)
+    assert (b.mountpoint / "shared").read_bytes() == b"uploaded by A"
+    write_fsync(b.mountpoint / "shared", b"B wrote this later")
+    b.umount()
+    a.mount(url, VOL)
+    assert "dropping" in a.log() and "locally acknowledged" in a.log()
+    assert (a.mountpoint / "shared").read_bytes() == b"B wrote this later"
+    assert not (a.mountpoint / "a-only").exists()
+    a.umount()
+    fsck_clean(url, VOL)
+
+
+@pytest.mark.parametrize("durability", ["remote", "local"])
+def test_full_cache_disk_never_takes_the_mount_down(file_store_url, new_mount, tiny_tmpfs, durability):
+    """Issue 7: with the cache disk full, the status writer died with ENOSPC
+    and the mount vanished under its writer. Every file ferry writes there
+    (status, local journal, block cache, working copy) must fail soft: the
+    mount stays up, fsync still means durable, and nothing is lost."""
+    cache = tiny_tmpfs("4m")
+    a = new_mount("a")
+    a.cache_dir = cache / "c"
+    a.mkfs(file_store_url, VOL)
+    a.mount(file_store_url, VOL, options=[f"durability={durability}"])
+    filler = cache / "filler"
+    with open(filler, "wb") as f:           # fill the disk to the last byte
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    payloads = {f"f{i}": os.urandom(300_000 + i) for i in range(8)}
+    for name, data in payloads.items():
+        write_fsync(a.mountpoint / name, data)
+    (a.mountpoint / "dir").mkdir()
+    fd = os.open(a.mountpoint / "dir", os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    import time
+    time.sleep(2.5)                         # the status writer runs every second
+    assert a.running, f"the daemon died on a full cache disk:\n{a.log()[-3000:]}"
+    assert "cannot write the status file" in a.log()
+    for name, data in payloads.items():
+        assert (a.mountpoint / name).read_bytes() == data
+    a.kill9()                               # host lost: only what fsync acknowledged counts
+    filler.unlink()
+    b = new_mount("b")
+    b.mount(file_store_url, VOL, takeover=True)
+    for name, data in payloads.items():
+        assert (b.mountpoint / name).read_bytes() == data
+    assert (b.mountpoint / "dir").is_dir()
+    b.umount()
+    fsck_clean(file_store_url, VOL)

@@ -69,9 +69,9 @@ def test_file_is_dropped_once_everything_is_uploaded_and_it_is_big(tmp_path: Pat
     j = LocalJournal(tmp_path)
     j.append(_e(1, b"y" * 2000))
     j.append(_e(2))
-    j.remove(3, 1)
+    j.remove(3, [1])
     assert list(tmp_path.glob("log-*")), "entry 2 is still needed"
-    j.remove(3, 2)
+    j.remove(3, [2])
     assert list(tmp_path.glob("log-*")) == []
     j.append(_e(3))
     assert [e.batch for e in j.entries()] == [3]
