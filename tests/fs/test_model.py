@@ -190,7 +190,6 @@ class TreeModel(RuleBasedStateMachine):
         assert not diffs, "the tree changed across unmount/mount:\n" + "\n".join(diffs)
 
 
-@pytest.mark.slow
 def test_model_against_local_directory(mnt, remount, tmp_path):
     TreeModel.ferry_root = mnt / "model"
     TreeModel.local_root = tmp_path / "local-model"
