@@ -73,11 +73,12 @@ def _local_pieces(batch: Batch) -> list[tuple[int, int, int | None, bytes]]:
     out: list[tuple[int, int, int | None, bytes]] = []
     for (ino, idx), raw in batch.blocks.items():
         ext = batch.extents.get((ino, idx))
-        written = None if ext is None else sum(e - s for s, e in ext)
-        if written is not None and (written <= INLINE_MAX or written <= len(raw) // 2):
-            out.extend((ino, idx, s, raw[s:min(e, len(raw))]) for s, e in ext if s < len(raw))
-        else:
-            out.append((ino, idx, None, raw))
+        if ext is not None:
+            written = sum(e - s for s, e in ext)
+            if written <= INLINE_MAX or written <= len(raw) // 2:
+                out.extend((ino, idx, s, raw[s:min(e, len(raw))]) for s, e in ext if s < len(raw))
+                continue
+        out.append((ino, idx, None, raw))
     return out
 
 
@@ -226,6 +227,7 @@ class Committer:
             await self._notify()
             return
         entry = LocalEntry(self.pos.epoch, batch.id, batch.records, _local_pieces(batch))
+        assert self.local is not None     # only run() in local mode calls this
         try:
             await trio.to_thread.run_sync(self.local.append, entry)
         except Exception as e:  # noqa: BLE001 - ENOSPC, EIO, anything: fall back to the store
@@ -259,6 +261,7 @@ class Committer:
                 ok = await self._commit_batches(batches)
                 if not ok:
                     return
+                assert self.local is not None
                 await trio.to_thread.run_sync(self.local.remove, self.pos.epoch, [b.id for b in batches])
                 await self._notify()
 

@@ -24,7 +24,7 @@ the whole block, so an fsync after a small write costs one PUT, not two.
 from __future__ import annotations
 
 import errno
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import trio
 
@@ -89,7 +89,8 @@ class DataLayer:
         self.space_freed = trio.Condition()
         self.on_pressure = lambda: None   # set by the committer: start a commit now
         self.is_fenced = lambda: False     # set by the committer
-        self.spawn = None                  # nursery.start_soon, set by the mount: background read-ahead
+        # nursery.start_soon, set by the mount once its nursery runs: read-ahead, eager uploads
+        self.spawn: Callable[..., None] | None = None
         self.readahead_blocks = 8
         # Start a commit early once this much is dirty, so uploads overlap
         # with further writes instead of piling up until fsync.
@@ -136,6 +137,7 @@ class DataLayer:
             self.eager_slots.acquire_nowait()
         except trio.WouldBlock:
             return   # enough in flight: the commit will upload this one
+        assert self.spawn is not None     # the caller checked
         self.spawn(self._eager_task, bytes(buf))
 
     async def _eager_task(self, raw: bytes) -> None:

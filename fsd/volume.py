@@ -272,7 +272,6 @@ class LoadResult:
     state: MetaState
     last: tuple[int, int]            # (epoch, seq) of the last replayed segment
     replayed: int                    # segments replayed after the snapshot
-    max_batch: dict[int, int]        # epoch -> highest local batch id among replayed segments
     source: str = "journal"          # where replay started: "snapshot", "local" or "journal"
 
 
@@ -321,7 +320,6 @@ def load_state(store: ObjectStore, volume: str, sb: Superblock, local=None) -> L
         state = MetaState(sb.block_size)
     last = start
     replayed = 0
-    max_batch: dict[int, int] = {}
     for e in sorted(view.seqs):
         if e < start[0]:
             continue
@@ -343,11 +341,9 @@ def load_state(store: ObjectStore, volume: str, sb: Superblock, local=None) -> L
             if (e, s) <= start:
                 continue
             state.apply_all(segs[s].records)
-            if segs[s].batch:
-                max_batch[e] = max(max_batch.get(e, 0), segs[s].batch)
             last = (e, s)
             replayed += 1
-    return LoadResult(state, last, replayed, max_batch, source)
+    return LoadResult(state, last, replayed, source)
 
 
 def write_snapshot(store: ObjectStore, volume: str, epoch: int, seq: int, state: MetaState,

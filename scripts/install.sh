@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Install everything ferry and its tests need on Debian 12, as root; idempotent and quick when done.
 # apt: fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio psmisc; with --tests also
-# iproute2 util-linux docker.io busybox-static (multi-host and Docker tests); virtualenv at ${FERRY_VENV:-.venv}.
+# iproute2 util-linux docker.io busybox-static (multi-host and Docker tests); with --slow also postgresql
+# (the slow crash tests run PostgreSQL on a ferry volume); virtualenv at ${FERRY_VENV:-.venv}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio psmisc"
-if [ "${1:-}" = "--tests" ]; then
-  PKGS="$PKGS iproute2 util-linux docker.io busybox-static"
-fi
+for arg in "$@"; do
+  case "$arg" in
+    --tests) PKGS="$PKGS iproute2 util-linux docker.io busybox-static" ;;
+    --slow) PKGS="$PKGS postgresql postgresql-contrib" ;;
+    *) echo "install.sh: unknown option $arg (known: --tests, --slow)" >&2; exit 2 ;;
+  esac
+done
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -13,7 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # --- Debian packages, Python >= 3.11, the virtualenv with ferry[test], /dev/fuse
-bash scripts/install.sh --tests
+# (PostgreSQL too when the slow tests are asked for: -m slow, --run-slow, FERRY_RUN_SLOW=1)
+extra=""
+case " $* ${FERRY_RUN_SLOW:+--run-slow} " in *slow*) extra="--slow" ;; esac
+bash scripts/install.sh --tests $extra
 VENV=${FERRY_VENV:-.venv}
 
 # --- run pytest with a private temp dir, and never leave a mount behind
