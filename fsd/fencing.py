@@ -10,7 +10,7 @@ a `seal` at the first free seq ends an epoch for good.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 
 def first_gap(seqs: Iterable[int]) -> int:
@@ -54,20 +54,23 @@ def decide_mount(
     latest_sealed: bool,
     latest_host: str | None,
     latest_token: str | None,
-    cache_token: str | None,
+    cache_tokens: Collection[str],
     takeover: bool,
 ) -> MountDecision:
     """May this mount claim epoch latest_epoch + 1?
 
     - no epoch yet, or the newest one was sealed (clean release): yes;
-    - the newest epoch is this cache directory's own crashed mount: yes,
-      after sealing it (same-host recovery needs no --takeover);
+    - the newest epoch is this cache directory's own crashed mount (its claim
+      carries one of `cache_tokens`: the owner record's token, or the token
+      the cache dir wrote down just before claiming, so a crash between the
+      claim and the owner record still counts as ours): yes, after sealing
+      it (same-host recovery needs no --takeover);
     - otherwise someone may still be writing: only with --takeover, which
       seals that epoch so its owner is fenced at its next commit.
     """
     if latest_epoch == 0 or latest_sealed:
         return MountDecision(True, False, "volume was released cleanly")
-    if cache_token is not None and latest_token == cache_token:
+    if latest_token is not None and latest_token in cache_tokens:
         return MountDecision(True, True, "recovering this cache directory's own unclean mount")
     if takeover:
         return MountDecision(True, True, f"taking over epoch {latest_epoch} from {latest_host or 'unknown host'}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import secrets
 import logging
 import os
 import signal
@@ -134,7 +135,8 @@ class Opened:
     cache_dir: CacheDir
     ljournal: LocalJournal
     owner_epoch: int | None      # the epoch this cache dir's owner record names, if it is this volume's
-    cache_token: str | None      # proof that that epoch was ours
+    owner_token: str | None      # proof that that epoch was ours
+    cache_tokens: tuple[str, ...]  # every claim token this cache dir may have used (owner's, and a pending one)
 
 
 @dataclass
@@ -177,9 +179,10 @@ async def open_volume(cfg: MountConfig) -> Opened:
     owner = cache_dir.read_owner()
     mine = bool(owner and owner.get("uuid") == sb.uuid and owner.get("volume") == cfg.volume)
     ljournal = await t(LocalJournal, cfg.cache_dir / "journal")
+    mine_owner = owner if mine and owner else {}
     return Opened(store=store, astore=AsyncStore(store, limit=32), sb=sb, cache_dir=cache_dir,
-                  ljournal=ljournal, owner_epoch=owner.get("epoch") if mine and owner else None,
-                  cache_token=owner.get("token") if mine and owner else None)
+                  ljournal=ljournal, owner_epoch=mine_owner.get("epoch"), owner_token=mine_owner.get("token"),
+                  cache_tokens=tuple(t for t in (mine_owner.get("token"), mine_owner.get("next_token")) if t))
 
 
 async def recover_local(cfg: MountConfig, opened: Opened) -> None:
@@ -200,12 +203,20 @@ async def recover_local(cfg: MountConfig, opened: Opened) -> None:
 
 async def claim(cfg: MountConfig, opened: Opened) -> int:
     """Claim the next epoch (sealing older ones as `fsd.fencing` decides)
-    and record it as ours in the cache dir."""
+    and record it as ours in the cache dir.
+
+    The claim's token is written into the owner record (as `next_token`)
+    before the claim: a crash between the claim and the final owner record
+    then still leaves proof that the newest epoch is this cache dir's own,
+    so the next mount here needs no --takeover."""
     t = trio.to_thread.run_sync
-    epoch, token = await t(lambda: vol_mod.claim_epoch(opened.store, cfg.volume, cache_token=opened.cache_token,
-                                                       takeover=cfg.takeover))
-    await t(opened.cache_dir.write_owner, {"volume": cfg.volume, "uuid": opened.sb.uuid, "epoch": epoch,
-                                           "token": token})
+    token = secrets.token_hex(16)
+    base = {"volume": cfg.volume, "uuid": opened.sb.uuid}
+    await t(opened.cache_dir.write_owner, {**base, "epoch": opened.owner_epoch, "token": opened.owner_token,
+                                           "next_token": token})
+    epoch, token = await t(lambda: vol_mod.claim_epoch(opened.store, cfg.volume, cache_tokens=opened.cache_tokens,
+                                                       takeover=cfg.takeover, token=token))
+    await t(opened.cache_dir.write_owner, {**base, "epoch": epoch, "token": token})
     return epoch
 
 

@@ -13,6 +13,7 @@ import secrets
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from fsd import failpoints, fencing
@@ -211,11 +212,14 @@ def claim_epoch(
     store: ObjectStore,
     volume: str,
     *,
-    cache_token: str | None,
+    cache_tokens: Collection[str],
     takeover: bool,
+    token: str | None = None,
 ) -> tuple[int, str]:
     """Claim the next epoch by conditional create; seal what needs sealing;
-    write our begin segment. Returns (epoch, token)."""
+    write our begin segment. Returns (epoch, token). `token` is the claim's
+    proof of ownership (a new random one if not given): a mount writes it
+    into its cache dir before claiming."""
     view = list_journal(store, volume)
     latest = view.latest_epoch
     sealed = True
@@ -229,13 +233,13 @@ def claim_epoch(
         latest_sealed=sealed,
         latest_host=claim.host if claim else None,
         latest_token=claim.token if claim else None,
-        cache_token=cache_token,
+        cache_tokens=cache_tokens,
         takeover=takeover,
     )
     if not decision.allowed:
         raise VolumeError(decision.reason)
     epoch = latest + 1
-    token = secrets.token_hex(16)
+    token = token or secrets.token_hex(16)
     mine = EpochClaim(epoch=epoch, host=socket.gethostname(), pid=os.getpid(), token=token,
                       claimed_ns=_now_ns(), takeover=decision.needs_seal)
     try:
@@ -247,6 +251,7 @@ def claim_epoch(
             f"epoch {epoch} at the same moment; only one may own the volume. Try again once it "
             f"has released it."
         ) from None
+    failpoints.hit("after_epoch_claimed")
     log.info("volume %s: claimed epoch %d (%s)", volume, epoch, decision.reason)
     # Seal every older epoch that is not sealed yet, newest first, stopping at
     # an epoch that began: its owner had sealed everything below it.

@@ -194,3 +194,21 @@ def test_kill9_mid_write_keeps_every_acknowledged_prefix(store_url, new_mount):
         assert data[i * chunk:(i + 1) * chunk] == bytes([i % 251]) * chunk, f"chunk {i} differs"
     b.umount()
     fsck_clean(store_url, VOL)
+
+
+def test_kill9_between_epoch_claim_and_owner_record_needs_no_takeover(store_url, new_mount):
+    """kill -9 right after the mount's epoch claim reached the store, before
+    its cache dir recorded it: the next mount of the same cache dir must
+    still recognise its own epoch (no --takeover), and lose nothing."""
+    a = new_mount("a")
+    a.mkfs(store_url, VOL)
+    a.mount(store_url, VOL)
+    _write_fsync(a.mountpoint / "f", b"acknowledged")
+    a.kill9()
+    with pytest.raises(MountError, match="exited with -9"):
+        a.mount(store_url, VOL, extra_env={"FERRY_FAILPOINTS": "after_epoch_claimed"})
+    a.cleanup_dead_mount()
+    a.mount(store_url, VOL)          # same cache dir, no --takeover
+    assert (a.mountpoint / "f").read_bytes() == b"acknowledged"
+    a.umount()
+    _fsck_clean(store_url)

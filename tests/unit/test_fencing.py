@@ -20,7 +20,7 @@ def test_replay_stops_at_hole():
 
 def _decide(**kw):
     base = dict(volume="v", latest_epoch=3, latest_sealed=False, latest_host="a",
-                latest_token="t-old", cache_token=None, takeover=False)
+                latest_token="t-old", cache_tokens=(), takeover=False)
     base.update(kw)
     return fencing.decide_mount(**base)
 
@@ -46,12 +46,12 @@ def test_takeover_seals():
 
 
 def test_own_crashed_mount_recovers_without_takeover():
-    d = _decide(cache_token="t-old")
+    d = _decide(cache_tokens=("t-old",))
     assert d.allowed and d.needs_seal
 
 
 def test_other_cache_token_is_not_ours():
-    assert not _decide(cache_token="t-other").allowed
+    assert not _decide(cache_tokens=("t-other",)).allowed
 
 
 def test_writer_position_is_strictly_consecutive():
