@@ -10,7 +10,9 @@ previous recovery left.
     FERRY_TORTURE_TRIALS=N  trials per durability mode (default 12)
     FERRY_TORTURE_SEED=S    first seed (default: random, printed); trial i uses S+i
 
-The `slow` test runs FERRY_TORTURE_SLOW_TRIALS (default 150) per mode.
+The `slow` test runs FERRY_TORTURE_CHAINS (default 4) chains of
+FERRY_TORTURE_SLOW_TRIALS (default 40) trials per mode, each chain on a
+fresh volume.
 """
 from __future__ import annotations
 
@@ -123,6 +125,12 @@ def test_crash_torture(tmp_path, s3_store_url, mode):
 
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
+@pytest.mark.parametrize("chain", range(int(os.environ.get("FERRY_TORTURE_CHAINS", "4"))))
 @pytest.mark.parametrize("mode", ["remote", "local"])
-def test_crash_torture_long(tmp_path, s3_store_url, mode):
-    run_trials(tmp_path, s3_store_url, mode, int(os.environ.get("FERRY_TORTURE_SLOW_TRIALS", "150")), _seed())
+def test_crash_torture_long(tmp_path, s3_store_url, mode, chain):
+    """FERRY_TORTURE_CHAINS chains (default 4) of FERRY_TORTURE_SLOW_TRIALS
+    trials (default 40) per mode, each chain on a fresh volume: until GC
+    exists (issue 8) a single long chain grows the store and every trial's
+    listing and fsck with it."""
+    trials = int(os.environ.get("FERRY_TORTURE_SLOW_TRIALS", "40"))
+    run_trials(tmp_path, s3_store_url, mode, trials, _seed() + chain * 100_000)
