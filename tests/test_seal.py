@@ -19,7 +19,7 @@ def _segment(epoch: int, seq: int, kind: str = "segment") -> bytes:
 
 def _setup(store) -> int:
     vol_mod.mkfs(store, VOL, {})
-    epoch, _ = vol_mod.claim_epoch(store, VOL, cache_token=None, takeover=False)
+    epoch, _ = vol_mod.claim_epoch(store, VOL, cache_tokens=(), takeover=False)
     for seq in (2, 3, 4):                       # three commits after the begin segment
         store.put(keys.journal_key(VOL, epoch, seq), _segment(epoch, seq), if_none_match=True)
     return epoch
@@ -31,7 +31,7 @@ def test_release_seals_at_the_owners_next_seq(store):
     seal = vol_mod.read_segment(store, VOL, epoch, 5)
     assert seal.kind == "seal" and seal.reason == "release"
     # the epoch now counts as released: the next mount needs no --takeover
-    epoch2, _ = vol_mod.claim_epoch(store, VOL, cache_token=None, takeover=False)
+    epoch2, _ = vol_mod.claim_epoch(store, VOL, cache_tokens=(), takeover=False)
     assert epoch2 == epoch + 1
 
 
