@@ -209,6 +209,11 @@ class FerryOperations(pyfuse3.Operations):
             raise FsError(errno.EISDIR)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC) and self.committer.fenced:
             raise FsError(errno.EROFS)
+        if flags & os.O_TRUNC and node.size:
+            # libfuse asks the kernel for atomic O_TRUNC: the kernel then sends
+            # no setattr(size=0) and takes the file as empty; we must make it so.
+            self.ops.setattr(inode, self.now_ns(), size=0)
+            self.data.truncate(inode, 0)
         # keep_cache: we are the only writer, the page cache stays valid.
         return pyfuse3.FileInfo(fh=self._open_handle(inode), keep_cache=True)
 

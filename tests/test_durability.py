@@ -212,3 +212,25 @@ def test_kill9_between_epoch_claim_and_owner_record_needs_no_takeover(store_url,
     assert (a.mountpoint / "f").read_bytes() == b"acknowledged"
     a.umount()
     _fsck_clean(store_url)
+
+
+@pytest.mark.parametrize("crash", [False, True])
+def test_open_with_o_trunc_truncates_in_the_store(store_url, new_mount, crash):
+    """libfuse negotiates atomic O_TRUNC: the kernel sends open(O_TRUNC) and
+    no setattr(size=0), and shows the file as empty. ferry once ignored the
+    flag, so an acknowledged shorter rewrite came back long, with the old
+    tail, after a remount."""
+    a = new_mount("a")
+    a.mkfs(store_url, VOL)
+    a.mount(store_url, VOL)
+    write_fsync(a.mountpoint / "f", os.urandom(1_300_000))
+    short = os.urandom(70_000)
+    write_fsync(a.mountpoint / "f", short)           # O_WRONLY | O_CREAT | O_TRUNC
+    if crash:
+        a.kill9()
+        a.mount(store_url, VOL)                      # same cache dir: its own crashed epoch
+    else:
+        a.umount()
+        a.mount(store_url, VOL)
+    assert (a.mountpoint / "f").read_bytes() == short
+    a.umount()
