@@ -188,15 +188,13 @@ class FsdManager:
         def run() -> bool:
             store = open_store(self.store_url)
             try:
-                try:
-                    vol_mod.read_superblock(store, volume)
+                if vol_mod.live_volume(store, volume) is not None:
                     return False
-                except vol_mod.VolumeError:
-                    pass
                 try:
                     vol_mod.mkfs(store, volume, mkfs_opts)
                 except vol_mod.VolumeError:
-                    vol_mod.read_superblock(store, volume)     # created concurrently: fine
+                    if vol_mod.live_volume(store, volume) is None:     # not created concurrently
+                        raise
                     return False
                 return True
             finally:

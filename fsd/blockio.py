@@ -25,15 +25,20 @@ log = logging.getLogger("ferry.blocks")
 class BlockIO:
     """Fetch (with de-duplication of concurrent fetches) and upload blocks."""
 
-    def __init__(self, *, volume: str, astore: AsyncStore, cache: BlockCache, compress: bool,
-                 cpu_limiter: trio.CapacityLimiter) -> None:
-        self.volume = volume
+    def __init__(self, *, volume: str, root: str, epoch: int, astore: AsyncStore, cache: BlockCache,
+                 compress: bool, cpu_limiter: trio.CapacityLimiter) -> None:
+        self.volume = volume        # for log lines
+        self.root = root            # key prefix of the volume's objects
+        self.epoch = epoch          # ours: every object we upload is keyed under it
         self.astore = astore
         self.cache = cache
         self.compress = compress
         self.cpu = cpu_limiter
         self._fetching: dict[bytes, trio.Event] = {}
-        self.known_remote: set[bytes] = set()   # hashes known to exist in the store
+        # Hashes we uploaded under our own epoch. Only these are reused without
+        # a PUT: an object of another epoch may be garbage that a GC is
+        # deleting right now (docs/format.md, "Garbage collection").
+        self.uploaded: set[bytes] = set()
         self.bytes_uploaded = 0
         self.bytes_fetched = 0
         self._last_cache_error: str | None = None
@@ -66,7 +71,7 @@ class BlockIO:
             await ev.wait()
         ev = self._fetching[h] = trio.Event()
         try:
-            key = keys.data_key(self.volume, h)
+            key = keys.data_key(self.root, h, ref.epoch)
             try:
                 obj = await self.astore.get(key)
             except NotFound:
@@ -83,7 +88,6 @@ class BlockIO:
                           self.volume, ino, idx, key, e)
                 raise FsError(errno.EIO) from None
             self.bytes_fetched += len(raw)
-            self.known_remote.add(h)
             await self._cache_call(self.cache.put, h, raw)
             return raw[: ref.length]
         finally:
@@ -92,19 +96,20 @@ class BlockIO:
 
     # ----------------------------------------------------------------- write
     async def upload(self, raw: bytes) -> BlockRef:
-        """Store one block: encode (hash, maybe compress), keep a clean copy in
-        the cache, PUT it unless the store already has it. Content addressing
-        makes a 412 on the conditional PUT mean 'already there'."""
+        """Store one block under our epoch: encode (hash, maybe compress), keep
+        a clean copy in the cache, PUT it unless we already did. Content
+        addressing makes a 412 on the conditional PUT mean 'already there'
+        (an earlier attempt of ours whose response was lost)."""
         h, obj = await trio.to_thread.run_sync(encode_block, raw, self.compress, limiter=self.cpu)
-        if h not in self.known_remote:
+        if h not in self.uploaded:
             try:
-                await self.astore.put(keys.data_key(self.volume, h), obj, if_none_match=True)
+                await self.astore.put(keys.data_key(self.root, h, self.epoch), obj, if_none_match=True)
             except PreconditionFailed:
                 pass
-            self.known_remote.add(h)
+            self.uploaded.add(h)
             self.bytes_uploaded += len(obj)
         await self._cache_call(self.cache.put, h, raw)
-        return BlockRef(h, len(raw))
+        return BlockRef(h, len(raw), self.epoch)
 
     async def _cache_call(self, fn, *args):
         """A block cache operation in a worker thread. The cache only ever

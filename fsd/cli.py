@@ -20,6 +20,8 @@ examples:
   ferry fs mount --store file:///srv/ferry-store --cache-dir /var/cache/ferry/myvol myvol /mnt/myvol
   ferry fs umount /mnt/myvol
   ferry fs fsck  --store file:///srv/ferry-store myvol
+  ferry fs gc    --store file:///srv/ferry-store myvol --dry-run
+  ferry fs rm    --store file:///srv/ferry-store myvol
 
 store URLs:
   file:///ABSOLUTE/PATH                       a local directory laid out as an object store
@@ -59,7 +61,7 @@ def cmd_mkfs(args) -> int:
         raise UsageError(str(e)) from None
     store = open_store(args.store)
     try:
-        sb = volume.mkfs(store, args.volume, opts, allow_unfenced=args.allow_unfenced_store)
+        _ref, sb = volume.mkfs(store, args.volume, opts, allow_unfenced=args.allow_unfenced_store)
     finally:
         store.close()
     print(f"created volume {args.volume} in {args.store} (block size {sb.block_size}, "
@@ -174,6 +176,100 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------ fs rm
+def progress_reporter(what: str):
+    """A progress callback (done, total): a rich progress bar on a terminal,
+    nothing otherwise (logs and the final line say what happened)."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=True)
+    task = bar.add_task(what, total=None)
+    bar.start()
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return update, bar.stop
+
+
+def cmd_rm(args) -> int:
+    from fsd import removal
+    from fsd.volume import VolumeError
+    from fsd.format import keys
+    from fsd.store import open_store
+    try:
+        keys.validate_volume_name(args.volume)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    store = open_store(args.store)
+    try:
+        refs = removal.pending_removals(store, args.volume)     # interrupted removals to finish
+        refused: Exception | None = None
+        try:
+            ref = removal.begin_removal(store, args.volume, force=args.force)
+            if ref not in refs:
+                refs.append(ref)
+        except VolumeError as e:
+            if not refs or "does not exist" not in str(e):
+                refused = e
+        for ref in refs:
+            update, stop = progress_reporter(f"removing {ref.name} ({ref.root})")
+            try:
+                res = removal.delete_volume(store, ref, progress=update)
+            finally:
+                stop()
+            print(f"removed volume {ref.name} (root {ref.root}): {res.deleted} objects, "
+                  f"{res.bytes / 1e6:.1f} MB freed")
+            if res.kept:
+                print(f"  kept {len(res.kept)} seal(s) of an owner that never released the volume: they keep "
+                      f"that owner fenced if it is still running somewhere (a few hundred bytes)")
+    finally:
+        store.close()
+    if refused is not None:
+        raise refused
+    return 0
+
+
+# ------------------------------------------------------------------------ fs gc
+def cmd_gc(args) -> int:
+    from fsd.gc.run import collect
+    from fsd.options import parse_duration
+    from fsd.store import open_store
+    try:
+        grace = parse_duration(args.grace)
+    except ValueError as e:
+        raise UsageError(f"--grace: {e}") from None
+    store = open_store(args.store)
+    try:
+        update, stop = progress_reporter(f"collecting {args.volume}")
+        try:
+            report, plan = collect(store, args.volume, dry_run=args.dry_run, grace_s=grace, progress=update)
+        finally:
+            stop()
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps({**report.__dict__, "base": list(report.base)}, indent=2))
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    if args.dry_run and args.verbose:
+        for d in plan.delete:
+            print(f"  {d.kind:8} {d.size:>12} {d.key}")
+    kinds = ", ".join(f"{v['objects']} {k} object(s) ({v['bytes'] / 1e6:.1f} MB)"
+                      for k, v in sorted(report.deleted.items())) or "nothing"
+    print(f"volume {args.volume}: {verb} {kinds}; {report.freed_bytes / 1e6:.1f} MB freed")
+    print(f"  live data: {report.live_objects} object(s), {report.live_bytes / 1e6:.1f} MB; base snapshot "
+          f"at {report.base[0]}/{report.base[1]}" + (f" ({report.compacted} segments folded into it)"
+                                                      if report.compacted else ""))
+    if report.kept_young or report.kept_unsealed:
+        print(f"  kept for now: {report.kept_young} unreferenced object(s) younger than the grace period, "
+              f"{report.kept_unsealed} of an epoch that may still commit (its owner collects them)")
+    return 0
+
+
 # ------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ferry", description="ferry: portable container volumes on S3-compatible storage.",
@@ -228,6 +324,36 @@ def build_parser() -> argparse.ArgumentParser:
     store_arg(i)
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(fn=cmd_inspect)
+
+    r = fss.add_parser("rm", help="remove a volume and delete all its objects from the store",
+                       description="Remove a volume: first fence it (a stale owner can commit nothing "
+                                   "more, no mount can start), then delete every object it has in the "
+                                   "store. Interrupted removals are finished by running it again. A "
+                                   "volume created later under the same name is a new, empty volume.",
+                       epilog="examples:\n  ferry fs rm --store file:///srv/ferry-store myvol\n"
+                              "  ferry fs rm --store s3://bucket?endpoint=http://minio:9000 myvol --force",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    store_arg(r)
+    r.add_argument("--force", action="store_true",
+                   help="remove even if the volume is not released (its owner is fenced): only when its "
+                        "host is gone for good")
+    r.set_defaults(fn=cmd_rm)
+
+    g = fss.add_parser("gc", help="delete what no state of the volume references any more",
+                       description="Garbage collection: fold the journal into a new metadata snapshot, "
+                                   "then delete the journal segments and snapshots it replaces and the "
+                                   "data objects nothing references. Safe while the volume is mounted "
+                                   "anywhere: objects its owner may still commit are kept (the owner's "
+                                   "own GC collects those).",
+                       epilog="examples:\n  ferry fs gc --store file:///srv/ferry-store myvol --dry-run -v\n"
+                              "  ferry fs gc --store file:///srv/ferry-store myvol --grace 10m",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    store_arg(g)
+    g.add_argument("--dry-run", action="store_true", help="only print what would be deleted (with -v: every key)")
+    g.add_argument("--grace", default="1h", metavar="DURATION",
+                   help="never delete an object younger than this (default 1h; e.g. 0, 90s, 10m, 2h)")
+    g.add_argument("--json", action="store_true", help="machine-readable report")
+    g.set_defaults(fn=cmd_gc)
 
     # Cluster commands live with their packages; each adds its own subcommands.
     from control.cli import add_commands as add_control_commands

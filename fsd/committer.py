@@ -26,7 +26,7 @@ from fsd.fencing import WriterPosition
 from fsd.format import keys
 from fsd.format.segment import Segment
 from fsd.meta.ops import FsError, MetaOps
-from fsd.meta.records import BLOCK, PATCH
+from fsd.meta.records import PATCH
 from fsd.meta.state import BlockRef
 from fsd.store.aio import AsyncStore
 from fsd.store.base import NotFound, PreconditionFailed, StoreError
@@ -83,12 +83,13 @@ def _local_pieces(batch: Batch) -> list[tuple[int, int, int | None, bytes]]:
 
 
 class Committer:
-    def __init__(self, *, volume: str, ops: MetaOps, data: DataLayer, bio: BlockIO,
+    def __init__(self, *, volume: str, root: str, ops: MetaOps, data: DataLayer, bio: BlockIO,
                  astore: AsyncStore, position: WriterPosition, interval: float,
                  snapshot_every: int = 512, local: LocalJournal | None = None,
                  working_copy=None,
                  snapshot_hook: Callable[[int, int], Awaitable[None]] | None = None) -> None:
-        self.volume = volume
+        self.volume = volume        # for log lines
+        self.root = root            # key prefix of the volume's objects
         self.ops = ops
         self.data = data
         self.bio = bio
@@ -351,7 +352,7 @@ class Committer:
         for i, b in enumerate(batches):
             records.extend(b.records)
             for (ino, idx), ref in results[i].items():
-                records.append([BLOCK, ino, idx, ref.hash, ref.length])
+                records.append(ref.record(ino, idx))
             for (ino, idx), pieces in inline_by_batch[i].items():
                 records.extend([PATCH, ino, idx, off, data] for off, data in pieces)
         batch = batches[-1]
@@ -399,7 +400,7 @@ class Committer:
         return True
 
     async def _put_segment(self, seq: int, body: bytes) -> bool:
-        key = keys.journal_key(self.volume, self.pos.epoch, seq)
+        key = keys.journal_key(self.root, self.pos.epoch, seq)
         try:
             await self.astore.put(key, body, if_none_match=True)
             return True

@@ -30,7 +30,7 @@ import trio
 
 from fsd.blockio import BlockIO
 from fsd.meta.ops import FsError, MetaOps
-from fsd.meta.records import BLOCK, PATCH
+from fsd.meta.records import PATCH
 from fsd.meta.state import BlockRef
 
 Key = tuple[int, int]
@@ -377,7 +377,7 @@ class DataLayer:
                     del self.unsettled[key]
                 ref = results.get(key)
                 if ref is not None:
-                    self.state.apply([BLOCK, key[0], key[1], ref.hash, ref.length])
+                    self.state.apply(ref.record(key[0], key[1]))
                 for off, data in inline.get(key, ()):
                     self.state.apply([PATCH, key[0], key[1], off, data])
             fl = self.inflight.get(key)

@@ -25,6 +25,48 @@ def first_gap(seqs: Iterable[int]) -> int:
     return g
 
 
+def journal_run(seqs: Iterable[int]) -> tuple[int, int]:
+    """(first present seq, first gap after it) of one epoch's journal keys.
+
+    Writers fill seqs 1, 2, ... without holes, and a seal goes at the first
+    gap; GC deletes a prefix (the segments folded into a snapshot). So the
+    present keys are one run lo..g-1, and g is where the next key (a
+    segment of the owner, or a seal) goes. No keys: (1, 1)."""
+    present = set(seqs)
+    if not present:
+        return 1, 1
+    lo = min(present)
+    g = lo
+    while g in present:
+        g += 1
+    return lo, g
+
+
+def chain_breaks(start: tuple[int, int], seqs: Mapping[int, Iterable[int]], claimed: Iterable[int],
+                 latest: int) -> str | None:
+    """Why replay from `start` = (epoch, seq) would miss committed segments,
+    or None if it would not.
+
+    Replay reads the start epoch from seq+1 and every later epoch from 1,
+    each up to its seal (or, for the newest epoch, its first gap). GC only
+    deletes segments older than a snapshot it keeps, so a start older than
+    that finds keys missing at the front of a run: silently replaying from
+    there would lose state, so the start must be refused instead."""
+    e0, s0 = start
+    for e in sorted(set(claimed) | set(seqs)):
+        if e < e0:
+            continue
+        present = {s for s in seqs.get(e, ()) if e > e0 or s > s0}
+        first = s0 + 1 if e == e0 else 1
+        if not present:
+            if e == latest or e == e0:
+                continue          # the newest epoch may not have begun; the start epoch may end at start
+            return f"epoch {e} has no journal left (compacted by GC)"
+        if min(present) != first:
+            return f"epoch {e} starts at segment {min(present)}, not {first} (compacted by GC)"
+    return None
+
+
 def replayable_prefix(kinds: Mapping[int, str]) -> tuple[list[int], int | None]:
     """Given seq -> kind for one epoch, return (seqs to replay, seal seq or None).
 
@@ -56,6 +98,7 @@ def decide_mount(
     latest_token: str | None,
     cache_tokens: Collection[str],
     takeover: bool,
+    latest_purpose: str = "mount",
 ) -> MountDecision:
     """May this mount claim epoch latest_epoch + 1?
 
@@ -66,8 +109,14 @@ def decide_mount(
       claim and the owner record still counts as ours): yes, after sealing
       it (same-host recovery needs no --takeover);
     - otherwise someone may still be writing: only with --takeover, which
-      seals that epoch so its owner is fenced at its next commit.
+      seals that epoch so its owner is fenced at its next commit;
+    - never after a removal claim: the volume is being removed (or its
+      removal crashed and must be finished), so nothing may mount it.
     """
+    if latest_purpose == "remove":
+        return MountDecision(False, False, f"volume {volume!r} is being removed; it cannot be mounted. Finish "
+                                           f"the removal with 'ferry fs rm' (or 'ferry volume rm'), then "
+                                           f"create it again if you want a new, empty volume of that name.")
     if latest_epoch == 0 or latest_sealed:
         return MountDecision(True, False, "volume was released cleanly")
     if latest_token is not None and latest_token in cache_tokens:

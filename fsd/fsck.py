@@ -18,13 +18,15 @@ from fsd.store.base import NotFound, ObjectStore
 class FsckReport:
     info: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    usage: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False) -> FsckReport:
     rep = FsckReport()
-    sb = vol_mod.read_superblock(store, volume)
+    ref, sb = vol_mod.locate(store, volume)
+    root = ref.root
     try:
-        res = vol_mod.load_state(store, volume, sb)
+        res = vol_mod.load_state(store, root, sb)
         state, last, replayed = res.state, res.last, res.replayed
     except CorruptObject as e:
         rep.problems.append(f"journal unreadable: {e}")
@@ -37,24 +39,48 @@ def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False) -> FsckR
     if orphans:
         rep.info.append(f"{len(orphans)} orphan inode(s) (unlinked while open; freed at next mount): "
                         f"{sorted(orphans)[:10]}")
-    present = set()
-    for k in store.list(keys.data_prefix(volume)):
-        h = keys.parse_data_key(volume, k)
-        if h is not None:
-            present.add(h)
+    present: dict[tuple[bytes, int], int] = {}
+    for o in store.list_info(keys.data_prefix(root)):
+        p = keys.parse_data_key(root, o.key)
+        if p is not None:
+            present[p] = o.size
     referenced = 0
     for ino, blocks in sorted(state.blocks.items()):
         for idx, ref in sorted(blocks.items()):
             referenced += 1
-            if ref.hash not in present:
-                rep.problems.append(f"inode {ino} block {idx}: data object {ref.hash.hex()} is missing")
+            if (ref.hash, ref.epoch) not in present:
+                rep.problems.append(f"inode {ino} block {idx}: data object {ref.hash.hex()} "
+                                    f"(epoch {ref.epoch}) is missing")
             elif verify_data:
-                key = keys.data_key(volume, ref.hash)
+                key = keys.data_key(root, ref.hash, ref.epoch)
                 try:
                     decode_block(store.get(key), ref.hash, key)
                 except (CorruptObject, NotFound) as e:
                     rep.problems.append(f"inode {ino} block {idx}: {e}")
-    used = {r.hash for b in state.blocks.values() for r in b.values()}
+    used = {(r.hash, r.epoch) for b in state.blocks.values() for r in b.values()}
     rep.info.append(f"{referenced} block references, {len(present)} data objects, "
-                    f"{len(present - used)} unreferenced (garbage for GC)")
+                    f"{len(present.keys() - used)} unreferenced (garbage for GC)")
+    rep.usage = store_usage(store, root, present, used)
+    rep.info.append("store usage: " + ", ".join(
+        f"{kind} {u['objects']} objects / {u['bytes'] / 1e6:.1f} MB" for kind, u in rep.usage.items()))
     return rep
+
+
+def store_usage(store: ObjectStore, root: str, present: dict[tuple[bytes, int], int],
+                used: set[tuple[bytes, int]]) -> dict[str, dict[str, int]]:
+    """Objects and bytes by kind: live data, garbage data (what GC would
+    free once its writer can no longer commit it), journal, snapshots."""
+    usage: dict[str, dict[str, int]] = {}
+
+    def add(kind: str, size: int) -> None:
+        u = usage.setdefault(kind, {"objects": 0, "bytes": 0})
+        u["objects"] += 1
+        u["bytes"] += size
+
+    for k, size in present.items():
+        add("live data" if k in used else "garbage data", size)
+    for o in store.list_info(keys.journal_prefix(root)):
+        add("journal", o.size)
+    for o in store.list_info(keys.snapshots_prefix(root)):
+        add("snapshots", o.size)
+    return usage

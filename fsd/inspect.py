@@ -3,6 +3,7 @@ status of a mount of it on this host (upload lag), if there is one."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from fsd import volume as vol_mod
@@ -24,17 +25,32 @@ def _live_status(volume: str) -> dict | None:
     return None
 
 
+def _gc_summary(store: ObjectStore, root: str) -> str | None:
+    from fsd.gc.run import read_report
+    r = read_report(store, root)
+    if r is None:
+        return None
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.get("finished_ns", 0) / 1e9))
+    n = sum(v.get("objects", 0) for v in (r.get("deleted") or {}).values())
+    return (f"{when} on {r.get('host')}: deleted {n} objects, freed {r.get('freed_bytes', 0) / 1e6:.1f} MB"
+            + (f" (stopped: {r['error']})" if r.get("error") else ""))
+
+
 def inspect_volume(store: ObjectStore, volume: str) -> dict:
-    sb = vol_mod.read_superblock(store, volume)
-    view = vol_mod.list_journal(store, volume)
+    ref, sb = vol_mod.locate(store, volume)
+    root = ref.root
+    view = vol_mod.list_journal(store, root)
     latest = view.latest_epoch
-    sealed, gap = vol_mod.epoch_seal(store, volume, latest, view.seqs.get(latest, [])) if latest else (True, 1)
-    claim = vol_mod.read_claim(store, volume, latest) if latest else None
+    sealed, gap = vol_mod.epoch_seal(store, root, latest, view.seqs.get(latest, [])) if latest else (True, 1)
+    claim = vol_mod.read_claim(store, root, latest) if latest else None
     seal_reason = None
     if sealed and gap > 1:
-        seal_reason = vol_mod.read_segment(store, volume, latest, gap - 1).reason
+        seal_reason = vol_mod.read_segment(store, root, latest, gap - 1).reason
     out = {
         "volume": volume,
+        "root": root,
+        "incarnation": ref.incarnation,
+        "removed": bool(claim and claim.purpose == "remove"),
         "uuid": sb.uuid,
         "format": sb.format,
         "block_size": sb.block_size,
@@ -48,6 +64,7 @@ def inspect_volume(store: ObjectStore, volume: str) -> dict:
         "epochs": len(view.epochs),
         "segments": sum(len(v) for v in view.seqs.values()),
         "latest_snapshot": "%d/%d" % view.snapshots[-1] if view.snapshots else None,
+        "last_gc": _gc_summary(store, root),
     }
     live = _live_status(volume)
     if live:

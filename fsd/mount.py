@@ -131,6 +131,7 @@ class Opened:
 
     store: ObjectStore
     astore: AsyncStore
+    ref: vol_mod.VolumeRef       # name and root (key prefix) of the volume
     sb: Superblock
     cache_dir: CacheDir
     ljournal: LocalJournal
@@ -171,7 +172,7 @@ async def open_volume(cfg: MountConfig) -> Opened:
     """Read the superblock, re-check conditional writes, lock the cache dir."""
     t = trio.to_thread.run_sync
     store = await t(open_store, cfg.store_url)
-    sb = await t(vol_mod.read_superblock, store, cfg.volume)
+    ref, sb = await t(vol_mod.locate, store, cfg.volume)
     if sb.fencing == "conditional" or not cfg.allow_unfenced:
         await t(vol_mod.check_fencing_support, store, cfg.allow_unfenced)
     cache_dir = CacheDir(cfg.cache_dir)
@@ -180,7 +181,7 @@ async def open_volume(cfg: MountConfig) -> Opened:
     mine = bool(owner and owner.get("uuid") == sb.uuid and owner.get("volume") == cfg.volume)
     ljournal = await t(LocalJournal, cfg.cache_dir / "journal")
     mine_owner = owner if mine and owner else {}
-    return Opened(store=store, astore=AsyncStore(store, limit=32), sb=sb, cache_dir=cache_dir,
+    return Opened(store=store, astore=AsyncStore(store, limit=32), ref=ref, sb=sb, cache_dir=cache_dir,
                   ljournal=ljournal, owner_epoch=mine_owner.get("epoch"), owner_token=mine_owner.get("token"),
                   cache_tokens=tuple(t for t in (mine_owner.get("token"), mine_owner.get("next_token")) if t))
 
@@ -195,7 +196,7 @@ async def recover_local(cfg: MountConfig, opened: Opened) -> None:
     if not entries:
         return
     report = await t(lambda: resume.recover_local_journal(
-        opened.store, cfg.volume, entries, own_epoch=opened.owner_epoch,
+        opened.store, opened.ref.root, entries, own_epoch=opened.owner_epoch,
         compress=opened.sb.compression == "zstd"))
     resume.log_report(cfg.volume, report)
     await t(opened.ljournal.clear)
@@ -214,7 +215,7 @@ async def claim(cfg: MountConfig, opened: Opened) -> int:
     base = {"volume": cfg.volume, "uuid": opened.sb.uuid}
     await t(opened.cache_dir.write_owner, {**base, "epoch": opened.owner_epoch, "token": opened.owner_token,
                                            "next_token": token})
-    epoch, token = await t(lambda: vol_mod.claim_epoch(opened.store, cfg.volume, cache_tokens=opened.cache_tokens,
+    epoch, token = await t(lambda: vol_mod.claim_epoch(opened.store, opened.ref.root, cache_tokens=opened.cache_tokens,
                                                        takeover=cfg.takeover, token=token))
     await t(opened.cache_dir.write_owner, {**base, "epoch": epoch, "token": token})
     return epoch
@@ -226,7 +227,7 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
     t = trio.to_thread.run_sync
     sb = opened.sb
     wc = await t(_open_working_copy, cfg.cache_dir / "meta.db", sb.block_size)
-    loaded = await t(vol_mod.load_state, opened.store, cfg.volume, sb, wc)
+    loaded = await t(vol_mod.load_state, opened.store, opened.ref.root, sb, wc)
     state = loaded.state
     log.info("volume %s: epoch %d, metadata rebuilt from %s up to segment %s (%d segments replayed, %d inodes)",
              cfg.volume, epoch, loaded.source, loaded.last, loaded.replayed, len(state.inodes))
@@ -239,20 +240,19 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
             wc = None
     ops = MetaOps(state)
     cache = await t(BlockCache, cfg.cache_dir / "blocks", cfg.options.cache_size)
-    bio = BlockIO(volume=cfg.volume, astore=opened.astore, cache=cache, compress=sb.compression == "zstd",
+    bio = BlockIO(volume=cfg.volume, root=opened.ref.root, epoch=epoch, astore=opened.astore, cache=cache,
+                  compress=sb.compression == "zstd",
                   cpu_limiter=trio.CapacityLimiter(4))
-    for inode_blocks in state.blocks.values():
-        for ref in inode_blocks.values():
-            bio.known_remote.add(ref.hash)
     data = DataLayer(ops, bio, sb.block_size, cfg.options.dirty_limit)
     pos = WriterPosition(epoch=epoch, next_seq=2)
 
     async def snapshot(e: int, s: int) -> None:
         records = list(state.snapshot_records())
-        await t(vol_mod.write_snapshot, opened.store, cfg.volume, e, s, state, records)
+        await t(vol_mod.write_snapshot, opened.store, opened.ref.root, e, s, state, records)
         log.info("volume %s: snapshot written at segment (%d, %d)", cfg.volume, e, s)
 
-    committer = Committer(volume=cfg.volume, ops=ops, data=data, bio=bio, astore=opened.astore, position=pos,
+    committer = Committer(volume=cfg.volume, root=opened.ref.root, ops=ops, data=data, bio=bio,
+                          astore=opened.astore, position=pos,
                           interval=cfg.options.commit_interval, snapshot_every=cfg.options.snapshot_every,
                           local=opened.ljournal if cfg.options.durability == "local" else None,
                           working_copy=wc, snapshot_hook=snapshot)
@@ -279,7 +279,7 @@ async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
         # Nothing was served: release our epoch so the next mount, anywhere,
         # needs no --takeover.
         await committer.drain()
-        await t(lambda: vol_mod.seal_epoch(opened.store, cfg.volume, parts.epoch, sealed_by=parts.epoch,
+        await t(lambda: vol_mod.seal_epoch(opened.store, opened.ref.root, parts.epoch, sealed_by=parts.epoch,
                                            reason="release"))
         raise vol_mod.VolumeError(f"cannot mount {cfg.mountpoint}: {e} (is /dev/fuse available and the "
                                   f"mountpoint an empty directory?)") from None
@@ -334,8 +334,8 @@ async def release(cfg: MountConfig, opened: Opened, parts: Parts) -> int:
     last_seq = pos.next_seq - 1
     if committer.stats.segments_since_snapshot > 0:
         records = list(parts.state.snapshot_records())
-        await t(vol_mod.write_snapshot, opened.store, cfg.volume, parts.epoch, last_seq, parts.state, records)
-    sealed_at = await t(lambda: vol_mod.seal_epoch(opened.store, cfg.volume, parts.epoch, sealed_by=parts.epoch,
+        await t(vol_mod.write_snapshot, opened.store, opened.ref.root, parts.epoch, last_seq, parts.state, records)
+    sealed_at = await t(lambda: vol_mod.seal_epoch(opened.store, opened.ref.root, parts.epoch, sealed_by=parts.epoch,
                                                     reason="release", next_seq=pos.next_seq))
     if sealed_at != pos.next_seq:
         log.error("volume %s: epoch %d was sealed by someone else before release", cfg.volume, parts.epoch)

@@ -20,6 +20,19 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str) -> float:
+    """'0', '90', '90s', '10m', '2h', '1d' -> seconds (a bare number is seconds)."""
+    m = _DURATION_RE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not a duration (examples: 0, 90s, 10m, 2h, 1d)")
+    unit = m.group(2).lower() if m.group(2) else None
+    return float(m.group(1)) * _SECONDS[unit]
+
+
 @dataclass(frozen=True)
 class MountOptions:
     durability: str = "remote"        # remote | local  (SPEC §2.1)

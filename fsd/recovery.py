@@ -140,14 +140,14 @@ def plan_segments(todo: list[LocalEntry], *, max_bytes: int = SEGMENT_BYTES,
     return out
 
 
-def segment_records(items: list, refs: dict[int, tuple[bytes, int]]) -> list:
+def segment_records(items: list, refs: dict[int, tuple[bytes, int, int]]) -> list:
     """The segment's records once every WholeBlock is uploaded: `refs` maps
-    id(placeholder) to the stored object's (hash, length)."""
+    id(placeholder) to the stored object's (hash, length, epoch)."""
     out: list = []
     for it in items:
         if isinstance(it, WholeBlock):
-            h, n = refs[id(it)]
-            out.append([BLOCK, it.ino, it.index, h, n])
+            h, n, e = refs[id(it)]
+            out.append([BLOCK, it.ino, it.index, h, n] + ([e] if e else []))
         else:
             out.append(it)
     return out

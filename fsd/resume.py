@@ -20,7 +20,8 @@ from fsd.localjournal import LocalEntry
 from fsd.recovery import (EpochTail, PlannedSegment, RecoveryPlan, WholeBlock, plan_recovery, plan_segments,
                           segment_records)
 from fsd.store.base import NotFound, ObjectStore, PreconditionFailed
-from fsd.volume import epoch_seal, list_journal, read_segment, seal_epoch
+from fsd.fencing import journal_run
+from fsd.volume import epoch_seal, list_epoch_seqs, list_journal, read_segment, seal_epoch
 
 log = logging.getLogger("ferry.recovery")
 
@@ -34,16 +35,16 @@ class RecoveryReport:
     seconds: float = 0.0
 
 
-def read_tail(store: ObjectStore, volume: str, epoch: int, seqs: list[int] | None = None) -> EpochTail:
+def read_tail(store: ObjectStore, root: str, epoch: int, seqs: list[int] | None = None) -> EpochTail:
     """Seal state, first free seq and last committed batch of one epoch, from
     a listing and a GET of the segments at its end (batches only grow)."""
     if seqs is None:
-        seqs = [p[1] for k in store.list(keys.journal_prefix(volume, epoch))
-                if (p := keys.parse_journal_key(volume, k)) and p[0] == epoch]
-    sealed, g = epoch_seal(store, volume, epoch, seqs)
+        seqs = list_epoch_seqs(store, root, epoch)
+    sealed, g = epoch_seal(store, root, epoch, seqs)
+    lo, _ = journal_run(seqs)
     batch = 0
-    for s in range(g - 1, 0, -1):
-        seg = read_segment(store, volume, epoch, s)
+    for s in range(g - 1, lo - 1, -1):
+        seg = read_segment(store, root, epoch, s)
         if seg.kind == "seal":
             continue
         if seg.batch:
@@ -54,15 +55,15 @@ def read_tail(store: ObjectStore, volume: str, epoch: int, seqs: list[int] | Non
     return EpochTail(epoch=epoch, sealed=sealed, next_seq=g, committed_batch=batch)
 
 
-def recover_local_journal(store: ObjectStore, volume: str, entries: list[LocalEntry], *,
+def recover_local_journal(store: ObjectStore, root: str, entries: list[LocalEntry], *,
                           own_epoch: int | None, compress: bool,
                           clock: Callable[[], int] = time.time_ns) -> RecoveryReport:
     """Append what the store lacks of this cache directory's crashed epoch,
     then seal that epoch ("release"). The caller clears the local journal
     afterwards (only then: a crash before leaves the epoch to resume again)."""
     t0 = time.monotonic()
-    view = list_journal(store, volume)
-    tails = {e: read_tail(store, volume, e, view.seqs.get(e, [])) for e in sorted({x.epoch for x in entries})}
+    view = list_journal(store, root)
+    tails = {e: read_tail(store, root, e, view.seqs.get(e, [])) for e in sorted({x.epoch for x in entries})}
     plan = plan_recovery(entries, own_epoch=own_epoch, latest_epoch=view.latest_epoch, tails=tails)
     report = RecoveryReport(plan)
     if plan.resume is not None:
@@ -70,7 +71,7 @@ def recover_local_journal(store: ObjectStore, volume: str, entries: list[LocalEn
         segments = plan_segments(plan.todo)
         next_seq = tail.next_seq
         for seg in segments:
-            if not _append(store, volume, tail.epoch, next_seq, seg, compress=compress, clock=clock):
+            if not _append(store, root, tail.epoch, next_seq, seg, compress=compress, clock=clock):
                 report.fenced = True
                 break
             failpoints.hit("recovery_segment_written")
@@ -78,32 +79,32 @@ def recover_local_journal(store: ObjectStore, volume: str, entries: list[LocalEn
             report.appended = sum(1 for e in plan.todo if e.batch <= seg.last_batch)
             next_seq += 1
         if not report.fenced:
-            seal_epoch(store, volume, tail.epoch, sealed_by=tail.epoch, reason="release", next_seq=next_seq)
+            seal_epoch(store, root, tail.epoch, sealed_by=tail.epoch, reason="release", next_seq=next_seq)
     report.seconds = time.monotonic() - t0
     return report
 
 
-def _append(store: ObjectStore, volume: str, epoch: int, seq: int, seg: PlannedSegment, *,
+def _append(store: ObjectStore, root: str, epoch: int, seq: int, seg: PlannedSegment, *,
             compress: bool, clock: Callable[[], int]) -> bool:
     """Upload the segment's whole blocks, then write it at `seq` with
     If-None-Match. False if the key is taken by something else (a seal)."""
     blocks = [it for it in seg.items if isinstance(it, WholeBlock)]
-    refs: dict[int, tuple[bytes, int]] = {}
+    refs: dict[int, tuple[bytes, int, int]] = {}
 
     def upload(b: WholeBlock) -> None:
         h, obj = encode_block(b.raw, compress)
         try:
-            store.put(keys.data_key(volume, h), obj, if_none_match=True)
+            store.put(keys.data_key(root, h, epoch), obj, if_none_match=True)
         except PreconditionFailed:
-            pass            # content addressed: already there
-        refs[id(b)] = (h, len(b.raw))
+            pass            # content addressed: already there (we are still the epoch's only writer)
+        refs[id(b)] = (h, len(b.raw), epoch)
 
     if blocks:
         with ThreadPoolExecutor(max_workers=16) as pool:
             list(pool.map(upload, blocks))
     body = Segment(kind="segment", epoch=epoch, seq=seq, created_ns=clock(),
                    records=segment_records(seg.items, refs), batch=seg.last_batch).encode()
-    key = keys.journal_key(volume, epoch, seq)
+    key = keys.journal_key(root, epoch, seq)
     failpoints.hit("recovery_before_segment")
     try:
         store.put(key, body, if_none_match=True)

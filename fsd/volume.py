@@ -12,17 +12,18 @@ import os
 import secrets
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from fsd import failpoints, fencing
 from fsd.format import keys
 from fsd.format.claim import EpochClaim
+from fsd.format.incarnation import Incarnation
 from fsd.format.framing import CorruptObject
 from fsd.format.segment import Segment
 from fsd.format.snapshot import decode_snapshot, encode_snapshot
 from fsd.format.superblock import Superblock, make_superblock
+from fsd.meta.records import BLOCK
 from fsd.meta.state import MetaState, new_volume_records
 from fsd.store import probe
 from fsd.store.base import NotFound, ObjectStore, PreconditionFailed
@@ -38,16 +39,93 @@ def _now_ns() -> int:
     return time.time_ns()
 
 
-def read_superblock(store: ObjectStore, volume: str) -> Superblock:
-    key = keys.superblock_key(volume)
+# ----------------------------------------------------------- names and roots
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    """Where a volume's objects are: its name and its root (key prefix).
+
+    Format 2 roots are `NAME/UUID`, one per incarnation: a name that is
+    removed and created again gets a new root, so nothing of the old volume
+    can show in the new one. A format-1 volume's root is its name
+    (incarnation 0)."""
+
+    name: str
+    root: str
+    incarnation: int
+
+
+def list_incarnations(store: ObjectStore, name: str) -> list[int]:
+    return sorted(n for k in store.list(keys.incarnations_prefix(name))
+                  if (n := keys.parse_incarnation_key(name, k)) is not None)
+
+
+def read_incarnation(store: ObjectStore, name: str, n: int) -> Incarnation | None:
+    key = keys.incarnation_key(name, n)
+    try:
+        inc = Incarnation.decode(store.get(key), key)
+    except NotFound:
+        return None
+    if inc.name != name or inc.n != n:
+        raise CorruptObject(f"{key}: names incarnation {inc.n} of {inc.name!r}")
+    return inc
+
+
+def find_volume(store: ObjectStore, name: str) -> VolumeRef | None:
+    """The current volume of `name`: its highest incarnation, or a format-1
+    volume if the name has no incarnation. None if there is neither. The
+    volume may be removed or being removed (see `volume_state`)."""
+    for n in reversed(list_incarnations(store, name)):
+        inc = read_incarnation(store, name, n)
+        if inc is not None:
+            return VolumeRef(name, keys.volume_root(name, inc.uuid), n)
+    if store.head(keys.superblock_key(name)) is not None:
+        return VolumeRef(name, name, 0)
+    return None
+
+
+def read_superblock(store: ObjectStore, ref: VolumeRef) -> Superblock:
+    key = keys.superblock_key(ref.root)
     try:
         data = store.get(key)
     except NotFound:
-        raise VolumeError(
-            f"volume {volume!r} does not exist in {store.url}; create it with "
-            f"'ferry fs mkfs --store {store.url} {volume}'"
-        ) from None
+        raise VolumeError(f"volume {ref.name!r} is being removed (its superblock is gone); finish the "
+                          f"removal with 'ferry fs rm --store {store.url} {ref.name}'") from None
     return Superblock.decode(data, key)
+
+
+def locate(store: ObjectStore, name: str) -> tuple[VolumeRef, Superblock]:
+    """The current volume of `name` and its superblock; VolumeError with
+    advice if there is none."""
+    keys.validate_volume_name(name)
+    ref = find_volume(store, name)
+    if ref is None:
+        raise VolumeError(
+            f"volume {name!r} does not exist in {store.url}; create it with "
+            f"'ferry fs mkfs --store {store.url} {name}'"
+        )
+    return ref, read_superblock(store, ref)
+
+
+def latest_claim(store: ObjectStore, root: str) -> EpochClaim | None:
+    epochs = list_epochs(store, root)
+    return read_claim(store, root, epochs[-1]) if epochs else None
+
+
+def is_removed(store: ObjectStore, ref: VolumeRef) -> bool:
+    """Removed or being removed: its newest claim is a removal, or its
+    superblock is already deleted."""
+    if store.head(keys.superblock_key(ref.root)) is None:
+        return True
+    claim = latest_claim(store, ref.root)
+    return claim is not None and claim.purpose == "remove"
+
+
+def live_volume(store: ObjectStore, name: str) -> VolumeRef | None:
+    """The name's current volume unless it is removed or being removed."""
+    ref = find_volume(store, name)
+    return None if ref is None or is_removed(store, ref) else ref
 
 
 def check_fencing_support(store: ObjectStore, allow_unfenced: bool) -> str:
@@ -69,8 +147,16 @@ def check_fencing_support(store: ObjectStore, allow_unfenced: bool) -> str:
     )
 
 
-def mkfs(store: ObjectStore, volume: str, options: dict[str, str], *, allow_unfenced: bool = False) -> Superblock:
-    """Create a volume: superblock, epoch 1 claim, and a begin segment holding the root."""
+def mkfs(store: ObjectStore, volume: str, options: dict[str, str], *,
+         allow_unfenced: bool = False) -> tuple[VolumeRef, Superblock]:
+    """Create a volume: a new root holding the superblock, the epoch 1
+    claim, a begin segment with the root directory and a release seal, then
+    the incarnation record that makes it the name's volume.
+
+    A name whose volume was removed (or is still being removed) gets a new
+    incarnation: an empty volume under a new root. The incarnation record
+    is written last, with `If-None-Match: *`: a crash before it leaves only
+    an unreferenced root, and of two concurrent creates exactly one wins."""
     keys.validate_volume_name(volume)
     fencing_mode = check_fencing_support(store, allow_unfenced)
     try:
@@ -78,20 +164,44 @@ def mkfs(store: ObjectStore, volume: str, options: dict[str, str], *, allow_unfe
     except ValueError as e:
         raise VolumeError(str(e)) from None
     sb.fencing = fencing_mode
-    try:
-        store.put(keys.superblock_key(volume), sb.encode(), if_none_match=True)
-    except PreconditionFailed:
-        raise VolumeError(f"volume {volume!r} already exists in {store.url}") from None
+    if live_volume(store, volume) is not None:
+        raise VolumeError(f"volume {volume!r} already exists in {store.url}")
+    n = max(list_incarnations(store, volume), default=0) + 1
+    ref = VolumeRef(volume, keys.volume_root(volume, sb.uuid), n)
+    root = ref.root
+    store.put(keys.superblock_key(root), sb.encode(), if_none_match=True)
     claim = EpochClaim(epoch=1, host=socket.gethostname(), pid=os.getpid(),
                        token=secrets.token_hex(16), claimed_ns=_now_ns(), takeover=False)
-    store.put(keys.epoch_key(volume, 1), claim.encode(), if_none_match=True)
+    store.put(keys.epoch_key(root, 1), claim.encode(), if_none_match=True)
     begin = Segment(kind="begin", epoch=1, seq=1, created_ns=_now_ns(),
                     records=new_volume_records(_now_ns()), reason=None, sealed_by=None)
-    store.put(keys.journal_key(volume, 1, 1), begin.encode(), if_none_match=True)
+    store.put(keys.journal_key(root, 1, 1), begin.encode(), if_none_match=True)
     seal = Segment(kind="seal", epoch=1, seq=2, created_ns=_now_ns(), records=[],
                    reason="release", sealed_by=1)
-    store.put(keys.journal_key(volume, 1, 2), seal.encode(), if_none_match=True)
-    return sb
+    store.put(keys.journal_key(root, 1, 2), seal.encode(), if_none_match=True)
+    failpoints.hit("mkfs_before_incarnation")
+    inc = Incarnation(name=volume, n=n, uuid=sb.uuid, created_ns=_now_ns())
+    try:
+        store.put(keys.incarnation_key(volume, n), inc.encode(), if_none_match=True)
+    except PreconditionFailed:
+        _delete_all(store, root)
+        raise VolumeError(f"volume {volume!r} was created in {store.url} by someone else at the same "
+                          f"moment") from None
+    # A removal finishing meanwhile may have let another create pick a
+    # different number: the highest incarnation is the volume, so if ours
+    # is not it, ours must go.
+    if max(list_incarnations(store, volume), default=0) != n:
+        _delete_all(store, root)
+        store.delete(keys.incarnation_key(volume, n))
+        raise VolumeError(f"volume {volume!r} was created in {store.url} by someone else at the same "
+                          f"moment")
+    return ref, sb
+
+
+def _delete_all(store: ObjectStore, prefix: str) -> None:
+    """Delete every object under a root that never became a volume."""
+    for k in list(store.list(prefix + "/")):
+        store.delete(k)
 
 
 # ---------------------------------------------------------------- journal view
@@ -110,57 +220,65 @@ class JournalView:
         e = max(self.epochs, default=0)
         return max([e, *self.seqs.keys()])
 
+    @property
+    def horizon(self) -> int:
+        """Every epoch below this one is sealed and may be compacted away:
+        a snapshot at (E, s) exists only once E had begun, and a begin
+        proves every older epoch sealed (docs/format.md, rule 1)."""
+        return self.snapshots[-1][0] if self.snapshots else 0
 
-def list_journal(store: ObjectStore, volume: str) -> JournalView:
-    epochs = sorted(e for k in store.list(keys.epochs_prefix(volume))
-                    if (e := keys.parse_epoch_key(volume, k)) is not None)
-    view = JournalView(epochs=epochs)
-    for k in store.list(keys.journal_prefix(volume)):
-        p = keys.parse_journal_key(volume, k)
+
+def list_epochs(store: ObjectStore, root: str) -> list[int]:
+    return sorted(e for k in store.list(keys.epochs_prefix(root))
+                  if (e := keys.parse_epoch_key(root, k)) is not None)
+
+
+def list_epoch_seqs(store: ObjectStore, root: str, epoch: int) -> list[int]:
+    return [p[1] for k in store.list(keys.journal_prefix(root, epoch))
+            if (p := keys.parse_journal_key(root, k)) and p[0] == epoch]
+
+
+def list_journal(store: ObjectStore, root: str) -> JournalView:
+    view = JournalView(epochs=list_epochs(store, root))
+    for k in store.list(keys.journal_prefix(root)):
+        p = keys.parse_journal_key(root, k)
         if p is not None:
             view.seqs.setdefault(p[0], []).append(p[1])
-    for k in store.list(keys.snapshots_prefix(volume)):
-        p = keys.parse_snapshot_key(volume, k)
+    for k in store.list(keys.snapshots_prefix(root)):
+        p = keys.parse_snapshot_key(root, k)
         if p is not None:
             view.snapshots.append(p)
     view.snapshots.sort()
     return view
 
 
-def read_segment(store: ObjectStore, volume: str, epoch: int, seq: int) -> Segment:
-    key = keys.journal_key(volume, epoch, seq)
+def read_segment(store: ObjectStore, root: str, epoch: int, seq: int) -> Segment:
+    key = keys.journal_key(root, epoch, seq)
     return Segment.decode(store.get(key), key)
 
 
-def read_claim(store: ObjectStore, volume: str, epoch: int) -> EpochClaim | None:
-    key = keys.epoch_key(volume, epoch)
+def read_claim(store: ObjectStore, root: str, epoch: int) -> EpochClaim | None:
+    key = keys.epoch_key(root, epoch)
     try:
         return EpochClaim.decode(store.get(key), key)
     except NotFound:
         return None
 
 
-def epoch_seal(store: ObjectStore, volume: str, epoch: int, seqs: list[int]) -> tuple[bool, int]:
-    """(sealed?, first free seq) for one epoch, reading only its last object."""
-    g = fencing.first_gap(seqs)
-    if g == 1:
-        return False, 1
-    # Only the object just before the first gap can be a seal that ends the
-    # readable prefix, except for a seal earlier (which would make the later
-    # ones unreadable); check the prefix properly when sealing matters.
-    last = read_segment(store, volume, epoch, g - 1)
-    if last.kind == "seal":
-        return True, g
-    # In parallel: an epoch of a long-lived mount has thousands of segments,
-    # and a takeover (or a release) must not cost one GET round trip each.
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        kinds = pool.map(lambda s: read_segment(store, volume, epoch, s).kind, range(1, g - 1))
-        if any(k == "seal" for k in kinds):
-            return True, g
-    return False, g
+def epoch_seal(store: ObjectStore, root: str, epoch: int, seqs: list[int]) -> tuple[bool, int]:
+    """(sealed?, first free seq) for one epoch, reading only its last object.
+
+    A seal is always the last key of its epoch: it is written at the first
+    gap, and a writer only ever writes at the first gap too, so whoever
+    comes second gets 412. One GET at the end of the run therefore decides,
+    however long the epoch (and whatever GC deleted at its front)."""
+    lo, g = fencing.journal_run(seqs)
+    if g == lo:
+        return False, g
+    return read_segment(store, root, epoch, g - 1).kind == "seal", g
 
 
-def seal_epoch(store: ObjectStore, volume: str, epoch: int, *, sealed_by: int, reason: str,
+def seal_epoch(store: ObjectStore, root: str, epoch: int, *, sealed_by: int, reason: str,
                next_seq: int | None = None) -> int:
     """Write a seal at the first free seq of `epoch`; re-list and retry on
     conflict (the old owner may be committing at that very moment).
@@ -169,106 +287,98 @@ def seal_epoch(store: ObjectStore, volume: str, epoch: int, *, sealed_by: int, r
     `next_seq`: the epoch's own writer releasing it knows where its journal
     ends; one conditional PUT there is enough. If that key is taken, someone
     sealed the epoch first, and the general path finds out where."""
-    if next_seq is not None and _put_seal(store, volume, epoch, next_seq, sealed_by, reason):
+    if next_seq is not None and _put_seal(store, root, epoch, next_seq, sealed_by, reason):
         return next_seq
     for _ in range(1000):
-        seqs = [s for k in store.list(keys.journal_prefix(volume, epoch))
-                if (p := keys.parse_journal_key(volume, k)) and p[0] == epoch for s in [p[1]]]
-        sealed, g = epoch_seal(store, volume, epoch, seqs)
+        sealed, g = epoch_seal(store, root, epoch, list_epoch_seqs(store, root, epoch))
         if sealed:
             return g - 1
-        if _put_seal(store, volume, epoch, g, sealed_by, reason):
+        if _put_seal(store, root, epoch, g, sealed_by, reason):
             return g
-    raise VolumeError(f"could not seal epoch {epoch} of {volume!r}: its owner keeps writing")
+    raise VolumeError(f"could not seal epoch {epoch} of {root!r}: its owner keeps writing")
 
 
-def _put_seal(store: ObjectStore, volume: str, epoch: int, seq: int, sealed_by: int, reason: str) -> bool:
+def _put_seal(store: ObjectStore, root: str, epoch: int, seq: int, sealed_by: int, reason: str) -> bool:
     """Conditionally create the seal of `epoch` at `seq`; False if the key is taken."""
     seal = Segment(kind="seal", epoch=epoch, seq=seq, created_ns=_now_ns(), records=[],
                    reason=reason, sealed_by=sealed_by)
     try:
-        store.put(keys.journal_key(volume, epoch, seq), seal.encode(), if_none_match=True)
+        store.put(keys.journal_key(root, epoch, seq), seal.encode(), if_none_match=True)
     except PreconditionFailed:
         return False
-    log.info("volume %s: sealed epoch %d at seq %d (%s)", volume, epoch, seq, reason)
+    log.info("volume %s: sealed epoch %d at seq %d (%s)", root, epoch, seq, reason)
     return True
 
 
 # ------------------------------------------------------------------ open/claim
 
 
-@dataclass
-class OpenedVolume:
-    superblock: Superblock
-    epoch: int
-    next_seq: int
-    token: str
-    state: MetaState
-    last_committed: tuple[int, int]      # (epoch, seq) of the last replayed segment
-    segments_since_snapshot: int
-
-
 def claim_epoch(
     store: ObjectStore,
-    volume: str,
+    root: str,
     *,
     cache_tokens: Collection[str],
     takeover: bool,
     token: str | None = None,
+    purpose: str = "mount",
 ) -> tuple[int, str]:
     """Claim the next epoch by conditional create; seal what needs sealing;
-    write our begin segment. Returns (epoch, token). `token` is the claim's
-    proof of ownership (a new random one if not given): a mount writes it
-    into its cache dir before claiming."""
-    view = list_journal(store, volume)
+    write our begin segment (a mount) or nothing more (a removal). Returns
+    (epoch, token). `token` is the claim's proof of ownership (a new random
+    one if not given): a mount writes it into its cache dir before claiming."""
+    view = list_journal(store, root)
     latest = view.latest_epoch
     sealed = True
     claim = None
     if latest:
-        sealed, _ = epoch_seal(store, volume, latest, view.seqs.get(latest, []))
-        claim = read_claim(store, volume, latest)
+        sealed, _ = epoch_seal(store, root, latest, view.seqs.get(latest, []))
+        claim = read_claim(store, root, latest)
+    name = root.split("/", 1)[0]
     decision = fencing.decide_mount(
-        volume=volume,
+        volume=name,
         latest_epoch=latest,
         latest_sealed=sealed,
         latest_host=claim.host if claim else None,
         latest_token=claim.token if claim else None,
         cache_tokens=cache_tokens,
         takeover=takeover,
+        latest_purpose=claim.purpose if claim else "mount",
     )
     if not decision.allowed:
         raise VolumeError(decision.reason)
     epoch = latest + 1
     token = token or secrets.token_hex(16)
     mine = EpochClaim(epoch=epoch, host=socket.gethostname(), pid=os.getpid(), token=token,
-                      claimed_ns=_now_ns(), takeover=decision.needs_seal)
+                      claimed_ns=_now_ns(), takeover=decision.needs_seal, purpose=purpose)
     try:
-        store.put(keys.epoch_key(volume, epoch), mine.encode(), if_none_match=True)
+        store.put(keys.epoch_key(root, epoch), mine.encode(), if_none_match=True)
     except PreconditionFailed:
-        other = read_claim(store, volume, epoch)
+        other = read_claim(store, root, epoch)
         raise VolumeError(
-            f"another mount of {volume!r} (host {other.host if other else 'unknown'}) claimed "
+            f"another mount of {name!r} (host {other.host if other else 'unknown'}) claimed "
             f"epoch {epoch} at the same moment; only one may own the volume. Try again once it "
             f"has released it."
         ) from None
     failpoints.hit("after_epoch_claimed")
-    log.info("volume %s: claimed epoch %d (%s)", volume, epoch, decision.reason)
+    log.info("volume %s: claimed epoch %d for %s (%s)", name, epoch, purpose, decision.reason)
     # Seal every older epoch that is not sealed yet, newest first, stopping at
-    # an epoch that began: its owner had sealed everything below it.
-    for e in range(epoch - 1, 0, -1):
-        seqs = [p[1] for k in store.list(keys.journal_prefix(volume, e))
-                if (p := keys.parse_journal_key(volume, k)) and p[0] == e]
-        is_sealed, _ = epoch_seal(store, volume, e, seqs)
+    # an epoch that began (its owner had sealed everything below it) or at
+    # the horizon below which GC may have compacted sealed epochs away.
+    for e in range(epoch - 1, max(view.horizon, 1) - 1, -1):
+        seqs = list_epoch_seqs(store, root, e)
+        is_sealed, _ = epoch_seal(store, root, e, seqs)
         if not is_sealed:
-            seal_epoch(store, volume, e, sealed_by=epoch, reason="takeover")
-        if 1 in seqs and read_segment(store, volume, e, 1).kind == "begin":
+            seal_epoch(store, root, e, sealed_by=epoch, reason="remove" if purpose == "remove" else "takeover")
+        if 1 in seqs and read_segment(store, root, e, 1).kind == "begin":
             break
+    if purpose == "remove":
+        return epoch, token
     begin = Segment(kind="begin", epoch=epoch, seq=1, created_ns=_now_ns(), records=[],
                     reason=None, sealed_by=None)
     try:
-        store.put(keys.journal_key(volume, epoch, 1), begin.encode(), if_none_match=True)
+        store.put(keys.journal_key(root, epoch, 1), begin.encode(), if_none_match=True)
     except PreconditionFailed:
-        raise VolumeError(f"epoch {epoch} of {volume!r} was sealed before it began: another mount took over") from None
+        raise VolumeError(f"epoch {epoch} of {name!r} was sealed before it began: another mount took over") from None
     return epoch, token
 
 
@@ -278,53 +388,88 @@ class LoadResult:
     last: tuple[int, int]            # (epoch, seq) of the last replayed segment
     replayed: int                    # segments replayed after the snapshot
     source: str = "journal"          # where replay started: "snapshot", "local" or "journal"
+    start: tuple[int, int] = (0, 0)  # position of that starting point
+    # (hash, epoch) of every data object a replayed segment referenced
+    replayed_refs: set[tuple[bytes, int]] = field(default_factory=set)
 
 
-def load_state(store: ObjectStore, volume: str, sb: Superblock, local=None) -> LoadResult:
+def load_state(store: ObjectStore, root: str, sb: Superblock, local=None, *, attempts: int = 3) -> LoadResult:
     """Best valid starting point + replay of every later replayable segment.
 
-    Starting points: remote snapshots, and `local` (a `fsd.localdb.WorkingCopy`
+    A GC running at the same moment may delete segments between our listing
+    and our reads; that shows as a missing object or a broken chain, and
+    the load starts over from a fresh listing (it then finds the newer
+    snapshot that GC kept)."""
+    for attempt in range(attempts):
+        try:
+            return _load_state_once(store, root, sb, local)
+        except _Retry as e:
+            if attempt == attempts - 1:
+                raise VolumeError(f"volume {root}: cannot rebuild the metadata: {e}. The journal is "
+                                  f"incomplete; run 'ferry fs fsck' and report it.") from None
+            log.info("volume %s: journal changed while loading (%s); loading again", root, e)
+    raise AssertionError("unreachable")
+
+
+class _Retry(Exception):
+    pass
+
+
+def _load_state_once(store: ObjectStore, root: str, sb: Superblock, local) -> LoadResult:
+    """Starting points: remote snapshots, and `local` (a `fsd.localdb.WorkingCopy`
     of this cache directory), newest first. One is valid only if the segment
-    it is keyed at exists and is not a seal: a snapshot is written only after
+    it is keyed at exists and is not a seal (a snapshot is written only after
     its segment committed, and our writers never skip a seq, so no seal can
-    precede a non-seal segment at (e, s)."""
-    view = list_journal(store, volume)
+    precede a non-seal segment at (e, s)), and if every segment after it is
+    still there (`fencing.chain_breaks`)."""
+    view = list_journal(store, root)
+    latest = view.latest_epoch
     candidates = [(e, s, "snapshot") for e, s in view.snapshots]
     local_pos = local.position(sb.uuid) if local is not None else None
     if local_pos is not None:
         candidates.append((local_pos[0], local_pos[1], "local"))
     candidates.sort(key=lambda c: (c[0], c[1], c[2] == "local"), reverse=True)
+    candidates.append((0, 0, "journal"))
     state: MetaState | None = None
     start: tuple[int, int] = (0, 0)
     source = "journal"
+    broken: list[str] = []
     for e, s, kind in candidates:
+        why = fencing.chain_breaks((e, s), view.seqs, view.epochs, latest)
+        if why is not None:
+            broken.append(f"{kind} at {e}-{s}: {why}")
+            continue
+        if kind == "journal":
+            state = MetaState(sb.block_size)
+            break
         if s not in view.seqs.get(e, []):
             continue
         try:
-            seg = read_segment(store, volume, e, s)
+            seg = read_segment(store, root, e, s)
             if seg.kind == "seal":
                 continue
             if kind == "local":
                 state = local.load()
             else:
-                key = keys.snapshot_key(volume, e, s)
+                key = keys.snapshot_key(root, e, s)
                 _se, _ss, next_ino, records = decode_snapshot(store.get(key), key)
                 state = MetaState.from_records(sb.block_size, records)
                 state.next_ino = max(state.next_ino, next_ino)
         except (CorruptObject, NotFound) as exc:
-            log.warning("volume %s: ignoring %s at %d-%d: %s", volume, kind, e, s, exc)
+            log.warning("volume %s: ignoring %s at %d-%d: %s", root, kind, e, s, exc)
             continue
         except Exception as exc:  # a damaged local database must not prevent mounting
-            log.warning("volume %s: ignoring %s at %d-%d: %r", volume, kind, e, s, exc)
+            log.warning("volume %s: ignoring %s at %d-%d: %r", root, kind, e, s, exc)
             state = None
             continue
         start = (e, s)
         source = kind
         break
     if state is None:
-        state = MetaState(sb.block_size)
+        raise _Retry("no starting point is complete: " + "; ".join(broken))
     last = start
     replayed = 0
+    refs: set[tuple[bytes, int]] = set()
     for e in sorted(view.seqs):
         if e < start[0]:
             continue
@@ -335,7 +480,10 @@ def load_state(store: ObjectStore, volume: str, sb: Superblock, local=None) -> L
         segs: dict[int, Segment] = {}
         present = set(view.seqs[e])
         while s in present:
-            seg = read_segment(store, volume, e, s)
+            try:
+                seg = read_segment(store, root, e, s)
+            except NotFound:
+                raise _Retry(f"segment {e}-{s} vanished while loading") from None
             kinds[s] = seg.kind
             segs[s] = seg
             if seg.kind == "seal":
@@ -345,13 +493,15 @@ def load_state(store: ObjectStore, volume: str, sb: Superblock, local=None) -> L
         for s in to_replay:
             if (e, s) <= start:
                 continue
-            state.apply_all(segs[s].records)
+            records = segs[s].records
+            state.apply_all(records)
+            refs.update((r[3], r[5] if len(r) > 5 else 0) for r in records if r[0] == BLOCK)
             last = (e, s)
             replayed += 1
-    return LoadResult(state, last, replayed, source)
+    return LoadResult(state, last, replayed, source, start, refs)
 
 
-def write_snapshot(store: ObjectStore, volume: str, epoch: int, seq: int, state: MetaState,
+def write_snapshot(store: ObjectStore, root: str, epoch: int, seq: int, state: MetaState,
                    records: list | None = None) -> None:
     """Upload a snapshot of `state` as of segment (epoch, seq).
 
@@ -361,6 +511,6 @@ def write_snapshot(store: ObjectStore, volume: str, epoch: int, seq: int, state:
     data = encode_snapshot(epoch, seq, state.next_ino, recs)
     failpoints.hit("before_snapshot_put")
     try:
-        store.put(keys.snapshot_key(volume, epoch, seq), data, if_none_match=True)
+        store.put(keys.snapshot_key(root, epoch, seq), data, if_none_match=True)
     except PreconditionFailed:
         pass  # already there: snapshots are deterministic for a position

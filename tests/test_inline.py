@@ -26,9 +26,9 @@ def _store_view(store_url: str):
     """(replayed state, number of data objects) as a new host would see them."""
     store = open_store(store_url)
     try:
-        sb = vol_mod.read_superblock(store, VOL)
-        state = vol_mod.load_state(store, VOL, sb).state
-        objects = sum(1 for _ in store.list(keys.data_prefix(VOL)))
+        ref, sb = vol_mod.locate(store, VOL)
+        state = vol_mod.load_state(store, ref.root, sb).state
+        objects = sum(1 for _ in store.list(keys.data_prefix(ref.root)))
         return state, objects
     finally:
         store.close()
@@ -38,10 +38,11 @@ def _journal_records(store_url: str) -> list:
     store = open_store(store_url)
     try:
         out = []
-        for key in store.list(keys.journal_prefix(VOL)):
-            es = keys.parse_journal_key(VOL, key)
+        root = vol_mod.locate(store, VOL)[0].root
+        for key in store.list(keys.journal_prefix(root)):
+            es = keys.parse_journal_key(root, key)
             if es is not None:
-                out.extend(vol_mod.read_segment(store, VOL, *es).records)
+                out.extend(vol_mod.read_segment(store, root, *es).records)
         return out
     finally:
         store.close()

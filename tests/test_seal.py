@@ -18,7 +18,9 @@ def _segment(epoch: int, seq: int, kind: str = "segment") -> bytes:
 
 
 def _setup(store) -> int:
-    vol_mod.mkfs(store, VOL, {})
+    global VOL
+    ref, _sb = vol_mod.mkfs(store, "vol", {})
+    VOL = ref.root
     epoch, _ = vol_mod.claim_epoch(store, VOL, cache_tokens=(), takeover=False)
     for seq in (2, 3, 4):                       # three commits after the begin segment
         store.put(keys.journal_key(VOL, epoch, seq), _segment(epoch, seq), if_none_match=True)

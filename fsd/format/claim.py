@@ -7,9 +7,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from fsd.format.framing import CorruptObject, frame, require, unframe
+from fsd.format.framing import CorruptObject, frame, optional, require, unframe
 
 MAGIC = b"FRYE"
+# What the epoch was claimed for. "remove": the volume is being removed;
+# no mount may claim after it (docs/format.md, "Removal").
+PURPOSES = ("mount", "remove")
+# Format of the ferry that claimed: 2 never re-uses a data object of another
+# epoch, which is what lets GC collect format 1's untagged objects. Claims
+# written before the field existed read as 1.
+CLAIM_FORMAT = 2
 
 
 @dataclass
@@ -20,6 +27,8 @@ class EpochClaim:
     token: str
     claimed_ns: int
     takeover: bool
+    purpose: str = "mount"
+    format: int = CLAIM_FORMAT
 
     def encode(self) -> bytes:
         return frame(MAGIC, asdict(self))
@@ -30,4 +39,10 @@ class EpochClaim:
             "epoch": int, "host": str, "pid": int, "token": str, "claimed_ns": int, "takeover": bool})
         if b["epoch"] < 1:
             raise CorruptObject(f"{key}: epoch {b['epoch']} is not >= 1")
-        return cls(**{k: b[k] for k in cls.__dataclass_fields__})
+        purpose = optional(b, key, "purpose", str) or "mount"
+        if purpose not in PURPOSES:
+            # Unknown purposes come from a newer ferry: never mount over them.
+            raise CorruptObject(f"{key}: unknown claim purpose {purpose!r} (written by a newer ferry?)")
+        fmt = optional(b, key, "format", int) or 1
+        fields = {k: b[k] for k in cls.__dataclass_fields__ if k not in ("purpose", "format")}
+        return cls(**fields, purpose=purpose, format=fmt)

@@ -1,5 +1,11 @@
 """Key layout of a volume in the object store (docs/format.md). Pure.
 
+A volume's objects live under its *root*: `NAME/UUID` for format 2 (one
+root per incarnation of a name, so a name that is removed and created
+again starts from nothing), `NAME` for format 1. The functions below take
+the root; `incarnation_*` keys sit under the bare name and say which root
+is the name's current volume.
+
 Numbers are 16-digit lower-case hex so that the lexical order in which stores
 list keys is their numeric order; parsers accept exactly that spelling (and
 nothing else), so `build(parse(key)) == key` for every key they accept and
@@ -12,7 +18,8 @@ import re
 MAX_VOLUME_NAME = 128
 _NAME_CHARS_RE = re.compile(r"[A-Za-z0-9._-]+")
 _HEX16_RE = re.compile(r"[0-9a-f]{16}")
-_HEX64_RE = re.compile(r"[0-9a-f]{64}")
+_UUID_RE = re.compile(r"[0-9a-f]{32}")
+_DATA_NAME_RE = re.compile(r"([0-9a-f]{64})(?:\.([0-9a-f]{16}))?")
 _U64 = 1 << 64
 HASH_SIZE = 32
 
@@ -49,6 +56,31 @@ def _h(n: int) -> str:
 
 def _hex16(s: str) -> int | None:
     return int(s, 16) if _HEX16_RE.fullmatch(s) else None
+
+
+def volume_root(name: str, uuid: str) -> str:
+    """Key prefix of one incarnation (format 2) of volume `name`."""
+    if not _UUID_RE.fullmatch(uuid):
+        raise ValueError(f"volume uuid {uuid!r} is not 32 lower-case hex digits")
+    return f"{name}/{uuid}"
+
+
+def name_prefix(name: str) -> str:
+    """Every object of every incarnation of `name` (and of a format-1 volume)."""
+    return f"{name}/"
+
+
+def incarnations_prefix(name: str) -> str:
+    return f"{name}/incarnations/"
+
+
+def incarnation_key(name: str, n: int) -> str:
+    return f"{name}/incarnations/{_h(n)}"
+
+
+def parse_incarnation_key(name: str, key: str) -> int | None:
+    p = incarnations_prefix(name)
+    return _hex16(key[len(p):]) if key.startswith(p) else None
 
 
 def superblock_key(vol: str) -> str:
@@ -105,24 +137,45 @@ def parse_snapshot_key(vol: str, key: str) -> tuple[int, int] | None:
     return None if not sep or ei is None or si is None else (ei, si)
 
 
+def gc_prefix(vol: str) -> str:
+    """GC reports (`gc/last`) of the volume."""
+    return f"{vol}/gc/"
+
+
+def gc_report_key(vol: str) -> str:
+    return f"{vol}/gc/last"
+
+
 def data_prefix(vol: str) -> str:
     return f"{vol}/data/"
 
 
-def data_key(vol: str, hash_bytes: bytes) -> str:
-    """Key of the data object whose raw content has blake2b-256 `hash_bytes`."""
+def data_key(vol: str, hash_bytes: bytes, epoch: int = 0) -> str:
+    """Key of the data object whose raw content has blake2b-256 `hash_bytes`,
+    uploaded in `epoch` (`HASH.EPOCH`). Epoch 0 is format 1's untagged key
+    (`HASH`): objects written before epochs were part of data keys.
+
+    The epoch in the key is what makes GC safe against writers it cannot
+    see (docs/format.md, "Garbage collection"): a writer only ever uploads
+    under its own epoch, so an object of a sealed epoch that no retained
+    state references can never be referenced again."""
     if len(hash_bytes) != HASH_SIZE:
         raise ValueError(f"a block hash is {HASH_SIZE} bytes, not {len(hash_bytes)}")
     x = hash_bytes.hex()
-    return f"{vol}/data/{x[:2]}/{x}"
+    return f"{vol}/data/{x[:2]}/{x}" + (f".{_h(epoch)}" if epoch else "")
 
 
-def parse_data_key(vol: str, key: str) -> bytes | None:
-    """The 32-byte hash named by a data key of `vol`, None for anything else."""
+def parse_data_key(vol: str, key: str) -> tuple[bytes, int] | None:
+    """(hash, epoch) named by a data key of `vol` (epoch 0: untagged, format
+    1), None for anything else."""
     p = data_prefix(vol)
     if not key.startswith(p):
         return None
     fan, sep, x = key[len(p):].partition("/")
-    if not sep or not _HEX64_RE.fullmatch(x) or fan != x[:2]:
+    m = _DATA_NAME_RE.fullmatch(x) if sep else None
+    if m is None or fan != x[:2]:
         return None
-    return bytes.fromhex(x)
+    e = int(m.group(2), 16) if m.group(2) else 0
+    if m.group(2) and e == 0:
+        return None           # epoch 0 is spelled without a suffix
+    return bytes.fromhex(m.group(1)), e

@@ -19,7 +19,8 @@ __all__ = ["Superblock", "make_superblock", "parse_size", "MAGIC", "FORMAT",
            "MIN_BLOCK_SIZE", "MAX_BLOCK_SIZE", "DEFAULT_BLOCK_SIZE", "COMPRESSIONS", "FENCING_MODES"]
 
 MAGIC = b"FRYB"
-FORMAT = 1
+FORMAT = 2            # what mkfs writes: a root per incarnation, epoch-tagged data keys
+FORMATS = (1, 2)      # what this ferry reads (docs/format.md, "Versions")
 MIN_BLOCK_SIZE = 64 << 10
 MAX_BLOCK_SIZE = 16 << 20
 DEFAULT_BLOCK_SIZE = 1 << 20
@@ -51,9 +52,9 @@ class Superblock:
         b = require(unframe(MAGIC, data, key), key, {
             "volume": str, "uuid": str, "format": int, "block_size": int, "compression": str,
             "created_ns": int, "fencing": str, "options": dict})
-        if b["format"] != FORMAT:
+        if b["format"] not in FORMATS:
             raise CorruptObject(f"{key}: volume format {b['format']} is not supported "
-                                f"(this ferry reads format {FORMAT}; written by a newer ferry?)")
+                                f"(this ferry reads formats {', '.join(map(str, FORMATS))}; written by a newer ferry?)")
         if not valid_block_size(b["block_size"]):
             raise CorruptObject(f"{key}: block_size {b['block_size']} is not a power of two "
                                 f"between {MIN_BLOCK_SIZE} and {MAX_BLOCK_SIZE}")

@@ -19,7 +19,7 @@ from stat import (S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK
                   S_ISGID)
 from typing import Iterable
 
-from fsd.meta.records import (BLOCK, DENT, DENT_DEL, I_ATIME, I_CTIME, I_GID, I_MODE, I_MTIME,
+from fsd.meta.records import (DENT, DENT_DEL, I_ATIME, I_CTIME, I_GID, I_MODE, I_MTIME,
                               I_NLINK, I_SIZE, I_UID, INODE, INODE_DEL, NAME_MAX, TRUNC, XATTR,
                               XATTR_DEL, XATTR_SIZE_MAX)
 from fsd.meta.state import ROOT_INO, S_FMT, BlockRef, Inode, MetaState
@@ -435,7 +435,7 @@ class MetaOps:
         """Block `index` of `ino` is now stored as `ref` (ignored if the inode
         was deleted meanwhile)."""
         if ino in self.state.inodes:
-            self._emit([BLOCK, ino, index, ref.hash, ref.length])
+            self._emit(ref.record(ino, index))
 
     # -------------------------------------------------------------- xattrs
     @staticmethod

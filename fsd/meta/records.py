@@ -122,6 +122,14 @@ _SHAPES: dict[int, _Fields] = {
 }
 
 
+# Trailing fields a record may carry or omit. BLOCK's `epoch` (format 2) is
+# the epoch whose data key holds the object; without it the object has
+# format 1's untagged key (epoch 0).
+_OPTIONAL: dict[int, _Fields] = {
+    BLOCK: (("epoch", _u64),),
+}
+
+
 def validate_record(rec: Any) -> None:
     """Raise RecordError naming the first problem of `rec`, if any."""
     if type(rec) is not list:
@@ -133,9 +141,12 @@ def validate_record(rec: Any) -> None:
     if fields is None:
         raise RecordError(f"unknown record type {t!r}")
     name = NAMES[t]
-    if len(rec) != len(fields) + 1:
-        raise RecordError(f"{name} record has {len(rec)} elements, expected {len(fields) + 1}")
-    for i, (field, check) in enumerate(fields, 1):
+    optional = _OPTIONAL.get(t, ())
+    if not len(fields) + 1 <= len(rec) <= len(fields) + len(optional) + 1:
+        n = len(fields) + 1
+        expected = f"{n}" if not optional else f"{n} to {n + len(optional)}"
+        raise RecordError(f"{name} record has {len(rec)} elements, expected {expected}")
+    for i, (field, check) in enumerate((fields + optional)[:len(rec) - 1], 1):
         expected = check(rec[i])
         if expected is not None:
             raise RecordError(f"{name} record: element {i} ({field}) must be {expected}, "

@@ -67,10 +67,19 @@ class Inode:
 
 @dataclass(frozen=True, slots=True)
 class BlockRef:
-    """Block of a file stored as data object `hash`; only its first `length`
-    bytes count (TRUNC may clip a block without rewriting its object)."""
+    """Block of a file stored as data object `hash` uploaded in `epoch` (its
+    key is `fsd.format.keys.data_key(root, hash, epoch)`; 0: format 1's
+    untagged key); only its first `length` bytes count (TRUNC may clip a
+    block without rewriting its object)."""
     hash: bytes
     length: int
+    epoch: int = 0
+
+    def record(self, ino: int, idx: int) -> list:
+        """The BLOCK record that points block `idx` of `ino` here."""
+        if self.epoch:
+            return [BLOCK, ino, idx, self.hash, self.length, self.epoch]
+        return [BLOCK, ino, idx, self.hash, self.length]
 
 
 def new_volume_records(now_ns: int, uid: int = 0, gid: int = 0, mode: int = 0o755) -> list:
@@ -191,7 +200,7 @@ class MetaState:
         bm = self.blocks.get(ino)
         if bm is None:
             bm = self.blocks[ino] = {}
-        bm[r[2]] = BlockRef(r[3], r[4])
+        bm[r[2]] = BlockRef(r[3], r[4], r[5] if len(r) > 5 else 0)
         self._drop_patches(ino, r[2])
 
     def _patch(self, r: list) -> None:
@@ -246,7 +255,7 @@ class MetaState:
         if rem:
             ref = bm.get(cut)
             if ref is not None and ref.length > rem:
-                bm[cut] = BlockRef(ref.hash, rem)
+                bm[cut] = BlockRef(ref.hash, rem, ref.epoch)
         if not bm:
             del self.blocks[ino]
 
@@ -292,7 +301,7 @@ class MetaState:
                 yield [DENT, parent, name, child, cookie]
         for ino, bm in self.blocks.items():
             for idx, ref in bm.items():
-                yield [BLOCK, ino, idx, ref.hash, ref.length]
+                yield ref.record(ino, idx)
         for ino, pm in self.patches.items():       # after BLOCKs: a BLOCK clears its patches
             for idx, pl in pm.items():
                 for off, data in pl:

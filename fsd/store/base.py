@@ -6,7 +6,18 @@ under a capacity limit (no blocking call on the trio loop).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One listed object: its key, size and last-modified time (the store's
+    clock, ns since the epoch; GC's grace period is measured with it)."""
+
+    key: str
+    size: int
+    mtime_ns: int
 
 
 class StoreError(Exception):
@@ -51,6 +62,9 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
         """Keys beginning with prefix, in lexical order, after start_after."""
+
+    def list_info(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
+        """Like `list`, with each object's size and last-modified time."""
 
     def delete(self, key: str) -> None:
         """Remove key; deleting a missing key is not an error."""

@@ -19,7 +19,8 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from fsd.store.base import NotFound, PreconditionFailed, StoreAuthError, StoreConfigError, StoreError, StoreUnavailable
+from fsd.store.base import (NotFound, ObjectInfo, PreconditionFailed, StoreAuthError, StoreConfigError, StoreError,
+                            StoreUnavailable)
 from fsd.store.url import StoreSpec
 
 TMP = ".tmp-"
@@ -93,9 +94,15 @@ class FileStore:
     def put(self, key: str, data: bytes, *, if_none_match: bool = False) -> None:
         path = self._path(key)
         try:
-            self._makedirs(path.parent)
-            tmp = path.parent / f"{TMP}{secrets.token_hex(8)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            for attempt in range(10):
+                self._makedirs(path.parent)
+                tmp = path.parent / f"{TMP}{secrets.token_hex(8)}"
+                try:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                    break
+                except FileNotFoundError:
+                    if attempt == 9:     # a delete pruned the empty directory just now: make it again
+                        raise
             try:
                 try:
                     mv = memoryview(data)
@@ -165,6 +172,15 @@ class FileStore:
             self._fsync_dir(path.parent)
         except OSError:
             pass     # best effort: a resurrected deleted object is harmless (idempotent delete)
+        # Prune directories left empty, so a removed volume leaves nothing
+        # behind. A put racing with this re-creates its directory (see put).
+        for d in path.parents:
+            if d == self.root or not str(d).startswith(str(self.root)):
+                break
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
     def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
         """Keys starting with `prefix` (a plain string prefix) after
@@ -199,6 +215,16 @@ class FileStore:
                 yield from self._walk(d / name, key, prefix, start_after)
             elif key.startswith(prefix) and key > start_after:
                 yield key
+
+    def list_info(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
+        for key in self.list(prefix, start_after):
+            try:
+                st = self._path(key).stat()
+            except FileNotFoundError:
+                continue            # deleted since it was listed
+            except OSError as e:
+                raise self._oserror(f"LIST {prefix}", e) from None
+            yield ObjectInfo(key, st.st_size, st.st_mtime_ns)
 
     def close(self) -> None:
         """Nothing to release: every call opens and closes its own files."""

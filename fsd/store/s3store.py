@@ -18,7 +18,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from fsd.store.base import (NotFound, PreconditionFailed, StoreAuthError, StoreConfigError, StoreError,
+from fsd.store.base import (NotFound, ObjectInfo, PreconditionFailed, StoreAuthError, StoreConfigError, StoreError,
                             StoreUnavailable)
 from fsd.store.url import StoreSpec
 
@@ -231,6 +231,9 @@ class S3Store:
     def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
         """ListObjectsV2 page by page (lazily), each page retried on its own;
         keys are returned relative to the URL's prefix."""
+        return (o.key for o in self.list_info(prefix, start_after))
+
+    def list_info(self, prefix: str, start_after: str = "") -> Iterator[ObjectInfo]:
         n = len(self.prefix)
         token: str | None = None
         while True:
@@ -241,7 +244,9 @@ class S3Store:
                 kw["StartAfter"] = self.prefix + start_after
             r = self._call(f"LIST {prefix}", lambda: self.client.list_objects_v2(**kw))
             for o in r.get("Contents", []):
-                yield o["Key"][n:]
+                mtime = o.get("LastModified")
+                yield ObjectInfo(o["Key"][n:], int(o.get("Size", 0)),
+                                 int(mtime.timestamp() * 1e9) if mtime is not None else 0)
             token = r.get("NextContinuationToken")
             if not r.get("IsTruncated") or not token:
                 return

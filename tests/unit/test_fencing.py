@@ -60,3 +60,29 @@ def test_writer_position_is_strictly_consecutive():
     assert p.next_seq == 3
     with pytest.raises(AssertionError):
         p.committed(5)
+
+
+@pytest.mark.parametrize("seqs,run", [([], (1, 1)), ([1, 2, 3], (1, 4)), ([5, 6, 7], (5, 8)), ([9], (9, 10))])
+def test_journal_run_starts_at_the_first_key_left_by_gc(seqs, run):
+    assert fencing.journal_run(seqs) == run
+
+
+def test_chain_breaks_when_gc_compacted_past_the_start():
+    seqs = {1: [9], 2: [40, 41, 42], 3: [1, 2]}          # GC kept epoch 1's seal and 2 from its snapshot on
+    claimed = [1, 2, 3]
+    assert fencing.chain_breaks((2, 40), seqs, claimed, 3) is None
+    assert fencing.chain_breaks((2, 41), seqs, claimed, 3) is None
+    assert "epoch 2 starts at segment 40" in fencing.chain_breaks((2, 10), seqs, claimed, 3)
+    assert "epoch 1 starts at segment 9" in fencing.chain_breaks((0, 0), seqs, claimed, 3)
+    assert "epoch 1 starts at segment 9" in fencing.chain_breaks((1, 3), seqs, claimed, 3)
+
+
+def test_chain_allows_an_unbegun_newest_epoch_but_not_a_vanished_middle_one():
+    assert fencing.chain_breaks((1, 2), {1: [1, 2, 3]}, [1, 2], 2) is None      # 2 claimed, not begun yet
+    assert "epoch 2 has no journal" in fencing.chain_breaks((1, 2), {1: [1, 2, 3], 3: [1]}, [1, 2, 3], 3)
+
+
+def test_no_mount_after_a_removal_claim():
+    d = fencing.decide_mount(volume="v", latest_epoch=4, latest_sealed=False, latest_host="h", latest_token="t",
+                             cache_tokens=("t",), takeover=True, latest_purpose="remove")
+    assert not d.allowed and "being removed" in d.reason

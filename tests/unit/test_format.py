@@ -62,7 +62,7 @@ def test_segment_roundtrip():
 def test_superblock_and_claim_roundtrip():
     sb = _sb()
     assert Superblock.decode(sb.encode(), "k") == sb
-    assert sb.block_size == 262144 and sb.compression == "zstd" and sb.format == 1 and len(sb.uuid) == 32
+    assert sb.block_size == 262144 and sb.compression == "zstd" and sb.format == 2 and len(sb.uuid) == 32
     assert EpochClaim.decode(_claim().encode(), "k") == _claim()
 
 
@@ -235,7 +235,7 @@ def test_superblock_values_validated():
     good = Superblock.decode(_sb().encode(), "k").__dict__
     for field, value, msg in [("block_size", 3000, "block_size"), ("block_size", 32 << 20, "block_size"),
                               ("compression", "lz4", "compression"), ("fencing", "none", "fencing"),
-                              ("format", 2, "format 2"), ("uuid", "x", "uuid"), ("options", [], "options")]:
+                              ("format", 3, "format 3"), ("uuid", "x", "uuid"), ("options", [], "options")]:
         with pytest.raises(CorruptObject, match=msg):
             Superblock.decode(frame(b"FRYB", {**good, field: value}), "k")
 
@@ -384,7 +384,11 @@ def test_parse_other_keys_reject_strays():
     assert keys.parse_snapshot_key("v", "v/snapshots/0000000000000001") is None
     assert keys.parse_snapshot_key("v", "v/snapshots/0000000000000001-0000000000000001-x") is None
     assert keys.parse_snapshot_key("v", "v/snapshots/0000000000000001-0000000000000002") == (1, 2)
-    assert keys.parse_data_key("v", f"v/data/00/{h}") == bytes(range(32))
+    assert keys.parse_data_key("v", f"v/data/00/{h}") == (bytes(range(32)), 0)       # format 1: untagged
+    assert keys.parse_data_key("v", f"v/data/00/{h}.000000000000002a") == (bytes(range(32)), 42)
+    assert keys.parse_data_key("v", f"v/data/00/{h}.0000000000000000") is None      # epoch 0 has no suffix
+    assert keys.parse_data_key("v", f"v/data/00/{h}.2a") is None
+    assert keys.data_key("v", bytes(range(32)), 42) == f"v/data/00/{h}.000000000000002a"
     assert keys.parse_data_key("v", f"v/data/01/{h}") is None           # wrong fan-out directory
     assert keys.parse_data_key("v", f"v/data/00/{h.upper()}") is None   # not the canonical spelling
     assert keys.parse_data_key("v", f"v/data/00/{h[:-2]}") is None
@@ -411,3 +415,40 @@ def test_good_volume_names(name):
 def test_bad_volume_name_refused_by_mkfs_codec():
     with pytest.raises(ValueError, match="volume name"):
         make_superblock("../x", {}, 0)
+
+
+def test_incarnation_keys_and_roots():
+    assert keys.incarnation_key("demo", 3) == "demo/incarnations/0000000000000003"
+    assert keys.parse_incarnation_key("demo", "demo/incarnations/0000000000000003") == 3
+    assert keys.parse_incarnation_key("demo", "demo/incarnations/3") is None
+    assert keys.parse_incarnation_key("demo", "demox/incarnations/0000000000000003") is None
+    root = keys.volume_root("demo", "ab" * 16)
+    assert root == "demo/" + "ab" * 16
+    # a root never collides with format 1's keys or the incarnation records of its name
+    assert not root.startswith(keys.incarnations_prefix("demo"))
+    assert not keys.journal_prefix("demo").startswith(root + "/")
+    with pytest.raises(ValueError):
+        keys.volume_root("demo", "not-a-uuid")
+
+
+def test_block_records_with_and_without_epoch():
+    from fsd.meta.records import BLOCK, RecordError, validate_record
+    validate_record([BLOCK, 2, 0, b"h" * 32, 10])          # format 1
+    validate_record([BLOCK, 2, 0, b"h" * 32, 10, 7])       # format 2: the object's epoch
+    with pytest.raises(RecordError, match="5 to 6"):
+        validate_record([BLOCK, 2, 0, b"h" * 32, 10, 7, 1])
+    with pytest.raises(RecordError, match="epoch"):
+        validate_record([BLOCK, 2, 0, b"h" * 32, 10, "x"])
+
+
+def test_claim_purpose_defaults_to_mount_and_rejects_unknown():
+    from fsd.format.claim import EpochClaim
+    from fsd.format.framing import frame
+    c = EpochClaim(epoch=2, host="h", pid=1, token="t", claimed_ns=1, takeover=False)
+    assert EpochClaim.decode(c.encode(), "k").purpose == "mount"
+    r = EpochClaim(epoch=2, host="h", pid=1, token="t", claimed_ns=1, takeover=True, purpose="remove")
+    assert EpochClaim.decode(r.encode(), "k") == r
+    old = {"epoch": 2, "host": "h", "pid": 1, "token": "t", "claimed_ns": 1, "takeover": False}
+    assert EpochClaim.decode(frame(b"FRYE", old), "k").purpose == "mount"       # format 1 claims
+    with pytest.raises(CorruptObject, match="purpose"):
+        EpochClaim.decode(frame(b"FRYE", {**old, "purpose": "explode"}), "k")

@@ -81,8 +81,8 @@ def test_entry_means_the_same_as_its_segment_records():
     items = entry_items(entry)
     whole = [it for it in items if isinstance(it, WholeBlock)]
     assert len(whole) == 1 and whole[0].raw == b"w" * BS
-    recs = segment_records(items, {id(whole[0]): (b"h" * 32, BS)})
-    assert recs[-1] == [BLOCK, ino, 1, b"h" * 32, BS]
+    recs = segment_records(items, {id(whole[0]): (b"h" * 32, BS, 3)})
+    assert recs[-1] == [BLOCK, ino, 1, b"h" * 32, BS, 3]
     base.apply_all(recs)
     assert overlay(b"", base.block_patches(ino, 0)) == b"o" * 100 + bytes(100) + b"n" * 10
     assert base.inodes[ino].size == 210

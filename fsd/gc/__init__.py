@@ -1,0 +1,1 @@
+"""Garbage collection: the pure rules (`plan`) and the store pass (`run`)."""

@@ -1,0 +1,145 @@
+"""What garbage collection may delete: pure rules, no I/O (docs/format.md,
+"Garbage collection", says why each one is safe).
+
+The store adapter (`fsd.gc.run`) lists the volume's objects, picks the base
+snapshot, reads the roots and asks `plan` which keys to delete. The roots
+are listed in `Roots`: the base snapshot and the journal after it (the live
+state), plus whatever else must survive — snapshots pinned by users,
+clones or a history window slot in as `pinned_snapshots` and their
+references as part of `marked`.
+"""
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from fsd.format import keys
+from fsd.store.base import ObjectInfo
+
+DATA, SEGMENT, SNAPSHOT = "data", "segment", "snapshot"
+
+
+@dataclass(frozen=True)
+class Roots:
+    """What the live volume and its retained history still need."""
+
+    base: tuple[int, int]                       # position of the snapshot every mount may start from
+    marked: frozenset[tuple[bytes, int]]        # (hash, epoch) of every referenced data object
+    pinned_snapshots: frozenset[tuple[int, int]] = frozenset()
+
+
+@dataclass(frozen=True)
+class Writers:
+    """Who may still write, as observed before the objects were listed.
+
+    `sealed`: epochs whose seal was seen (or that lie below the base
+    snapshot's epoch, which a begin proves sealed); their writers can never
+    commit again, so an object of theirs that no root references is garbage
+    for good. `untagged_collectable`: objects of format 1 (no epoch in the
+    key) may go once the newest epoch was claimed by a ferry that never
+    re-uses them (claim format >= 2). `own_epoch`/`protected`: the owner
+    running GC in its own process may also collect its own epoch's objects,
+    except the hashes it is using or uploading."""
+
+    sealed: frozenset[int]
+    untagged_collectable: bool = False
+    own_epoch: int | None = None
+    protected: frozenset[bytes] = frozenset()
+
+
+@dataclass
+class Deletion:
+    kind: str
+    key: str
+    size: int
+
+
+@dataclass
+class GcPlan:
+    delete: list[Deletion] = field(default_factory=list)
+    kept_young: int = 0              # garbage candidates inside the grace period
+    kept_unsealed: int = 0           # unreferenced objects of an epoch that may still commit
+    live_objects: int = 0
+    live_bytes: int = 0
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for d in self.delete:
+            t = out.setdefault(d.kind, {"objects": 0, "bytes": 0})
+            t["objects"] += 1
+            t["bytes"] += d.size
+        return out
+
+    @property
+    def bytes(self) -> int:
+        return sum(d.size for d in self.delete)
+
+
+def last_keys(journal: Mapping[int, Iterable[int]]) -> set[tuple[int, int]]:
+    """The last present journal key of each epoch. GC never deletes these:
+    a writer of a fenced epoch only ever writes at its epoch's first gap,
+    which is exactly where its seal is, so the seal must stay for that
+    writer's conditional PUT to keep failing (docs/format.md)."""
+    return {(e, max(seqs)) for e, seqs in journal.items() if seqs}
+
+
+def plan(root: str, objects: Iterable[ObjectInfo], roots: Roots, writers: Writers, *,
+         now_ns: int, grace_ns: int) -> GcPlan:
+    """Which of `objects` (everything listed under the volume's root) to
+    delete, in a safe order: journal segments and snapshots first (the base
+    snapshot they were folded into exists already), data objects last."""
+    objs = list(objects)
+    journal: dict[int, list[int]] = {}
+    for o in objs:
+        js = keys.parse_journal_key(root, o.key)
+        if js is not None:
+            journal.setdefault(js[0], []).append(js[1])
+    keep_last = last_keys(journal)
+    out = GcPlan()
+    segments: list[Deletion] = []
+    snapshots: list[Deletion] = []
+    data: list[Deletion] = []
+    for o in objs:
+        if (js := keys.parse_journal_key(root, o.key)) is not None:
+            if js < roots.base and js not in keep_last:
+                segments.append(Deletion(SEGMENT, o.key, o.size))
+            continue
+        if (sp := keys.parse_snapshot_key(root, o.key)) is not None:
+            if sp < roots.base and sp not in roots.pinned_snapshots:
+                snapshots.append(Deletion(SNAPSHOT, o.key, o.size))
+            continue
+        if (dk := keys.parse_data_key(root, o.key)) is not None:
+            if dk in roots.marked:
+                out.live_objects += 1
+                out.live_bytes += o.size
+                continue
+            if not _writer_gone(dk, writers):
+                out.kept_unsealed += 1
+                continue
+            if now_ns - o.mtime_ns < grace_ns:
+                out.kept_young += 1
+                continue
+            data.append(Deletion(DATA, o.key, o.size))
+    out.delete = sorted(segments, key=lambda d: d.key) + sorted(snapshots, key=lambda d: d.key) + data
+    return out
+
+
+def _writer_gone(dk: tuple[bytes, int], w: Writers) -> bool:
+    """May an unreferenced object still become referenced? Only by a commit
+    of the epoch that uploaded it (writers upload under their own epoch and
+    never re-use another epoch's object), so not once that epoch is sealed."""
+    h, epoch = dk
+    if epoch == 0:
+        return w.untagged_collectable
+    if epoch in w.sealed:
+        return True
+    return w.own_epoch == epoch and h not in w.protected
+
+
+def sealed_epochs(journal_last_kinds: Mapping[int, str], claimed: Collection[int], horizon: int) -> frozenset[int]:
+    """Epochs that can never commit again: those below the horizon (the base
+    snapshot's epoch began, which proves them sealed) and those whose last
+    journal key is a seal."""
+    out = {e for e in claimed if e < horizon}
+    out |= {e for e, kind in journal_last_kinds.items() if kind == "seal"}
+    return frozenset(out)
