@@ -32,6 +32,7 @@ from agent import plugin
 from agent.fsd_proc import FsdError, FsdManager, Health
 from agent.http import serve_unix
 from agent.mounts import MountTable, UnknownMount
+from agent.removal_jobs import RemovalAborted, RemovalRunner
 from agent.statefile import StateFile
 from control.client import ControlClient, ControlError, Unreachable
 
@@ -76,10 +77,14 @@ class Agent:
         self._kick = trio.Event()
         self._moving: set[str] = set()
         self._nursery: trio.Nursery | None = None
+        self.removals = RemovalRunner(self.host, cfg.store_url, self.control, self._lock, self.table_in_use)
 
     # ================================================================ helpers
     def _lock(self, volume: str) -> trio.Lock:
         return self._locks.setdefault(volume, trio.Lock())
+
+    def table_in_use(self, volume: str) -> bool:
+        return self.table.in_use(volume) or volume in self.served
 
     async def _save(self) -> None:
         try:
@@ -127,6 +132,10 @@ class Agent:
         return plugin.ok()
 
     async def remove(self, req: plugin.Remove) -> dict[str, Any]:
+        """Docker's `volume rm`: refused while in use anywhere. Otherwise the volume is
+        fenced and marked removed in the store before this returns (the name is free
+        then, and a volume created under it starts empty); its objects are deleted in
+        the background (`ferry volume ls` shows the progress). control/removals.py."""
         name = req.name
         async with self._lock(name):
             n = self.table.count(name)
@@ -135,10 +144,29 @@ class Agent:
                                   "remove them first")
             await self._flush_release(name)
             try:
-                await self.control.volume_remove(name)
+                res = await self.control.volume_remove(name, host_id=self.host)
             except (ControlError, Unreachable) as e:
                 return self._control_err(f"cannot remove volume {name!r}", e)
-        log.info("host=%s volume=%s removed from the cluster (its data stays in the store)", self.host, name)
+        if res.get("host") == self.host and self._nursery is not None:
+            try:
+                root = await self._nursery.start(self.removals.job, name, None)
+            except RemovalAborted as e:
+                return plugin.err(str(e))
+            except Exception as e:  # noqa: BLE001 - store or control failure: the message matters
+                log.error("host=%s volume=%s removal failed: %s", self.host, name, e)
+                return plugin.err(f"cannot remove volume {name!r}: {e}; it stays marked for removal and "
+                                  "the agent retries")
+        else:
+            try:
+                res = await self.control.volume_remove(name, host_id=self.host, wait=self.cfg.acquire_wait)
+            except (ControlError, Unreachable) as e:
+                return self._control_err(f"cannot remove volume {name!r}", e)
+            if res.get("status") != "removed":
+                return plugin.err(f"volume {name!r} is marked for removal but not removed yet: "
+                                  f"{res.get('message', 'no live host fenced it')}")
+            root = res.get("root")
+        log.info("host=%s volume=%s removed: fenced in the store, objects of %s deleted in the background",
+                 self.host, name, root or "(nothing on the store)")
         return plugin.ok()
 
     async def mount(self, req: plugin.Mount) -> dict[str, Any]:
@@ -314,7 +342,8 @@ class Agent:
     async def list(self, req: plugin.ListVolumes) -> dict[str, Any]:
         try:
             vols = await self.control.volume_list()
-            names = [v["name"] for v in vols if isinstance(v, dict) and isinstance(v.get("name"), str)]
+            names = [v["name"] for v in vols if isinstance(v, dict) and isinstance(v.get("name"), str)
+                     and v.get("state") != "removing"]
         except (ControlError, Unreachable) as e:
             log.warning("host=%s List answered from local state only: %s", self.host, e)
             names = self.table.names()
@@ -357,7 +386,8 @@ class Agent:
                 for name, epoch in list(self.to_release.items()):
                     if name not in self.served:
                         await self._release(name, epoch)
-                res = await self.control.host_heartbeat(self.host, await self._reports())
+                res = await self.control.host_heartbeat(self.host, await self._reports(),
+                                                        self.removals.progress())
                 if failing:
                     log.info("host=%s control service reachable again", self.host)
                 failing = False
@@ -402,7 +432,8 @@ class Agent:
         await self.registered.wait()
         while True:
             try:
-                res = await self.control.host_watch(self.host, timeout=self.cfg.watch_timeout)
+                res = await self.control.host_watch(self.host, timeout=self.cfg.watch_timeout,
+                                                    running=self.removals.running())
             except ControlError as e:
                 if e.code == "not_found":
                     self.registered = trio.Event()
@@ -419,7 +450,11 @@ class Agent:
             new = [m for m in moves if m.get("volume") not in self._moving]
             for m in new:
                 self._start_move(m.get("volume"), m.get("to"))
-            if moves and not new:
+            jobs = [j for j in res.get("removals", []) if isinstance(j, dict) and isinstance(j.get("name"), str)
+                    and not self.removals.is_running(j["name"], j.get("root"))]
+            for j in jobs:
+                self._start_removal(j["name"], j.get("root"))
+            if moves and not new and not jobs:
                 await trio.sleep(0.2)        # moves in progress: don't spin on the long poll
 
     def _start_move(self, volume: Any, to: Any) -> None:
@@ -427,6 +462,22 @@ class Agent:
             return
         self._moving.add(volume)
         self._nursery.start_soon(self._handle_move, volume, str(to))
+
+    def _start_removal(self, name: str, root: str | None) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._removal_job, name, root)
+
+    async def _removal_job(self, name: str, root: str | None) -> None:
+        """A removal job handed out by the control service (a CLI `ferry volume rm`,
+        or one resumed after a crash): fencing failures are logged, and retried
+        after a pause by the next watch."""
+        try:
+            await self.removals.job(name, root)
+        except RemovalAborted as e:
+            log.warning("host=%s volume=%s removal aborted: %s", self.host, name, e)
+        except Exception as e:  # noqa: BLE001 - never crash the agent
+            log.error("host=%s volume=%s fencing for removal failed: %s; retrying in %gs or more", self.host,
+                      name, e, self.removals.retry_after)
 
     async def _handle_move(self, name: str, to: str) -> None:
         """Another host asked for `name`: hand it over if no container uses it here."""

@@ -40,6 +40,7 @@ examples:
   ferry volume inspect pgdata        # owner, epoch, durability, upload lag
   ferry volume move pgdata --to host-b
   ferry volume rm pgdata             # refused while a live host holds it
+  ferry volume rm pgdata --wait      # ... and follow the deletion of its objects
 """
 
 
@@ -208,19 +209,36 @@ def cmd_volume_create(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+def _removal_state(r: dict) -> str:
+    """'deleting 45% (1200/2700 objects, 12.0 MB freed)' for a removal view."""
+    if r.get("total") is None:
+        return "deleting (starting)" if r.get("alive") else "deleting (host down: another host takes over)"
+    total = r["total"] or 0
+    pct = 100 * r["deleted"] // total if total else 100
+    return f"deleting {pct}% ({r['deleted']}/{total} objects, {r['bytes'] / 1e6:.1f} MB freed)"
+
+
+def _removal_rows(removals: list) -> list[list[str]]:
+    return [[r["name"], "-", r["host"], "-", _removal_state(r), "-"] for r in removals]
+
+
 def cmd_volume_ls(args: argparse.Namespace) -> int:
     async def go(c) -> int:
         vols = await c.volume_list()
+        removals = await c.removal_list()
         if args.json:
-            _print_json(vols)
+            _print_json(vols if not removals else {"volumes": vols, "removals": removals})
             return 0
         rows = []
         for v in vols:
             lease = v["lease"] or {}
+            state = ("in use" if lease.get("in_use") else "idle") if lease else "-"
+            if v.get("state") == "removing":
+                state = f"removing (host {v.get('removing') or 'none alive yet'} fences it)"
             rows.append([v["name"], v["durability"], lease.get("host") or "-",
-                         "-" if lease.get("epoch") is None else str(lease["epoch"]),
-                         ("in use" if lease.get("in_use") else "idle") if lease else "-",
+                         "-" if lease.get("epoch") is None else str(lease["epoch"]), state,
                          _lag(lease.get("upload_lag_s"))])
+        rows.extend(_removal_rows(removals))
         _table(rows, ["NAME", "DURABILITY", "OWNER", "EPOCH", "STATE", "UPLOAD LAG"])
         return 0
     return _run(args, go)
@@ -255,10 +273,36 @@ def cmd_volume_inspect(args: argparse.Namespace) -> int:
 
 def cmd_volume_rm(args: argparse.Namespace) -> int:
     async def go(c) -> int:
-        await c.volume_remove(args.name)
-        print(f"volume {args.name} removed from the control service")
+        r = await c.volume_remove(args.name, wait=args.timeout)
+        if r["status"] != "removed":
+            raise Failure(f"volume {args.name} is marked for removal, but {r.get('message') or 'not fenced yet'}")
+        if not r.get("root"):
+            print(f"volume {args.name} removed (it had no data on the store)")
+            return 0
+        print(f"volume {args.name} removed: fenced in the store; host {r['host']} deletes its objects in the "
+              f"background (ferry volume ls shows the progress)")
+        if args.wait:
+            await _wait_deleted(c, r["root"])
         return 0
     return _run(args, go)
+
+
+async def _wait_deleted(c, root: str) -> None:
+    """Follow a deletion until its job is gone, with a progress bar on a terminal."""
+    import trio
+    from fsd.cli import progress_reporter
+    update, stop = progress_reporter(f"deleting {root}")
+    try:
+        while True:
+            jobs = [r for r in await c.removal_list() if r["root"] == root]
+            if not jobs:
+                break
+            if update and jobs[0].get("total") is not None:
+                update(jobs[0]["deleted"], jobs[0]["total"])
+            await trio.sleep(0.5)
+    finally:
+        stop()
+    print(f"{root}: every object deleted")
 
 
 def cmd_volume_move(args: argparse.Namespace) -> int:
@@ -317,6 +361,10 @@ def cmd_status(args: argparse.Namespace) -> int:
                          v["durability"], _lag(lease.get("upload_lag_s")),
                          v["move"]["to"] if v.get("move") else ""])
         _table(rows, ["VOLUME", "OWNER", "EPOCH", "DURABILITY", "UPLOAD LAG", "MOVING TO"])
+        if st.get("removals"):
+            print()
+            _table([[r["name"], r["root"], r["host"], _removal_state(r)] for r in st["removals"]],
+                   ["REMOVED VOLUME", "STORE ROOT", "HOST", "PROGRESS"])
         return 0
     return _run(args, go)
 
@@ -367,8 +415,17 @@ def add_commands(sub: "argparse._SubParsersAction") -> None:
     i.add_argument("name", metavar="NAME")
     _client_args(i)
     i.set_defaults(fn=cmd_volume_inspect)
-    r = vs.add_parser("rm", help="remove a volume (refused while a live host holds it)")
+    r = vs.add_parser("rm", help="remove a volume and delete its data (refused while a live host holds it)",
+                      description="Remove a volume: a live agent fences it in the store (no stale owner "
+                      "can commit, no host can mount it; the name is free at once, and a volume created "
+                      "under it again starts empty), then deletes every object of it in the background, "
+                      "resuming after any crash. `ferry volume ls` shows the progress.",
+                      formatter_class=raw)
     r.add_argument("name", metavar="NAME")
+    r.add_argument("--wait", action="store_true", help="wait until every object is deleted (progress bar "
+                   "on a terminal)")
+    r.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for an agent to fence the volume (default: %(default)s)")
     _client_args(r)
     r.set_defaults(fn=cmd_volume_rm)
     m = vs.add_parser("move", help="ask the owner to hand a volume over to another host",

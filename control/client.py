@@ -184,8 +184,23 @@ class ControlClient:
     async def volume_list(self) -> list[dict[str, Any]]:
         return await self.call("volume.list")
 
-    async def volume_remove(self, name: str) -> None:
-        await self.call("volume.remove", {"name": name})
+    async def volume_remove(self, name: str, host_id: str = "", wait: float = 0.0) -> dict[str, Any]:
+        """Mark for removal (control/removals.py). `host_id`: the agent asking, which
+        then does the store part itself. `wait`: until the volume is fenced in the store."""
+        return await self.call("volume.remove", {"name": name, "host_id": host_id, "wait": wait},
+                               timeout=self.timeout + wait)
+
+    async def removal_marked(self, name: str, host_id: str, root: str) -> dict[str, Any]:
+        return await self.call("removal.marked", {"name": name, "host_id": host_id, "root": root})
+
+    async def removal_aborted(self, name: str, host_id: str, reason: str) -> None:
+        await self.call("removal.aborted", {"name": name, "host_id": host_id, "reason": reason})
+
+    async def removal_done(self, root: str, host_id: str) -> dict[str, Any]:
+        return await self.call("removal.done", {"root": root, "host_id": host_id})
+
+    async def removal_list(self) -> list[dict[str, Any]]:
+        return await self.call("removal.list")
 
     async def volume_move(self, name: str, to: str, wait: float = 30.0) -> dict[str, Any]:
         return await self.call("volume.move", {"name": name, "to": to, "wait": wait},
@@ -194,15 +209,21 @@ class ControlClient:
     async def host_register(self, host_id: str, address: str = "", version: str = "") -> dict[str, Any]:
         return await self.call("host.register", {"host_id": host_id, "address": address, "version": version})
 
-    async def host_heartbeat(self, host_id: str, volumes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """volumes: [{name, in_use, epoch, upload_lag_s}] of the volumes this host serves."""
-        return await self.call("host.heartbeat", {"host_id": host_id, "volumes": volumes or []})
+    async def host_heartbeat(self, host_id: str, volumes: list[dict[str, Any]] | None = None,
+                             removals: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """volumes: [{name, in_use, epoch, upload_lag_s}] of the volumes this host serves;
+        removals: [{root, deleted, total, bytes}] of the deletions it runs."""
+        return await self.call("host.heartbeat", {"host_id": host_id, "volumes": volumes or [],
+                                                  "removals": removals or []})
 
     async def host_list(self) -> list[dict[str, Any]]:
         return await self.call("host.list")
 
-    async def host_watch(self, host_id: str, timeout: float = 30.0) -> dict[str, Any]:
-        return await self.call("host.watch", {"host_id": host_id, "timeout": timeout},
+    async def host_watch(self, host_id: str, timeout: float = 30.0,
+                         running: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Long poll for moves asked of this host and removal jobs that are not in
+        `running` ({name, root} of the jobs it already runs)."""
+        return await self.call("host.watch", {"host_id": host_id, "timeout": timeout, "running": running or []},
                                timeout=self.timeout + timeout)
 
     async def lease_acquire(self, volume: str, host_id: str, wait: float = 0.0) -> dict[str, Any]:

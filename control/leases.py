@@ -22,6 +22,7 @@ Clock: `now` is a monotonic clock in seconds (the server uses
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -48,6 +49,9 @@ class Volume:
     options: dict[str, str]
     labels: dict[str, str]
     created: float                     # wall clock, seconds
+    # Set by a removal request until the volume is marked removed in the store
+    # (control/removals.py): the host asked to do that, "" while no live host can.
+    removing: str | None = None
 
     @property
     def durability(self) -> str:
@@ -55,12 +59,42 @@ class Volume:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "options": dict(self.options), "labels": dict(self.labels),
-                "created": self.created}
+                "created": self.created, "removing": self.removing}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Volume":
         return cls(name=d["name"], options=dict(d["options"]), labels=dict(d["labels"]),
-                   created=float(d["created"]))
+                   created=float(d["created"]), removing=d.get("removing"))
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A volume marked removed in the store whose objects are being deleted
+    (persistent, keyed by its store root, so two incarnations of one name can
+    be deleted at once). `host` runs the deletion; another live host takes
+    the job over when that host stops heartbeating."""
+
+    root: str
+    name: str
+    host: str
+    requested: float                   # wall clock, seconds
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"root": self.root, "name": self.name, "host": self.host, "requested": self.requested}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Removal":
+        return cls(root=d["root"], name=d["name"], host=d["host"], requested=float(d["requested"]))
+
+
+@dataclass(frozen=True)
+class RemovalProgress:
+    """How far a deletion got, as its host reports in heartbeats (soft state)."""
+
+    root: str
+    deleted: int
+    total: int
+    bytes: int
 
 
 @dataclass(frozen=True)
@@ -132,11 +166,14 @@ class Decision:
     del_moves: list[str] = field(default_factory=list)
     heard: dict[str, float] = field(default_factory=dict)        # host -> now
     lags: dict[str, float | None] = field(default_factory=dict)  # volume -> upload lag
+    put_removals: list[Removal] = field(default_factory=list)
+    del_removals: list[str] = field(default_factory=list)        # roots
+    progress: list[RemovalProgress] = field(default_factory=list)
 
     @property
     def persistent(self) -> bool:
         return bool(self.put_volumes or self.del_volumes or self.put_hosts or self.put_leases
-                    or self.del_leases)
+                    or self.del_leases or self.put_removals or self.del_removals)
 
     @property
     def changes_anything(self) -> bool:
@@ -168,13 +205,16 @@ class Cluster:
     last_heard: dict[str, float] = field(default_factory=dict)
     lags: dict[str, float | None] = field(default_factory=dict)
     move_seq: int = 0
+    removals: dict[str, Removal] = field(default_factory=dict)              # root -> removal
+    removal_progress: dict[str, RemovalProgress] = field(default_factory=dict)
 
     @classmethod
     def loaded(cls, config: Config, volumes: list[Volume], hosts: list[Host], leases: list[Lease],
-               now: float) -> "Cluster":
+               now: float, removals: Iterable[Removal] = ()) -> "Cluster":
         """The cluster after a restart: every host counts as heard from now (grace of one TTL)."""
         c = cls(config=config, volumes={v.name: v for v in volumes}, hosts={h.host_id: h for h in hosts},
-                leases={lease.volume: lease for lease in leases})
+                leases={lease.volume: lease for lease in leases},
+                removals={r.root: r for r in removals})
         c.last_heard = {h.host_id: now for h in hosts}
         return c
 
@@ -236,6 +276,14 @@ class Cluster:
             self.move_seq = max(self.move_seq, m.seq)
         self.last_heard.update(d.heard)
         self.lags.update(d.lags)
+        for r in d.put_removals:
+            self.removals[r.root] = r
+        for root in d.del_removals:
+            self.removals.pop(root, None)
+            self.removal_progress.pop(root, None)
+        for p in d.progress:
+            if p.root in self.removals:
+                self.removal_progress[p.root] = p
 
 
 # ------------------------------------------------------------------ validation
@@ -256,14 +304,14 @@ def validate_labels(labels: dict[str, str]) -> None:
             raise Refused("bad_request", f"label {k!r}: value must be printable and at most 1024 characters")
 
 
-def _need_volume(c: Cluster, name: str) -> Volume:
+def need_volume(c: Cluster, name: str) -> Volume:
     v = c.volumes.get(name)
     if v is None:
         raise Refused("not_found", f"volume {name!r} does not exist (list volumes with: ferry volume ls)")
     return v
 
 
-def _need_host(c: Cluster, host_id: str) -> Host:
+def need_host(c: Cluster, host_id: str) -> Host:
     h = c.hosts.get(host_id)
     if h is None:
         raise Refused("not_found", f"host {host_id!r} is not registered (its agent registers at start: "
@@ -278,6 +326,10 @@ def create_volume(c: Cluster, name: str, options: dict[str, str], labels: dict[s
     Name and options must have been validated by the caller (control/validate.py)."""
     validate_labels(labels)
     old = c.volumes.get(name)
+    if old is not None and old.removing is not None:
+        raise Refused("exists", f"volume {name!r} is being removed (waiting for host "
+                                f"{old.removing or '(none alive)'} to fence it in the store); "
+                                "retry once `ferry volume ls` no longer lists it")
     if old is not None:
         if old.options == options and old.labels == labels:
             return Decision(result=old)
@@ -285,20 +337,6 @@ def create_volume(c: Cluster, name: str, options: dict[str, str], labels: dict[s
                                 f"{old.labels}; remove it first or use another name")
     v = Volume(name=name, options=dict(options), labels=dict(labels), created=wall)
     return Decision(result=v, put_volumes=[v])
-
-
-def remove_volume(c: Cluster, name: str, now: float) -> Decision:
-    _need_volume(c, name)
-    holder = c.holder(name, now)
-    if holder is not None:
-        raise Refused("busy", f"volume {name!r} is in use on host {holder!r}: stop its containers "
-                              "(docker rm) so the host releases it, then remove it")
-    d = Decision(del_volumes=[name])
-    if name in c.leases:
-        d.del_leases.append(name)
-    if name in c.moves:
-        d.del_moves.append(name)
-    return d
 
 
 # ------------------------------------------------------------------------ hosts
@@ -327,12 +365,16 @@ class VolumeReport:
     upload_lag_s: float | None
 
 
-def heartbeat(c: Cluster, host_id: str, reports: list[VolumeReport], now: float) -> Decision:
+def heartbeat(c: Cluster, host_id: str, reports: list[VolumeReport], now: float,
+              progress: list[RemovalProgress] | None = None) -> Decision:
     """Renews every lease `host_id` holds; records in_use / epoch / upload lag of the
-    volumes it reports; returns the moves requested of it and the volumes it reported
-    but does not hold (`lost`: taken over or removed - the agent must stop serving them)."""
-    _need_host(c, host_id)
-    d = Decision(heard={host_id: now})
+    volumes it reports and the progress of the deletions it runs; returns the moves
+    requested of it and the volumes it reported but does not hold (`lost`: taken over
+    or removed - the agent must stop serving them)."""
+    need_host(c, host_id)
+    d = Decision(heard={host_id: now},
+                 progress=[p for p in progress or [] if p.root in c.removals
+                           and c.removals[p.root].host == host_id])
     lost = []
     for r in reports:
         lease = c.leases.get(r.name)
@@ -367,8 +409,10 @@ def acquire(c: Cluster, volume: str, host_id: str, now: float, wait: float = 0.0
     """The "Leases" table of docs/cluster.md. A `pending` result records a move
     for the owner (kept until `wait` + one TTL from now, so a caller that gave up
     does not leave it behind for long)."""
-    _need_volume(c, volume)
-    _need_host(c, host_id)
+    v = need_volume(c, volume)
+    need_host(c, host_id)
+    if v.removing is not None:
+        raise Refused("conflict", f"volume {volume!r} is being removed; it cannot be mounted")
     lease = c.leases.get(volume)
     if lease is None or lease.host is None:
         return _grant(c, lease, volume, host_id, now, takeover=False, previous=None)
@@ -403,7 +447,7 @@ def acquire(c: Cluster, volume: str, host_id: str, now: float, wait: float = 0.0
 def release(c: Cluster, volume: str, host_id: str, epoch: int | None, now: float) -> Decision:
     """Only the holder releases (with the matching epoch if it gives one).
     Releasing a lease that is already free is a no-op (retries are safe)."""
-    _need_volume(c, volume)
+    need_volume(c, volume)
     lease = c.leases.get(volume)
     d = Decision(heard={host_id: now} if host_id in c.hosts else {})
     if lease is None or lease.host is None:
@@ -425,7 +469,7 @@ def release(c: Cluster, volume: str, host_id: str, epoch: int | None, now: float
 def refuse_move(c: Cluster, volume: str, host_id: str, now: float) -> Decision:
     """The owner says no (its containers use the volume): the move is dropped and
     a waiting acquire answers `busy`. The owner's lease is marked in use."""
-    _need_volume(c, volume)
+    need_volume(c, volume)
     lease = c.leases.get(volume)
     if lease is None or lease.host != host_id:
         raise Refused("conflict", f"host {host_id!r} does not hold volume {volume!r}; only the owner "
@@ -442,8 +486,8 @@ def request_move(c: Cluster, volume: str, to: str, now: float, wait: float) -> D
     """Operator's `volume move NAME --to HOST`: ask the owner to release.
     result status: `done` (already on `to`), `free` (nobody holds it: `to` takes it
     at its next mount), `busy` (in use / another move), `pending` (move recorded)."""
-    _need_volume(c, volume)
-    _need_host(c, to)
+    need_volume(c, volume)
+    need_host(c, to)
     lease = c.leases.get(volume)
     holder = c.holder(volume, now)
     if lease is not None and lease.host == to:
@@ -480,6 +524,7 @@ def volume_view(c: Cluster, v: Volume, now: float) -> dict[str, Any]:
                    "upload_lag_s": c.lags.get(v.name)}
     move = c.live_move(v.name, now)
     return {**v.to_dict(), "durability": v.durability, "size": v.options.get("size"), "lease": lease_d,
+            "state": "removing" if v.removing is not None else "ready",
             "move": None if move is None else {"to": move.to, "expires_in": round(move.expires - now, 3)}}
 
 
@@ -504,4 +549,12 @@ def status_view(c: Cluster, now: float) -> dict[str, Any]:
     held = held_by(c)
     return {"ttl": c.config.ttl, "heartbeat": c.config.heartbeat,
             "hosts": [host_view(c, h, now, held) for _, h in sorted(c.hosts.items())],
-            "volumes": [volume_view(c, v, now) for _, v in sorted(c.volumes.items())]}
+            "volumes": [volume_view(c, v, now) for _, v in sorted(c.volumes.items())],
+            "removals": [removal_view(c, r, now) for _, r in sorted(c.removals.items())]}
+
+
+def removal_view(c: Cluster, r: Removal, now: float) -> dict[str, Any]:
+    p = c.removal_progress.get(r.root)
+    return {**r.to_dict(), "alive": c.alive(r.host, now),
+            "deleted": p.deleted if p else None, "total": p.total if p else None,
+            "bytes": p.bytes if p else None}

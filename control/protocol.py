@@ -157,6 +157,36 @@ def _reports(name: str, v: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _count(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2 ** 63:
+        raise ValueError(f"{name} must be a non-negative integer, not {v!r}")
+    return v
+
+
+def _progress(name: str, v: Any) -> list[dict[str, Any]]:
+    if not isinstance(v, list) or len(v) > 100_000:
+        raise ValueError(f"{name} must be a list of {{root, deleted, total, bytes}} maps")
+    out = []
+    for i, r in enumerate(v):
+        if not isinstance(r, dict):
+            raise ValueError(f"{name}[{i}] must be a map")
+        out.append({"root": _str(f"{name}[{i}].root", r.get("root"), max_len=512),
+                    **{k: _count(f"{name}[{i}].{k}", r.get(k, 0)) for k in ("deleted", "total", "bytes")}})
+    return out
+
+
+def _jobs(name: str, v: Any) -> list[dict[str, Any]]:
+    if not isinstance(v, list) or len(v) > 100_000:
+        raise ValueError(f"{name} must be a list of {{name, root}} maps")
+    out = []
+    for i, r in enumerate(v):
+        if not isinstance(r, dict):
+            raise ValueError(f"{name}[{i}] must be a map")
+        out.append({"name": _str(f"{name}[{i}].name", r.get("name"), max_len=256),
+                    "root": _opt_str(f"{name}[{i}].root", r.get("root"))})
+    return out
+
+
 def _req(f):
     def check(name: str, v: Any) -> Any:
         if v is None:
@@ -175,16 +205,21 @@ OPS: dict[str, dict[str, Any]] = {
     "volume.create": {"name": _req(_str), "options": _str_map, "labels": _str_map},
     "volume.get": {"name": _req(_str)},
     "volume.list": {},
-    "volume.remove": {"name": _req(_str)},
+    "volume.remove": {"name": _req(_str), "host_id": _default(_str, ""), "wait": _default(_number, 0.0)},
     "volume.move": {"name": _req(_str), "to": _req(_str), "wait": _default(_number, 30.0)},
     "host.register": {"host_id": _req(_str), "address": _default(_str, ""), "version": _default(_str, "")},
-    "host.heartbeat": {"host_id": _req(_str), "volumes": _default(_reports, [])},
+    "host.heartbeat": {"host_id": _req(_str), "volumes": _default(_reports, []),
+                       "removals": _default(_progress, [])},
     "host.list": {},
-    "host.watch": {"host_id": _req(_str), "timeout": _default(_number, 30.0)},
+    "host.watch": {"host_id": _req(_str), "timeout": _default(_number, 30.0), "running": _default(_jobs, [])},
     "lease.acquire": {"volume": _req(_str), "host_id": _req(_str), "wait": _default(_number, 0.0)},
     "lease.release": {"volume": _req(_str), "host_id": _req(_str), "epoch": _opt_int},
     "lease.refuse_move": {"volume": _req(_str), "host_id": _req(_str)},
     "status": {},
+    "removal.marked": {"name": _req(_str), "host_id": _req(_str), "root": _default(_str, "")},
+    "removal.aborted": {"name": _req(_str), "host_id": _req(_str), "reason": _default(_str, "")},
+    "removal.done": {"root": _req(_str), "host_id": _req(_str)},
+    "removal.list": {},
 }
 
 

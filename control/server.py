@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from control import leases, protocol
+from control import leases, protocol, removals
 from control.leases import Cluster, Config, Decision, Refused
 from control.protocol import FrameBuffer, FrameError, ProtocolError
 from control.state import NEW, CasConflict, Op, StateError, StateStore
@@ -45,6 +45,10 @@ def _hkey(host_id: str) -> str:
 
 def _lkey(volume: str) -> str:
     return f"leases/{volume}"
+
+
+def _rkey(root: str) -> str:
+    return f"removals/{root}"
 
 
 class ControlServer:
@@ -73,21 +77,26 @@ class ControlServer:
             "host.heartbeat": self.op_host_heartbeat, "host.list": self.op_host_list,
             "host.watch": self.op_host_watch, "lease.acquire": self.op_lease_acquire,
             "lease.release": self.op_lease_release, "lease.refuse_move": self.op_lease_refuse_move,
-            "status": self.op_status,
+            "status": self.op_status, "removal.marked": self.op_removal_marked,
+            "removal.aborted": self.op_removal_aborted, "removal.done": self.op_removal_done,
+            "removal.list": self.op_removal_list,
         }
 
     # ------------------------------------------------------------ state
     async def load(self) -> None:
         """Read every record from the state store (at start, and after a CAS conflict)."""
-        def read() -> tuple[list, list, list]:
-            return self.state.list("volumes/"), self.state.list("hosts/"), self.state.list("leases/")
-        vols, hosts, lease_rows = await trio.to_thread.run_sync(read, limiter=self._limiter)
+        def read() -> tuple[list, list, list, list]:
+            return (self.state.list("volumes/"), self.state.list("hosts/"), self.state.list("leases/"),
+                    self.state.list("removals/"))
+        vols, hosts, lease_rows, removal_rows = await trio.to_thread.run_sync(read, limiter=self._limiter)
         self.cluster = Cluster.loaded(
             self.config, [leases.Volume.from_dict(v) for _, v, _ in vols],
             [leases.Host.from_dict(v) for _, v, _ in hosts],
-            [leases.Lease.from_dict(v) for _, v, _ in lease_rows], self.clock())
-        self._revs = {k: r for rows in (vols, hosts, lease_rows) for k, _, r in rows}
-        log.info("control state loaded: %d volumes, %d hosts, %d leases", len(vols), len(hosts), len(lease_rows))
+            [leases.Lease.from_dict(v) for _, v, _ in lease_rows], self.clock(),
+            [leases.Removal.from_dict(v) for _, v, _ in removal_rows])
+        self._revs = {k: r for rows in (vols, hosts, lease_rows, removal_rows) for k, _, r in rows}
+        log.info("control state loaded: %d volumes, %d hosts, %d leases, %d removals", len(vols), len(hosts),
+                 len(lease_rows), len(removal_rows))
 
     def _ops_for(self, d: Decision) -> list[Op]:
         ops = []
@@ -103,6 +112,11 @@ class ControlServer:
         for name in d.del_leases:
             if _lkey(name) in self._revs:
                 ops.append(Op(_lkey(name), self._revs[_lkey(name)], delete=True))
+        for r in d.put_removals:
+            ops.append(Op(_rkey(r.root), self._revs.get(_rkey(r.root), NEW), r.to_dict()))
+        for root in d.del_removals:
+            if _rkey(root) in self._revs:
+                ops.append(Op(_rkey(root), self._revs[_rkey(root)], delete=True))
         return ops
 
     def _notify(self) -> None:
@@ -118,7 +132,7 @@ class ControlServer:
                     raise Refused("conflict", "the control state changed during the request; retry it")
             self.cluster.apply(d)
             self._dirty.update(lease.volume for lease in d.lazy_leases)
-            if d.persistent or d.put_moves or d.del_moves or d.lazy_leases:
+            if d.persistent or d.put_moves or d.del_moves or d.lazy_leases or d.progress:
                 self._notify()
             return d.result
 
@@ -227,9 +241,51 @@ class ControlServer:
         return [leases.volume_view(self.cluster, v, now) for _, v in sorted(self.cluster.volumes.items())]
 
     async def op_volume_remove(self, a: dict[str, Any]) -> Any:
-        await self._mutate(lambda c, now: leases.remove_volume(c, a["name"], now))
-        log.info("volume removed volume=%s", a["name"])
+        """Mark for removal; with `wait`, until the assigned host fenced it in the
+        store (the name is free then; the deletion goes on in the background)."""
+        name, requester = a["name"], a["host_id"] or None
+        res = await self._mutate(lambda c, now: removals.request_removal(c, name, requester, now))
+        log.info("volume removal requested volume=%s by=%s assigned to host=%s", name, requester or "cli",
+                 res["host"])
+        deadline = trio.current_time() + a["wait"]
+        while a["wait"] > 0:
+            v = self.cluster.volumes.get(name)
+            if v is None or v.removing is None:
+                break
+            if trio.current_time() >= deadline:
+                return {**res, "status": "removing", "host": v.removing or None,
+                        "message": f"host {v.removing or '(none alive)'} has not fenced the volume in the "
+                                   f"store yet; it stays marked for removal and is finished by a live host"}
+            await self._wait_change(deadline)
+        v = self.cluster.volumes.get(name)
+        if v is not None and v.removing is None:
+            raise Refused("busy", f"volume {name!r} is in use on host {res['host']}; nothing was removed")
+        if v is not None:
+            return res
+        jobs = [r for r in self.cluster.removals.values() if r.name == name]
+        return {"status": "removed", "host": jobs[-1].host if jobs else res["host"],
+                "root": jobs[-1].root if jobs else None}
+
+    async def op_removal_marked(self, a: dict[str, Any]) -> Any:
+        name, host, root = a["name"], a["host_id"], a["root"]
+        res = await self._mutate(lambda c, now: removals.removal_marked(c, name, host, root, self.wall()))
+        log.info("volume removed volume=%s host=%s: fenced in the store (root %s), deleting its objects",
+                 name, host, root or "none")
+        return res
+
+    async def op_removal_aborted(self, a: dict[str, Any]) -> Any:
+        await self._mutate(lambda c, now: removals.removal_aborted(c, a["name"], a["host_id"]))
+        log.warning("volume removal aborted volume=%s host=%s: %s", a["name"], a["host_id"], a["reason"])
         return None
+
+    async def op_removal_done(self, a: dict[str, Any]) -> Any:
+        res = await self._mutate(lambda c, now: removals.removal_done(c, a["root"], a["host_id"]))
+        log.info("volume deleted root=%s host=%s: no object left in the store", a["root"], a["host_id"])
+        return res
+
+    async def op_removal_list(self, a: dict[str, Any]) -> Any:
+        now = self.clock()
+        return [leases.removal_view(self.cluster, r, now) for _, r in sorted(self.cluster.removals.items())]
 
     async def op_volume_move(self, a: dict[str, Any]) -> Any:
         name, to, wait = a["name"], a["to"], a["wait"]
@@ -293,8 +349,10 @@ class ControlServer:
     async def op_host_heartbeat(self, a: dict[str, Any]) -> Any:
         reports = [leases.VolumeReport(name=r["name"], in_use=r["in_use"], epoch=r["epoch"],
                                        upload_lag_s=r["upload_lag_s"]) for r in a["volumes"]]
+        progress = [leases.RemovalProgress(root=p["root"], deleted=p["deleted"], total=p["total"],
+                                           bytes=p["bytes"]) for p in a["removals"]]
         host = a["host_id"]
-        res = self._apply_soft(lambda c, now: leases.heartbeat(c, host, reports, now))
+        res = self._apply_soft(lambda c, now: leases.heartbeat(c, host, reports, now, progress))
         if res["lost"]:
             log.warning("host %s reports volumes it does not hold (taken over or removed): %s", host,
                         ", ".join(f"volume={v}" for v in res["lost"]))
@@ -310,10 +368,13 @@ class ControlServer:
         if host not in self.cluster.hosts:
             raise Refused("not_found", f"host {host!r} is not registered; register it first")
         deadline = trio.current_time() + a["timeout"]
+        running = {(j["name"], j["root"]) for j in a["running"]}
         while True:
+            jobs = await self._mutate(lambda c, now: removals.claim_jobs(c, host, now))
             moves = self.cluster.moves_for(host, self.clock())
-            if moves or trio.current_time() >= deadline:
-                return {"moves": moves}
+            new_jobs = [j for j in jobs if (j["name"], j["root"]) not in running]
+            if moves or new_jobs or trio.current_time() >= deadline:
+                return {"moves": moves, "removals": jobs}
             await self._wait_change(deadline)
 
     async def op_lease_acquire(self, a: dict[str, Any]) -> Any:

@@ -178,7 +178,7 @@ def cmd_inspect(args) -> int:
 
 # ------------------------------------------------------------------------ fs rm
 def progress_reporter(what: str):
-    """A progress callback (done, total): a rich progress bar on a terminal,
+    """A progress callback (done, total, ...): a rich progress bar on a terminal,
     nothing otherwise (logs and the final line say what happened)."""
     if not sys.stderr.isatty():
         return None, lambda: None
@@ -189,7 +189,7 @@ def progress_reporter(what: str):
     task = bar.add_task(what, total=None)
     bar.start()
 
-    def update(done: int, total: int) -> None:
+    def update(done: int, total: int, *_more: int) -> None:
         bar.update(task, completed=done, total=total)
 
     return update, bar.stop

@@ -31,7 +31,7 @@ from fsd.store.base import NotFound, ObjectStore
 
 log = logging.getLogger("ferry.removal")
 
-Progress = Callable[[int, int], None]     # (objects deleted so far, objects found)
+Progress = Callable[[int, int, int], None]     # (objects deleted so far, objects found, bytes freed)
 
 
 def root_prefixes(root: str) -> list[str]:
@@ -133,7 +133,7 @@ def delete_volume(store: ObjectStore, ref: vol_mod.VolumeRef, *, progress: Progr
     done = 0
     nbytes = 0
     if progress:
-        progress(0, total)
+        progress(0, total, 0)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for phase in deletion_phases(ref.root, sizes):
             for i in range(0, len(phase), 1000):
@@ -143,7 +143,7 @@ def delete_volume(store: ObjectStore, ref: vol_mod.VolumeRef, *, progress: Progr
                 nbytes += sum(sizes[k] for k in chunk)
                 failpoints.hit("removal_between_deletions")
                 if progress:
-                    progress(done, total)
+                    progress(done, total, nbytes)
     if ref.incarnation:
         store.delete(keys.incarnation_key(ref.name, ref.incarnation))
     log.info("volume %s: removed %d objects (%d bytes) of %s", ref.name, done, nbytes, ref.root)

@@ -60,3 +60,35 @@ def test_two_containers_share_a_volume_and_rm_in_use_is_refused(docker_cluster):
     da.docker("volume", "rm", "shared")
     ls = da.docker("volume", "ls", "-q").stdout.split()
     assert "shared" not in ls
+
+
+def _store_keys(store_url: str, name: str) -> list[str]:
+    from fsd.store import open_store
+    store = open_store(store_url)
+    try:
+        return sorted(store.list(name + "/"))
+    finally:
+        store.close()
+
+
+def test_volume_rm_frees_the_store_and_a_recreated_volume_is_empty(docker_cluster, cluster):
+    """The sequence of issue 8, as a user types it."""
+    import json
+    import time
+    _, da = docker_cluster("a")
+    da.docker("volume", "create", "-d", "ferry", "demo")
+    da.run("--rm", "-v", "demo:/data", dk.IMAGE, "sh", "-c",
+           "dd if=/dev/urandom of=/data/big bs=1M count=20 2>/dev/null; sync")
+    assert len(_store_keys(cluster.store_url, "demo")) > 5
+    da.docker("volume", "rm", "demo")
+    deadline = time.monotonic() + 60
+    while True:           # the deletion runs in the background; `ferry volume ls` shows it
+        ls = json.loads(cluster.ferry("volume", "ls", "--json").stdout)
+        if not (isinstance(ls, dict) and ls.get("removals")):
+            break
+        assert time.monotonic() < deadline, ls
+        time.sleep(0.3)
+    assert _store_keys(cluster.store_url, "demo") == []
+    da.docker("volume", "create", "-d", "ferry", "demo")
+    out = da.run("--rm", "-v", "demo:/data", dk.IMAGE, "ls", "-A", "/data").stdout.split()
+    assert out == []

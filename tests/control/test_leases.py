@@ -34,8 +34,6 @@ def run(c: Cluster, events: list[tuple]) -> list[Any]:
             elif op == "hb":
                 reps = [VolumeReport(name=n, in_use=u, epoch=e, upload_lag_s=lag) for n, u, e, lag in args[1]]
                 d = L.heartbeat(c, args[0], reps, t)
-            elif op == "remove":
-                d = L.remove_volume(c, args[0], t)
             elif op == "move":
                 d = L.request_move(c, args[0], args[1], t, args[2])
             elif op == "expire":
@@ -131,21 +129,6 @@ def test_only_owner_may_release_or_refuse():
     # release of a free lease is a harmless no-op
     assert run(c, [(4, "release", "v", "a", 4), (5, "release", "v", "a")]) == [{"released": True},
                                                                             {"released": False}]
-
-
-def test_remove_refused_while_live_holder_then_allowed():
-    c = fresh("a")
-    r = run(c, [(0, "acquire", "v", "a"), (1, "remove", "v")])
-    assert r[1] == "busy" and "v" in c.volumes
-    r = run(c, [(2, "release", "v", "a"), (3, "remove", "v")])
-    assert "v" not in c.volumes and "v" not in c.leases
-    assert run(c, [(4, "remove", "v")]) == ["not_found"]
-
-
-def test_remove_allowed_when_holder_expired():
-    c = fresh("a")
-    run(c, [(0, "acquire", "v", "a")])
-    assert run(c, [(TTL + 1, "remove", "v")]) == [None]
 
 
 def test_second_requester_busy_while_move_pending_and_move_expires():

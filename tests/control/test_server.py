@@ -110,8 +110,24 @@ async def test_volume_lifecycle(control):
             await c.volume_remove("data")
         assert e.value.code == "busy" and "'a'" in e.value.message
         await c.lease_release("data", "a", 4)
-        await c.volume_remove("data")
+        r = await c.volume_remove("data")           # no agent fences it: marked, assigned to a live host
+        assert r == {"status": "removing", "host": "a"}
+        assert [v["state"] for v in await c.volume_list()] == ["removing"]
+        with pytest.raises(ControlError) as e:
+            await c.lease_acquire("data", "a")
+        assert e.value.code == "conflict" and "being removed" in e.value.message
+        w = await c.host_watch("a", timeout=0.1)
+        assert w["removals"] == [{"name": "data", "root": None}]
+        await c.removal_marked("data", "a", "data/u1")      # what the agent does once the store is fenced
         assert await c.volume_list() == []
+        await c.host_heartbeat("a", [], [{"root": "data/u1", "deleted": 3, "total": 10, "bytes": 99}])
+        (job,) = await c.removal_list()
+        assert (job["root"], job["name"], job["host"], job["deleted"], job["total"]) == ("data/u1", "data", "a",
+                                                                                       3, 10)
+        await c.volume_create("data", {}, {})               # the name is free while the deletion runs
+        assert (await c.removal_done("data/u1", "a"))["done"] is True
+        assert await c.removal_list() == []
+        assert (await c.removal_done("data/u1", "a"))["done"] is False
 
 
 async def test_acquire_wait_woken_by_release(control):
@@ -188,7 +204,7 @@ async def test_watch_times_out_empty_and_unknown_host(control):
     async with control.client() as c:
         await c.host_register("A")
         with trio.fail_after(3):
-            assert await c.host_watch("A", timeout=0.3) == {"moves": []}
+            assert await c.host_watch("A", timeout=0.3) == {"moves": [], "removals": []}
         with pytest.raises(ControlError) as e:
             await c.host_watch("ghost", timeout=0.3)
         assert e.value.code == "not_found"

@@ -1,0 +1,171 @@
+"""Removing volumes through the agent (Docker's Remove, `ferry volume rm`):
+the store really loses the volume, a re-created name starts empty, the
+deletion resumes after the agent is killed mid-way, and a job whose host
+died is finished by another host. Real FUSE mounts, a real control service,
+file:// and S3 stores."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from fsd.store import open_store
+from tests.agent.harness import TOKEN, RunningAgent, agent_config, control_client, start_control
+from tests.helpers.mount import write_fsync
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+
+
+@pytest.fixture
+async def control(nursery, tmp_path, run_dir):
+    return await start_control(nursery, tmp_path, ttl=3.0, heartbeat=0.5)
+
+
+def keys_of(store_url: str, name: str) -> list[str]:
+    store = open_store(store_url)
+    try:
+        return sorted(store.list(name + "/")) + ([name] if store.head(name) is not None else [])
+    finally:
+        store.close()
+
+
+async def wait_deleted(addr: str, timeout: float = 60.0) -> None:
+    async with control_client(addr) as c:
+        with trio.fail_after(timeout):
+            while await c.removal_list():
+                await trio.sleep(0.2)
+
+
+async def fill(ra: RunningAgent, name: str, files: int = 3) -> Path:
+    r = await ra.call("/VolumeDriver.Mount", {"Name": name, "ID": "c1"})
+    assert r["Err"] == "", r
+    mp = Path(r["Mountpoint"])
+    for i in range(files):
+        await trio.to_thread.run_sync(write_fsync, mp / f"f{i}", os.urandom(50_000 + i))
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": name, "ID": "c1"}))["Err"] == ""
+    return mp
+
+
+async def test_docker_remove_deletes_everything_and_a_new_volume_starts_empty(nursery, tmp_path, control,
+                                                                              store_url):
+    ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", store_url))
+    await ra.start()
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
+    await fill(ra, "demo")
+    assert len(keys_of(store_url, "demo")) > 5
+    assert (await ra.call("/VolumeDriver.Remove", {"Name": "demo"}))["Err"] == ""
+    # Docker's answer came once the volume was fenced: the name is free at once
+    assert (await ra.call("/VolumeDriver.List", {}))["Volumes"] == []
+    await wait_deleted(control)
+    assert keys_of(store_url, "demo") == []
+
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
+    r = await ra.call("/VolumeDriver.Mount", {"Name": "demo", "ID": "c2"})
+    assert r["Err"] == ""
+    assert await trio.to_thread.run_sync(os.listdir, r["Mountpoint"]) == []
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "demo", "ID": "c2"}))["Err"] == ""
+
+
+async def test_name_reused_while_the_old_deletion_is_pending(nursery, tmp_path, control, file_store_url):
+    """The control service's job for the old volume never runs (its host is
+    dead); the new volume under the name starts empty all the same."""
+    ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", file_store_url))
+    await ra.start()
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
+    await fill(ra, "demo")
+    await ra.stop()                              # deletion not run: the agent is gone
+    async with control_client(control) as c:
+        r = await c.volume_remove("demo", wait=0)
+        assert r["host"] == "h1"
+    await ra.start()                             # back: the watch hands it the job, fencing first
+    async with control_client(control) as c:
+        with trio.fail_after(20):
+            while any(v["name"] == "demo" for v in await c.volume_list()):
+                await trio.sleep(0.1)
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
+    r = await ra.call("/VolumeDriver.Mount", {"Name": "demo", "ID": "c2"})
+    assert r["Err"] == ""
+    assert await trio.to_thread.run_sync(os.listdir, r["Mountpoint"]) == []
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "demo", "ID": "c2"}))["Err"] == ""
+    await wait_deleted(control)
+    assert len([k for k in keys_of(file_store_url, "demo") if "/incarnations/" in k]) == 1   # only the new one
+
+
+def agent_process(tmp: Path, control: str, host: str, store_url: str, failpoints: str = "") -> subprocess.Popen:
+    cfg = agent_config(tmp, control, host, store_url)
+    env = {**os.environ, "FERRY_TOKEN": TOKEN, "FERRY_FAILPOINTS": failpoints}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fsd.cli", "agent", "serve", "--control", control, "--host-id", host,
+         "--store", store_url, "--cache-dir", str(cfg.cache_dir), "--socket", str(cfg.socket),
+         "--mount-root", str(cfg.mount_root), "--state-dir", str(cfg.state_dir)],
+        env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{host}-agent.log", "ab"))
+
+
+async def test_agent_killed_mid_deletion_resumes_and_cli_rm_waits(nursery, tmp_path, control, store_url):
+    """`ferry volume rm` with no agent asking: a live agent gets the job from its
+    watch; kill -9 between deletion phases; the restarted agent finishes it."""
+    ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", store_url))
+    await ra.start()
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
+    await fill(ra, "demo", files=5)
+    await ra.stop()
+    proc = agent_process(tmp_path, control, "h1", store_url, "removal_between_deletions")
+    try:
+        env = {**os.environ, "FERRY_CONTROL": control, "FERRY_TOKEN": TOKEN}
+        r = await trio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "fsd.cli", "volume", "rm", "demo", "--timeout", "30"], env=env,
+            capture_output=True, text=True, timeout=60))
+        assert r.returncode == 0, r.stderr
+        assert "removed: fenced in the store" in r.stdout
+        assert await trio.to_thread.run_sync(proc.wait, 30) == -9      # killed by the failpoint mid-way
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    left = keys_of(store_url, "demo")
+    assert left and any("/epochs/" in k for k in left)                # a part is deleted, not all
+    async with control_client(control) as c:
+        (job,) = await c.removal_list()
+        assert job["name"] == "demo" and job["host"] == "h1"
+    await ra.start()
+    await wait_deleted(control)
+    assert keys_of(store_url, "demo") == []
+
+
+async def test_job_of_a_dead_host_is_finished_by_another(nursery, tmp_path, control, file_store_url):
+    ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", file_store_url))
+    await ra.start()
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
+    await fill(ra, "demo")
+    async with control_client(control) as c:
+        await c.host_register("ghost")
+        await c.host_heartbeat("ghost")
+        assert (await c.volume_remove("demo", host_id="ghost"))["host"] == "ghost"
+        # ghost never fences it and stops heartbeating; h1's watch takes the job over after the TTL
+        with trio.fail_after(30):
+            while any(v["name"] == "demo" for v in await c.volume_list()):
+                await trio.sleep(0.2)
+    await wait_deleted(control)
+    assert keys_of(file_store_url, "demo") == []
+
+
+async def test_remove_refused_while_mounted_here_and_nothing_changes(nursery, tmp_path, control, file_store_url):
+    ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", file_store_url))
+    await ra.start()
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
+    r = await ra.call("/VolumeDriver.Mount", {"Name": "demo", "ID": "c1"})
+    await trio.to_thread.run_sync(write_fsync, Path(r["Mountpoint"]) / "keep", b"x" * 1000)
+    r = await ra.call("/VolumeDriver.Remove", {"Name": "demo"})
+    assert "in use on this host" in r["Err"]
+    async with control_client(control) as c:
+        with pytest.raises(Exception) as e:
+            await c.volume_remove("demo")                # the CLI: a live host holds it
+        assert "in use on host 'h1'" in str(e.value)
+        assert [v["state"] for v in await c.volume_list()] == ["ready"]
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "demo", "ID": "c1"}))["Err"] == ""
+    r = await ra.call("/VolumeDriver.Mount", {"Name": "demo", "ID": "c2"})
+    assert (Path(r["Mountpoint"]) / "keep").read_bytes() == b"x" * 1000
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "demo", "ID": "c2"}))["Err"] == ""
