@@ -368,13 +368,16 @@ class Agent:
         out = []
         for name in sorted(self.served | set(self.table.names())):
             st = await self.fsd.status(name)
+            last_gc = None
             if st is not None:
                 if isinstance(st.get("epoch"), int):
                     self.epochs[name] = st["epoch"]
                 self.lags[name] = st.get("upload_lag_s")
+                last_gc = st.get("last_gc") if isinstance(st.get("last_gc"), dict) else None
             lag = self.lags.get(name)
             out.append({"name": name, "in_use": self.table.in_use(name), "epoch": self.epochs.get(name),
-                        "upload_lag_s": float(lag) if isinstance(lag, (int, float)) and lag >= 0 else None})
+                        "upload_lag_s": float(lag) if isinstance(lag, (int, float)) and lag >= 0 else None,
+                        "last_gc": last_gc})
         return out
 
     async def heartbeat_loop(self) -> None:

@@ -267,6 +267,16 @@ def cmd_volume_inspect(args: argparse.Namespace) -> int:
             print("owner         none (not mounted anywhere)")
         if v.get("move"):
             print(f"moving to     {v['move']['to']}")
+        gc = v.get("last_gc")
+        if gc:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(gc["at"]))
+            print(f"last GC       {when} by the owner: freed {gc['objects']} objects, "
+                  f"{gc['freed_bytes'] / 1e6:.1f} MB; live data {gc['live_bytes'] / 1e6:.1f} MB"
+                  + (f" (stopped: {gc['error']})" if gc.get("error") else ""))
+        elif lease:
+            print("last GC       none yet by this owner (ferry fs inspect reads the stored report)")
+        if v.get("state") == "removing":
+            print(f"state         being removed (host {v.get('removing') or 'none alive yet'} fences it)")
         return 0
     return _run(args, go)
 

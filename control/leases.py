@@ -166,6 +166,7 @@ class Decision:
     del_moves: list[str] = field(default_factory=list)
     heard: dict[str, float] = field(default_factory=dict)        # host -> now
     lags: dict[str, float | None] = field(default_factory=dict)  # volume -> upload lag
+    last_gc: dict[str, dict[str, Any]] = field(default_factory=dict)
     put_removals: list[Removal] = field(default_factory=list)
     del_removals: list[str] = field(default_factory=list)        # roots
     progress: list[RemovalProgress] = field(default_factory=list)
@@ -204,6 +205,7 @@ class Cluster:
     moves: dict[str, Move] = field(default_factory=dict)
     last_heard: dict[str, float] = field(default_factory=dict)
     lags: dict[str, float | None] = field(default_factory=dict)
+    last_gc: dict[str, dict[str, Any]] = field(default_factory=dict)   # volume -> owner's last GC pass
     move_seq: int = 0
     removals: dict[str, Removal] = field(default_factory=dict)              # root -> removal
     removal_progress: dict[str, RemovalProgress] = field(default_factory=dict)
@@ -263,6 +265,7 @@ class Cluster:
         for name in d.del_volumes:
             self.volumes.pop(name, None)
             self.lags.pop(name, None)
+            self.last_gc.pop(name, None)
         for h in d.put_hosts:
             self.hosts[h.host_id] = h
         for lease in (*d.lazy_leases, *d.put_leases):
@@ -276,6 +279,7 @@ class Cluster:
             self.move_seq = max(self.move_seq, m.seq)
         self.last_heard.update(d.heard)
         self.lags.update(d.lags)
+        self.last_gc.update(d.last_gc)
         for r in d.put_removals:
             self.removals[r.root] = r
         for root in d.del_removals:
@@ -363,6 +367,7 @@ class VolumeReport:
     in_use: bool
     epoch: int | None
     upload_lag_s: float | None
+    last_gc: dict[str, Any] | None = None
 
 
 def heartbeat(c: Cluster, host_id: str, reports: list[VolumeReport], now: float,
@@ -385,6 +390,8 @@ def heartbeat(c: Cluster, host_id: str, reports: list[VolumeReport], now: float,
             d.lazy_leases.append(replace(lease, in_use=r.in_use,
                                         epoch=r.epoch if r.epoch is not None else lease.epoch))
         d.lags[r.name] = r.upload_lag_s
+        if r.last_gc is not None:
+            d.last_gc[r.name] = r.last_gc
     d.result = {"ttl": c.config.ttl, "heartbeat": c.config.heartbeat,
                 "moves": c.moves_for(host_id, now), "lost": sorted(lost)}
     return d
@@ -524,7 +531,7 @@ def volume_view(c: Cluster, v: Volume, now: float) -> dict[str, Any]:
                    "upload_lag_s": c.lags.get(v.name)}
     move = c.live_move(v.name, now)
     return {**v.to_dict(), "durability": v.durability, "size": v.options.get("size"), "lease": lease_d,
-            "state": "removing" if v.removing is not None else "ready",
+            "state": "removing" if v.removing is not None else "ready", "last_gc": c.last_gc.get(v.name),
             "move": None if move is None else {"to": move.to, "expires_in": round(move.expires - now, 3)}}
 
 

@@ -153,7 +153,22 @@ def _reports(name: str, v: Any) -> list[dict[str, Any]]:
                     "in_use": _bool(f"{name}[{i}].in_use", r.get("in_use", False)),
                     "epoch": _opt_int(f"{name}[{i}].epoch", r.get("epoch")),
                     "upload_lag_s": None if r.get("upload_lag_s") is None else
-                    _number(f"{name}[{i}].upload_lag_s", r.get("upload_lag_s"), 0.0, 1e9)})
+                    _number(f"{name}[{i}].upload_lag_s", r.get("upload_lag_s"), 0.0, 1e9),
+                    "last_gc": _last_gc(f"{name}[{i}].last_gc", r.get("last_gc"))})
+    return out
+
+
+def _last_gc(name: str, v: Any) -> dict[str, Any] | None:
+    """The owner's last GC pass: {at (wall seconds), freed_bytes, objects, live_bytes}, or nil."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ValueError(f"{name} must be a map or nil")
+    out: dict[str, Any] = {"at": _number(f"{name}.at", v.get("at"), 0.0, 1e11)}
+    for k in ("freed_bytes", "objects", "live_bytes"):
+        out[k] = _count(f"{name}.{k}", v.get(k, 0))
+    err = v.get("error")
+    out["error"] = None if err is None else _str(f"{name}.error", err, max_len=1024)
     return out
 
 

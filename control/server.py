@@ -348,7 +348,7 @@ class ControlServer:
 
     async def op_host_heartbeat(self, a: dict[str, Any]) -> Any:
         reports = [leases.VolumeReport(name=r["name"], in_use=r["in_use"], epoch=r["epoch"],
-                                       upload_lag_s=r["upload_lag_s"]) for r in a["volumes"]]
+                                       upload_lag_s=r["upload_lag_s"], last_gc=r["last_gc"]) for r in a["volumes"]]
         progress = [leases.RemovalProgress(root=p["root"], deleted=p["deleted"], total=p["total"],
                                            bytes=p["bytes"]) for p in a["removals"]]
         host = a["host_id"]

@@ -39,6 +39,14 @@ class BlockIO:
         # a PUT: an object of another epoch may be garbage that a GC is
         # deleting right now (docs/format.md, "Garbage collection").
         self.uploaded: set[bytes] = set()
+        # The owner's background GC may delete objects of our own epoch that
+        # nothing references (fsd/gc/live.py). `inflight` (hash -> uploads in
+        # progress) protects what an upload is about to return; a hash being
+        # deleted leaves `uploaded` first, and an upload of it waits until the
+        # deletion is over and then PUTs it again.
+        self.inflight: dict[bytes, int] = {}
+        self.deleting: set[bytes] = set()
+        self._deletions_done = trio.Event()
         self.bytes_uploaded = 0
         self.bytes_fetched = 0
         self._last_cache_error: str | None = None
@@ -101,15 +109,42 @@ class BlockIO:
         addressing makes a 412 on the conditional PUT mean 'already there'
         (an earlier attempt of ours whose response was lost)."""
         h, obj = await trio.to_thread.run_sync(encode_block, raw, self.compress, limiter=self.cpu)
-        if h not in self.uploaded:
-            try:
-                await self.astore.put(keys.data_key(self.root, h, self.epoch), obj, if_none_match=True)
-            except PreconditionFailed:
-                pass
-            self.uploaded.add(h)
-            self.bytes_uploaded += len(obj)
+        self.inflight[h] = self.inflight.get(h, 0) + 1
+        try:
+            while h in self.deleting:
+                await self._deletions_done.wait()
+            if h not in self.uploaded:
+                try:
+                    await self.astore.put(keys.data_key(self.root, h, self.epoch), obj, if_none_match=True)
+                except PreconditionFailed:
+                    pass
+                self.uploaded.add(h)
+                self.bytes_uploaded += len(obj)
+        finally:
+            left = self.inflight[h] - 1
+            if left:
+                self.inflight[h] = left
+            else:
+                del self.inflight[h]
         await self._cache_call(self.cache.put, h, raw)
         return BlockRef(h, len(raw), self.epoch)
+
+    # ------------------------------------------------------------------- GC
+    def begin_deleting(self, hashes: set[bytes]) -> set[bytes]:
+        """Of our own epoch's `hashes`, those that may be deleted now: not being
+        uploaded. They leave `uploaded` (a later upload PUTs them again) and
+        uploads of them wait until `end_deleting`. The caller holds the
+        committer's commit lock, so no returned ref is on its way into a
+        segment either."""
+        ok = {h for h in hashes if h not in self.inflight}
+        self.uploaded -= ok
+        self.deleting |= ok
+        return ok
+
+    def end_deleting(self, hashes: set[bytes]) -> None:
+        self.deleting -= hashes
+        ev, self._deletions_done = self._deletions_done, trio.Event()
+        ev.set()
 
     async def _cache_call(self, fn, *args):
         """A block cache operation in a worker thread. The cache only ever

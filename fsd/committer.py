@@ -16,7 +16,6 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -86,8 +85,7 @@ class Committer:
     def __init__(self, *, volume: str, root: str, ops: MetaOps, data: DataLayer, bio: BlockIO,
                  astore: AsyncStore, position: WriterPosition, interval: float,
                  snapshot_every: int = 512, local: LocalJournal | None = None,
-                 working_copy=None,
-                 snapshot_hook: Callable[[int, int], Awaitable[None]] | None = None) -> None:
+                 working_copy=None) -> None:
         self.volume = volume        # for log lines
         self.root = root            # key prefix of the volume's objects
         self.ops = ops
@@ -110,7 +108,12 @@ class Committer:
         self._wake = trio.Event()
         self._progress = trio.Condition()
         self._running = False
-        self.snapshot_hook = snapshot_hook   # writes a metadata snapshot as of (epoch, seq)
+        # Background maintenance (fsd/gc/live.py) takes this lock to see the
+        # committer between commits: no upload's ref on its way into a segment,
+        # the working copy equal to the last committed segment.
+        self.commit_lock = trio.Lock()
+        self.snapshot_due = trio.Event()     # set once `snapshot_every` segments were committed
+        self._recorders: list[set[bytes]] = []
         data.on_pressure = self.request
         data.is_fenced = lambda: self.pos.fenced
 
@@ -322,7 +325,22 @@ class Committer:
     async def _commit_batch(self, batch: Batch) -> bool:
         return await self._commit_batches([batch])
 
+    def record_refs(self) -> set[bytes]:
+        """From now on, add the hash of every data object referenced by a
+        committed segment to the returned set (call with `commit_lock` held;
+        stop with `stop_recording`)."""
+        rec: set[bytes] = set()
+        self._recorders.append(rec)
+        return rec
+
+    def stop_recording(self, rec: set[bytes]) -> None:
+        self._recorders = [r for r in self._recorders if r is not rec]
+
     async def _commit_batches(self, batches: list[Batch]) -> bool:
+        async with self.commit_lock:
+            return await self._commit_batches_locked(batches)
+
+    async def _commit_batches_locked(self, batches: list[Batch]) -> bool:
         """Upload the batches' blocks, then ONE segment holding, batch by
         batch, its records followed by BLOCK records for its blocks. A block
         that a later batch in the group rewrites is skipped: the later BLOCK
@@ -371,6 +389,8 @@ class Committer:
                 self.data.space_freed.notify_all()
             return False
         failpoints.hit("after_segment_written")
+        for rec in self._recorders:
+            rec.update(ref.hash for res in results for ref in res.values())
         self.pos.committed(seq)
         for i, b in enumerate(batches):
             await self.data.settle(b.id, b.blocks.keys(), results[i], b.nbytes, inline_by_batch[i])
@@ -388,16 +408,20 @@ class Committer:
             except Exception as e:  # noqa: BLE001 - an accelerator: disable it, the store is the truth
                 log.warning("volume %s: local working copy disabled after an error: %r", self.volume, e)
                 self.working_copy = None
-        if (self.snapshot_hook is not None and self.stats.segments_since_snapshot >= self.snapshot_every
-                and not self._pending_anything() and not self.data.inflight and not self._queue_times):
-            # Only now does the live state equal the replay up to `seq`.
-            try:
-                await self.snapshot_hook(self.pos.epoch, seq)
-                self.stats.segments_since_snapshot = 0
-            except Exception as e:  # noqa: BLE001 - snapshots only bound replay time: try again later
-                log.warning("volume %s: metadata snapshot at (%d, %d) failed, will retry: %r",
-                            self.volume, self.pos.epoch, seq, e)
+        if self.stats.segments_since_snapshot >= self.snapshot_every:
+            self.snapshot_due.set()      # written off the commit path (fsd/gc/live.py)
         return True
+
+    def is_quiet(self) -> bool:
+        """Nothing changed since the last commit: the live metadata equals the
+        replay of the journal up to the last committed segment."""
+        return not self._pending_anything() and not self.data.inflight and not self._queue_times
+
+    def snapshot_written(self, segments_since: int) -> None:
+        """A snapshot covers all but the last `segments_since` committed segments."""
+        self.stats.segments_since_snapshot = segments_since
+        if segments_since < self.snapshot_every:
+            self.snapshot_due = trio.Event()
 
     async def _put_segment(self, seq: int, body: bytes) -> bool:
         key = keys.journal_key(self.root, self.pos.epoch, seq)

@@ -156,20 +156,47 @@ class WorkingCopy:
     # ------------------------------------------------------------- loading
     def records(self) -> Iterable[list]:
         """Records that recreate the copy (inodes first, then the rest)."""
-        q = self.db.execute
-        for (rec,) in q("SELECT rec FROM inode ORDER BY ino"):
-            yield msgpack.unpackb(rec, raw=False)
-        for ino, name, value in q("SELECT ino, name, value FROM xattr"):
-            yield [XATTR, ino, bytes(name), bytes(value)]
-        for parent, name, ino, cookie in q("SELECT parent, name, ino, cookie FROM dent ORDER BY parent, cookie"):
-            yield [DENT, parent, bytes(name), ino, cookie]
-        for ino, idx, h, length, epoch in q("SELECT ino, idx, hash, length, epoch FROM block"):
-            yield [BLOCK, ino, idx, bytes(h), length] + ([epoch] if epoch else [])
-        for ino, idx, off, data in q("SELECT ino, idx, off, data FROM patch ORDER BY n"):
-            yield [PATCH, ino, idx, off, bytes(data)]
+        return _records(self.db)
 
     def load(self) -> MetaState:
         return MetaState.from_records(self.bs, self.records())
 
     def close(self) -> None:
         self.db.close()
+
+
+def read_committed(path: Path, block_size: int, uuid: str) -> tuple[tuple[int, int], MetaState, list] | None:
+    """(position, state, records) of the working copy at `path`, read in one
+    transaction of a separate read-only connection: WAL gives it a consistent
+    view while the committer goes on applying segments. What a snapshot of
+    a volume that never goes quiet is made from (fsd/gc/live.py). None if
+    the copy is not this volume's."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    try:
+        db.execute("BEGIN")
+        try:
+            rows = dict(db.execute("SELECT k, v FROM kv").fetchall())
+            if "uuid" not in rows or msgpack.unpackb(rows["uuid"], raw=False) != uuid or "position" not in rows:
+                return None
+            e, s = msgpack.unpackb(rows["position"], raw=False)
+            records = list(_records(db))
+        finally:
+            db.execute("COMMIT")
+    finally:
+        db.close()
+    return (e, s), MetaState.from_records(block_size, records), records
+
+
+def _records(db: sqlite3.Connection) -> Iterable[list]:
+    """Records that recreate the copy in `db` (inodes first, then the rest)."""
+    q = db.execute
+    for (rec,) in q("SELECT rec FROM inode ORDER BY ino"):
+        yield msgpack.unpackb(rec, raw=False)
+    for ino, name, value in q("SELECT ino, name, value FROM xattr"):
+        yield [XATTR, ino, bytes(name), bytes(value)]
+    for parent, name, ino, cookie in q("SELECT parent, name, ino, cookie FROM dent ORDER BY parent, cookie"):
+        yield [DENT, parent, bytes(name), ino, cookie]
+    for ino, idx, h, length, epoch in q("SELECT ino, idx, hash, length, epoch FROM block"):
+        yield [BLOCK, ino, idx, bytes(h), length] + ([epoch] if epoch else [])
+    for ino, idx, off, data in q("SELECT ino, idx, off, data FROM patch ORDER BY n"):
+        yield [PATCH, ino, idx, off, bytes(data)]

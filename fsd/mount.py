@@ -43,6 +43,7 @@ from fsd.committer import Committer
 from fsd.data import DataLayer
 from fsd.fencing import WriterPosition
 from fsd.fuse_ops import FerryOperations
+from fsd.gc.live import MaintenanceConfig, Maintainer
 from fsd.kernel_tuning import tune_bdi
 from fsd.format.superblock import Superblock
 from fsd.localjournal import LocalJournal
@@ -151,6 +152,7 @@ class Parts:
     pos: WriterPosition
     committer: Committer
     fsops: FerryOperations
+    maintainer: Maintainer
 
 
 async def serve(cfg: MountConfig, on_ready: Callable[[], None] | None = None) -> int:
@@ -245,23 +247,24 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
                   cpu_limiter=trio.CapacityLimiter(4))
     data = DataLayer(ops, bio, sb.block_size, cfg.options.dirty_limit)
     pos = WriterPosition(epoch=epoch, next_seq=2)
-
-    async def snapshot(e: int, s: int) -> None:
-        records = list(state.snapshot_records())
-        await t(vol_mod.write_snapshot, opened.store, opened.ref.root, e, s, state, records)
-        log.info("volume %s: snapshot written at segment (%d, %d)", cfg.volume, e, s)
-
     committer = Committer(volume=cfg.volume, root=opened.ref.root, ops=ops, data=data, bio=bio,
                           astore=opened.astore, position=pos,
                           interval=cfg.options.commit_interval, snapshot_every=cfg.options.snapshot_every,
                           local=opened.ljournal if cfg.options.durability == "local" else None,
-                          working_copy=wc, snapshot_hook=snapshot)
+                          working_copy=wc)
     committer.stats.segments_since_snapshot = loaded.replayed
+    o = cfg.options
+    maintainer = Maintainer(volume=cfg.volume, root=opened.ref.root, uuid=sb.uuid, store=opened.store,
+                            committer=committer, bio=bio, state=state, wc_path=cfg.cache_dir / "meta.db",
+                            block_size=sb.block_size,
+                            cfg=MaintenanceConfig(gc=o.gc, gc_interval=o.gc_interval, gc_grace=o.gc_grace),
+                            base=loaded.start if loaded.source == "snapshot" else (0, 0))
     for ino in ops.orphans():          # unlinked-but-open files of a crashed mount
         ops.purge(ino)
     fsops = FerryOperations(ops=ops, data=data, committer=committer, volume=cfg.volume,
                             size_limit=cfg.options.size)
-    return Parts(epoch=epoch, state=state, ops=ops, data=data, pos=pos, committer=committer, fsops=fsops)
+    return Parts(epoch=epoch, state=state, ops=ops, data=data, pos=pos, committer=committer, fsops=fsops,
+                 maintainer=maintainer)
 
 
 async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
@@ -296,6 +299,7 @@ async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
             n.start_soon(guarded, cfg.volume, "status writer", status.run)
             n.start_soon(guarded, cfg.volume, "signal handler", _on_signals, cfg)
             n.start_soon(guarded, cfg.volume, "kernel tuning", _tune_kernel, cfg, parts.fsops)
+            n.start_soon(guarded, cfg.volume, "snapshots and GC", parts.maintainer.run)
             if on_ready:
                 on_ready()
             log.info("volume %s mounted on %s (epoch %d, durability %s)", cfg.volume, cfg.mountpoint,
@@ -379,7 +383,7 @@ class StatusReporter:
         return {**self.base, "phase": phase, "next_seq": p.pos.next_seq, "fenced": p.pos.fenced,
                 "dirty_bytes": p.data.dirty_bytes, "inflight_bytes": p.data.inflight_bytes,
                 "upload_lag_s": round(c.upload_lag_s(), 3), "commits": c.stats.commits,
-                "last_error": c.stats.last_error, "updated_ns": time.time_ns()}
+                "last_error": c.stats.last_error, "last_gc": p.maintainer.summary(), "updated_ns": time.time_ns()}
 
     async def write(self, phase: str) -> None:
         try:

@@ -42,6 +42,9 @@ class MountOptions:
     size: int = 1 << 50               # size limit reported by statfs
     snapshot_every: int = 512         # segments between metadata snapshots
     readahead: int = 4 << 20          # kernel read-ahead window of the mount (0: kernel default)
+    gc: bool = True                   # the owner collects garbage in the background
+    gc_interval: float = 600.0        # seconds between background GC passes
+    gc_grace: float = 300.0           # unreferenced objects younger than this survive a pass
 
 
 KNOWN = {
@@ -52,6 +55,9 @@ KNOWN = {
     "size": "volume size limit reported by df (default 1P)",
     "snapshot_every": "journal segments between metadata snapshots (default 512)",
     "readahead": "kernel read-ahead window for sequential reads (default 4M; 0 keeps the kernel's 128k)",
+    "gc": "on|off: the owning daemon deletes garbage in the background (default on)",
+    "gc_interval": "time between background GC passes (default 10m)",
+    "gc_grace": "unreferenced objects younger than this are kept by GC (default 5m)",
 }
 
 
@@ -110,4 +116,14 @@ def parse_mount_options(kv: dict[str, str]) -> MountOptions:
         if n < 1:
             raise ValueError("snapshot_every must be at least 1")
         vals["snapshot_every"] = n
+    if "gc" in kv:
+        if kv["gc"] not in ("on", "off"):
+            raise ValueError(f"gc must be 'on' or 'off', not {kv['gc']!r}")
+        vals["gc"] = kv["gc"] == "on"
+    for k, lo in (("gc_interval", 1.0), ("gc_grace", 0.0)):
+        if k in kv:
+            d = parse_duration(kv[k])
+            if not lo <= d <= 30 * 86400:
+                raise ValueError(f"{k} must be between {lo:g}s and 30d, not {kv[k]!r}")
+            vals[k] = d
     return MountOptions(**{**o.__dict__, **vals})

@@ -502,13 +502,15 @@ def _load_state_once(store: ObjectStore, root: str, sb: Superblock, local) -> Lo
 
 
 def write_snapshot(store: ObjectStore, root: str, epoch: int, seq: int, state: MetaState,
-                   records: list | None = None) -> None:
+                   records: list | None = None, next_ino: int | None = None) -> None:
     """Upload a snapshot of `state` as of segment (epoch, seq).
 
     The caller guarantees `state` equals the replay of every segment up to
-    (epoch, seq) and nothing more."""
+    (epoch, seq) and nothing more (`records`, if given, are its records;
+    `next_ino` may be higher than the state's: inode numbers are never
+    reused, so the live daemon's counter is the safe one)."""
     recs = records if records is not None else list(state.snapshot_records())
-    data = encode_snapshot(epoch, seq, state.next_ino, recs)
+    data = encode_snapshot(epoch, seq, max(state.next_ino, next_ino or 0), recs)
     failpoints.hit("before_snapshot_put")
     try:
         store.put(keys.snapshot_key(root, epoch, seq), data, if_none_match=True)

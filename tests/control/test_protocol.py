@@ -93,7 +93,8 @@ def test_good_args_with_defaults():
     assert P.check_args(req) == {"volume": "a", "host_id": "h", "wait": 0.0}
     req = P.parse_request(body(good(op="host.heartbeat", args={"host_id": "h", "volumes": [
         {"name": "v", "in_use": True, "epoch": 3, "upload_lag_s": 1}]})))
-    assert P.check_args(req)["volumes"] == [{"name": "v", "in_use": True, "epoch": 3, "upload_lag_s": 1.0}]
+    assert P.check_args(req)["volumes"] == [{"name": "v", "in_use": True, "epoch": 3, "upload_lag_s": 1.0,
+                                             "last_gc": None}]
 
 
 def test_every_op_in_contract_has_a_spec():

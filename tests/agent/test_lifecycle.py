@@ -1,4 +1,4 @@
-"""Removing volumes through the agent (Docker's Remove, `ferry volume rm`):
+"""Volume lifecycle through the agent: removing volumes (Docker's Remove, `ferry volume rm`):
 the store really loses the volume, a re-created name starts empty, the
 deletion resumes after the agent is killed mid-way, and a job whose host
 died is finished by another host. Real FUSE mounts, a real control service,
@@ -169,3 +169,27 @@ async def test_remove_refused_while_mounted_here_and_nothing_changes(nursery, tm
     r = await ra.call("/VolumeDriver.Mount", {"Name": "demo", "ID": "c2"})
     assert (Path(r["Mountpoint"]) / "keep").read_bytes() == b"x" * 1000
     assert (await ra.call("/VolumeDriver.Unmount", {"Name": "demo", "ID": "c2"}))["Err"] == ""
+
+
+async def test_volume_inspect_shows_the_owners_last_gc(nursery, tmp_path, control, file_store_url):
+    ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", file_store_url))
+    await ra.start()
+    opts = {"gc_interval": "1s", "gc_grace": "0", "commit_interval": "0.2"}
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "demo", "Opts": opts}))["Err"] == ""
+    r = await ra.call("/VolumeDriver.Mount", {"Name": "demo", "ID": "c1"})
+    mp = Path(r["Mountpoint"])
+    for _ in range(3):
+        await trio.to_thread.run_sync(write_fsync, mp / "f", os.urandom(200_000))
+    async with control_client(control) as c:
+        with trio.fail_after(30):
+            while True:
+                gc = (await c.volume_get("demo"))["last_gc"]
+                if gc and gc["objects"]:
+                    break
+                await trio.sleep(0.3)
+    assert gc["freed_bytes"] >= 200_000 and gc["error"] is None
+    env = {**os.environ, "FERRY_CONTROL": control, "FERRY_TOKEN": TOKEN}
+    out = await trio.to_thread.run_sync(lambda: subprocess.run(
+        [sys.executable, "-m", "fsd.cli", "volume", "inspect", "demo"], env=env, capture_output=True, text=True))
+    assert "last GC" in out.stdout and "freed" in out.stdout, out.stdout + out.stderr
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "demo", "ID": "c1"}))["Err"] == ""
