@@ -1,17 +1,35 @@
 """Named points where tests make the daemon die on purpose (kill -9 at a
 chosen moment). Inert unless FERRY_FAILPOINTS is set, e.g.
 `FERRY_FAILPOINTS=after_blocks_uploaded` or `...=before_snapshot:3` (the 3rd
-time the point is reached). Read once at import; costs one dict lookup.
+time the point is reached), and `FERRY_FAILPOINT_DELAYS=name=seconds` for
+points that only pause. Read once at import; costs one dict lookup.
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import time
 
 _points: dict[str, int] = {}
 for _item in filter(None, os.environ.get("FERRY_FAILPOINTS", "").split(",")):
     _name, _, _nth = _item.partition(":")
     _points[_name.strip()] = int(_nth) if _nth else 1
+
+
+_delays: dict[str, float] = {}
+for _item in filter(None, os.environ.get("FERRY_FAILPOINT_DELAYS", "").split(",")):
+    _name, _, _secs = _item.partition("=")
+    _delays[_name.strip()] = float(_secs or 1)
+
+
+def delay(name: str) -> None:
+    """Sleep (in the calling worker thread) at `name` if FERRY_FAILPOINT_DELAYS
+    arms it (`name=seconds`): opens a race window a test can act in, and says
+    so in the log."""
+    if name in _delays:
+        logging.getLogger("ferry.failpoints").warning("failpoint %s: pausing %g s", name, _delays[name])
+        time.sleep(_delays[name])
 
 
 def hit(name: str) -> None:

@@ -120,7 +120,7 @@ def parse_mount_options(kv: dict[str, str]) -> MountOptions:
         if kv["gc"] not in ("on", "off"):
             raise ValueError(f"gc must be 'on' or 'off', not {kv['gc']!r}")
         vals["gc"] = kv["gc"] == "on"
-    for k, lo in (("gc_interval", 1.0), ("gc_grace", 0.0)):
+    for k, lo in (("gc_interval", 0.1), ("gc_grace", 0.0)):
         if k in kv:
             d = parse_duration(kv[k])
             if not lo <= d <= 30 * 86400:

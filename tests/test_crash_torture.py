@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.crashmodel import History, Violation, Writer, check_tree, read_state
-from tests.helpers.mount import FerryMount, fsck_clean
+from tests.helpers.mount import FerryMount, fsck_clean, run_ferry
 
 VOL = "torture"
 WRITERS = 3
@@ -35,8 +35,20 @@ COMMIT_INTERVAL = 0.5
 UPLOAD_SLACK = 2.5
 
 
-def run_trials(tmp_path: Path, store_url: str, mode: str, trials: int, seed0: int) -> None:
-    opts = [f"durability={mode}", f"commit_interval={COMMIT_INTERVAL}"]
+# With `gc`: the owner snapshots every 4 segments and collects every 0.3 s
+# with no grace, and a standalone `ferry fs gc --grace 0` from "another host"
+# runs at a random moment of half the trials; the kill -9 lands anywhere in
+# those passes too.
+GC_OPTS = ["snapshot_every=4", "gc_interval=0.3s", "gc_grace=0"]
+
+
+def _standalone_gc(store_url: str, delay: float, out: list) -> None:
+    time.sleep(delay)
+    out.append(run_ferry("fs", "gc", "--store", store_url, VOL, "--grace", "0"))
+
+
+def run_trials(tmp_path: Path, store_url: str, mode: str, trials: int, seed0: int, gc: bool = False) -> None:
+    opts = [f"durability={mode}", f"commit_interval={COMMIT_INTERVAL}"] + (GC_OPTS if gc else [])
     m = FerryMount(tmp_path, tmp_path / "mnt", tmp_path / "cache-0")
     with m:
         m.mkfs(store_url, VOL)
@@ -59,12 +71,17 @@ def run_trials(tmp_path: Path, store_url: str, mode: str, trials: int, seed0: in
                 histories.append(History(root=root, states=[state], next_id=next_id))
             writers = [Writer(h, random.Random(rnd.random())) for h in histories]
             threads = [threading.Thread(target=w.run, daemon=True) for w in writers]
+            run_for = rnd.uniform(2.5, 5.0) if (fresh and mode == "local") else rnd.uniform(0.3, 2.5)
+            gc_runs: list = []
+            if gc and rnd.random() < 0.5:
+                threads.append(threading.Thread(target=_standalone_gc, args=(store_url, rnd.uniform(0, run_for),
+                                                                              gc_runs), daemon=True))
             for t in threads:
                 t.start()
-            run_for = rnd.uniform(2.5, 5.0) if (fresh and mode == "local") else rnd.uniform(0.3, 2.5)
             time.sleep(run_for)
             killed_at = time.monotonic()
             m.kill9()
+            passes = m.log().count("GC freed")
             for w in writers:
                 w.stop.set()
             for t in threads:
@@ -72,6 +89,8 @@ def run_trials(tmp_path: Path, store_url: str, mode: str, trials: int, seed0: in
             for w in writers:
                 assert w.failed_at is None or w.failed_at >= killed_at, \
                     f"{where}: a writer failed before the kill: {w.error!r}\n{m.log()[-3000:]}"
+            for r in gc_runs:
+                assert r.returncode == 0, f"{where}: standalone GC failed: {r.stdout}{r.stderr}"
             if fresh:
                 hosts += 1
                 m.mount(store_url, VOL, cache_dir=tmp_path / f"cache-{hosts}", takeover=True, options=opts)
@@ -86,7 +105,8 @@ def run_trials(tmp_path: Path, store_url: str, mode: str, trials: int, seed0: in
                                          f"\n--- daemon log ---\n{m.log()[-4000:]}") from None
             acks = sum(len(h.acks) for h in histories)
             ops = sum(len(h.ops) for h in histories)
-            print(f"{where}: {ops} ops, {acks} acknowledgements, ran {run_for:.1f} s: ok")
+            print(f"{where}: {ops} ops, {acks} acknowledgements, ran {run_for:.1f} s"
+                  + (f", {passes} GC passes freed objects, {len(gc_runs)} standalone GC" if gc else "") + ": ok")
             fsck_clean(store_url, VOL)
         m.umount()
     fsck_clean(store_url, VOL)
@@ -121,6 +141,23 @@ def _seed() -> int:
 @pytest.mark.parametrize("mode", ["remote", "local"])
 def test_crash_torture(tmp_path, s3_store_url, mode):
     run_trials(tmp_path, s3_store_url, mode, int(os.environ.get("FERRY_TORTURE_TRIALS", "12")), _seed())
+
+
+@pytest.mark.parametrize("mode", ["remote", "local"])
+def test_crash_torture_with_gc(tmp_path, s3_store_url, mode):
+    """Issue 8: the same model, with the owner's background GC and a
+    standalone GC pass racing the writers and the kill."""
+    run_trials(tmp_path, s3_store_url, mode, int(os.environ.get("FERRY_TORTURE_GC_TRIALS", "8")), _seed(), gc=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(7200)
+@pytest.mark.parametrize("chain", range(int(os.environ.get("FERRY_TORTURE_CHAINS", "4"))))
+@pytest.mark.parametrize("mode", ["remote", "local"])
+def test_crash_torture_with_gc_long(tmp_path, s3_store_url, mode, chain):
+    """FERRY_TORTURE_CHAINS chains of FERRY_TORTURE_SLOW_TRIALS trials per mode with GC."""
+    trials = int(os.environ.get("FERRY_TORTURE_SLOW_TRIALS", "40"))
+    run_trials(tmp_path, s3_store_url, mode, trials, _seed() + chain * 100_000 + 50_000, gc=True)
 
 
 @pytest.mark.slow

@@ -162,3 +162,28 @@ def test_gc_off_keeps_everything(file_store_url, new_mount):
     assert _usage(file_store_url)["data"] >= 3
     assert _report(file_store_url) is None
     a.umount()
+
+
+def test_an_object_committed_during_a_pass_is_not_collected(file_store_url, new_mount):
+    """A pass reads its roots (the working copy at P), then lists the store.
+    An object uploaded and committed in between is in the listing but not in
+    the roots: only the recorder of commits since the pass began keeps it."""
+    a = new_mount("a")
+    a.mkfs(file_store_url, VOL)
+    a.mount(file_store_url, VOL, options=[*FAST_GC, "gc_interval=0.5s"],
+            extra_env={"FERRY_FAILPOINT_DELAYS": "gc_before_listing=3"})
+    write_fsync(a.mountpoint / "warmup", b"x")
+    deadline = time.monotonic() + 30
+    while "failpoint gc_before_listing" not in a.log():
+        assert time.monotonic() < deadline, a.log()
+        time.sleep(0.05)
+    payload = os.urandom(500_000)
+    t0 = time.time_ns()
+    write_fsync(a.mountpoint / "g", payload)          # inside the pass's window
+    _wait_gc_after(file_store_url, t0 - 10**9)        # that pass (started before t0) is over
+    a.kill9()
+    b = new_mount("b")
+    b.mount(file_store_url, VOL, takeover=True)
+    assert (b.mountpoint / "g").read_bytes() == payload
+    b.umount()
+    fsck_clean(file_store_url, VOL)

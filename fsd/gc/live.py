@@ -177,6 +177,7 @@ class Maintainer:
     def _gather(self) -> tuple[Writers, list[ObjectInfo]]:
         """Worker thread: seals first, then the listing (the order that makes
         an epoch seen sealed unable to add objects after the listing)."""
+        failpoints.delay("gc_before_listing")
         writers, _ = observe_writers(self.store, self.root)
         objects: list[ObjectInfo] = []
         for prefix in (keys.journal_prefix(self.root), keys.snapshots_prefix(self.root),
