@@ -224,7 +224,11 @@ class FsdManager:
         if not started.ok:
             tail = [ln for ln in started.message.strip().splitlines() if ln.strip()][-3:]
             raise FsdError(f"volume {volume!r}: mounting failed: {' | '.join(tail)} (log: {cache / 'fsd.log'})")
-        info = await self.info(volume)
+        # The kernel shows the mount a moment before the daemon writes its
+        # registry entry (right after pyfuse3.init): give it that moment.
+        with trio.move_on_after(5.0):
+            while (info := await self.info(volume)) is None:
+                await trio.sleep(0.02)
         if info is None:
             raise FsdError(f"volume {volume!r}: fsd mounted {mp} but did not register itself")
         return info
