@@ -120,13 +120,15 @@ def churn(work: Path, store_url: str, gc: bool, rounds: int) -> dict:
 
 
 # -------------------------------------------------------------- fdatasync
-def fdatasync_rate(work: Path, store_url: str, gc: bool, runtime: float) -> dict:
-    vol = f"sync-{'gc' if gc else 'nogc'}"
+GC_SYNC_OPTS = ["gc_interval=1s", "gc_grace=0", "snapshot_every=64"]
+
+
+def fdatasync_rate(work: Path, store_url: str, gc: bool, runtime: float, run: int) -> dict:
+    vol = f"sync-{'gc' if gc else 'nogc'}-{run}"
     m = FerryMount(work / vol)
     with m:
         m.mkfs(store_url, vol)
-        m.mount(store_url, vol, options=["gc_interval=1s", "gc_grace=0", "snapshot_every=64"] if gc
-                else ["gc=off", "snapshot_every=64"])
+        m.mount(store_url, vol, options=GC_SYNC_OPTS if gc else ["gc=off", "snapshot_every=64"])
         path = m.mountpoint / "f"
         with open(path, "wb") as f:
             f.truncate(64 * MiB)
@@ -241,21 +243,31 @@ def main() -> int:
     ap.add_argument("--churn-rounds", type=int, default=400)
     ap.add_argument("--quick", action="store_true", help="2,000 commits, 2k/20k segments, 8 s runs")
     ap.add_argument("--no-results", action="store_true")
+    ap.add_argument("--only", default="churn,fdatasync,mount,takeover", help="a subset of the parts")
+    ap.add_argument("--gc-sync-opts", default=",".join(GC_SYNC_OPTS),
+                    help="mount options of the fdatasync run with GC (default: %(default)s)")
     a = ap.parse_args()
+    GC_SYNC_OPTS[:] = a.gc_sync_opts.split(",")
+    parts = set(a.only.split(","))
     if a.quick:
         a.commits, a.segments, a.runtime, a.churn_rounds = 2000, "2000,20000", 8.0, 150
     work = Path(tempfile.mkdtemp(prefix="ferry-lifecycle-"))
     moto = _started_moto(work)
     try:
         url = f"s3://{make_bucket(moto.endpoint)}?endpoint={moto.endpoint}&region=us-east-1"
-        log("churn with GC / without")
-        churns = [churn(work, url, gc, a.churn_rounds) for gc in (True, False)]
-        log("fdatasync with GC / without")
-        syncs = [fdatasync_rate(work, url, gc, a.runtime) for gc in (False, True, False, True)]
-        log(f"mount after {a.commits} commits")
-        mounts = mount_after_commits(work, url, a.commits)
-        log("takeover against the dead owner's segments")
-        takes = takeover_vs_segments(work, url, [int(x) for x in a.segments.split(",")])
+        churns, syncs, mounts, takes = [], [], {}, []
+        if "churn" in parts:
+            log("churn with GC / without")
+            churns = [churn(work, url, gc, a.churn_rounds) for gc in (True, False)]
+        if "fdatasync" in parts:
+            log("fdatasync with GC / without")
+            syncs = [fdatasync_rate(work, url, gc, a.runtime, i) for i, gc in enumerate((False, True, False, True))]
+        if "mount" in parts:
+            log(f"mount after {a.commits} commits")
+            mounts = mount_after_commits(work, url, a.commits)
+        if "takeover" in parts:
+            log("takeover against the dead owner's segments")
+            takes = takeover_vs_segments(work, url, [int(x) for x in a.segments.split(",")])
     finally:
         moto.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -264,25 +276,28 @@ def main() -> int:
              "`python bench/lifecycle.py` (issue 8). Ratios are within this run.", "",
              "| churn: 32 MiB file, random 256 KiB rewrites + fsync | rounds | written | store data | live data "
              "| store/live | segments left |", "|---|---:|---:|---:|---:|---:|---:|"]
-    live = churns[0]["live_bytes"] or 32 * MiB
+    live = (churns[0]["live_bytes"] if churns else 0) or 32 * MiB
     for c in churns:
         lines.append(f"| {'owner GC every 2 s' if c['gc'] else 'gc=off'} | {c['rounds']} | {c['written'] / MiB:.0f} MiB "
                      f"| {c['data_bytes'] / MiB:.1f} MiB | {live / MiB:.1f} MiB | {c['data_bytes'] / live:.2f}x "
                      f"| {c['segments']} |")
-    nogc = [s["iops"] for s in syncs if not s["gc"]]
-    withgc = [s["iops"] for s in syncs if s["gc"]]
-    ratio = (sum(withgc) / len(withgc)) / (sum(nogc) / len(nogc))
-    lines += ["", "| 4 KiB pwrite + fdatasync, 64 MiB file | IOPS (two runs each, interleaved) |", "|---|---|",
-              f"| gc=off | {', '.join(f'{x:.0f}' for x in nogc)} |",
-              f"| owner GC every 1 s, snapshots every 64 segments | {', '.join(f'{x:.0f}' for x in withgc)} "
-              f"({sum(s['gc_passes_that_freed'] for s in syncs)} passes freed objects) |",
-              f"| with GC / without | {ratio:.0%} |", "",
-              "| mount on a new host (takeover after kill -9), 200 files | seconds (best of 3) |", "|---|---:|",
-              f"| fresh volume | {mounts['fresh_s']:.2f} |",
-              f"| after {mounts['commits']} fsynced commits (owner GC on; {mounts['segments_left']} journal keys "
-              f"left) | {mounts['old_s']:.2f} ({mounts['old_s'] / mounts['fresh_s']:.2f}x) |", "",
-              "| takeover: dead owner's epoch, gc=off (snapshot every 512) | first takeover | second |",
-              "|---|---:|---:|"]
+    if syncs:
+        nogc = [s["iops"] for s in syncs if not s["gc"]]
+        withgc = [s["iops"] for s in syncs if s["gc"]]
+        ratio = (sum(withgc) / len(withgc)) / (sum(nogc) / len(nogc))
+        lines += ["", "| 4 KiB pwrite + fdatasync, 64 MiB file | IOPS (two runs each, interleaved) |", "|---|---|",
+                  f"| gc=off | {', '.join(f'{x:.0f}' for x in nogc)} |",
+                  f"| owner GC: {' '.join(GC_SYNC_OPTS)} | {', '.join(f'{x:.0f}' for x in withgc)} "
+                  f"({sum(s['gc_passes_that_freed'] for s in syncs)} passes freed objects) |",
+                  f"| with GC / without | {ratio:.0%} |"]
+    if mounts:
+        lines += ["", "| mount on a new host (takeover after kill -9), 200 files | seconds (best of 3) |",
+                  "|---|---:|", f"| fresh volume | {mounts['fresh_s']:.2f} |",
+                  f"| after {mounts['commits']} fsynced commits (owner GC on; {mounts['segments_left']} journal "
+                  f"keys left) | {mounts['old_s']:.2f} ({mounts['old_s'] / mounts['fresh_s']:.2f}x) |"]
+    if takes:
+        lines += ["", "| takeover: dead owner's epoch, gc=off (snapshot every 512) | first takeover | second |",
+                  "|---|---:|---:|"]
     for t in takes:
         lines.append(f"| {t['segments']:,} segments | {t['takeover_s']:.2f} s | {t['second_takeover_s']:.2f} s |")
     text = "\n".join(lines) + "\n"

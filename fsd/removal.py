@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fsd import failpoints
@@ -121,8 +120,8 @@ def list_remaining(store: ObjectStore, ref: vol_mod.VolumeRef) -> list[tuple[str
     return out
 
 
-def delete_volume(store: ObjectStore, ref: vol_mod.VolumeRef, *, progress: Progress | None = None,
-                  workers: int = 16) -> RemovalResult:
+def delete_volume(store: ObjectStore, ref: vol_mod.VolumeRef, *, progress: Progress | None = None
+                  ) -> RemovalResult:
     """Delete everything of a volume marked removed (step 2), resumably."""
     if not vol_mod.is_removed(store, ref):
         raise vol_mod.VolumeError(f"volume {ref.name!r} is not marked removed; refusing to delete it")
@@ -134,16 +133,15 @@ def delete_volume(store: ObjectStore, ref: vol_mod.VolumeRef, *, progress: Progr
     nbytes = 0
     if progress:
         progress(0, total, 0)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for phase in deletion_phases(ref.root, sizes):
-            for i in range(0, len(phase), 1000):
-                chunk = phase[i:i + 1000]
-                list(pool.map(store.delete, chunk))
-                done += len(chunk)
-                nbytes += sum(sizes[k] for k in chunk)
-                failpoints.hit("removal_between_deletions")
-                if progress:
-                    progress(done, total, nbytes)
+    for phase in deletion_phases(ref.root, sizes):
+        for i in range(0, len(phase), 1000):
+            chunk = phase[i:i + 1000]
+            store.delete_many(chunk)
+            done += len(chunk)
+            nbytes += sum(sizes[k] for k in chunk)
+            failpoints.hit("removal_between_deletions")
+            if progress:
+                progress(done, total, nbytes)
     if ref.incarnation:
         store.delete(keys.incarnation_key(ref.name, ref.incarnation))
     log.info("volume %s: removed %d objects (%d bytes) of %s", ref.name, done, nbytes, ref.root)

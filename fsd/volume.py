@@ -12,7 +12,8 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fsd import failpoints, fencing
@@ -214,6 +215,7 @@ class JournalView:
     epochs: list[int]                                  # claimed epochs, ascending
     seqs: dict[int, list[int]] = field(default_factory=dict)  # epoch -> seqs present
     snapshots: list[tuple[int, int]] = field(default_factory=list)
+    listed_from: tuple[int, int] = (0, 0)      # journal keys before this position were not listed
 
     @property
     def latest_epoch(self) -> int:
@@ -233,22 +235,34 @@ def list_epochs(store: ObjectStore, root: str) -> list[int]:
                   if (e := keys.parse_epoch_key(root, k)) is not None)
 
 
-def list_epoch_seqs(store: ObjectStore, root: str, epoch: int) -> list[int]:
-    return [p[1] for k in store.list(keys.journal_prefix(root, epoch))
+def list_epoch_seqs(store: ObjectStore, root: str, epoch: int, from_seq: int = 1) -> list[int]:
+    """Seqs present in one epoch, from `from_seq` on (a LIST that starts there)."""
+    after = keys.journal_key(root, epoch, from_seq - 1) if from_seq > 1 else ""
+    return [p[1] for k in store.list(keys.journal_prefix(root, epoch), after)
             if (p := keys.parse_journal_key(root, k)) and p[0] == epoch]
 
 
-def list_journal(store: ObjectStore, root: str) -> JournalView:
+def list_journal(store: ObjectStore, root: str, *, tail: bool = False) -> JournalView:
+    """The volume's claims, snapshots and journal keys. With `tail`, journal
+    keys before the newest snapshot's position are not listed: what a mount
+    or a takeover needs costs LIST pages in proportion to the journal after
+    the newest snapshot, not to the whole journal (the dead owner of a
+    volume under heavy write may leave a very long epoch behind)."""
     view = JournalView(epochs=list_epochs(store, root))
-    for k in store.list(keys.journal_prefix(root)):
-        p = keys.parse_journal_key(root, k)
-        if p is not None:
-            view.seqs.setdefault(p[0], []).append(p[1])
     for k in store.list(keys.snapshots_prefix(root)):
         p = keys.parse_snapshot_key(root, k)
         if p is not None:
             view.snapshots.append(p)
     view.snapshots.sort()
+    start_after = ""
+    if tail and view.snapshots:
+        e, s = view.snapshots[-1]
+        start_after = keys.journal_key(root, e, s - 1)
+        view.listed_from = (e, s)
+    for k in store.list(keys.journal_prefix(root), start_after):
+        p = keys.parse_journal_key(root, k)
+        if p is not None:
+            view.seqs.setdefault(p[0], []).append(p[1])
     return view
 
 
@@ -279,7 +293,7 @@ def epoch_seal(store: ObjectStore, root: str, epoch: int, seqs: list[int]) -> tu
 
 
 def seal_epoch(store: ObjectStore, root: str, epoch: int, *, sealed_by: int, reason: str,
-               next_seq: int | None = None) -> int:
+               next_seq: int | None = None, from_seq: int = 1) -> int:
     """Write a seal at the first free seq of `epoch`; re-list and retry on
     conflict (the old owner may be committing at that very moment).
     Returns the seal's seq.
@@ -290,7 +304,7 @@ def seal_epoch(store: ObjectStore, root: str, epoch: int, *, sealed_by: int, rea
     if next_seq is not None and _put_seal(store, root, epoch, next_seq, sealed_by, reason):
         return next_seq
     for _ in range(1000):
-        sealed, g = epoch_seal(store, root, epoch, list_epoch_seqs(store, root, epoch))
+        sealed, g = epoch_seal(store, root, epoch, list_epoch_seqs(store, root, epoch, from_seq))
         if sealed:
             return g - 1
         if _put_seal(store, root, epoch, g, sealed_by, reason):
@@ -326,7 +340,7 @@ def claim_epoch(
     write our begin segment (a mount) or nothing more (a removal). Returns
     (epoch, token). `token` is the claim's proof of ownership (a new random
     one if not given): a mount writes it into its cache dir before claiming."""
-    view = list_journal(store, root)
+    view = list_journal(store, root, tail=True)
     latest = view.latest_epoch
     sealed = True
     claim = None
@@ -364,11 +378,15 @@ def claim_epoch(
     # Seal every older epoch that is not sealed yet, newest first, stopping at
     # an epoch that began (its owner had sealed everything below it) or at
     # the horizon below which GC may have compacted sealed epochs away.
+    # The listing above covers every epoch from the horizon on (the horizon's
+    # own from its newest snapshot); keys written since are found by the
+    # seal's conditional PUT, which re-lists from the last known seq.
     for e in range(epoch - 1, max(view.horizon, 1) - 1, -1):
-        seqs = list_epoch_seqs(store, root, e)
-        is_sealed, _ = epoch_seal(store, root, e, seqs)
+        seqs = view.seqs.get(e, [])
+        is_sealed, g = epoch_seal(store, root, e, seqs)
         if not is_sealed:
-            seal_epoch(store, root, e, sealed_by=epoch, reason="remove" if purpose == "remove" else "takeover")
+            seal_epoch(store, root, e, sealed_by=epoch, reason="remove" if purpose == "remove" else "takeover",
+                       from_seq=max(1, g - 1))
         if 1 in seqs and read_segment(store, root, e, 1).kind == "begin":
             break
     if purpose == "remove":
@@ -402,7 +420,9 @@ def load_state(store: ObjectStore, root: str, sb: Superblock, local=None, *, att
     snapshot that GC kept)."""
     for attempt in range(attempts):
         try:
-            return _load_state_once(store, root, sb, local)
+            # First from a listing of the journal's tail (after the newest
+            # snapshot), then, should that snapshot be unusable, of all of it.
+            return _load_state_once(store, root, sb, local, tail=attempt == 0)
         except _Retry as e:
             if attempt == attempts - 1:
                 raise VolumeError(f"volume {root}: cannot rebuild the metadata: {e}. The journal is "
@@ -415,14 +435,14 @@ class _Retry(Exception):
     pass
 
 
-def _load_state_once(store: ObjectStore, root: str, sb: Superblock, local) -> LoadResult:
+def _load_state_once(store: ObjectStore, root: str, sb: Superblock, local, *, tail: bool = False) -> LoadResult:
     """Starting points: remote snapshots, and `local` (a `fsd.localdb.WorkingCopy`
     of this cache directory), newest first. One is valid only if the segment
     it is keyed at exists and is not a seal (a snapshot is written only after
     its segment committed, and our writers never skip a seq, so no seal can
     precede a non-seal segment at (e, s)), and if every segment after it is
     still there (`fencing.chain_breaks`)."""
-    view = list_journal(store, root)
+    view = list_journal(store, root, tail=tail)
     latest = view.latest_epoch
     candidates = [(e, s, "snapshot") for e, s in view.snapshots]
     local_pos = local.position(sb.uuid) if local is not None else None
@@ -479,16 +499,15 @@ def _load_state_once(store: ObjectStore, root: str, sb: Superblock, local) -> Lo
         kinds: dict[int, str] = {x: "segment" for x in range(1, s)}
         segs: dict[int, Segment] = {}
         present = set(view.seqs[e])
+        run = []
         while s in present:
-            try:
-                seg = read_segment(store, root, e, s)
-            except NotFound:
-                raise _Retry(f"segment {e}-{s} vanished while loading") from None
-            kinds[s] = seg.kind
-            segs[s] = seg
+            run.append(s)
+            s += 1
+        for seq, seg in _read_segments(store, root, e, run):
+            kinds[seq] = seg.kind
+            segs[seq] = seg
             if seg.kind == "seal":
                 break
-            s += 1
         to_replay, _seal = fencing.replayable_prefix(kinds)
         for s in to_replay:
             if (e, s) <= start:
@@ -499,6 +518,21 @@ def _load_state_once(store: ObjectStore, root: str, sb: Superblock, local) -> Lo
             last = (e, s)
             replayed += 1
     return LoadResult(state, last, replayed, source, start, refs)
+
+
+def _read_segments(store: ObjectStore, root: str, epoch: int, seqs: list[int],
+                   window: int = 64) -> Iterator[tuple[int, Segment]]:
+    """The segments at `seqs`, in order, fetched `window` at a time by
+    parallel GETs (replay after a takeover is bound by round trips)."""
+    def get(seq: int) -> Segment:
+        try:
+            return read_segment(store, root, epoch, seq)
+        except NotFound:
+            raise _Retry(f"segment {epoch}-{seq} vanished while loading") from None
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for i in range(0, len(seqs), window):
+            chunk = seqs[i:i + window]
+            yield from zip(chunk, pool.map(get, chunk))
 
 
 def write_snapshot(store: ObjectStore, root: str, epoch: int, seq: int, state: MetaState,

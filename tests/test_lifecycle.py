@@ -251,6 +251,10 @@ class _FailingStore:
         self.deleted.append(key)
         return self.inner.delete(key)
 
+    def delete_many(self, keys):
+        self.deleted.extend(keys)
+        return self.inner.delete_many(keys)
+
     def __getattr__(self, name):
         return getattr(self.inner, name)
 

@@ -59,6 +59,18 @@ def test_put_get_range_head_delete(store):
         store.get("v/a/b", 3, 3)    # an empty range of a missing key is still missing
 
 
+def test_delete_many_in_batches_ignores_missing_keys(store):
+    names = [f"dm/{i:05d}" for i in range(1203)]           # more than one DeleteObjects request
+    for k in names:
+        store.put(k, b"x")
+    store.put("dm-keep", b"k")
+    store.delete_many(names[:1100] + ["dm/missing"])
+    assert list(store.list("dm/")) == names[1100:]
+    store.delete_many(names[1100:])
+    assert list(store.list("dm")) == ["dm-keep"]
+    store.delete_many([])
+
+
 def test_empty_and_large_objects(store):
     store.put("e", b"")
     assert store.get("e") == b""

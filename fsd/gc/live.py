@@ -36,7 +36,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -149,7 +148,9 @@ class Maintainer:
                 live = (committed, self.state, list(self.state.snapshot_records()))
                 marked = references(self.state)
         try:
+            t0 = trio.current_time()
             view = live or await trio.to_thread.run_sync(read_committed, self.wc_path, self.block_size, self.uuid)
+            t_read = trio.current_time() - t0
             if view is None or view[0] < committed:
                 log.info("volume %s: working copy behind the journal; snapshot and GC skipped", self.volume)
                 return out
@@ -163,7 +164,8 @@ class Maintainer:
                 out.snapshot = pos
                 self.last_snapshot = pos
                 c.snapshot_written(c.pos.next_seq - 1 - pos[1])
-                log.info("volume %s: snapshot written at segment %s", self.volume, pos)
+                log.info("volume %s: snapshot written at segment %s (%d records; read %.2fs, written %.2fs)",
+                         self.volume, pos, len(records), t_read, trio.current_time() - t0 - t_read)
             del records
             if collect:
                 out.report = await self._collect(pos, marked, recorded)
@@ -249,11 +251,7 @@ class Maintainer:
         if not keys_:
             return
         t0 = trio.current_time()
-
-        def run() -> None:
-            with ThreadPoolExecutor(max_workers=8) as pool:
-                list(pool.map(self.store.delete, keys_))
-        await trio.to_thread.run_sync(run)
+        await trio.to_thread.run_sync(self.store.delete_many, keys_)
         failpoints.hit("gc_between_deletions")
         pause = len(keys_) / self.cfg.delete_rate - (trio.current_time() - t0)
         if pause > 0:

@@ -20,7 +20,6 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from fsd import failpoints
@@ -146,11 +145,10 @@ def collect(store: ObjectStore, name: str, *, dry_run: bool = False, grace_s: fl
 def _delete(store: ObjectStore, p: GcPlan, progress: Callable[[int, int], None] | None) -> None:
     total = len(p.delete)
     done = 0
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        for i in range(0, total, 500):
-            chunk = p.delete[i:i + 500]
-            list(pool.map(lambda d: store.delete(d.key), chunk))
-            done += len(chunk)
-            failpoints.hit("gc_between_deletions")
-            if progress:
-                progress(done, total)
+    for i in range(0, total, 500):
+        chunk = p.delete[i:i + 500]
+        store.delete_many([d.key for d in chunk])
+        done += len(chunk)
+        failpoints.hit("gc_between_deletions")
+        if progress:
+            progress(done, total)

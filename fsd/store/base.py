@@ -69,6 +69,11 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None:
         """Remove key; deleting a missing key is not an error."""
 
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove every key (missing ones are no error), in as few requests as
+        the store allows: GC and removal delete one key per committed segment,
+        and one request per key would double the store's request load."""
+
     def head(self, key: str) -> int | None:
         """Size of the object, or None if it does not exist."""
 

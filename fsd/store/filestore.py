@@ -160,6 +160,10 @@ class FileStore:
             raise self._oserror(f"HEAD {key}", e) from None
         return None if stat.S_ISDIR(st.st_mode) else st.st_size
 
+    def delete_many(self, keys: list[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         try:

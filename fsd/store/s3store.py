@@ -228,6 +228,19 @@ class S3Store:
     def delete(self, key: str) -> None:
         self._call(f"DELETE {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=self.prefix + key))
 
+    def delete_many(self, keys: list[str]) -> None:
+        """DeleteObjects, 1,000 keys per request (quiet: only failures come back)."""
+        for i in range(0, len(keys), 1000):
+            chunk = keys[i:i + 1000]
+            objs = [{"Key": self.prefix + k} for k in chunk]
+            r = self._call(f"DELETE {len(chunk)} objects from {chunk[0]}", lambda: self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": objs, "Quiet": True}))
+            errors = [e for e in r.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                e = errors[0]
+                raise StoreUnavailable(f"DELETE {e.get('Key')} in {self.bucket} failed: {e.get('Code')} "
+                                       f"{e.get('Message')} ({len(errors)} of {len(chunk)} keys failed)")
+
     def list(self, prefix: str, start_after: str = "") -> Iterator[str]:
         """ListObjectsV2 page by page (lazily), each page retried on its own;
         keys are returned relative to the URL's prefix."""
