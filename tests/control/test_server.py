@@ -436,3 +436,23 @@ async def test_in_use_owner_that_keeps_heartbeating_gives_busy_quickly(control):
                 r = await c.lease_acquire("v", "B", wait=5)
             n.cancel_scope.cancel()
         assert r["status"] == "busy" and r["owner"] == "A"
+
+
+async def test_removal_jobs_survive_a_restart_of_the_control_service(control):
+    """A removal job is persistent: a control service that restarts (reloads its
+    state) still hands it out, and a volume still to be fenced stays unusable."""
+    from control import removals
+    from control.server import ControlServer
+    async with control.client() as c:
+        for v in ("a", "b"):
+            await c.volume_create(v)
+        await c.host_register("A")
+        await c.volume_remove("a", host_id="A")
+        await c.volume_remove("b", host_id="A")
+        await c.removal_marked("b", "A", "b/u1")
+    fresh = ControlServer(control.server.state, TOKEN)
+    await fresh.load()
+    assert fresh.cluster.volumes["a"].removing == "A" and "b" not in fresh.cluster.volumes
+    assert fresh.cluster.removals["b/u1"].name == "b"
+    jobs = await fresh._mutate(lambda cl, now: removals.claim_jobs(cl, "A", now))
+    assert jobs == [{"name": "a", "root": None}, {"name": "b", "root": "b/u1"}]
