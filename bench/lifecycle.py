@@ -32,7 +32,6 @@ import random
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,7 +43,6 @@ from fsd import volume as vol_mod  # noqa: E402
 from fsd.format import keys  # noqa: E402
 from fsd.format.segment import Segment  # noqa: E402
 from fsd.gc.run import read_report  # noqa: E402
-from fsd.meta.state import MetaState  # noqa: E402
 from fsd.store import open_store  # noqa: E402
 from tests.conftest import _started_moto, make_bucket  # noqa: E402
 from tests.helpers.mount import FerryMount  # noqa: E402
@@ -278,7 +276,8 @@ def main() -> int:
              "| store/live | segments left |", "|---|---:|---:|---:|---:|---:|---:|"]
     live = (churns[0]["live_bytes"] if churns else 0) or 32 * MiB
     for c in churns:
-        lines.append(f"| {'owner GC every 2 s' if c['gc'] else 'gc=off'} | {c['rounds']} | {c['written'] / MiB:.0f} MiB "
+        label = "owner GC every 2 s" if c["gc"] else "gc=off"
+        lines.append(f"| {label} | {c['rounds']} | {c['written'] / MiB:.0f} MiB "
                      f"| {c['data_bytes'] / MiB:.1f} MiB | {live / MiB:.1f} MiB | {c['data_bytes'] / live:.2f}x "
                      f"| {c['segments']} |")
     if syncs:

@@ -270,6 +270,44 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_snapshot(args) -> int:
+    from fsd import snapshots
+    from fsd.format import keys
+    from fsd.store import open_store
+    try:
+        keys.validate_volume_name(args.volume)
+        if args.snapcmd != "ls":
+            keys.validate_snapshot_name(args.snap)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    store = open_store(args.store)
+    try:
+        if args.snapcmd == "create":
+            t0 = time.monotonic()
+            mp = snapshots.flush_local_mount(args.store, args.volume)
+            info = snapshots.create(store, args.volume, args.snap)
+            print(f"snapshot {args.volume}@{info.name} created at journal position {info.position[0]}/"
+                  f"{info.position[1]} in {time.monotonic() - t0:.2f}s"
+                  + (f" (committed the mount on {mp} first)" if mp else ""))
+        elif args.snapcmd == "ls":
+            infos = snapshots.list_all(store, args.volume)
+            if args.json:
+                print(json.dumps([{**i.__dict__, "position": list(i.position)} for i in infos], indent=2))
+            elif not infos:
+                print(f"volume {args.volume} has no snapshots")
+            for i in infos if not args.json else []:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created_ns / 1e9))
+                print(f"{i.name:32} {when}  {i.state:9}  at {i.position[0]}/{i.position[1]}")
+        else:
+            snapshots.remove(store, args.volume, args.snap)
+            print(f"snapshot {args.volume}@{args.snap} removed; the next GC frees what only it kept")
+    except snapshots.SnapshotError as e:
+        raise Failure(str(e)) from None
+    finally:
+        store.close()
+    return 0
+
+
 # ------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ferry", description="ferry: portable container volumes on S3-compatible storage.",
@@ -354,6 +392,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="never delete an object younger than this (default 1h; e.g. 0, 90s, 10m, 2h)")
     g.add_argument("--json", action="store_true", help="machine-readable report")
     g.set_defaults(fn=cmd_gc)
+
+    sn = fss.add_parser("snapshot", help="create, list and remove snapshots of a volume",
+                        description="A snapshot is a named, consistent, read-only state of a volume. It "
+                                    "costs metadata only: the data is shared with the volume, and GC keeps "
+                                    "what a snapshot references until the snapshot is removed. On a volume "
+                                    "mounted on this host, `create` first commits what was written to it.",
+                        epilog="examples:\n"
+                               "  ferry fs snapshot create --store file:///srv/ferry-store myvol before-upgrade\n"
+                               "  ferry fs snapshot ls --store file:///srv/ferry-store myvol\n"
+                               "  ferry fs snapshot rm --store file:///srv/ferry-store myvol before-upgrade",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sns = sn.add_subparsers(dest="snapcmd", required=True, parser_class=_Parser)
+    for verb, text in (("create", "snapshot the volume now"), ("rm", "remove a snapshot")):
+        c = sns.add_parser(verb, help=text)
+        store_arg(c)
+        c.add_argument("snap", metavar="SNAP", help="snapshot name (letters, digits, '._-')")
+        c.set_defaults(fn=cmd_snapshot)
+    ls = sns.add_parser("ls", help="list the volume's snapshots")
+    store_arg(ls)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(fn=cmd_snapshot)
 
     # Cluster commands live with their packages; each adds its own subcommands.
     from control.cli import add_commands as add_control_commands

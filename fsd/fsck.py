@@ -46,24 +46,55 @@ def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False) -> FsckR
             present[p] = o.size
     referenced = 0
     for ino, blocks in sorted(state.blocks.items()):
-        for idx, ref in sorted(blocks.items()):
+        for idx, bref in sorted(blocks.items()):
             referenced += 1
-            if (ref.hash, ref.epoch) not in present:
-                rep.problems.append(f"inode {ino} block {idx}: data object {ref.hash.hex()} "
-                                    f"(epoch {ref.epoch}) is missing")
+            if (bref.hash, bref.epoch) not in present:
+                rep.problems.append(f"inode {ino} block {idx}: data object {bref.hash.hex()} "
+                                    f"(epoch {bref.epoch}) is missing")
             elif verify_data:
-                key = keys.data_key(root, ref.hash, ref.epoch)
+                key = keys.data_key(root, bref.hash, bref.epoch)
                 try:
-                    decode_block(store.get(key), ref.hash, key)
+                    decode_block(store.get(key), bref.hash, key)
                 except (CorruptObject, NotFound) as e:
                     rep.problems.append(f"inode {ino} block {idx}: {e}")
     used = {(r.hash, r.epoch) for b in state.blocks.values() for r in b.values()}
+    used |= check_pins(store, root, present, rep)
     rep.info.append(f"{referenced} block references, {len(present)} data objects, "
                     f"{len(present.keys() - used)} unreferenced (garbage for GC)")
     rep.usage = store_usage(store, root, present, used)
     rep.info.append("store usage: " + ", ".join(
         f"{kind} {u['objects']} objects / {u['bytes'] / 1e6:.1f} MB" for kind, u in rep.usage.items()))
     return rep
+
+
+def check_pins(store: ObjectStore, root: str, present: dict[tuple[bytes, int], int],
+               rep: FsckReport) -> set[tuple[bytes, int]]:
+    """Every ready snapshot's metadata decodes and every object it references
+    is present. Returns those references (live data, too)."""
+    from fsd import snapshots
+    from fsd.format.pin import READY
+    used: set[tuple[bytes, int]] = set()
+    try:
+        pins = snapshots.read_pins(store, root)
+    except CorruptObject as e:
+        rep.problems.append(f"a pin is unreadable: {e}")
+        return used
+    for key, pin in sorted(pins.items()):
+        if pin.state != READY:
+            rep.info.append(f"snapshot {pin.name}: {pin.state} (being created, or its creator died)")
+            continue
+        try:
+            refs = snapshots.snapshot_refs(store, root, pin.position)
+        except (CorruptObject, NotFound) as e:
+            rep.problems.append(f"snapshot {pin.name}: metadata at {pin.position} unreadable: {e}")
+            continue
+        missing = refs - present.keys()
+        if missing:
+            rep.problems.append(f"snapshot {pin.name}: {len(missing)} data object(s) it references are missing")
+        used |= refs
+    if pins:
+        rep.info.append(f"{len(pins)} snapshot(s) pinned")
+    return used
 
 
 def store_usage(store: ObjectStore, root: str, present: dict[tuple[bytes, int], int],

@@ -84,6 +84,15 @@ class Postgres:
                 os.kill(v, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # Postgres refuses to start while the pid in postmaster.pid exists, and
+        # a zombie exists until its parent reaps it. The postmaster's parent is
+        # PID 1; on a host it reaps at once, in some sandboxes only after a few
+        # seconds. Wait for that, as an operator's restart would.
+        deadline = time.monotonic() + 120
+        while any(Path(f"/proc/{v}").exists() for v in victims):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"killed postgres processes {victims} were never reaped by PID 1")
+            time.sleep(0.1)
 
     def sql(self, query: str, db: str = "postgres") -> str:
         r = as_postgres(str(PG_BIN / "psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h",

@@ -137,6 +137,45 @@ def parse_snapshot_key(vol: str, key: str) -> tuple[int, int] | None:
     return None if not sep or ei is None or si is None else (ei, si)
 
 
+PIN_KINDS = ("snap",)        # later: clones and a history window pin too
+
+
+def pins_prefix(vol: str, kind: str | None = None) -> str:
+    """Pins: what keeps a metadata snapshot and everything it references
+    alive against GC (user snapshots: `pins/snap/NAME`)."""
+    return f"{vol}/pins/" if kind is None else f"{vol}/pins/{kind}/"
+
+
+def pin_key(vol: str, kind: str, name: str) -> str:
+    if kind not in PIN_KINDS:
+        raise ValueError(f"unknown pin kind {kind!r}")
+    validate_snapshot_name(name)
+    return f"{vol}/pins/{kind}/{name}"
+
+
+def parse_pin_key(vol: str, key: str) -> tuple[str, str] | None:
+    """(kind, name) of a pin key of `vol`, None for anything else."""
+    p = pins_prefix(vol)
+    if not key.startswith(p):
+        return None
+    kind, sep, name = key[len(p):].partition("/")
+    if not sep or kind not in PIN_KINDS:
+        return None
+    try:
+        validate_snapshot_name(name)
+    except ValueError:
+        return None
+    return kind, name
+
+
+def validate_snapshot_name(name: str) -> None:
+    """A snapshot name follows the volume name rules (it is a key component too)."""
+    try:
+        validate_volume_name(name)
+    except ValueError as e:
+        raise ValueError(str(e).replace("volume name", "snapshot name")) from None
+
+
 def gc_prefix(vol: str) -> str:
     """GC reports (`gc/last`) of the volume."""
     return f"{vol}/gc/"

@@ -42,12 +42,12 @@ from pathlib import Path
 
 import trio
 
-from fsd import failpoints
+from fsd import failpoints, snapshots
 from fsd import volume as vol_mod
 from fsd.blockio import BlockIO
 from fsd.committer import Committer
 from fsd.format import keys
-from fsd.gc.plan import DATA, Deletion, GcPlan, Roots, Writers, plan
+from fsd.gc.plan import DATA, Deletion, GcPlan, PinRoots, Roots, Writers, plan
 from fsd.gc.run import GcReport, observe_writers
 from fsd.localdb import read_committed
 from fsd.meta.state import MetaState
@@ -176,24 +176,27 @@ class Maintainer:
             c.stop_recording(recorded)
 
     # ------------------------------------------------------------------- GC
-    def _gather(self) -> tuple[Writers, list[ObjectInfo]]:
-        """Worker thread: seals first, then the listing (the order that makes
-        an epoch seen sealed unable to add objects after the listing)."""
+    def _gather(self) -> tuple[Writers, PinRoots, set[tuple[bytes, int]], list[ObjectInfo]]:
+        """Worker thread: seals first, then the pins (after the base: see
+        fsd.gc.plan.pin_roots), then the listing (the order that makes an
+        epoch seen sealed unable to add objects after the listing)."""
         failpoints.delay("gc_before_listing")
         writers, _ = observe_writers(self.store, self.root)
+        pins, pinned_refs = snapshots.gc_pins(self.store, self.root, self.wall_ns())
         objects: list[ObjectInfo] = []
         for prefix in (keys.journal_prefix(self.root), keys.snapshots_prefix(self.root),
                        keys.data_prefix(self.root)):
             objects.extend(self.store.list_info(prefix))
-        return writers, objects
+        return writers, pins, pinned_refs, objects
 
     async def _collect(self, base: tuple[int, int], marked: set[tuple[bytes, int]],
                        recorded: set[bytes]) -> GcReport:
         epoch = self.committer.pos.epoch
         started = self.wall_ns()
         report = GcReport(volume=self.volume, root=self.root, dry_run=False, started_ns=started, base=base)
-        writers, objects = await trio.to_thread.run_sync(self._gather)
-        roots = Roots(base=base, marked=frozenset(marked | {(h, epoch) for h in recorded}))
+        writers, pins, pinned_refs, objects = await trio.to_thread.run_sync(self._gather)
+        roots = Roots(base=base, marked=frozenset(marked | pinned_refs | {(h, epoch) for h in recorded}),
+                      pinned_snapshots=pins.pinned, deferred=pins.deferred)
         w = Writers(sealed=writers.sealed, untagged_collectable=writers.untagged_collectable, own_epoch=epoch,
                     protected=frozenset(self.bio.inflight))
         p = await trio.to_thread.run_sync(lambda: plan(self.root, objects, roots, w, now_ns=self.wall_ns(),
@@ -203,6 +206,7 @@ class Maintainer:
         try:
             await self._delete(rest, deleted)
             await self._delete_own(own, recorded, deleted)
+            await self._delete_chunk(list(pins.abandoned))
         except Exception as e:  # noqa: BLE001 - report it; what was deleted was garbage
             report.error = f"{type(e).__name__}: {e}"
             log.warning("volume %s: GC stopped while deleting: %s (it goes on at the next pass)", self.volume, e)
@@ -211,6 +215,7 @@ class Maintainer:
         report.freed_bytes = done.bytes
         report.live_objects, report.live_bytes = p.live_objects, p.live_bytes
         report.kept_young, report.kept_unsealed = p.kept_young, p.kept_unsealed
+        report.kept_deferred = p.kept_deferred
         report.finished_ns = self.wall_ns()
         try:
             await trio.to_thread.run_sync(self.store.put, keys.gc_report_key(self.root), report.encode())

@@ -14,6 +14,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from fsd.format import keys
+from fsd.format.pin import PENDING, READY, Pin
 from fsd.store.base import ObjectInfo
 
 DATA, SEGMENT, SNAPSHOT = "data", "segment", "snapshot"
@@ -26,6 +27,9 @@ class Roots:
     base: tuple[int, int]                       # position of the snapshot every mount may start from
     marked: frozenset[tuple[bytes, int]]        # (hash, epoch) of every referenced data object
     pinned_snapshots: frozenset[tuple[int, int]] = frozenset()
+    # A pin is being created: what it will reference is not known yet, so
+    # no data object and no snapshot may go in this pass (segments may).
+    deferred: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,7 @@ class GcPlan:
     delete: list[Deletion] = field(default_factory=list)
     kept_young: int = 0              # garbage candidates inside the grace period
     kept_unsealed: int = 0           # unreferenced objects of an epoch that may still commit
+    kept_deferred: int = 0           # unreferenced, kept while a pin is being created
     live_objects: int = 0
     live_bytes: int = 0
 
@@ -105,13 +110,16 @@ def plan(root: str, objects: Iterable[ObjectInfo], roots: Roots, writers: Writer
                 segments.append(Deletion(SEGMENT, o.key, o.size))
             continue
         if (sp := keys.parse_snapshot_key(root, o.key)) is not None:
-            if sp < roots.base and sp not in roots.pinned_snapshots:
+            if sp < roots.base and sp not in roots.pinned_snapshots and not roots.deferred:
                 snapshots.append(Deletion(SNAPSHOT, o.key, o.size))
             continue
         if (dk := keys.parse_data_key(root, o.key)) is not None:
             if dk in roots.marked:
                 out.live_objects += 1
                 out.live_bytes += o.size
+                continue
+            if roots.deferred:
+                out.kept_deferred += 1
                 continue
             if not _writer_gone(dk, writers):
                 out.kept_unsealed += 1
@@ -134,6 +142,23 @@ def _writer_gone(dk: tuple[bytes, int], w: Writers) -> bool:
     if epoch in w.sealed:
         return True
     return w.own_epoch == epoch and h not in w.protected
+
+
+@dataclass(frozen=True)
+class PinRoots:
+    pinned: frozenset[tuple[int, int]]     # snapshots that ready pins keep
+    deferred: bool                          # a pin is being created
+    abandoned: tuple[str, ...]              # keys of pending pins whose creator died
+
+
+def pin_roots(pins: Mapping[str, Pin], now_ns: int) -> PinRoots:
+    """What the volume's pins (`fsd.format.pin`) ask of a GC pass, read after
+    its base was established: a pin created later starts from a position at
+    or after the base, so what it references is marked already."""
+    pinned = frozenset(p.position for p in pins.values() if p.state == READY)
+    live_pending = any(p.state == PENDING and not p.abandoned(now_ns) for p in pins.values())
+    abandoned = tuple(sorted(k for k, p in pins.items() if p.abandoned(now_ns)))
+    return PinRoots(pinned=pinned, deferred=live_pending, abandoned=abandoned)
 
 
 def sealed_epochs(journal_last_kinds: Mapping[int, str], claimed: Collection[int], horizon: int) -> frozenset[int]:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from fsd import failpoints
+from fsd import failpoints, snapshots
 from fsd import volume as vol_mod
 from fsd.format import keys
 from fsd.format.framing import CorruptObject, frame, unframe
@@ -51,6 +51,7 @@ class GcReport:
     live_bytes: int = 0
     kept_young: int = 0
     kept_unsealed: int = 0
+    kept_deferred: int = 0               # kept because a snapshot was being created
     error: str | None = None
 
     def encode(self) -> bytes:
@@ -85,9 +86,9 @@ def observe_writers(store: ObjectStore, root: str) -> tuple[Writers, vol_mod.Jou
 
 def gather(store: ObjectStore, name: str, *, compact: bool, dry_run: bool,
            writers_hook: Callable[[Writers], Writers] | None = None
-           ) -> tuple[vol_mod.VolumeRef, Roots, Writers, list[ObjectInfo], int]:
+           ) -> tuple[vol_mod.VolumeRef, Roots, Writers, list[ObjectInfo], int, tuple[str, ...]]:
     """Steps 1 and 2 and the listing of step 3: everything `plan` needs.
-    Returns (ref, roots, writers, objects, segments compacted)."""
+    Returns (ref, roots, writers, objects, segments compacted, abandoned pin keys)."""
     ref, sb = vol_mod.locate(store, name)
     root = ref.root
     writers, _ = observe_writers(store, root)
@@ -102,10 +103,14 @@ def gather(store: ObjectStore, name: str, *, compact: bool, dry_run: bool,
         vol_mod.write_snapshot(store, root, *loaded.last, loaded.state)
         base, compacted = loaded.last, loaded.replayed
         failpoints.hit("gc_after_snapshot")
+    # Pins are read only now that the base is established (fsd.gc.plan.pin_roots).
+    pins, pinned_refs = snapshots.gc_pins(store, root, time.time_ns())
     objects: list[ObjectInfo] = []
     for prefix in (keys.journal_prefix(root), keys.snapshots_prefix(root), keys.data_prefix(root)):
         objects.extend(store.list_info(prefix))
-    return ref, Roots(base=base, marked=frozenset(marked)), writers, objects, compacted
+    roots = Roots(base=base, marked=frozenset(marked | pinned_refs), pinned_snapshots=pins.pinned,
+                  deferred=pins.deferred)
+    return ref, roots, writers, objects, compacted, pins.abandoned
 
 
 def collect(store: ObjectStore, name: str, *, dry_run: bool = False, grace_s: float = DEFAULT_GRACE_S,
@@ -115,16 +120,18 @@ def collect(store: ObjectStore, name: str, *, dry_run: bool = False, grace_s: fl
     """One pass. Returns the report (also stored as `gc/last` unless
     dry_run) and the plan (what was, or would be, deleted)."""
     started = time.time_ns()
-    ref, roots, writers, objects, compacted = gather(store, name, compact=compact, dry_run=dry_run,
-                                                     writers_hook=writers_hook)
+    ref, roots, writers, objects, compacted, abandoned = gather(store, name, compact=compact, dry_run=dry_run,
+                                                                writers_hook=writers_hook)
     p = plan(ref.root, objects, roots, writers, now_ns=now_ns if now_ns is not None else time.time_ns(),
              grace_ns=int(grace_s * 1e9))
     report = GcReport(volume=name, root=ref.root, dry_run=dry_run, started_ns=started, base=roots.base,
                       compacted=compacted, live_objects=p.live_objects, live_bytes=p.live_bytes,
                       kept_young=p.kept_young, kept_unsealed=p.kept_unsealed)
+    report.kept_deferred = p.kept_deferred
     if not dry_run:
         try:
             _delete(store, p, progress)
+            store.delete_many(list(abandoned))
         except Exception as e:
             report.error = f"{type(e).__name__}: {e}"
             log.error("volume %s: GC stopped while deleting: %s (what was deleted was garbage; run it again)",

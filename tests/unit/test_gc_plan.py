@@ -79,3 +79,23 @@ def test_removal_deletes_seals_and_the_removal_claim_last():
     assert set(phases[-2]) == {keys.superblock_key(ROOT), keys.epoch_key(ROOT, 1), keys.epoch_key(ROOT, 2)}
     assert set(phases[-3]) == {keys.journal_key(ROOT, 1, 2), keys.journal_key(ROOT, 2, 3)}   # the seals
     assert sorted(k for p in phases for k in p) == sorted(found)
+
+
+def test_pins_keep_their_snapshot_and_a_pending_pin_defers_data_and_snapshots():
+    from fsd.format.pin import PENDING, PENDING_TIMEOUT_NS, READY, Pin
+    from fsd.gc.plan import pin_roots
+    pins = {"k1": Pin("snap", "a", READY, (1, 3), NOW), "k2": Pin("snap", "b", PENDING, (2, 2), NOW - 10**9),
+            "k3": Pin("snap", "c", PENDING, (2, 1), NOW - PENDING_TIMEOUT_NS - 1)}
+    pr = pin_roots(pins, NOW)
+    assert pr.pinned == {(1, 3)} and pr.deferred and pr.abandoned == ("k3",)
+    assert not pin_roots({"k3": pins["k3"]}, NOW).deferred          # an abandoned pin defers nothing
+    objs = (_journal(1, range(1, 6)) + [_o(keys.snapshot_key(ROOT, 1, 3)), _o(keys.snapshot_key(ROOT, 1, 4)),
+                                         _o(keys.data_key(ROOT, H1, 1))])
+    roots = Roots(base=(1, 5), marked=frozenset(), pinned_snapshots=pr.pinned)
+    p = plan(ROOT, objs, roots, Writers(sealed=frozenset({1})), now_ns=NOW, grace_ns=0)
+    assert _keys(p, SNAPSHOT) == {keys.snapshot_key(ROOT, 1, 4)}      # the pinned one stays
+    assert _keys(p, DATA) == {keys.data_key(ROOT, H1, 1)}
+    deferred = Roots(base=(1, 5), marked=frozenset(), pinned_snapshots=pr.pinned, deferred=True)
+    p = plan(ROOT, objs, deferred, Writers(sealed=frozenset({1})), now_ns=NOW, grace_ns=0)
+    assert not _keys(p, SNAPSHOT) and not _keys(p, DATA) and p.kept_deferred == 1
+    assert _keys(p, SEGMENT)                                           # segments may still go
