@@ -78,6 +78,7 @@ class Agent:
         self._moving: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self.removals = RemovalRunner(self.host, cfg.store_url, self.control, self._lock, self.table_in_use)
+        self._snap_seen = 0              # highest snapshot job number taken from host.watch
 
     # ================================================================ helpers
     def _lock(self, volume: str) -> trio.Lock:
@@ -330,7 +331,8 @@ class Agent:
             v = {"durability": None, "lease": {"host": self.host}}
         lease = v.get("lease") or {}
         status = {"owner": lease.get("host"), "epoch": lease.get("epoch"),
-                  "durability": v.get("durability"), "upload_lag_s": lease.get("upload_lag_s")}
+                  "durability": v.get("durability"), "upload_lag_s": lease.get("upload_lag_s"),
+                  "snapshots": sorted(v.get("snapshots") or {})}
         if name in self.served:
             st = await self.fsd.status(name)
             if st is not None:
@@ -436,7 +438,7 @@ class Agent:
         while True:
             try:
                 res = await self.control.host_watch(self.host, timeout=self.cfg.watch_timeout,
-                                                    running=self.removals.running())
+                                                    running=self.removals.running(), snap_after=self._snap_seen)
             except ControlError as e:
                 if e.code == "not_found":
                     self.registered = trio.Event()
@@ -457,6 +459,11 @@ class Agent:
                     and not self.removals.is_running(j["name"], j.get("root"))]
             for j in jobs:
                 self._start_removal(j["name"], j.get("root"))
+            for sj in res.get("snapshots", []):
+                if isinstance(sj, dict) and isinstance(sj.get("seq"), int) and sj["seq"] > self._snap_seen:
+                    self._snap_seen = sj["seq"]
+                    if self._nursery is not None:
+                        self._nursery.start_soon(self._snapshot_job, sj)
             if moves and not new and not jobs:
                 await trio.sleep(0.2)        # moves in progress: don't spin on the long poll
 
@@ -465,6 +472,40 @@ class Agent:
             return
         self._moving.add(volume)
         self._nursery.start_soon(self._handle_move, volume, str(to))
+
+    async def _snapshot_job(self, job: dict[str, Any]) -> None:
+        """Create or remove a snapshot in the store for the control service
+        (control/snapshots.py). A volume mounted here is committed first."""
+        from fsd import snapshots as fsnap
+        from fsd.store import open_store
+        volume, snap, op = str(job["volume"]), str(job["snap"]), job.get("op")
+
+        def run() -> list[int] | None:
+            store = open_store(self.cfg.store_url)
+            try:
+                if op == "create":
+                    fsnap.flush_local_mount(self.cfg.store_url, volume)
+                    return list(fsnap.create(store, volume, snap).position)
+                try:
+                    fsnap.remove(store, volume, snap)
+                except fsnap.SnapshotError:
+                    pass                  # gone already: what was asked holds
+                return None
+            finally:
+                store.close()
+        error: str | None = None
+        position = None
+        try:
+            position = await trio.to_thread.run_sync(run)
+        except Exception as e:  # noqa: BLE001 - the message goes back to the requester
+            error = f"{type(e).__name__}: {e}" if not str(e) else str(e)
+            log.warning("host=%s volume=%s snapshot %s %s failed: %s", self.host, volume, op, snap, error)
+        else:
+            log.info("host=%s volume=%s snapshot %s %s done", self.host, volume, snap, op)
+        try:
+            await self.control.snapshot_done(volume, snap, self.host, job["seq"], error, position)
+        except (ControlError, Unreachable) as e:
+            log.warning("host=%s volume=%s cannot report snapshot %s: %s", self.host, volume, snap, e)
 
     def _start_removal(self, name: str, root: str | None) -> None:
         if self._nursery is not None:

@@ -334,6 +334,30 @@ def cmd_volume_move(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    async def go(c) -> int:
+        if args.snapcmd == "ls":
+            v = await c.volume_get(args.volume)
+            snaps = v.get("snapshots") or {}
+            if args.json:
+                _print_json(snaps)
+                return 0
+            rows = [[name, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["created"])),
+                     f"{s['position'][0]}/{s['position'][1]}"] for name, s in sorted(snaps.items())]
+            _table(rows, ["SNAPSHOT", "CREATED", "POSITION"])
+            return 0
+        t0 = time.monotonic()
+        if args.snapcmd == "create":
+            r = await c.snapshot_create(args.volume, args.snap)
+            print(f"snapshot {args.volume}@{args.snap} created by host {r['host']} at journal position "
+                  f"{r['position'][0]}/{r['position'][1]} in {time.monotonic() - t0:.2f}s")
+        else:
+            r = await c.snapshot_rm(args.volume, args.snap)
+            print(f"snapshot {args.volume}@{args.snap} removed; the next GC frees what only it kept")
+        return 0
+    return _run(args, go)
+
+
 # ------------------------------------------------------------ hosts/status
 def cmd_hosts_ls(args: argparse.Namespace) -> int:
     async def go(c) -> int:
@@ -447,6 +471,26 @@ def add_commands(sub: "argparse._SubParsersAction") -> None:
     m.add_argument("--wait", type=float, default=30.0, metavar="S", help="seconds to wait for the owner (default 30)")
     _client_args(m)
     m.set_defaults(fn=cmd_volume_move)
+
+    sn = sub.add_parser("snapshot", help="create, list and remove volume snapshots",
+                        description="A snapshot is a named, consistent, read-only state of a volume that "
+                                    "costs metadata only. `create` runs on the host that has the volume "
+                                    "mounted (it commits what was written first), else on any live host; "
+                                    "the control service records it.",
+                        epilog="examples:\n  ferry snapshot create pgdata before-upgrade\n"
+                               "  ferry snapshot ls pgdata\n  ferry snapshot rm pgdata before-upgrade",
+                        formatter_class=raw)
+    sns = sn.add_subparsers(dest="snapcmd", required=True, parser_class=type(sn))
+    for verb, text in (("create", "snapshot a volume now"), ("rm", "remove a snapshot")):
+        c = sns.add_parser(verb, help=text)
+        c.add_argument("volume", metavar="VOLUME")
+        c.add_argument("snap", metavar="SNAP")
+        _client_args(c)
+        c.set_defaults(fn=cmd_snapshot)
+    ls = sns.add_parser("ls", help="list a volume's snapshots")
+    ls.add_argument("volume", metavar="VOLUME")
+    _client_args(ls)
+    ls.set_defaults(fn=cmd_snapshot)
 
     hosts = sub.add_parser("hosts", help="list cluster hosts", description="Hosts known to the control service.")
     hs = hosts.add_subparsers(dest="hostcmd", required=True, parser_class=type(hosts))

@@ -202,6 +202,19 @@ class ControlClient:
     async def removal_list(self) -> list[dict[str, Any]]:
         return await self.call("removal.list")
 
+    async def snapshot_create(self, volume: str, snap: str, wait: float = 120.0) -> dict[str, Any]:
+        return await self.call("snapshot.create", {"volume": volume, "snap": snap, "wait": wait},
+                               timeout=self.timeout + wait)
+
+    async def snapshot_rm(self, volume: str, snap: str, wait: float = 120.0) -> dict[str, Any]:
+        return await self.call("snapshot.rm", {"volume": volume, "snap": snap, "wait": wait},
+                               timeout=self.timeout + wait)
+
+    async def snapshot_done(self, volume: str, snap: str, host_id: str, seq: int, error: str | None,
+                            position: list[int] | None) -> dict[str, Any]:
+        return await self.call("snapshot.done", {"volume": volume, "snap": snap, "host_id": host_id, "seq": seq,
+                                                 "error": error, "position": position})
+
     async def volume_move(self, name: str, to: str, wait: float = 30.0) -> dict[str, Any]:
         return await self.call("volume.move", {"name": name, "to": to, "wait": wait},
                                timeout=self.timeout + wait)
@@ -220,11 +233,12 @@ class ControlClient:
         return await self.call("host.list")
 
     async def host_watch(self, host_id: str, timeout: float = 30.0,
-                         running: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Long poll for moves asked of this host and removal jobs that are not in
-        `running` ({name, root} of the jobs it already runs)."""
-        return await self.call("host.watch", {"host_id": host_id, "timeout": timeout, "running": running or []},
-                               timeout=self.timeout + timeout)
+                         running: list[dict[str, Any]] | None = None, snap_after: int = 0) -> dict[str, Any]:
+        """Long poll for moves asked of this host, removal jobs that are not in
+        `running` ({name, root} of the jobs it already runs) and snapshot jobs
+        numbered above `snap_after`."""
+        return await self.call("host.watch", {"host_id": host_id, "timeout": timeout, "running": running or [],
+                                              "snap_after": snap_after}, timeout=self.timeout + timeout)
 
     async def lease_acquire(self, volume: str, host_id: str, wait: float = 0.0) -> dict[str, Any]:
         return await self.call("lease.acquire", {"volume": volume, "host_id": host_id, "wait": wait},

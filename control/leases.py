@@ -52,6 +52,8 @@ class Volume:
     # Set by a removal request until the volume is marked removed in the store
     # (control/removals.py): the host asked to do that, "" while no live host can.
     removing: str | None = None
+    # User snapshots in the store (control/snapshots.py): name -> {position, created}.
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def durability(self) -> str:
@@ -59,12 +61,13 @@ class Volume:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "options": dict(self.options), "labels": dict(self.labels),
-                "created": self.created, "removing": self.removing}
+                "created": self.created, "removing": self.removing, "snapshots": dict(self.snapshots)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Volume":
         return cls(name=d["name"], options=dict(d["options"]), labels=dict(d["labels"]),
-                   created=float(d["created"]), removing=d.get("removing"))
+                   created=float(d["created"]), removing=d.get("removing"),
+                   snapshots=dict(d.get("snapshots") or {}))
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,9 @@ class Decision:
     put_removals: list[Removal] = field(default_factory=list)
     del_removals: list[str] = field(default_factory=list)        # roots
     progress: list[RemovalProgress] = field(default_factory=list)
+    put_snap_jobs: list[Any] = field(default_factory=list)        # control.snapshots.SnapJob (soft)
+    del_snap_jobs: list[tuple[str, str]] = field(default_factory=list)
+    snap_results: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def persistent(self) -> bool:
@@ -209,6 +215,9 @@ class Cluster:
     move_seq: int = 0
     removals: dict[str, Removal] = field(default_factory=dict)              # root -> removal
     removal_progress: dict[str, RemovalProgress] = field(default_factory=dict)
+    snap_jobs: dict[tuple[str, str], Any] = field(default_factory=dict)     # (volume, snap) -> SnapJob
+    snap_seq: int = 0
+    snap_results: dict[int, dict[str, Any]] = field(default_factory=dict)   # job seq -> agent's answer
 
     @classmethod
     def loaded(cls, config: Config, volumes: list[Volume], hosts: list[Host], leases: list[Lease],
@@ -288,6 +297,14 @@ class Cluster:
         for p in d.progress:
             if p.root in self.removals:
                 self.removal_progress[p.root] = p
+        for j in d.put_snap_jobs:
+            self.snap_jobs[(j.volume, j.snap)] = j
+            self.snap_seq = max(self.snap_seq, j.seq)
+        for k in d.del_snap_jobs:
+            self.snap_jobs.pop(k, None)
+        self.snap_results.update(d.snap_results)
+        for old in sorted(self.snap_results)[:-256]:      # answers are read at once; keep a few
+            del self.snap_results[old]
 
 
 # ------------------------------------------------------------------ validation

@@ -172,6 +172,14 @@ def _last_gc(name: str, v: Any) -> dict[str, Any] | None:
     return out
 
 
+def _position(name: str, v: Any) -> list[int] | None:
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) != 2:
+        raise ValueError(f"{name} must be [epoch, seq] or nil")
+    return [_count(f"{name}[0]", v[0]), _count(f"{name}[1]", v[1])]
+
+
 def _count(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2 ** 63:
         raise ValueError(f"{name} must be a non-negative integer, not {v!r}")
@@ -226,7 +234,8 @@ OPS: dict[str, dict[str, Any]] = {
     "host.heartbeat": {"host_id": _req(_str), "volumes": _default(_reports, []),
                        "removals": _default(_progress, [])},
     "host.list": {},
-    "host.watch": {"host_id": _req(_str), "timeout": _default(_number, 30.0), "running": _default(_jobs, [])},
+    "host.watch": {"host_id": _req(_str), "timeout": _default(_number, 30.0), "running": _default(_jobs, []),
+                   "snap_after": _default(_count, 0)},
     "lease.acquire": {"volume": _req(_str), "host_id": _req(_str), "wait": _default(_number, 0.0)},
     "lease.release": {"volume": _req(_str), "host_id": _req(_str), "epoch": _opt_int},
     "lease.refuse_move": {"volume": _req(_str), "host_id": _req(_str)},
@@ -235,6 +244,10 @@ OPS: dict[str, dict[str, Any]] = {
     "removal.aborted": {"name": _req(_str), "host_id": _req(_str), "reason": _default(_str, "")},
     "removal.done": {"root": _req(_str), "host_id": _req(_str)},
     "removal.list": {},
+    "snapshot.create": {"volume": _req(_str), "snap": _req(_str), "wait": _default(_number, 120.0)},
+    "snapshot.rm": {"volume": _req(_str), "snap": _req(_str), "wait": _default(_number, 120.0)},
+    "snapshot.done": {"volume": _req(_str), "snap": _req(_str), "host_id": _req(_str), "seq": _req(_count),
+                      "error": _opt_str, "position": _position},
 }
 
 

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from control import leases, protocol, removals
+from control import leases, protocol, removals, snapshots
 from control.leases import Cluster, Config, Decision, Refused
 from control.protocol import FrameBuffer, FrameError, ProtocolError
 from control.state import NEW, CasConflict, Op, StateError, StateStore
@@ -79,7 +79,8 @@ class ControlServer:
             "lease.release": self.op_lease_release, "lease.refuse_move": self.op_lease_refuse_move,
             "status": self.op_status, "removal.marked": self.op_removal_marked,
             "removal.aborted": self.op_removal_aborted, "removal.done": self.op_removal_done,
-            "removal.list": self.op_removal_list,
+            "removal.list": self.op_removal_list, "snapshot.create": self.op_snapshot_create,
+            "snapshot.rm": self.op_snapshot_rm, "snapshot.done": self.op_snapshot_done,
         }
 
     # ------------------------------------------------------------ state
@@ -95,6 +96,9 @@ class ControlServer:
             [leases.Lease.from_dict(v) for _, v, _ in lease_rows], self.clock(),
             [leases.Removal.from_dict(v) for _, v, _ in removal_rows])
         self._revs = {k: r for rows in (vols, hosts, lease_rows, removal_rows) for k, _, r in rows}
+        # Snapshot job numbers are soft state; starting them from the wall clock
+        # keeps them growing across restarts, which agents rely on (snap_after).
+        self.cluster.snap_seq = max(self.cluster.snap_seq, int(self.wall() * 1000))
         log.info("control state loaded: %d volumes, %d hosts, %d leases, %d removals", len(vols), len(hosts),
                  len(lease_rows), len(removal_rows))
 
@@ -132,7 +136,8 @@ class ControlServer:
                     raise Refused("conflict", "the control state changed during the request; retry it")
             self.cluster.apply(d)
             self._dirty.update(lease.volume for lease in d.lazy_leases)
-            if d.persistent or d.put_moves or d.del_moves or d.lazy_leases or d.progress:
+            if (d.persistent or d.put_moves or d.del_moves or d.lazy_leases or d.progress or d.put_snap_jobs
+                    or d.del_snap_jobs):
                 self._notify()
             return d.result
 
@@ -283,6 +288,34 @@ class ControlServer:
         log.info("volume deleted root=%s host=%s: no object left in the store", a["root"], a["host_id"])
         return res
 
+    async def _snapshot_job(self, a: dict[str, Any], op: str) -> Any:
+        """Hand the store part to an agent and wait for its answer."""
+        volume, snap = a["volume"], a["snap"]
+        res = await self._mutate(lambda c, now: snapshots.request(c, volume, snap, op, now))
+        seq, host = res["seq"], res["host"]
+        log.info("snapshot %s requested volume=%s snap=%s host=%s", op, volume, snap, host)
+        deadline = trio.current_time() + a["wait"]
+        while seq not in self.cluster.snap_results:
+            if trio.current_time() >= deadline:
+                await self._mutate(lambda c, now: snapshots.give_up(c, volume, snap, seq))
+                raise Refused("unavailable", f"host {host} did not {op} snapshot {snap!r} of {volume!r} within "
+                                             f"{a['wait']:g}s; nothing was recorded (retry)")
+            await self._wait_change(deadline)
+        answer = self.cluster.snap_results.pop(seq)
+        if answer["error"]:
+            raise Refused("failed", f"host {host}: {answer['error']}")
+        return {"volume": volume, "snap": snap, "host": host, "position": answer["position"]}
+
+    async def op_snapshot_create(self, a: dict[str, Any]) -> Any:
+        return await self._snapshot_job(a, snapshots.CREATE)
+
+    async def op_snapshot_rm(self, a: dict[str, Any]) -> Any:
+        return await self._snapshot_job(a, snapshots.REMOVE)
+
+    async def op_snapshot_done(self, a: dict[str, Any]) -> Any:
+        return await self._mutate(lambda c, now: snapshots.done(c, a["volume"], a["snap"], a["host_id"], a["seq"],
+                                                                a["error"], a["position"], self.wall()))
+
     async def op_removal_list(self, a: dict[str, Any]) -> Any:
         now = self.clock()
         return [leases.removal_view(self.cluster, r, now) for _, r in sorted(self.cluster.removals.items())]
@@ -373,8 +406,9 @@ class ControlServer:
             jobs = await self._mutate(lambda c, now: removals.claim_jobs(c, host, now))
             moves = self.cluster.moves_for(host, self.clock())
             new_jobs = [j for j in jobs if (j["name"], j["root"]) not in running]
-            if moves or new_jobs or trio.current_time() >= deadline:
-                return {"moves": moves, "removals": jobs}
+            snaps = [j for j in snapshots.jobs_for(self.cluster, host) if j["seq"] > a["snap_after"]]
+            if moves or new_jobs or snaps or trio.current_time() >= deadline:
+                return {"moves": moves, "removals": jobs, "snapshots": snaps}
             await self._wait_change(deadline)
 
     async def op_lease_acquire(self, a: dict[str, Any]) -> Any:

@@ -193,3 +193,49 @@ async def test_volume_inspect_shows_the_owners_last_gc(nursery, tmp_path, contro
         [sys.executable, "-m", "fsd.cli", "volume", "inspect", "demo"], env=env, capture_output=True, text=True))
     assert "last GC" in out.stdout and "freed" in out.stdout, out.stdout + out.stderr
     assert (await ra.call("/VolumeDriver.Unmount", {"Name": "demo", "ID": "c1"}))["Err"] == ""
+
+
+async def test_snapshot_through_the_control_service(nursery, tmp_path, control, file_store_url):
+    """`ferry snapshot create` runs on the host that has the volume mounted (which
+    commits first), is recorded at the control service and shows in Docker's Get."""
+    from fsd import snapshots as fsnap
+    ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", file_store_url))
+    await ra.start()
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
+    r = await ra.call("/VolumeDriver.Mount", {"Name": "demo", "ID": "c1"})
+    mp = Path(r["Mountpoint"])
+    await trio.to_thread.run_sync((mp / "f").write_bytes, b"not fsynced yet")
+    env = {**os.environ, "FERRY_CONTROL": control, "FERRY_TOKEN": TOKEN}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fsd.cli", "snapshot", *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+    out = await trio.to_thread.run_sync(cli, "create", "demo", "s1")
+    assert out.returncode == 0 and "created by host h1" in out.stdout, out.stdout + out.stderr
+    out = await trio.to_thread.run_sync(cli, "create", "demo", "s1")
+    assert out.returncode == 1 and "already" in out.stderr
+    out = await trio.to_thread.run_sync(cli, "ls", "demo")
+    assert "s1" in out.stdout
+    g = await ra.call("/VolumeDriver.Get", {"Name": "demo"})
+    assert g["Volume"]["Status"]["snapshots"] == ["s1"]
+
+    def snap_content() -> bytes:
+        store = open_store(file_store_url)
+        try:
+            ref, state = fsnap.open_state(store, "demo", "s1")
+            return fsnap.read_file(store, ref.root, state, fsnap.lookup(state, "f"))
+        finally:
+            store.close()
+    assert await trio.to_thread.run_sync(snap_content) == b"not fsynced yet"
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "demo", "ID": "c1"}))["Err"] == ""
+    out = await trio.to_thread.run_sync(cli, "create", "demo", "s2")          # unmounted: any live host
+    assert out.returncode == 0, out.stderr
+    out = await trio.to_thread.run_sync(cli, "rm", "demo", "s1")
+    assert out.returncode == 0, out.stderr
+    out = await trio.to_thread.run_sync(cli, "ls", "demo")
+    assert "s1" not in out.stdout and "s2" in out.stdout
+    store = open_store(file_store_url)
+    try:
+        assert [i.name for i in fsnap.list_all(store, "demo")] == ["s2"]
+    finally:
+        store.close()

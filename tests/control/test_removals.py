@@ -116,3 +116,31 @@ def test_aborted_by_the_host_leaves_the_volume_as_it_was():
     apply(c, R.removal_aborted(c, "v", "a"))
     assert c.volumes["v"].removing is None
     assert apply(c, L.acquire(c, "v", "a", 2.0))["status"] == "granted"
+
+
+def test_snapshot_jobs_go_to_the_holder_and_answers_update_the_volume():
+    from control import snapshots as S
+    c = fresh("a", "b")
+    apply(c, L.acquire(c, "v", "b", 1.0))
+    r = apply(c, S.request(c, "v", "s1", S.CREATE, 1.0))
+    assert r["host"] == "b" and S.jobs_for(c, "b")[0]["snap"] == "s1" and S.jobs_for(c, "a") == []
+    with pytest.raises(Refused) as e:
+        S.request(c, "v", "s1", S.CREATE, 1.0)                   # one job per snapshot at a time
+    assert e.value.code == "conflict"
+    assert apply(c, S.done(c, "v", "s1", "a", r["seq"], None, [2, 5], 1000.0)) == {"recorded": False}  # not a's
+    assert apply(c, S.done(c, "v", "s1", "b", r["seq"], None, [2, 5], 1000.0)) == {"recorded": True}
+    assert c.volumes["v"].snapshots == {"s1": {"position": [2, 5], "created": 1000.0}}
+    with pytest.raises(Refused) as e:
+        S.request(c, "v", "s1", S.CREATE, 2.0)
+    assert e.value.code == "exists"
+    apply(c, L.release(c, "v", "b", None, 2.0))
+    r = apply(c, S.request(c, "v", "s1", S.REMOVE, 2.0))          # unmounted: any live host
+    assert r["host"] == "a"
+    apply(c, S.done(c, "v", "s1", "a", r["seq"], "store unreachable", None, 1001.0))
+    assert "s1" in c.volumes["v"].snapshots                       # a failed removal changes nothing
+    with pytest.raises(Refused) as e:
+        S.request(c, "v", "bad/name", S.CREATE, 2.0)
+    assert e.value.code == "bad_request"
+    with pytest.raises(Refused) as e:
+        S.request(c, "v", "nope", S.REMOVE, 2.0)
+    assert e.value.code == "not_found"

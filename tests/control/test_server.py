@@ -204,7 +204,7 @@ async def test_watch_times_out_empty_and_unknown_host(control):
     async with control.client() as c:
         await c.host_register("A")
         with trio.fail_after(3):
-            assert await c.host_watch("A", timeout=0.3) == {"moves": [], "removals": []}
+            assert await c.host_watch("A", timeout=0.3) == {"moves": [], "removals": [], "snapshots": []}
         with pytest.raises(ControlError) as e:
             await c.host_watch("ghost", timeout=0.3)
         assert e.value.code == "not_found"
