@@ -277,6 +277,8 @@ def cmd_volume_inspect(args: argparse.Namespace) -> int:
             print("last GC       none yet by this owner (ferry fs inspect reads the stored report)")
         if v.get("state") == "removing":
             print(f"state         being removed (host {v.get('removing') or 'none alive yet'} fences it)")
+        snaps = sorted(v.get("snapshots") or {})
+        print(f"snapshots     {', '.join(snaps) if snaps else 'none'}")
         return 0
     return _run(args, go)
 

@@ -234,6 +234,9 @@ async def test_snapshot_through_the_control_service(nursery, tmp_path, control, 
     assert out.returncode == 0, out.stderr
     out = await trio.to_thread.run_sync(cli, "ls", "demo")
     assert "s1" not in out.stdout and "s2" in out.stdout
+    out = await trio.to_thread.run_sync(lambda: subprocess.run(
+        [sys.executable, "-m", "fsd.cli", "volume", "inspect", "demo"], env=env, capture_output=True, text=True))
+    assert "snapshots     s2" in out.stdout, out.stdout
     store = open_store(file_store_url)
     try:
         assert [i.name for i in fsnap.list_all(store, "demo")] == ["s2"]
