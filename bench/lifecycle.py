@@ -45,7 +45,7 @@ from fsd.format.segment import Segment  # noqa: E402
 from fsd.gc.run import read_report  # noqa: E402
 from fsd.store import open_store  # noqa: E402
 from tests.conftest import _started_moto, make_bucket  # noqa: E402
-from tests.helpers.mount import FerryMount  # noqa: E402
+from tests.helpers.mount import FerryMount, fsync_dir  # noqa: E402
 
 MiB = 1 << 20
 OUT = ROOT / "bench" / "LIFECYCLE.md"
@@ -74,14 +74,6 @@ def wait_pass(store_url: str, vol: str, after_ns: int, timeout: float = 120) -> 
         if time.monotonic() > deadline:
             raise RuntimeError("no GC pass reported")
         time.sleep(0.5)
-
-
-def fsync_dir(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------ churn

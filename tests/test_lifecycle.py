@@ -19,7 +19,7 @@ from fsd.format import keys
 from fsd.gc.run import collect
 from fsd.store import open_store
 from fsd.store.base import StoreUnavailable
-from tests.helpers.mount import MountError, fsck_clean, run_ferry, write_fsync
+from tests.helpers.mount import MountError, fsck_clean, fsync_dir, run_ferry, write_fsync
 
 VOL = "vol"
 
@@ -180,11 +180,7 @@ def test_writer_keeps_every_acknowledged_byte_through_many_gc_rounds(store_url, 
             acked[name] = data
             if rnd.random() < 0.3:
                 os.unlink(a.mountpoint / name)
-                fd = os.open(a.mountpoint, os.O_RDONLY)      # the unlink is durable once the dir is fsynced
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                fsync_dir(a.mountpoint)                     # the unlink is durable once the dir is fsynced
                 acked.pop(name)
         if not os.environ.get("NO_GC"):
             r = _gc(store_url)

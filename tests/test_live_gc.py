@@ -16,7 +16,7 @@ from fsd import volume as vol_mod
 from fsd.format import keys
 from fsd.gc.run import read_report
 from fsd.store import open_store
-from tests.helpers.mount import fsck_clean, write_fsync
+from tests.helpers.mount import fsck_clean, fsync_dir, write_fsync
 
 VOL = "vol"
 FAST_GC = ["commit_interval=0.2", "snapshot_every=8", "gc_interval=1s", "gc_grace=0"]
@@ -57,14 +57,6 @@ def _wait_gc_after(store_url: str, t_ns: int, timeout: float = 60.0) -> dict:
         time.sleep(0.2)
 
 
-def _fsync_dir(path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def test_live_gc_frees_garbage_while_a_writer_never_stops(store_url, new_mount):
     a = new_mount("a")
     a.mkfs(store_url, VOL)
@@ -98,7 +90,7 @@ def test_live_gc_frees_garbage_while_a_writer_never_stops(store_url, new_mount):
                 acked[name] = data
                 if rnd.random() < 0.2:
                     os.unlink(a.mountpoint / name)
-                    _fsync_dir(a.mountpoint)
+                    fsync_dir(a.mountpoint)
                     acked.pop(name)
             _wait_gc_after(store_url, t0)
     finally:

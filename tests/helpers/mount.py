@@ -252,6 +252,16 @@ def snapshot_diff(expected: dict, got: dict) -> list[str]:
     return out
 
 
+def fsync_dir(path: Path) -> None:
+    """fsync a directory: ferry commits the whole volume (an unlink or rename
+    in it is durable once this returns)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_fsync(path: Path, data: bytes) -> None:
     """Write a whole file and fsync it: after this returns, ferry has
     acknowledged the bytes as durable."""
