@@ -190,6 +190,10 @@ class FsdManager:
             try:
                 if vol_mod.live_volume(store, volume) is not None:
                     return False
+                if "from" in options:
+                    raise vol_mod.VolumeError(f"it is a clone of {options['from']} that is missing from the "
+                                              "store (removed outside ferry?); remove it (docker volume rm) "
+                                              "and create it again")
                 try:
                     vol_mod.mkfs(store, volume, mkfs_opts)
                 except vol_mod.VolumeError:

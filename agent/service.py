@@ -120,8 +120,11 @@ class Agent:
         return await handler(req)
 
     async def create(self, req: plugin.Create) -> dict[str, Any]:
+        """Docker's `volume create`. With `-o from=VOLUME@SNAP|@TIME` the
+        control service hands the clone to an agent (maybe this one) and
+        records the volume only once it exists in the store."""
         try:
-            await self.control.volume_create(req.name, req.options, {})
+            await self.control.volume_create(req.name, req.options, {}, wait=max(self.cfg.acquire_wait, 120.0))
         except (ControlError, Unreachable) as e:
             return self._control_err(f"cannot create volume {req.name!r}", e)
         try:
@@ -483,6 +486,8 @@ class Agent:
         def run() -> list[int] | None:
             store = open_store(self.cfg.store_url)
             try:
+                if op == "clone":
+                    return self._make_clone(store, volume, snap, dict(job.get("options") or {}))
                 if op == "create":
                     fsnap.flush_local_mount(self.cfg.store_url, volume)
                     return list(fsnap.create(store, volume, snap).position)
@@ -506,6 +511,26 @@ class Agent:
             await self.control.snapshot_done(volume, snap, self.host, job["seq"], error, position)
         except (ControlError, Unreachable) as e:
             log.warning("host=%s volume=%s cannot report snapshot %s: %s", self.host, volume, snap, e)
+
+    def _make_clone(self, store: Any, new: str, source: str, options: dict[str, str]) -> list[int]:
+        """Worker thread: the store part of `volume create NEW -o from=SOURCE`.
+        A clone made by an earlier attempt whose answer was lost counts."""
+        from fsd import clones
+        from fsd import volume as vol_mod
+        from fsd.format.superblock import KNOWN_OPTIONS
+        from fsd import snapshots as fsnap
+        src = clones.parse_source(source, 0)
+        ref = vol_mod.live_volume(store, new)
+        if ref is not None:
+            sb = vol_mod.read_superblock(store, ref)
+            if sb.origins and sb.origins[0].name == src.volume:
+                return list(sb.origins[0].position)
+        if src.snap is None:
+            fsnap.flush_local_mount(self.cfg.store_url, src.volume)   # "as last committed" includes this host's writes
+        mkfs_opts = {k: v for k, v in options.items() if k in KNOWN_OPTIONS}
+        _ref, sb, _src = clones.create(store, new, src, mkfs_opts)
+        log.info("host=%s volume=%s created as a clone of %s", self.host, new, src.describe())
+        return list(sb.origins[0].position)
 
     def _start_removal(self, name: str, root: str | None) -> None:
         if self._nursery is not None:

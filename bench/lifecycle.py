@@ -81,7 +81,7 @@ def churn(work: Path, store_url: str, gc: bool, rounds: int) -> dict:
     vol = f"churn-{'gc' if gc else 'nogc'}"
     m = FerryMount(work / vol)
     with m:
-        m.mkfs(store_url, vol)
+        m.mkfs(store_url, vol, options=["history=0"])
         opts = ["gc_interval=2s", "gc_grace=0"] if gc else ["gc=off"]
         m.mount(store_url, vol, options=opts)
         size = 32 * MiB
@@ -117,7 +117,7 @@ def fdatasync_rate(work: Path, store_url: str, gc: bool, runtime: float, run: in
     vol = f"sync-{'gc' if gc else 'nogc'}-{run}"
     m = FerryMount(work / vol)
     with m:
-        m.mkfs(store_url, vol)
+        m.mkfs(store_url, vol, options=["history=0"])
         m.mount(store_url, vol, options=GC_SYNC_OPTS if gc else ["gc=off", "snapshot_every=64"])
         path = m.mountpoint / "f"
         with open(path, "wb") as f:

@@ -41,6 +41,10 @@ examples:
   ferry volume move pgdata --to host-b
   ferry volume rm pgdata             # refused while a live host holds it
   ferry volume rm pgdata --wait      # ... and follow the deletion of its objects
+  ferry snapshot create pgdata nightly
+  ferry volume create pgtest --from pgdata@nightly          # a clone: metadata only, shares the data
+  ferry volume create pgfix --from pgdata@2026-11-29T10:15:00Z   # the state as of that moment
+  ferry volume create pgfix2 --from pgdata@-15m             # ... 15 minutes ago
 """
 
 
@@ -192,6 +196,8 @@ def cmd_volume_create(args: argparse.Namespace) -> int:
     from control.validate import validate_volume_name, validate_volume_options
     options = _kv_list(args.option, "-o")
     labels = _kv_list(args.label, "--label")
+    if args.source:
+        options["from"] = args.source
     try:   # checked here too, so a typo is a usage error before any connection
         validate_volume_name(args.name)
         validate_volume_options(args.name, options)
@@ -199,9 +205,12 @@ def cmd_volume_create(args: argparse.Namespace) -> int:
         raise UsageError(str(e)) from None
 
     async def go(c) -> int:
-        v = await c.volume_create(args.name, options, labels)
+        v = await c.volume_create(args.name, options, labels, wait=args.timeout)
         if args.json:
             _print_json(v)
+        elif "from" in options:
+            print(f"volume {v['name']} created as a clone of {options['from']} (it shares the origin's data; "
+                  f"writes to either never show in the other)")
         else:
             print(f"volume {v['name']} recorded (durability {v['durability']}); the agent formats it on "
                   f"the store when a host first uses it")
@@ -442,6 +451,11 @@ def add_commands(sub: "argparse._SubParsersAction") -> None:
     c.add_argument("name", metavar="NAME")
     c.add_argument("-o", "--option", action="append", metavar="K=V", help="volume option (repeatable)")
     c.add_argument("--label", action="append", metavar="K=V", help="label (repeatable)")
+    c.add_argument("--from", dest="source", metavar="VOLUME[@SNAP|@TIME]",
+                   help="create it as a clone of a snapshot (VOLUME@SNAP) or a moment (VOLUME@2026-11-29T10:15:00Z, "
+                        "VOLUME@-15m) of another volume; same as -o from=...")
+    c.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                   help="how long to wait for an agent to make a clone (default 120)")
     _client_args(c)
     c.set_defaults(fn=cmd_volume_create)
     ls = vs.add_parser("ls", help="list volumes with owner, epoch and upload lag")

@@ -175,8 +175,10 @@ class ControlClient:
         return await self.call("ping")
 
     async def volume_create(self, name: str, options: dict[str, str] | None = None,
-                            labels: dict[str, str] | None = None) -> dict[str, Any]:
-        return await self.call("volume.create", {"name": name, "options": options or {}, "labels": labels or {}})
+                            labels: dict[str, str] | None = None, wait: float = 120.0) -> dict[str, Any]:
+        """Record a volume; with options["from"], wait up to `wait` s for an agent to make the clone."""
+        return await self.call("volume.create", {"name": name, "options": options or {}, "labels": labels or {},
+                                                 "wait": wait}, timeout=self.timeout + wait)
 
     async def volume_get(self, name: str) -> dict[str, Any]:
         return await self.call("volume.get", {"name": name})

@@ -225,7 +225,8 @@ def _default(f, default):
 # op -> {arg: checker(name, value)}; a missing arg arrives as None.
 OPS: dict[str, dict[str, Any]] = {
     "ping": {},
-    "volume.create": {"name": _req(_str), "options": _str_map, "labels": _str_map},
+    "volume.create": {"name": _req(_str), "options": _str_map, "labels": _str_map,
+                      "wait": _default(_number, 120.0)},
     "volume.get": {"name": _req(_str)},
     "volume.list": {},
     "volume.remove": {"name": _req(_str), "host_id": _default(_str, ""), "wait": _default(_number, 0.0)},

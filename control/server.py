@@ -226,6 +226,9 @@ class ControlServer:
             options = validate_volume_options(name, a["options"])
         except ValueError as e:
             raise Refused("bad_request", str(e)) from None
+        if "from" in options:
+            await self._clone_job(name, options, a["labels"], a["wait"])
+            return leases.volume_view(self.cluster, self._volume(name), self.clock())
         existed = name in self.cluster.volumes
         v = await self._mutate(lambda c, now: leases.create_volume(c, name, options, a["labels"], self.wall()))
         if not existed:
@@ -287,6 +290,27 @@ class ControlServer:
         res = await self._mutate(lambda c, now: removals.removal_done(c, a["root"], a["host_id"]))
         log.info("volume deleted root=%s host=%s: no object left in the store", a["root"], a["host_id"])
         return res
+
+    async def _clone_job(self, name: str, options: dict[str, str], labels: dict[str, str], wait: float) -> None:
+        """`volume create NAME -o from=...`: an agent makes the clone in the
+        store; the volume is recorded when it reports success (snapshots.done)."""
+        res = await self._mutate(lambda c, now: snapshots.request_clone(c, name, options["from"], options, labels,
+                                                                        now, self.wall()))
+        if res.get("exists"):
+            return
+        seq, host, source = res["seq"], res["host"], res["source"]
+        log.info("clone requested volume=%s from=%s host=%s", name, source, host)
+        deadline = trio.current_time() + wait
+        while seq not in self.cluster.snap_results:
+            if trio.current_time() >= deadline:
+                await self._mutate(lambda c, now: snapshots.give_up(c, name, source, seq))
+                raise Refused("unavailable", f"host {host} did not make the clone {name!r} of {source} within "
+                                             f"{wait:g}s; nothing was recorded (retry)")
+            await self._wait_change(deadline)
+        answer = self.cluster.snap_results.pop(seq)
+        if answer["error"]:
+            raise Refused("failed", f"cannot create {name!r} from {source}: {answer['error']}")
+        log.info("volume created volume=%s as a clone of %s", name, source)
 
     async def _snapshot_job(self, a: dict[str, Any], op: str) -> Any:
         """Hand the store part to an agent and wait for its answer."""

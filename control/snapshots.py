@@ -9,25 +9,75 @@ by a dead host: the snapshot then holds what that host had committed).
 A job is soft state, like a move: the CLI waits for it, and a job whose
 host dies is simply not answered (a pending pin in the store is cleaned by
 GC).
+
+Clones (`volume create NEW -o from=VOLUME@SNAP|@TIME`) are jobs of the same
+kind, keyed by the new volume: the volume is recorded only once an agent
+has made the clone in the store, so a refused or failed clone records
+nothing.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from control.leases import Cluster, Decision, Refused, need_host, need_volume
+from control.leases import Cluster, Decision, Refused, Volume, need_host, need_volume
+from fsd.clones import parse_source
 from fsd.format.keys import validate_snapshot_name
 
-CREATE, REMOVE = "create", "rm"
+CREATE, REMOVE, CLONE = "create", "rm", "clone"
 
 
 @dataclass(frozen=True)
 class SnapJob:
-    volume: str
-    snap: str
-    op: str                  # create | rm
+    volume: str              # clone: the new volume
+    snap: str                # clone: the source (VOLUME@SNAP or VOLUME@absolute time)
+    op: str                  # create | rm | clone
     host: str
     seq: int
+    options: dict[str, str] = field(default_factory=dict)    # clone: the new volume's options
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def request_clone(c: Cluster, new: str, source: str, options: dict[str, str], labels: dict[str, str],
+                  now: float, wall: float) -> Decision:
+    """A clone job, or Refused with what is wrong. Options were validated by
+    the caller. A create identical to an existing volume is a no-op (Swarm
+    creates on every node)."""
+    old = c.volumes.get(new)
+    if old is not None:
+        if old.options == options and old.labels == labels and old.removing is None:
+            return Decision(result={"exists": True})
+        raise Refused("exists", f"volume {new!r} already exists; remove it first or use another name")
+    if any(j.op == CLONE and j.volume == new for j in c.snap_jobs.values()):
+        raise Refused("conflict", f"volume {new!r} is being cloned right now")
+    try:
+        src = parse_source(source, int(wall * 1e9))
+    except ValueError as e:
+        raise Refused("bad_request", f"from={source}: {e}") from None
+    if src.volume not in c.volumes:
+        raise Refused("not_found", f"from={source}: volume {src.volume!r} does not exist (list volumes with: "
+                                   "ferry volume ls)")
+    origin = c.volumes[src.volume]
+    if origin.removing is not None:
+        raise Refused("conflict", f"from={source}: volume {src.volume!r} is being removed")
+    if src.snap is not None and src.snap not in origin.snapshots:
+        raise Refused("not_found", f"from={source}: volume {src.volume!r} has no snapshot {src.snap!r} (list "
+                                   f"them: ferry snapshot ls {src.volume})")
+    if src.at_ns is not None and src.at_ns > wall * 1e9 + 60e9:
+        raise Refused("bad_request", f"from={source}: that moment is in the future")
+    host = c.holder(src.volume, now) or next((h for h in sorted(c.hosts) if c.alive(h, now)), None)
+    if host is None:
+        raise Refused("unavailable", "no live agent to reach the store; start one (ferry agent serve) or use "
+                                     "ferry fs mkfs --from")
+    # A relative moment is fixed now: the agent may take the job a moment later.
+    fixed = source if src.at_ns is None else f"{src.volume}@{_iso(src.at_ns)}"
+    job = SnapJob(new, fixed, CLONE, host, c.snap_seq + 1, dict(options), dict(labels))
+    return Decision(put_snap_jobs=[job], result={"host": host, "seq": job.seq, "source": fixed})
+
+
+def _iso(ns: int) -> str:
+    from fsd.history import format_ns
+    return format_ns(ns, precise=True)
 
 
 def request(c: Cluster, volume: str, snap: str, op: str, now: float) -> Decision:
@@ -54,7 +104,8 @@ def request(c: Cluster, volume: str, snap: str, op: str, now: float) -> Decision
 
 
 def jobs_for(c: Cluster, host_id: str) -> list[dict[str, Any]]:
-    return [{"volume": j.volume, "snap": j.snap, "op": j.op, "seq": j.seq}
+    return [{"volume": j.volume, "snap": j.snap, "op": j.op, "seq": j.seq,
+             **({"options": j.options} if j.op == CLONE else {})}
             for j in sorted(c.snap_jobs.values(), key=lambda j: j.seq) if j.host == host_id]
 
 
@@ -67,6 +118,11 @@ def done(c: Cluster, volume: str, snap: str, host_id: str, seq: int, error: str 
         return Decision(result={"recorded": False})
     d = Decision(del_snap_jobs=[(volume, snap)], result={"recorded": error is None})
     d.snap_results[seq] = {"error": error, "position": position}
+    if job.op == CLONE:
+        if error is None and volume not in c.volumes:
+            d.put_volumes.append(Volume(name=volume, options=dict(job.options), labels=dict(job.labels),
+                                        created=wall))
+        return d
     v = c.volumes.get(volume)
     if error is None and v is not None:
         snaps = dict(v.snapshots)

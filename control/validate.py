@@ -14,9 +14,15 @@ from fsd.format.superblock import KNOWN_OPTIONS as MKFS_OPTIONS, make_superblock
 from fsd.options import KNOWN as MOUNT_OPTIONS, parse_mount_options
 
 
+CREATE_OPTIONS = {
+    "from": "VOLUME@SNAP, VOLUME@2026-11-29T10:15:00Z, VOLUME@-15m or VOLUME: create the volume as a clone of "
+            "that snapshot or moment (metadata only; it shares the origin's data)",
+}
+
+
 def known_volume_options() -> dict[str, str]:
-    """Every option `volume create -o` accepts: format options (mkfs) and mount options."""
-    return {**MKFS_OPTIONS, **MOUNT_OPTIONS}
+    """Every option `volume create -o` accepts: how it is created, format options (mkfs) and mount options."""
+    return {**CREATE_OPTIONS, **MKFS_OPTIONS, **MOUNT_OPTIONS}
 
 
 def validate_volume_name(name: Any) -> str:
@@ -33,5 +39,13 @@ def validate_volume_options(name: str, options: dict[str, str]) -> dict[str, str
         raise ValueError(f"unknown volume option(s) {', '.join(unknown)}; known: "
                          + "; ".join(f"{k}={v}" for k, v in known.items()))
     make_superblock(name, {k: v for k, v in options.items() if k in MKFS_OPTIONS}, 0)
+    if "from" in options:
+        from fsd.clones import parse_source
+        try:
+            parse_source(options["from"], 0)
+        except ValueError as e:
+            raise ValueError(f"from={options['from']}: {e}") from None
+        if "block_size" in options:
+            raise ValueError("a clone has its origin's block size; drop -o block_size")
     parse_mount_options({k: v for k, v in options.items() if k in MOUNT_OPTIONS})
     return dict(options)

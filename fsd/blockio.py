@@ -26,9 +26,12 @@ class BlockIO:
     """Fetch (with de-duplication of concurrent fetches) and upload blocks."""
 
     def __init__(self, *, volume: str, root: str, epoch: int, astore: AsyncStore, cache: BlockCache,
-                 compress: bool, cpu_limiter: trio.CapacityLimiter) -> None:
+                 compress: bool, cpu_limiter: trio.CapacityLimiter, origin_roots: tuple[str, ...] = ()) -> None:
         self.volume = volume        # for log lines
         self.root = root            # key prefix of the volume's objects
+        # Where a block with `src` k is read from: our root (0), then the
+        # roots of the volumes we were cloned from. We only ever write under ours.
+        self.read_roots = (root, *origin_roots)
         self.epoch = epoch          # ours: every object we upload is keyed under it
         self.astore = astore
         self.cache = cache
@@ -77,9 +80,13 @@ class BlockIO:
             if ev is None:
                 break
             await ev.wait()
+        if ref.src >= len(self.read_roots):
+            log.error("volume %s: inode %d block %d refers to origin %d, but the volume has %d origin(s)",
+                      self.volume, ino, idx, ref.src, len(self.read_roots) - 1)
+            raise FsError(errno.EIO)
         ev = self._fetching[h] = trio.Event()
         try:
-            key = keys.data_key(self.root, h, ref.epoch)
+            key = keys.data_key(self.read_roots[ref.src], h, ref.epoch)
             try:
                 obj = await self.astore.get(key)
             except NotFound:

@@ -61,6 +61,14 @@ def cmd_mkfs(args) -> int:
         raise UsageError(str(e)) from None
     store = open_store(args.store)
     try:
+        if args.source:
+            from fsd import clones
+            t0 = time.monotonic()
+            _ref, sb, src = clones.create(store, args.volume, args.source, opts)
+            print(f"created volume {args.volume} in {args.store} as a clone of {src.describe()} "
+                  f"(at segment {sb.origins[0].position}, {time.monotonic() - t0:.2f}s; it shares the "
+                  f"origin's data, writes to either never show in the other)")
+            return 0
         _ref, sb = volume.mkfs(store, args.volume, opts, allow_unfenced=args.allow_unfenced_store)
     finally:
         store.close()
@@ -223,6 +231,9 @@ def cmd_rm(args) -> int:
                 stop()
             print(f"removed volume {ref.name} (root {ref.root}): {res.deleted} objects, "
                   f"{res.bytes / 1e6:.1f} MB freed")
+            if res.held_by:
+                print(f"  kept {res.kept_objects} objects that {len(res.held_by)} clone(s) of it share "
+                      f"({', '.join(res.held_by)}): they go when the last of those clones is removed")
             if res.kept:
                 print(f"  kept {len(res.kept)} seal(s) of an owner that never released the volume: they keep "
                       f"that owner fenced if it is still running somewhere (a few hundred bytes)")
@@ -308,6 +319,35 @@ def cmd_snapshot(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------- fs history
+def cmd_history(args) -> int:
+    from fsd import history, volume
+    from fsd.store import open_store
+    store = open_store(args.store)
+    try:
+        ref, sb = volume.locate(store, args.volume)
+        commits = history.commits(store, ref.root)
+    finally:
+        store.close()
+    shown = commits[-args.limit:] if args.limit else commits
+    if args.json:
+        print(json.dumps({"volume": args.volume, "history_s": sb.history_s, "commits": len(commits),
+                          "shown": [{"position": list(c.position), "at": history.format_ns(c.created_ns),
+                                     "at_ns": c.created_ns} for c in shown]}, indent=2))
+        return 0
+    window = f"{sb.history_s:g}s" if sb.history_s else "none (snapshots only)"
+    print(f"volume {args.volume}: history window {window}; {len(commits)} commit(s) can be restored")
+    if commits:
+        print(f"  oldest: {history.format_ns(commits[0].created_ns)}   newest: "
+              f"{history.format_ns(commits[-1].created_ns)}")
+        print(f"  clone one: ferry fs mkfs --store {args.store} NEW --from {args.volume}@<moment>")
+    if len(shown) < len(commits):
+        print(f"  (the last {len(shown)}; --limit 0 shows all)")
+    for c in shown:
+        print(f"  {history.format_ns(c.created_ns)}  at {c.position[0]}/{c.position[1]}")
+    return 0
+
+
 # ------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ferry", description="ferry: portable container volumes on S3-compatible storage.",
@@ -323,10 +363,21 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--store", required=True, metavar="URL", help="file:///PATH or s3://BUCKET[/PREFIX]?endpoint=URL&region=R")
         sp.add_argument("volume", metavar="VOLUME", help="volume name (1-128 of letters, digits, . _ -)")
 
-    m = fss.add_parser("mkfs", help="create a volume", description="Create a new volume on the store.",
-                       epilog="options (-o): block_size=1M (64k..16M), compression=none|zstd",
+    m = fss.add_parser("mkfs", help="create a volume (empty, or a clone with --from)",
+                       description="Create a new volume on the store: empty, or with --from a clone of "
+                                   "another volume's snapshot or past moment that shares its data (it costs "
+                                   "metadata only, whatever the data size).",
+                       epilog="options (-o): block_size=1M (64k..16M), compression=none|zstd, history=1h\n\n"
+                              "--from forms:\n"
+                              "  VOLUME@SNAP                   a snapshot (ferry fs snapshot ls)\n"
+                              "  VOLUME@2026-11-29T10:15:00Z   the last commit at or before that moment\n"
+                              "  VOLUME@-15m                   ... 15 minutes ago (s, m, h, d)\n"
+                              "  VOLUME                        as last committed\n"
+                              "  (ferry fs history lists the moments that can be restored)",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     store_arg(m)
+    m.add_argument("--from", dest="source", metavar="VOLUME[@SNAP|@TIME]",
+                   help="make a clone of this volume's snapshot or moment")
     m.add_argument("-o", "--option", action="append", metavar="K=V", help="volume option (repeatable)")
     m.add_argument("--allow-unfenced-store", action="store_true",
                    help="accept a store without conditional writes (timing-only fencing: unsafe)")
@@ -413,6 +464,18 @@ def build_parser() -> argparse.ArgumentParser:
     store_arg(ls)
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(fn=cmd_snapshot)
+
+    hi = fss.add_parser("history", help="list the moments a volume can be restored to",
+                        description="List the commits whose state can be restored (ferry fs mkfs NEW --from "
+                                    "VOLUME@TIME, ferry volume create NEW --from VOLUME@TIME): every commit "
+                                    "inside the volume's history window (-o history= at creation), plus the "
+                                    "state of the oldest snapshot GC kept.",
+                        epilog="example:\n  ferry fs history --store file:///srv/ferry-store myvol --limit 5",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    store_arg(hi)
+    hi.add_argument("--limit", type=int, default=20, metavar="N", help="show the last N commits (0: all)")
+    hi.add_argument("--json", action="store_true")
+    hi.set_defaults(fn=cmd_history)
 
     # Cluster commands live with their packages; each adds its own subcommands.
     from control.cli import add_commands as add_control_commands

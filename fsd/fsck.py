@@ -11,6 +11,7 @@ from fsd.format import keys
 from fsd.format.dataobj import decode_block
 from fsd.format.framing import CorruptObject
 from fsd.meta.check import check_state, find_orphans
+from fsd.meta.state import own_refs
 from fsd.store.base import NotFound, ObjectStore
 
 
@@ -39,25 +40,30 @@ def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False) -> FsckR
     if orphans:
         rep.info.append(f"{len(orphans)} orphan inode(s) (unlinked while open; freed at next mount): "
                         f"{sorted(orphans)[:10]}")
-    present: dict[tuple[bytes, int], int] = {}
-    for o in store.list_info(keys.data_prefix(root)):
-        p = keys.parse_data_key(root, o.key)
-        if p is not None:
-            present[p] = o.size
+    roots = sb.data_roots(root)
+    present_in = [_present(store, r) for r in roots]
+    present = present_in[0]
+    if sb.origins:
+        rep.info.append("clone of " + " <- ".join(f"{o.name} at {o.position}" for o in sb.origins))
     referenced = 0
     for ino, blocks in sorted(state.blocks.items()):
         for idx, bref in sorted(blocks.items()):
             referenced += 1
-            if (bref.hash, bref.epoch) not in present:
+            if bref.src >= len(roots):
+                rep.problems.append(f"inode {ino} block {idx}: refers to origin {bref.src}, but the volume "
+                                    f"has {len(sb.origins)}")
+                continue
+            where = "" if not bref.src else f" in origin {sb.origins[bref.src - 1].name}"
+            if (bref.hash, bref.epoch) not in present_in[bref.src]:
                 rep.problems.append(f"inode {ino} block {idx}: data object {bref.hash.hex()} "
-                                    f"(epoch {bref.epoch}) is missing")
+                                    f"(epoch {bref.epoch}){where} is missing")
             elif verify_data:
-                key = keys.data_key(root, bref.hash, bref.epoch)
+                key = keys.data_key(roots[bref.src], bref.hash, bref.epoch)
                 try:
                     decode_block(store.get(key), bref.hash, key)
                 except (CorruptObject, NotFound) as e:
                     rep.problems.append(f"inode {ino} block {idx}: {e}")
-    used = {(r.hash, r.epoch) for b in state.blocks.values() for r in b.values()}
+    used = own_refs(state)
     used |= check_pins(store, root, present, rep)
     rep.info.append(f"{referenced} block references, {len(present)} data objects, "
                     f"{len(present.keys() - used)} unreferenced (garbage for GC)")
@@ -65,6 +71,16 @@ def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False) -> FsckR
     rep.info.append("store usage: " + ", ".join(
         f"{kind} {u['objects']} objects / {u['bytes'] / 1e6:.1f} MB" for kind, u in rep.usage.items()))
     return rep
+
+
+def _present(store: ObjectStore, root: str) -> dict[tuple[bytes, int], int]:
+    """(hash, epoch) -> size of every data object under `root`."""
+    out: dict[tuple[bytes, int], int] = {}
+    for o in store.list_info(keys.data_prefix(root)):
+        p = keys.parse_data_key(root, o.key)
+        if p is not None:
+            out[p] = o.size
+    return out
 
 
 def check_pins(store: ObjectStore, root: str, present: dict[tuple[bytes, int], int],
@@ -80,20 +96,22 @@ def check_pins(store: ObjectStore, root: str, present: dict[tuple[bytes, int], i
         rep.problems.append(f"a pin is unreadable: {e}")
         return used
     for key, pin in sorted(pins.items()):
+        what = f"snapshot {pin.name}" if pin.kind == "snap" else f"clone {pin.holder or pin.name}"
         if pin.state != READY:
-            rep.info.append(f"snapshot {pin.name}: {pin.state} (being created, or its creator died)")
+            rep.info.append(f"{what}: {pin.state} (being created, or its creator died)")
             continue
         try:
             refs = snapshots.snapshot_refs(store, root, pin.position)
         except (CorruptObject, NotFound) as e:
-            rep.problems.append(f"snapshot {pin.name}: metadata at {pin.position} unreadable: {e}")
+            rep.problems.append(f"{what}: metadata at {pin.position} unreadable: {e}")
             continue
         missing = refs - present.keys()
         if missing:
-            rep.problems.append(f"snapshot {pin.name}: {len(missing)} data object(s) it references are missing")
+            rep.problems.append(f"{what}: {len(missing)} data object(s) it references are missing")
         used |= refs
     if pins:
-        rep.info.append(f"{len(pins)} snapshot(s) pinned")
+        n_clones = sum(p.kind == "clone" for p in pins.values())
+        rep.info.append(f"{len(pins) - n_clones} snapshot(s) and {n_clones} clone(s) pinned")
     return used
 
 

@@ -24,13 +24,14 @@ from fsd.meta.state import MetaState
 
 log = logging.getLogger("ferry.localdb")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v BLOB);
 CREATE TABLE IF NOT EXISTS inode (ino INTEGER PRIMARY KEY, rec BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS dent (parent INTEGER, name BLOB, ino INTEGER, cookie INTEGER,
                                  PRIMARY KEY (parent, name));
 CREATE TABLE IF NOT EXISTS block (ino INTEGER, idx INTEGER, hash BLOB, length INTEGER, epoch INTEGER,
+                                  src INTEGER NOT NULL DEFAULT 0,
                                   PRIMARY KEY (ino, idx));
 CREATE TABLE IF NOT EXISTS xattr (ino INTEGER, name BLOB, value BLOB, PRIMARY KEY (ino, name));
 CREATE TABLE IF NOT EXISTS patch (n INTEGER PRIMARY KEY AUTOINCREMENT, ino INTEGER, idx INTEGER,
@@ -47,7 +48,7 @@ class WorkingCopy:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            # An older layout (e.g. blocks without their data epoch): start
+            # An older layout (blocks without their data epoch or origin): start
             # over; position() is then None and the mount loads from the store.
             for (table,) in self.db.execute("SELECT name FROM sqlite_master WHERE type='table' "
                                             "AND name NOT LIKE 'sqlite_%'").fetchall():
@@ -97,8 +98,8 @@ class WorkingCopy:
           ((ino, k, v) for ino, n in state.inodes.items() for k, v in n.xattrs.items()))
         x("INSERT INTO dent VALUES (?, ?, ?, ?)",
           ((p, name, c, cookie) for p, m in state.entries.items() for name, (c, cookie) in m.items()))
-        x("INSERT INTO block VALUES (?, ?, ?, ?, ?)",
-          ((ino, idx, r.hash, r.length, r.epoch) for ino, bm in state.blocks.items() for idx, r in bm.items()))
+        x("INSERT INTO block VALUES (?, ?, ?, ?, ?, ?)",
+          ((ino, idx, r.hash, r.length, r.epoch, r.src) for ino, bm in state.blocks.items() for idx, r in bm.items()))
         x("INSERT INTO patch (ino, idx, off, data) VALUES (?, ?, ?, ?)",
           ((ino, idx, off, d) for ino, pm in state.patches.items() for idx, pl in pm.items() for off, d in pl))
 
@@ -126,8 +127,8 @@ class WorkingCopy:
                 x("DELETE FROM dent WHERE parent=? AND name=?", (r[1], r[2]))
             elif t == BLOCK:
                 if x("SELECT 1 FROM inode WHERE ino=?", (r[1],)).fetchone():
-                    x("INSERT OR REPLACE INTO block VALUES (?, ?, ?, ?, ?)",
-                      (r[1], r[2], r[3], r[4], r[5] if len(r) > 5 else 0))
+                    x("INSERT OR REPLACE INTO block VALUES (?, ?, ?, ?, ?, ?)",
+                      (r[1], r[2], r[3], r[4], r[5] if len(r) > 5 else 0, r[6] if len(r) > 6 else 0))
                     x("DELETE FROM patch WHERE ino=? AND idx=?", (r[1], r[2]))
             elif t == PATCH:
                 if x("SELECT 1 FROM inode WHERE ino=?", (r[1],)).fetchone():
@@ -196,7 +197,7 @@ def _records(db: sqlite3.Connection) -> Iterable[list]:
         yield [XATTR, ino, bytes(name), bytes(value)]
     for parent, name, ino, cookie in q("SELECT parent, name, ino, cookie FROM dent ORDER BY parent, cookie"):
         yield [DENT, parent, bytes(name), ino, cookie]
-    for ino, idx, h, length, epoch in q("SELECT ino, idx, hash, length, epoch FROM block"):
-        yield [BLOCK, ino, idx, bytes(h), length] + ([epoch] if epoch else [])
+    for ino, idx, h, length, epoch, src in q("SELECT ino, idx, hash, length, epoch, src FROM block"):
+        yield [BLOCK, ino, idx, bytes(h), length] + ([epoch, src] if src else [epoch] if epoch else [])
     for ino, idx, off, data in q("SELECT ino, idx, off, data FROM patch ORDER BY n"):
         yield [PATCH, ino, idx, off, bytes(data)]

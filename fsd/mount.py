@@ -244,7 +244,7 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
     cache = await t(BlockCache, cfg.cache_dir / "blocks", cfg.options.cache_size)
     bio = BlockIO(volume=cfg.volume, root=opened.ref.root, epoch=epoch, astore=opened.astore, cache=cache,
                   compress=sb.compression == "zstd",
-                  cpu_limiter=trio.CapacityLimiter(4))
+                  cpu_limiter=trio.CapacityLimiter(4), origin_roots=tuple(o.root for o in sb.origins))
     data = DataLayer(ops, bio, sb.block_size, cfg.options.dirty_limit)
     pos = WriterPosition(epoch=epoch, next_seq=2)
     committer = Committer(volume=cfg.volume, root=opened.ref.root, ops=ops, data=data, bio=bio,
@@ -257,7 +257,8 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
     maintainer = Maintainer(volume=cfg.volume, root=opened.ref.root, uuid=sb.uuid, store=opened.store,
                             committer=committer, bio=bio, state=state, wc_path=cfg.cache_dir / "meta.db",
                             block_size=sb.block_size,
-                            cfg=MaintenanceConfig(gc=o.gc, gc_interval=o.gc_interval, gc_grace=o.gc_grace),
+                            cfg=MaintenanceConfig(gc=o.gc, gc_interval=o.gc_interval, gc_grace=o.gc_grace,
+                                                  history=sb.history_s),
                             base=loaded.start if loaded.source == "snapshot" else (0, 0))
     for ino in ops.orphans():          # unlinked-but-open files of a crashed mount
         ops.purge(ino)

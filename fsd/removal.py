@@ -19,10 +19,11 @@ Two steps, in this order (docs/format.md, "Removal"):
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from fsd import failpoints
+from fsd import clones, failpoints, snapshots
 from fsd import volume as vol_mod
 from fsd.format import keys
 from fsd.format.framing import CorruptObject
@@ -82,6 +83,10 @@ class RemovalResult:
     deleted: int
     bytes: int
     kept: list[str]          # fencing seals that outlive the removal (see fencing_tombstones)
+    # Clones made from this volume (their roots): what they share is kept
+    # until the last of them is removed, which finishes this removal.
+    held_by: list[str] = field(default_factory=list)
+    kept_objects: int = 0
 
 
 def begin_removal(store: ObjectStore, name: str, *, force: bool = False) -> vol_mod.VolumeRef:
@@ -122,9 +127,22 @@ def list_remaining(store: ObjectStore, ref: vol_mod.VolumeRef) -> list[tuple[str
 
 def delete_volume(store: ObjectStore, ref: vol_mod.VolumeRef, *, progress: Progress | None = None
                   ) -> RemovalResult:
-    """Delete everything of a volume marked removed (step 2), resumably."""
+    """Delete everything of a volume marked removed (step 2), resumably.
+
+    A volume that clones were made from keeps what they share (`held`)
+    until the last clone is removed; the removal of a clone lets go of its
+    origin first and finishes the origin's removal if it was waiting for
+    that clone (docs/format.md, "Clones")."""
     if not vol_mod.is_removed(store, ref):
         raise vol_mod.VolumeError(f"volume {ref.name!r} is not marked removed; refusing to delete it")
+    pins = snapshots.read_pins(store, ref.root)
+    stale = snapshots.stale_pins(store, pins, time.time_ns())
+    snapshots.sweep_pins(store, stale)       # clones that were never completed hold nothing
+    gone = {k for k, _ in stale}
+    clone_pins = {k: p for k, p in pins.items() if p.kind == "clone" and k not in gone}
+    if clone_pins:
+        return _delete_held(store, ref, clone_pins, progress)
+    _let_go_of_origin(store, ref)
     found = list_remaining(store, ref)
     keep = fencing_tombstones(store, ref.root, [k for k, _ in found])
     sizes = {k: n for k, n in found if k not in keep}
@@ -150,6 +168,79 @@ def delete_volume(store: ObjectStore, ref: vol_mod.VolumeRef, *, progress: Progr
                     "while such an owner may still run somewhere, its seal is what stops it from "
                     "committing; they are tiny and harmless", ref.name, len(keep), ", ".join(sorted(keep)))
     return RemovalResult(ref.root, done, nbytes, sorted(keep))
+
+
+def _let_go_of_origin(store: ObjectStore, ref: vol_mod.VolumeRef) -> None:
+    """A removed clone drops its pin in its origin, before anything of its
+    own is deleted (so a resumed removal, which may find the superblock
+    gone, has nothing left to drop), and finishes the origin's removal if
+    the origin is removed and this was its last clone."""
+    try:
+        sb = vol_mod.read_superblock(store, ref)
+    except vol_mod.VolumeError:
+        return                  # superblock gone: this step was done by an earlier run
+    origin = clones.drop_pin(store, sb)
+    if origin is not None and vol_mod.is_removed(store, origin):
+        res = delete_volume(store, origin)
+        log.info("volume %s: its origin %s (removed earlier) %s", ref.name, origin.name,
+                 f"waits for {len(res.held_by)} other clone(s)" if res.held_by else "is now deleted too")
+
+
+def held_keys(root: str, found: Iterable[str], pinned: set[tuple[int, int]],
+              refs: set[tuple[bytes, int]]) -> set[str]:
+    """Of a removed volume's keys, those its clones still need: the clone
+    pins and the snapshots they pin, the data objects those reference, and
+    what keeps the volume readable as removed (superblock, claims, the last
+    journal key of each epoch, which may be a stale owner's fencing seal)."""
+    keep: set[str] = set()
+    last: dict[int, int] = {}
+    for k in found:
+        if (js := keys.parse_journal_key(root, k)) is not None:
+            last[js[0]] = max(last.get(js[0], 0), js[1])
+        elif (sp := keys.parse_snapshot_key(root, k)) is not None:
+            if sp in pinned:
+                keep.add(k)
+        elif (dk := keys.parse_data_key(root, k)) is not None:
+            if dk in refs:
+                keep.add(k)
+        elif (pk := keys.parse_pin_key(root, k)) is not None:
+            if pk[0] == "clone":
+                keep.add(k)
+        elif keys.parse_epoch_key(root, k) is not None or k == keys.superblock_key(root):
+            keep.add(k)
+    keep |= {keys.journal_key(root, e, s) for e, s in last.items()}
+    return keep
+
+
+def _delete_held(store: ObjectStore, ref: vol_mod.VolumeRef, clone_pins: dict, progress: Progress | None
+                 ) -> RemovalResult:
+    if any(p.state != "ready" for p in clone_pins.values()):
+        raise vol_mod.VolumeError(f"volume {ref.name!r}: a clone of it is being created right now; the "
+                                  "removal goes on once that clone is made or gives up (it checks for "
+                                  "the removal and gives up)")
+    pinned = {p.position for p in clone_pins.values()}
+    refs: set[tuple[bytes, int]] = set()
+    for pos in pinned:
+        refs |= snapshots.snapshot_refs(store, ref.root, pos)
+    found = list_remaining(store, ref)
+    keep = held_keys(ref.root, [k for k, _ in found], pinned, refs)
+    sizes = {k: n for k, n in found if k not in keep}
+    total, done, nbytes = len(sizes), 0, 0
+    if progress:
+        progress(0, total, 0)
+    order = sorted(sizes, key=lambda k: keys.parse_data_key(ref.root, k) is not None)   # data last
+    for i in range(0, len(order), 1000):
+        chunk = order[i:i + 1000]
+        store.delete_many(chunk)
+        done += len(chunk)
+        nbytes += sum(sizes[k] for k in chunk)
+        if progress:
+            progress(done, total, nbytes)
+    holders = sorted(p.holder or p.name for p in clone_pins.values())
+    log.info("volume %s: removed %d objects (%d bytes) of %s; kept %d that %d clone(s) share (%s): they go "
+             "with the last of those clones", ref.name, done, nbytes, ref.root, len(keep), len(holders),
+             ", ".join(holders))
+    return RemovalResult(ref.root, done, nbytes, [], held_by=holders, kept_objects=len(keep))
 
 
 def fencing_tombstones(store: ObjectStore, root: str, found: Iterable[str]) -> set[str]:

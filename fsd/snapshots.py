@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fsd import failpoints
@@ -30,8 +30,7 @@ from fsd.format.framing import CorruptObject
 from fsd.format.pin import PENDING, PENDING_TIMEOUT_NS, READY, Pin
 from fsd.format.snapshot import decode_snapshot
 from fsd.gc.plan import PinRoots, pin_roots
-from fsd.meta.records import BLOCK
-from fsd.meta.state import MetaState
+from fsd.meta.state import MetaState, own_refs_of_records
 from fsd.store.base import NotFound, ObjectStore, PreconditionFailed
 
 log = logging.getLogger("ferry.snapshots")
@@ -68,17 +67,49 @@ def snapshot_refs(store: ObjectStore, root: str, position: tuple[int, int]) -> s
     """(hash, epoch) of every data object the metadata snapshot at `position` references."""
     key = keys.snapshot_key(root, *position)
     _e, _s, _n, records = decode_snapshot(store.get(key), key)
-    return {(r[3], r[5] if len(r) > 5 else 0) for r in records if r[0] == BLOCK}
+    return own_refs_of_records(records)
 
 
 def gc_pins(store: ObjectStore, root: str, now_ns: int) -> tuple[PinRoots, set[tuple[bytes, int]]]:
     """What the pins ask of a GC pass, and the references of the pinned
-    snapshots (to be read after the pass's base is established)."""
-    pr = pin_roots(read_pins(store, root), now_ns)
+    snapshots (to be read after the pass's base is established). The
+    `sweep` of the result lists abandoned pins and the ready clone pins of
+    clones that were never completed (`fsd.clones`), with their holders."""
+    pins = read_pins(store, root)
+    pr = pin_roots(pins, now_ns)
     refs: set[tuple[bytes, int]] = set()
     for pos in pr.pinned:
         refs |= snapshot_refs(store, root, pos)
-    return pr, refs
+    return replace(pr, sweep=stale_pins(store, pins, now_ns)), refs
+
+
+def stale_pins(store: ObjectStore, pins: dict[str, Pin], now_ns: int) -> tuple[tuple[str, str | None], ...]:
+    """(key, holder) of pins to delete: pending ones whose creator died, and
+    ready clone pins whose clone never got its incarnation record (its
+    creator died just before; fsd/clones.py)."""
+    out: list[tuple[str, str | None]] = []
+    for k, p in sorted(pins.items()):
+        if p.abandoned(now_ns):
+            out.append((k, p.holder))
+        elif (p.kind == "clone" and p.state == READY and p.holder and now_ns - p.created_ns > PENDING_TIMEOUT_NS
+              and not vol_mod.holder_exists(store, p.holder)):
+            out.append((k, p.holder))
+    return tuple(out)
+
+
+def sweep_pins(store: ObjectStore, sweep: tuple[tuple[str, str | None], ...]) -> None:
+    """Delete what `gc_pins` found abandoned: the holder's root (a clone
+    that was never completed) first, then the pin that names it."""
+    for key, holder in sweep:
+        if holder and not vol_mod.holder_exists(store, holder):
+            log.info("deleting %s, a clone that was never completed (its pin %s was abandoned)", holder, key)
+            vol_mod.delete_all(store, holder)
+        store.delete(key)
+
+
+def read_pin(store: ObjectStore, root: str, snap: str) -> Pin | None:
+    """The user snapshot pin `snap` of the volume at `root`, if any."""
+    return _read(store, keys.pin_key(root, KIND, snap))
 
 
 def committed_position(store: ObjectStore, root: str) -> tuple[int, int]:

@@ -24,8 +24,7 @@ from fsd.format.framing import CorruptObject
 from fsd.format.segment import Segment
 from fsd.format.snapshot import decode_snapshot, encode_snapshot
 from fsd.format.superblock import Superblock, make_superblock
-from fsd.meta.records import BLOCK
-from fsd.meta.state import MetaState, new_volume_records
+from fsd.meta.state import MetaState, new_volume_records, own_refs_of_records
 from fsd.store import probe
 from fsd.store.base import NotFound, ObjectStore, PreconditionFailed
 
@@ -83,6 +82,33 @@ def find_volume(store: ObjectStore, name: str) -> VolumeRef | None:
             return VolumeRef(name, keys.volume_root(name, inc.uuid), n)
     if store.head(keys.superblock_key(name)) is not None:
         return VolumeRef(name, name, 0)
+    return None
+
+
+def holder_exists(store: ObjectStore, root: str) -> bool:
+    """Is `root` (NAME/UUID) a created volume: does an incarnation record of
+    NAME name UUID? (A clone whose creator died before its incarnation
+    record is not; fsd/clones.py.) A format-1 root (a bare name) is one if
+    its superblock exists."""
+    name, _, uuid = root.partition("/")
+    if not uuid:
+        return store.head(keys.superblock_key(root)) is not None
+    for n in list_incarnations(store, name):
+        inc = read_incarnation(store, name, n)
+        if inc is not None and inc.uuid == uuid:
+            return True
+    return False
+
+
+def ref_of_root(store: ObjectStore, root: str) -> VolumeRef | None:
+    """The VolumeRef of a root, if an incarnation record (or, format 1, a superblock) still names it."""
+    name, _, uuid = root.partition("/")
+    if not uuid:
+        return VolumeRef(name, name, 0) if store.head(keys.superblock_key(root)) is not None else None
+    for n in list_incarnations(store, name):
+        inc = read_incarnation(store, name, n)
+        if inc is not None and inc.uuid == uuid:
+            return VolumeRef(name, root, n)
     return None
 
 
@@ -167,42 +193,55 @@ def mkfs(store: ObjectStore, volume: str, options: dict[str, str], *,
     sb.fencing = fencing_mode
     if live_volume(store, volume) is not None:
         raise VolumeError(f"volume {volume!r} already exists in {store.url}")
-    n = max(list_incarnations(store, volume), default=0) + 1
-    ref = VolumeRef(volume, keys.volume_root(volume, sb.uuid), n)
-    root = ref.root
+    root = keys.volume_root(volume, sb.uuid)
+    write_root(store, root, sb, new_volume_records(_now_ns()))
+    failpoints.hit("mkfs_before_incarnation")
+    return commit_incarnation(store, volume, sb), sb
+
+
+def write_root(store: ObjectStore, root: str, sb: Superblock, records: list) -> None:
+    """Everything of a new volume under its root: the superblock, the epoch 1
+    claim, a begin segment holding `records` (its whole initial state) and a
+    release seal. Nothing refers to the root yet (`commit_incarnation` does)."""
     store.put(keys.superblock_key(root), sb.encode(), if_none_match=True)
     claim = EpochClaim(epoch=1, host=socket.gethostname(), pid=os.getpid(),
                        token=secrets.token_hex(16), claimed_ns=_now_ns(), takeover=False)
     store.put(keys.epoch_key(root, 1), claim.encode(), if_none_match=True)
-    begin = Segment(kind="begin", epoch=1, seq=1, created_ns=_now_ns(),
-                    records=new_volume_records(_now_ns()), reason=None, sealed_by=None)
+    begin = Segment(kind="begin", epoch=1, seq=1, created_ns=_now_ns(), records=records, reason=None,
+                    sealed_by=None)
     store.put(keys.journal_key(root, 1, 1), begin.encode(), if_none_match=True)
     seal = Segment(kind="seal", epoch=1, seq=2, created_ns=_now_ns(), records=[],
                    reason="release", sealed_by=1)
     store.put(keys.journal_key(root, 1, 2), seal.encode(), if_none_match=True)
-    failpoints.hit("mkfs_before_incarnation")
+
+
+def commit_incarnation(store: ObjectStore, volume: str, sb: Superblock) -> VolumeRef:
+    """Make the root written by `write_root` the name's volume: the next
+    incarnation record, created with `If-None-Match: *`. Of two creates of
+    one name exactly one wins; the loser's root is deleted."""
+    n = max(list_incarnations(store, volume), default=0) + 1
+    root = keys.volume_root(volume, sb.uuid)
     inc = Incarnation(name=volume, n=n, uuid=sb.uuid, created_ns=_now_ns())
     try:
         store.put(keys.incarnation_key(volume, n), inc.encode(), if_none_match=True)
     except PreconditionFailed:
-        _delete_all(store, root)
+        delete_all(store, root)
         raise VolumeError(f"volume {volume!r} was created in {store.url} by someone else at the same "
                           f"moment") from None
     # A removal finishing meanwhile may have let another create pick a
     # different number: the highest incarnation is the volume, so if ours
     # is not it, ours must go.
     if max(list_incarnations(store, volume), default=0) != n:
-        _delete_all(store, root)
+        delete_all(store, root)
         store.delete(keys.incarnation_key(volume, n))
         raise VolumeError(f"volume {volume!r} was created in {store.url} by someone else at the same "
                           f"moment")
-    return ref, sb
+    return VolumeRef(volume, root, n)
 
 
-def _delete_all(store: ObjectStore, prefix: str) -> None:
+def delete_all(store: ObjectStore, prefix: str) -> None:
     """Delete every object under a root that never became a volume."""
-    for k in list(store.list(prefix + "/")):
-        store.delete(k)
+    store.delete_many(list(store.list(prefix + "/")))
 
 
 # ---------------------------------------------------------------- journal view
@@ -490,11 +529,26 @@ def _load_state_once(store: ObjectStore, root: str, sb: Superblock, local, *, ta
     last = start
     replayed = 0
     refs: set[tuple[bytes, int]] = set()
+    for pos, seg in replayable_after(store, root, view, start):
+        state.apply_all(seg.records)
+        refs |= own_refs_of_records(seg.records)
+        last = pos
+        replayed += 1
+    return LoadResult(state, last, replayed, source, start, refs)
+
+
+def replayable_after(store: ObjectStore, root: str, view: JournalView, start: tuple[int, int]
+                     ) -> Iterator[tuple[tuple[int, int], Segment]]:
+    """The committed segments after `start`, in journal order: for each
+    epoch from start's on, its run of consecutive seqs up to the first hole
+    or seal (what a fenced writer may have left beyond is not part of the
+    volume). The caller has checked the chain from `start` is unbroken
+    (`fencing.chain_breaks`)."""
     for e in sorted(view.seqs):
         if e < start[0]:
             continue
-        # Epoch start[0] was verified readable up to start[1] above; every
-        # later epoch is read from seq 1. Stop at the first hole or seal.
+        # Epoch start[0] was verified readable up to start[1]; every later
+        # epoch is read from seq 1. Stop at the first hole or seal.
         s = start[1] + 1 if e == start[0] else 1
         kinds: dict[int, str] = {x: "segment" for x in range(1, s)}
         segs: dict[int, Segment] = {}
@@ -510,14 +564,8 @@ def _load_state_once(store: ObjectStore, root: str, sb: Superblock, local, *, ta
                 break
         to_replay, _seal = fencing.replayable_prefix(kinds)
         for s in to_replay:
-            if (e, s) <= start:
-                continue
-            records = segs[s].records
-            state.apply_all(records)
-            refs.update((r[3], r[5] if len(r) > 5 else 0) for r in records if r[0] == BLOCK)
-            last = (e, s)
-            replayed += 1
-    return LoadResult(state, last, replayed, source, start, refs)
+            if (e, s) > start:
+                yield (e, s), segs[s]
 
 
 def _read_segments(store: ObjectStore, root: str, epoch: int, seqs: list[int],

@@ -51,7 +51,7 @@ def run_trials(tmp_path: Path, store_url: str, mode: str, trials: int, seed0: in
     opts = [f"durability={mode}", f"commit_interval={COMMIT_INTERVAL}"] + (GC_OPTS if gc else [])
     m = FerryMount(tmp_path, tmp_path / "mnt", tmp_path / "cache-0")
     with m:
-        m.mkfs(store_url, VOL)
+        m.mkfs(store_url, VOL, options=["history=0"] if gc else [])
         m.mount(store_url, VOL, options=opts)
         for w in range(WRITERS):
             (m.mountpoint / f"w{w}").mkdir()

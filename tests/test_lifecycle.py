@@ -49,7 +49,7 @@ def _root(store_url: str) -> str:
 
 def test_rm_deletes_everything_and_a_reused_name_starts_empty(store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(store_url, VOL)
+    a.mkfs(store_url, VOL, options=["history=0"])
     a.mount(store_url, VOL)
     write_fsync(a.mountpoint / "big", os.urandom(3 << 20))
     (a.mountpoint / "dir").mkdir()
@@ -60,7 +60,7 @@ def test_rm_deletes_everything_and_a_reused_name_starts_empty(store_url, new_mou
     assert r.returncode == 0, r.stderr
     assert "removed volume vol" in r.stdout
     assert _objects(store_url) == []
-    a.mkfs(store_url, VOL)
+    a.mkfs(store_url, VOL, options=["history=0"])
     a.mount(store_url, VOL)
     assert os.listdir(a.mountpoint) == []
     a.umount()
@@ -69,7 +69,7 @@ def test_rm_deletes_everything_and_a_reused_name_starts_empty(store_url, new_mou
 
 def test_rm_refuses_a_mounted_volume_and_force_fences_its_owner(file_store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(file_store_url, VOL)
+    a.mkfs(file_store_url, VOL, options=["history=0"])
     a.mount(file_store_url, VOL, options=["commit_interval=0.2"])
     write_fsync(a.mountpoint / "x", b"1")
     r = _ferry("fs", "rm", "--store", file_store_url, VOL)
@@ -88,7 +88,7 @@ def test_rm_refuses_a_mounted_volume_and_force_fences_its_owner(file_store_url, 
 
 def test_a_name_reused_while_its_removal_is_pending_never_sees_the_old_volume(store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(store_url, VOL)
+    a.mkfs(store_url, VOL, options=["history=0"])
     a.mount(store_url, VOL)
     write_fsync(a.mountpoint / "old-file", b"old owner's data")
     a.umount()
@@ -100,7 +100,7 @@ def test_a_name_reused_while_its_removal_is_pending_never_sees_the_old_volume(st
         store.close()
     r = _ferry("fs", "mount", "--store", store_url, "--cache-dir", str(a.cache_dir), VOL, str(a.mountpoint))
     assert r.returncode == 1
-    a.mkfs(store_url, VOL)                        # a new incarnation, next to the old objects
+    a.mkfs(store_url, VOL, options=["history=0"])                        # a new incarnation, next to the old objects
     a.mount(store_url, VOL)
     assert os.listdir(a.mountpoint) == []
     write_fsync(a.mountpoint / "new-file", b"new")
@@ -114,7 +114,7 @@ def test_a_name_reused_while_its_removal_is_pending_never_sees_the_old_volume(st
 @pytest.mark.parametrize("point", ["removal_after_claim", "removal_between_deletions:2"])
 def test_kill9_during_removal_then_the_next_run_finishes(file_store_url, new_mount, point):
     a = new_mount("a")
-    a.mkfs(file_store_url, VOL)
+    a.mkfs(file_store_url, VOL, options=["history=0"])
     a.mount(file_store_url, VOL)
     for i in range(3):
         write_fsync(a.mountpoint / f"f{i}", os.urandom(1100 * 1024))   # whole data objects
@@ -138,7 +138,7 @@ def _gc(store_url: str, *extra: str, env: dict | None = None) -> subprocess.Comp
 
 def test_gc_frees_overwritten_data_and_folded_journal(store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(store_url, VOL)
+    a.mkfs(store_url, VOL, options=["history=0"])
     a.mount(store_url, VOL)
     final = b""
     for i in range(4):
@@ -168,7 +168,7 @@ def test_gc_frees_overwritten_data_and_folded_journal(store_url, new_mount):
 
 def test_writer_keeps_every_acknowledged_byte_through_many_gc_rounds(store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(store_url, VOL)
+    a.mkfs(store_url, VOL, options=["history=0"])
     a.mount(store_url, VOL, options=["commit_interval=0.2", "snapshot_every=8"])
     acked: dict[str, bytes] = {}
     rnd = __import__("random").Random(7)
@@ -200,7 +200,7 @@ def test_writer_keeps_every_acknowledged_byte_through_many_gc_rounds(store_url, 
 @pytest.mark.parametrize("point", ["gc_after_snapshot", "gc_between_deletions"])
 def test_kill9_during_gc_loses_nothing(file_store_url, new_mount, point):
     a = new_mount("a")
-    a.mkfs(file_store_url, VOL)
+    a.mkfs(file_store_url, VOL, options=["history=0"])
     a.mount(file_store_url, VOL)
     for i in range(3):
         write_fsync(a.mountpoint / "f", os.urandom(1200 * 1024))
@@ -258,7 +258,7 @@ class _FailingStore:
 @pytest.mark.parametrize("op", ["list", "get"])
 def test_gc_with_a_failing_store_deletes_nothing(store_url, new_mount, op):
     a = new_mount("a")
-    a.mkfs(store_url, VOL)
+    a.mkfs(store_url, VOL, options=["history=0"])
     a.mount(store_url, VOL)
     for i in range(3):
         write_fsync(a.mountpoint / "f", os.urandom(1200 * 1024))
@@ -286,7 +286,7 @@ def test_gc_with_a_failing_store_deletes_nothing(store_url, new_mount, op):
 
 def test_stale_writer_frozen_across_takeover_and_gc_commits_and_recreates_nothing(file_store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(file_store_url, VOL)
+    a.mkfs(file_store_url, VOL, options=["history=0"])
     a.mount(file_store_url, VOL, options=["commit_interval=3600"])
     write_fsync(a.mountpoint / "before", b"acked by a")
     os.kill(a.proc.pid, signal.SIGSTOP)
@@ -317,7 +317,7 @@ def test_mount_refuses_a_journal_gc_compacted_past_every_start(file_store_url, n
     """Fail closed: if the only snapshot left is unreadable, replaying the
     compacted journal from an older point would silently lose state."""
     a = new_mount("a")
-    a.mkfs(file_store_url, VOL)
+    a.mkfs(file_store_url, VOL, options=["history=0"])
     a.mount(file_store_url, VOL)
     for i in range(10):
         write_fsync(a.mountpoint / f"f{i}", b"x")

@@ -59,7 +59,7 @@ def _wait_gc_after(store_url: str, t_ns: int, timeout: float = 60.0) -> dict:
 
 def test_live_gc_frees_garbage_while_a_writer_never_stops(store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(store_url, VOL)
+    a.mkfs(store_url, VOL, options=["history=0"])
     a.mount(store_url, VOL, options=FAST_GC)
     stop = threading.Event()
 
@@ -120,7 +120,7 @@ def test_bytes_deleted_as_garbage_then_written_again_survive_a_crash(store_url, 
     """The owner uploaded A, A became garbage, GC deleted A's object; the same
     bytes written again must be uploaded again, not taken for 'already there'."""
     a = new_mount("a")
-    a.mkfs(store_url, VOL)
+    a.mkfs(store_url, VOL, options=["history=0"])
     a.mount(store_url, VOL, options=FAST_GC)
     payload = os.urandom(300_000)
     write_fsync(a.mountpoint / "f", payload)
@@ -146,7 +146,7 @@ def test_bytes_deleted_as_garbage_then_written_again_survive_a_crash(store_url, 
 
 def test_gc_off_keeps_everything(file_store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(file_store_url, VOL)
+    a.mkfs(file_store_url, VOL, options=["history=0"])
     a.mount(file_store_url, VOL, options=[*FAST_GC, "gc=off"])
     for _ in range(3):
         write_fsync(a.mountpoint / "f", os.urandom(200_000))
@@ -161,7 +161,7 @@ def test_an_object_committed_during_a_pass_is_not_collected(file_store_url, new_
     An object uploaded and committed in between is in the listing but not in
     the roots: only the recorder of commits since the pass began keeps it."""
     a = new_mount("a")
-    a.mkfs(file_store_url, VOL)
+    a.mkfs(file_store_url, VOL, options=["history=0"])
     a.mount(file_store_url, VOL, options=[*FAST_GC, "gc_interval=0.5s"],
             extra_env={"FERRY_FAILPOINT_DELAYS": "gc_before_listing=3"})
     write_fsync(a.mountpoint / "warmup", b"x")

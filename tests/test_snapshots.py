@@ -58,7 +58,7 @@ def snap_cli(m, *args: str):
 
 def test_snapshot_of_a_mounted_volume_holds_a_prefix_of_the_writer(store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(store_url, VOL)
+    a.mkfs(store_url, VOL, options=["history=0"])
     a.mount(store_url, VOL, options=["commit_interval=30"])        # only fsync and the snapshot commit
     started = acked = 0
     stop = threading.Event()
@@ -102,7 +102,7 @@ def test_snapshot_of_a_mounted_volume_holds_a_prefix_of_the_writer(store_url, ne
 
 def test_gc_keeps_what_a_snapshot_references_until_it_is_removed(store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(store_url, VOL)
+    a.mkfs(store_url, VOL, options=["history=0"])
     a.mount(store_url, VOL)
     old = os.urandom(2_500_000)
     write_fsync(a.mountpoint / "f", old)
@@ -122,7 +122,7 @@ def test_gc_keeps_what_a_snapshot_references_until_it_is_removed(store_url, new_
 
 def test_the_owners_gc_keeps_a_snapshot_taken_while_mounted(file_store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(file_store_url, VOL)
+    a.mkfs(file_store_url, VOL, options=["history=0"])
     a.mount(file_store_url, VOL, options=["gc_interval=0.3s", "gc_grace=0", "snapshot_every=4"])
     old = os.urandom(1_500_000)
     write_fsync(a.mountpoint / "f", old)
@@ -154,7 +154,7 @@ def _put_pin(store_url: str, pin: Pin) -> None:
 
 def test_a_pending_snapshot_defers_gc_and_an_abandoned_one_is_cleaned(file_store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(file_store_url, VOL)
+    a.mkfs(file_store_url, VOL, options=["history=0"])
     a.mount(file_store_url, VOL)
     write_fsync(a.mountpoint / "f", os.urandom(1_100_000))
     write_fsync(a.mountpoint / "f", os.urandom(1_100_000))            # the first version is garbage
@@ -175,7 +175,7 @@ def test_a_pending_snapshot_defers_gc_and_an_abandoned_one_is_cleaned(file_store
 
 def test_kill9_while_creating_leaves_a_pending_snapshot_only(file_store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(file_store_url, VOL)
+    a.mkfs(file_store_url, VOL, options=["history=0"])
     a.mount(file_store_url, VOL)
     write_fsync(a.mountpoint / "f", b"x" * 5000)
     r = run_ferry("fs", "snapshot", "create", "--store", file_store_url, VOL, "s",
@@ -193,7 +193,7 @@ def test_kill9_while_creating_leaves_a_pending_snapshot_only(file_store_url, new
 
 def test_snapshot_errors_are_clear(file_store_url, new_mount):
     a = new_mount("a")
-    a.mkfs(file_store_url, VOL)
+    a.mkfs(file_store_url, VOL, options=["history=0"])
     assert snap_cli(a, "create", "--store", file_store_url, VOL, "s").returncode == 0   # unmounted: fine too
     r = snap_cli(a, "create", "--store", file_store_url, VOL, "s")
     assert r.returncode == 1 and "exists already" in r.stderr

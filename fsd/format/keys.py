@@ -137,12 +137,13 @@ def parse_snapshot_key(vol: str, key: str) -> tuple[int, int] | None:
     return None if not sep or ei is None or si is None else (ei, si)
 
 
-PIN_KINDS = ("snap",)        # later: clones and a history window pin too
+PIN_KINDS = ("snap", "clone")
 
 
 def pins_prefix(vol: str, kind: str | None = None) -> str:
     """Pins: what keeps a metadata snapshot and everything it references
-    alive against GC (user snapshots: `pins/snap/NAME`)."""
+    alive against GC (user snapshots: `pins/snap/NAME`; clones made from
+    the volume: `pins/clone/CLONE_UUID`)."""
     return f"{vol}/pins/" if kind is None else f"{vol}/pins/{kind}/"
 
 

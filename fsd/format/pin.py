@@ -1,7 +1,9 @@
 """Pin record (magic FRYP): a metadata snapshot kept alive against GC.
 
-`ROOT/pins/snap/NAME` is a user snapshot. It is written twice by its
-creator (`fsd.snapshots.create`):
+`ROOT/pins/snap/NAME` is a user snapshot; `ROOT/pins/clone/UUID` keeps
+what the clone with that uuid shares with this volume (its `holder` is the
+clone's root). A pin is written twice by its creator (`fsd.snapshots.create`,
+`fsd.clones.create`):
 
 1. `pending`, create-only, *before* the state is read, with `position`
    the journal position then committed. While a pending pin is younger
@@ -27,15 +29,19 @@ PENDING_TIMEOUT_NS = 10 * 60 * 10**9
 
 @dataclass(frozen=True)
 class Pin:
-    kind: str                   # "snap"
+    kind: str                   # "snap" | "clone"
     name: str
     state: str                  # pending | ready
     position: tuple[int, int]   # ready: the pinned snapshot's (epoch, seq); pending: committed at the start
     created_ns: int
+    holder: str | None = None   # clone pins: the clone's root
 
     def encode(self) -> bytes:
-        return frame(MAGIC, {"kind": self.kind, "name": self.name, "state": self.state,
-                             "position": list(self.position), "created_ns": self.created_ns})
+        d = {"kind": self.kind, "name": self.name, "state": self.state, "position": list(self.position),
+             "created_ns": self.created_ns}
+        if self.holder is not None:
+            d["holder"] = self.holder
+        return frame(MAGIC, d)
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> "Pin":
@@ -46,8 +52,11 @@ class Pin:
         pos = b["position"]
         if len(pos) != 2 or not all(isinstance(x, int) and x >= 0 for x in pos):
             raise CorruptObject(f"{key}: pin position {pos!r} is not [epoch, seq]")
+        holder = b.get("holder")
+        if holder is not None and not isinstance(holder, str):
+            raise CorruptObject(f"{key}: pin holder {holder!r} is not a volume root")
         return cls(kind=b["kind"], name=b["name"], state=b["state"], position=(pos[0], pos[1]),
-                   created_ns=b["created_ns"])
+                   created_ns=b["created_ns"], holder=holder)
 
     def abandoned(self, now_ns: int) -> bool:
         return self.state == PENDING and now_ns - self.created_ns > PENDING_TIMEOUT_NS

@@ -13,24 +13,56 @@ from dataclasses import asdict, dataclass, field
 
 from fsd.format.framing import CorruptObject, frame, require, unframe
 from fsd.format.keys import validate_volume_name
-from fsd.options import parse_size
+from fsd.options import parse_duration, parse_size
 
-__all__ = ["Superblock", "make_superblock", "parse_size", "MAGIC", "FORMAT",
+__all__ = ["Origin", "Superblock", "make_superblock", "parse_size", "MAGIC", "FORMAT",
            "MIN_BLOCK_SIZE", "MAX_BLOCK_SIZE", "DEFAULT_BLOCK_SIZE", "COMPRESSIONS", "FENCING_MODES"]
 
 MAGIC = b"FRYB"
-FORMAT = 2            # what mkfs writes: a root per incarnation, epoch-tagged data keys
-FORMATS = (1, 2)      # what this ferry reads (docs/format.md, "Versions")
+FORMAT = 3            # what mkfs writes: 2 + origins (clones share their origin's data objects)
+FORMATS = (1, 2, 3)   # what this ferry reads (docs/format.md, "Versions")
 MIN_BLOCK_SIZE = 64 << 10
 MAX_BLOCK_SIZE = 16 << 20
 DEFAULT_BLOCK_SIZE = 1 << 20
 COMPRESSIONS = ("none", "zstd")
 FENCING_MODES = ("conditional", "timing")
+DEFAULT_HISTORY = "1h"
 KNOWN_OPTIONS = {
     "block_size": "64k..16M, a power of two (default 1M)",
     "compression": "none|zstd (default none)",
+    "history": f"how far back the volume can be restored to any commit (default {DEFAULT_HISTORY}; 0: snapshots "
+               "only); GC keeps what that needs",
 }
 _UUID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """A volume whose data objects a clone shares (format 3).
+
+    `root`: where those objects are; `position`: the origin's metadata
+    snapshot the clone was made from; `pin`: the key of the pin in the
+    origin that keeps that snapshot and its objects alive while the clone
+    exists (deleted when the clone is removed). A clone's BLOCK record with
+    `src` k points under `origins[k-1].root`."""
+
+    name: str
+    root: str
+    position: tuple[int, int]
+    pin: str
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "root": self.root, "position": list(self.position), "pin": self.pin}
+
+    @classmethod
+    def from_dict(cls, d: object, key: str) -> "Origin":
+        ok = (isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(d.get("root"), str)
+              and isinstance(d.get("pin"), str) and isinstance(d.get("position"), list)
+              and len(d["position"]) == 2 and all(type(x) is int and x >= 0 for x in d["position"]))
+        if not ok:
+            raise CorruptObject(f"{key}: origin {d!r} is not {{name, root, position: [epoch, seq], pin}}")
+        assert isinstance(d, dict)
+        return cls(d["name"], d["root"], (d["position"][0], d["position"][1]), d["pin"])
 
 
 @dataclass
@@ -43,9 +75,22 @@ class Superblock:
     created_ns: int
     fencing: str = "conditional"
     options: dict = field(default_factory=dict)
+    origins: tuple[Origin, ...] = ()
 
     def encode(self) -> bytes:
-        return frame(MAGIC, asdict(self))
+        d = asdict(self)
+        d["origins"] = [o.to_dict() for o in self.origins]
+        return frame(MAGIC, d)
+
+    @property
+    def history_s(self) -> float:
+        """The history window in seconds (format 3 option; older volumes keep none)."""
+        v = self.options.get("history", 0)
+        return float(v) if isinstance(v, (int, float)) else 0.0
+
+    def data_roots(self, root: str) -> list[str]:
+        """Where BLOCK records' objects are, by `src`: the volume's own root, then its origins'."""
+        return [root, *(o.root for o in self.origins)]
 
     @classmethod
     def decode(cls, data: bytes, key: str) -> "Superblock":
@@ -64,7 +109,11 @@ class Superblock:
             raise CorruptObject(f"{key}: unknown fencing mode {b['fencing']!r}")
         if not _UUID_RE.fullmatch(b["uuid"]):
             raise CorruptObject(f"{key}: uuid {b['uuid']!r} is not 32 lower-case hex digits")
-        return cls(**{k: b[k] for k in cls.__dataclass_fields__})
+        raw_origins = b.get("origins", [])
+        if not isinstance(raw_origins, list):
+            raise CorruptObject(f"{key}: origins is not a list")
+        origins = tuple(Origin.from_dict(o, key) for o in raw_origins)
+        return cls(**{k: b[k] for k in cls.__dataclass_fields__ if k != "origins"}, origins=origins)
 
 
 def valid_block_size(n: int) -> bool:
@@ -91,5 +140,11 @@ def make_superblock(volume: str, options: dict[str, str], now_ns: int) -> Superb
     comp = options.get("compression", "none")
     if comp not in COMPRESSIONS:
         raise ValueError(f"compression must be 'none' or 'zstd', not {comp!r}")
+    try:
+        history = parse_duration(options.get("history", DEFAULT_HISTORY))
+    except ValueError as e:
+        raise ValueError(f"history: {e}") from None
+    if not 0 <= history <= 366 * 86400:
+        raise ValueError("history must be between 0 and 366d")
     return Superblock(volume=volume, uuid=secrets.token_hex(16), format=FORMAT, block_size=bs,
-                      compression=comp, created_ns=now_ns)
+                      compression=comp, created_ns=now_ns, options={"history": history})

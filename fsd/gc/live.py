@@ -42,7 +42,7 @@ from pathlib import Path
 
 import trio
 
-from fsd import failpoints, snapshots
+from fsd import failpoints, history, snapshots
 from fsd import volume as vol_mod
 from fsd.blockio import BlockIO
 from fsd.committer import Committer
@@ -50,7 +50,7 @@ from fsd.format import keys
 from fsd.gc.plan import DATA, Deletion, GcPlan, PinRoots, Roots, Writers, plan
 from fsd.gc.run import GcReport, observe_writers
 from fsd.localdb import read_committed
-from fsd.meta.state import MetaState
+from fsd.meta.state import MetaState, own_refs
 from fsd.store.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger("ferry.gc")
@@ -64,6 +64,7 @@ class MaintenanceConfig:
     gc_interval: float = 600.0       # seconds between GC passes
     gc_grace: float = 300.0          # unreferenced objects younger than this are kept
     delete_rate: float = 1000.0      # objects deleted per second, at most
+    history: float = 0.0             # the volume's history window, seconds (superblock option)
 
 
 @dataclass
@@ -73,7 +74,7 @@ class PassResult:
 
 
 def references(state: MetaState) -> set[tuple[bytes, int]]:
-    return {(r.hash, r.epoch) for bm in state.blocks.values() for r in bm.values()}
+    return own_refs(state)
 
 
 def split_own(p: GcPlan, root: str, epoch: int) -> tuple[list[Deletion], list[Deletion]]:
@@ -104,6 +105,10 @@ class Maintainer:
         self.wall_ns = wall_ns
         self.passes = 0
         self.last_report: GcReport | None = None
+        # History window: refs of each segment read so far (segments never
+        # change), and the last pass's (history base, refs to keep).
+        self._history_refs: dict[tuple[int, int], frozenset] = {}
+        self._history: tuple[tuple[int, int] | None, set[tuple[bytes, int]]] = (None, set())
 
     def summary(self) -> dict | None:
         """The last pass's outcome, as the status file and the agent show it."""
@@ -187,6 +192,10 @@ class Maintainer:
         for prefix in (keys.journal_prefix(self.root), keys.snapshots_prefix(self.root),
                        keys.data_prefix(self.root)):
             objects.extend(self.store.list_info(prefix))
+        self._history = history.retained(
+            self.store, self.root, [o for o in objects if keys.parse_journal_key(self.root, o.key)],
+            [p for o in objects if (p := keys.parse_snapshot_key(self.root, o.key)) is not None],
+            self.cfg.history, self.wall_ns(), self._history_refs)
         return writers, pins, pinned_refs, objects
 
     async def _collect(self, base: tuple[int, int], marked: set[tuple[bytes, int]],
@@ -195,8 +204,9 @@ class Maintainer:
         started = self.wall_ns()
         report = GcReport(volume=self.volume, root=self.root, dry_run=False, started_ns=started, base=base)
         writers, pins, pinned_refs, objects = await trio.to_thread.run_sync(self._gather)
-        roots = Roots(base=base, marked=frozenset(marked | pinned_refs | {(h, epoch) for h in recorded}),
-                      pinned_snapshots=pins.pinned, deferred=pins.deferred)
+        hist_base, hist_refs = self._history
+        roots = Roots(base=base, marked=frozenset(marked | pinned_refs | hist_refs | {(h, epoch) for h in recorded}),
+                      pinned_snapshots=pins.pinned, deferred=pins.deferred, history=hist_base)
         w = Writers(sealed=writers.sealed, untagged_collectable=writers.untagged_collectable, own_epoch=epoch,
                     protected=frozenset(self.bio.inflight))
         p = await trio.to_thread.run_sync(lambda: plan(self.root, objects, roots, w, now_ns=self.wall_ns(),
@@ -206,7 +216,7 @@ class Maintainer:
         try:
             await self._delete(rest, deleted)
             await self._delete_own(own, recorded, deleted)
-            await self._delete_chunk(list(pins.abandoned))
+            await trio.to_thread.run_sync(snapshots.sweep_pins, self.store, pins.sweep)
         except Exception as e:  # noqa: BLE001 - report it; what was deleted was garbage
             report.error = f"{type(e).__name__}: {e}"
             log.warning("volume %s: GC stopped while deleting: %s (it goes on at the next pass)", self.volume, e)

@@ -30,6 +30,10 @@ class Roots:
     # A pin is being created: what it will reference is not known yet, so
     # no data object and no snapshot may go in this pass (segments may).
     deferred: bool = False
+    # The history window's start (`history_base`): journal keys and
+    # snapshots from this position on stay, so that every commit inside the
+    # window can be rebuilt; `marked` holds what they reference.
+    history: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -100,17 +104,18 @@ def plan(root: str, objects: Iterable[ObjectInfo], roots: Roots, writers: Writer
         if js is not None:
             journal.setdefault(js[0], []).append(js[1])
     keep_last = last_keys(journal)
+    keep_from = min(roots.base, roots.history) if roots.history is not None else roots.base
     out = GcPlan()
     segments: list[Deletion] = []
     snapshots: list[Deletion] = []
     data: list[Deletion] = []
     for o in objs:
         if (js := keys.parse_journal_key(root, o.key)) is not None:
-            if js < roots.base and js not in keep_last:
+            if js < keep_from and js not in keep_last:
                 segments.append(Deletion(SEGMENT, o.key, o.size))
             continue
         if (sp := keys.parse_snapshot_key(root, o.key)) is not None:
-            if sp < roots.base and sp not in roots.pinned_snapshots and not roots.deferred:
+            if sp < keep_from and sp not in roots.pinned_snapshots and not roots.deferred:
                 snapshots.append(Deletion(SNAPSHOT, o.key, o.size))
             continue
         if (dk := keys.parse_data_key(root, o.key)) is not None:
@@ -149,6 +154,10 @@ class PinRoots:
     pinned: frozenset[tuple[int, int]]     # snapshots that ready pins keep
     deferred: bool                          # a pin is being created
     abandoned: tuple[str, ...]              # keys of pending pins whose creator died
+    # (pin key, holder root or None) to delete after the pass: abandoned
+    # pins, and ready clone pins whose clone never became a volume; a
+    # holder's root (the clone's half-made objects) goes before its pin.
+    sweep: tuple[tuple[str, str | None], ...] = ()
 
 
 def pin_roots(pins: Mapping[str, Pin], now_ns: int) -> PinRoots:
@@ -159,6 +168,20 @@ def pin_roots(pins: Mapping[str, Pin], now_ns: int) -> PinRoots:
     live_pending = any(p.state == PENDING and not p.abandoned(now_ns) for p in pins.values())
     abandoned = tuple(sorted(k for k, p in pins.items() if p.abandoned(now_ns)))
     return PinRoots(pinned=pinned, deferred=live_pending, abandoned=abandoned)
+
+
+def history_base(journal_mtimes: Mapping[tuple[int, int], int], snapshots: Collection[tuple[int, int]],
+                 window_start_ns: int) -> tuple[int, int]:
+    """Where the history window's retained journal starts: the newest
+    snapshot at or before the last commit older than the window (the state
+    as of the window's first moment is that commit's, rebuilt from there).
+    (0, 0): keep everything (no commit is older than the window, or no
+    snapshot precedes the one that is)."""
+    older = [p for p, mt in journal_mtimes.items() if mt < window_start_ns]
+    if not older:
+        return (0, 0)
+    p0 = max(older)
+    return max((s for s in snapshots if s <= p0), default=(0, 0))
 
 
 def sealed_epochs(journal_last_kinds: Mapping[int, str], claimed: Collection[int], horizon: int) -> frozenset[int]:

@@ -22,11 +22,12 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from fsd import failpoints, snapshots
+from fsd import failpoints, history, snapshots
 from fsd import volume as vol_mod
 from fsd.format import keys
 from fsd.format.framing import CorruptObject, frame, unframe
 from fsd.gc.plan import GcPlan, Roots, Writers, plan, sealed_epochs
+from fsd.meta.state import own_refs
 from fsd.store.base import NotFound, ObjectInfo, ObjectStore
 
 log = logging.getLogger("ferry.gc")
@@ -88,14 +89,14 @@ def gather(store: ObjectStore, name: str, *, compact: bool, dry_run: bool,
            writers_hook: Callable[[Writers], Writers] | None = None
            ) -> tuple[vol_mod.VolumeRef, Roots, Writers, list[ObjectInfo], int, tuple[str, ...]]:
     """Steps 1 and 2 and the listing of step 3: everything `plan` needs.
-    Returns (ref, roots, writers, objects, segments compacted, abandoned pin keys)."""
+    Returns (ref, roots, writers, objects, segments compacted, pins to sweep)."""
     ref, sb = vol_mod.locate(store, name)
     root = ref.root
     writers, _ = observe_writers(store, root)
     if writers_hook is not None:
         writers = writers_hook(writers)
     loaded = vol_mod.load_state(store, root, sb)
-    marked = {(r.hash, r.epoch) for bm in loaded.state.blocks.values() for r in bm.values()}
+    marked = own_refs(loaded.state)
     marked |= loaded.replayed_refs
     base = loaded.start
     compacted = 0
@@ -108,9 +109,13 @@ def gather(store: ObjectStore, name: str, *, compact: bool, dry_run: bool,
     objects: list[ObjectInfo] = []
     for prefix in (keys.journal_prefix(root), keys.snapshots_prefix(root), keys.data_prefix(root)):
         objects.extend(store.list_info(prefix))
-    roots = Roots(base=base, marked=frozenset(marked | pinned_refs), pinned_snapshots=pins.pinned,
-                  deferred=pins.deferred)
-    return ref, roots, writers, objects, compacted, pins.abandoned
+    hist_base, hist_refs = history.retained(
+        store, root, [o for o in objects if keys.parse_journal_key(root, o.key)],
+        [p for o in objects if (p := keys.parse_snapshot_key(root, o.key)) is not None],
+        sb.history_s, time.time_ns())
+    roots = Roots(base=base, marked=frozenset(marked | pinned_refs | hist_refs), pinned_snapshots=pins.pinned,
+                  deferred=pins.deferred, history=hist_base)
+    return ref, roots, writers, objects, compacted, pins.sweep
 
 
 def collect(store: ObjectStore, name: str, *, dry_run: bool = False, grace_s: float = DEFAULT_GRACE_S,
@@ -120,7 +125,7 @@ def collect(store: ObjectStore, name: str, *, dry_run: bool = False, grace_s: fl
     """One pass. Returns the report (also stored as `gc/last` unless
     dry_run) and the plan (what was, or would be, deleted)."""
     started = time.time_ns()
-    ref, roots, writers, objects, compacted, abandoned = gather(store, name, compact=compact, dry_run=dry_run,
+    ref, roots, writers, objects, compacted, sweep = gather(store, name, compact=compact, dry_run=dry_run,
                                                                 writers_hook=writers_hook)
     p = plan(ref.root, objects, roots, writers, now_ns=now_ns if now_ns is not None else time.time_ns(),
              grace_ns=int(grace_s * 1e9))
@@ -131,7 +136,7 @@ def collect(store: ObjectStore, name: str, *, dry_run: bool = False, grace_s: fl
     if not dry_run:
         try:
             _delete(store, p, progress)
-            store.delete_many(list(abandoned))
+            snapshots.sweep_pins(store, sweep)
         except Exception as e:
             report.error = f"{type(e).__name__}: {e}"
             log.error("volume %s: GC stopped while deleting: %s (what was deleted was garbage; run it again)",

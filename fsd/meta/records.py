@@ -124,9 +124,13 @@ _SHAPES: dict[int, _Fields] = {
 
 # Trailing fields a record may carry or omit. BLOCK's `epoch` (format 2) is
 # the epoch whose data key holds the object; without it the object has
-# format 1's untagged key (epoch 0).
+# format 1's untagged key (epoch 0). BLOCK's `src` (format 3) says under
+# which volume's root the object is: 0 or absent, this volume's own; k >= 1,
+# the k-th entry of the superblock's `origins` (a clone sharing its
+# origin's data objects).
+MAX_ORIGINS = 255
 _OPTIONAL: dict[int, _Fields] = {
-    BLOCK: (("epoch", _u64),),
+    BLOCK: (("epoch", _u64), ("src", _int_in(1, MAX_ORIGINS, f"an origin index (1..{MAX_ORIGINS})"))),
 }
 
 

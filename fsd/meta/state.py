@@ -70,16 +70,43 @@ class BlockRef:
     """Block of a file stored as data object `hash` uploaded in `epoch` (its
     key is `fsd.format.keys.data_key(root, hash, epoch)`; 0: format 1's
     untagged key); only its first `length` bytes count (TRUNC may clip a
-    block without rewriting its object)."""
+    block without rewriting its object). `src` 0: the object is under the
+    volume's own root; k >= 1: under the root of the superblock's k-th
+    origin (a clone's block shared with the volume it was cloned from)."""
     hash: bytes
     length: int
     epoch: int = 0
+    src: int = 0
 
     def record(self, ino: int, idx: int) -> list:
         """The BLOCK record that points block `idx` of `ino` here."""
+        if self.src:
+            return [BLOCK, ino, idx, self.hash, self.length, self.epoch, self.src]
         if self.epoch:
             return [BLOCK, ino, idx, self.hash, self.length, self.epoch]
         return [BLOCK, ino, idx, self.hash, self.length]
+
+
+def block_record_ref(r: list) -> tuple[bytes, int, int]:
+    """(hash, epoch, src) of the object a BLOCK record points at."""
+    n = len(r)
+    return r[3], r[5] if n > 5 else 0, r[6] if n > 6 else 0
+
+
+def own_refs_of_records(records) -> set[tuple[bytes, int]]:
+    """(hash, epoch) of the objects under the volume's own root that these
+    records reference (what its GC must keep; shared origin objects are
+    kept by the origin's pins)."""
+    out: set[tuple[bytes, int]] = set()
+    for r in records:
+        if r[0] == BLOCK and (len(r) < 7 or not r[6]):
+            out.add((r[3], r[5] if len(r) > 5 else 0))
+    return out
+
+
+def own_refs(state: "MetaState") -> set[tuple[bytes, int]]:
+    """(hash, epoch) of every data object under the volume's own root that `state` references."""
+    return {(r.hash, r.epoch) for bm in state.blocks.values() for r in bm.values() if not r.src}
 
 
 def new_volume_records(now_ns: int, uid: int = 0, gid: int = 0, mode: int = 0o755) -> list:
@@ -200,7 +227,7 @@ class MetaState:
         bm = self.blocks.get(ino)
         if bm is None:
             bm = self.blocks[ino] = {}
-        bm[r[2]] = BlockRef(r[3], r[4], r[5] if len(r) > 5 else 0)
+        bm[r[2]] = BlockRef(r[3], r[4], r[5] if len(r) > 5 else 0, r[6] if len(r) > 6 else 0)
         self._drop_patches(ino, r[2])
 
     def _patch(self, r: list) -> None:
@@ -255,7 +282,7 @@ class MetaState:
         if rem:
             ref = bm.get(cut)
             if ref is not None and ref.length > rem:
-                bm[cut] = BlockRef(ref.hash, rem, ref.epoch)
+                bm[cut] = BlockRef(ref.hash, rem, ref.epoch, ref.src)
         if not bm:
             del self.blocks[ino]
 

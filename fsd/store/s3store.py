@@ -60,7 +60,8 @@ def map_client_error(e: botocore.exceptions.ClientError, what: str, endpoint: st
         return NotFound(f"{what}: no such key")
     if code in _REGION or status in (301, 307):
         hint = e.response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("x-amz-bucket-region")
-        fix = f"add &region={hint} to the store URL" if hint else "set &region=... in the store URL to the bucket's region"
+        fix = (f"add &region={hint} to the store URL" if hint
+               else "set &region=... in the store URL to the bucket's region")
         return StoreConfigError(f"{b} at {endpoint} is in another region ({code or status}); {fix}")
     if code == "RequestTimeTooSkewed":
         return StoreAuthError(f"{endpoint} refused the request because this host's clock is off "

@@ -174,7 +174,7 @@ async def test_remove_refused_while_mounted_here_and_nothing_changes(nursery, tm
 async def test_volume_inspect_shows_the_owners_last_gc(nursery, tmp_path, control, file_store_url):
     ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", file_store_url))
     await ra.start()
-    opts = {"gc_interval": "1s", "gc_grace": "0", "commit_interval": "0.2"}
+    opts = {"gc_interval": "1s", "gc_grace": "0", "commit_interval": "0.2", "history": "0"}
     assert (await ra.call("/VolumeDriver.Create", {"Name": "demo", "Opts": opts}))["Err"] == ""
     r = await ra.call("/VolumeDriver.Mount", {"Name": "demo", "ID": "c1"})
     mp = Path(r["Mountpoint"])

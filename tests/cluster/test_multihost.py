@@ -152,3 +152,50 @@ def test_bad_requests_across_the_cluster_are_refused_clearly(cluster, endpoint, 
     reply = a.call(endpoint, **body)
     assert needle in reply["Err"], reply
     assert cluster.ferry("volume", "ls").stdout.count("\n") <= 1
+
+
+EXISTS = "import os, sys; print(os.path.exists(sys.argv[1]))"
+
+
+def test_a_clone_on_another_host_is_independent_both_ways(cluster):
+    """Issue 9: `docker volume create -o from=VOLUME@SNAP` on host b while the
+    origin stays mounted on host a. Each host writes; neither sees the
+    other's writes, then or after the two volumes swap hosts."""
+    a = cluster.add_host("a")
+    b = cluster.add_host("b")
+    _ok(a.call("Create", Name="orig", Opts={}))
+    _ok(a.call("Mount", Name="orig", ID="c1"))
+    _write(a, "orig", "f", 3_000_000, "shared")
+    r = cluster.ferry("snapshot", "create", "orig", "s1")
+    assert r.returncode == 0, r.stderr
+    assert "s1" in _ok(b.call("Get", Name="orig"))["Volume"]["Status"]["snapshots"]
+
+    for bad, msg in [("orig@nosuch", "no snapshot 'nosuch'"), ("ghost@s1", "'ghost' does not exist"),
+                     ("orig@2001-01-01T00:00:00Z", "before the oldest moment kept")]:
+        err = b.call("Create", Name="copy", Opts={"from": bad})["Err"]
+        assert msg in err, (bad, err)
+        assert "copy" not in cluster.ferry("volume", "ls").stdout      # nothing recorded
+
+    _ok(b.call("Create", Name="copy", Opts={"from": "orig@s1"}))
+    _ok(b.call("Mount", Name="copy", ID="c2"))
+    assert _sha(b, "copy", "f") == _expected(3_000_000, "shared")
+    _write(b, "copy", "f", 1_000_000, "clone-wrote")
+    _write(b, "copy", "only-clone", 1000, "c")
+    _write(a, "orig", "only-origin", 1000, "o")
+    assert _sha(a, "orig", "f") == _expected(3_000_000, "shared")
+    assert b.host.python(EXISTS, str(b.mountpoint("copy") / "only-origin")).strip() == "False"
+    assert a.host.python(EXISTS, str(a.mountpoint("orig") / "only-clone")).strip() == "False"
+
+    # Swap hosts: what each wrote stays its own.
+    _ok(a.call("Unmount", Name="orig", ID="c1"))
+    _ok(b.call("Unmount", Name="copy", ID="c2"))
+    _ok(a.call("Mount", Name="copy", ID="c3"))
+    _ok(b.call("Mount", Name="orig", ID="c4"))
+    assert _sha(a, "copy", "f") == _expected(1_000_000, "clone-wrote")
+    assert _sha(b, "orig", "f") == _expected(3_000_000, "shared")
+    assert a.host.python(EXISTS, str(a.mountpoint("copy") / "only-origin")).strip() == "False"
+    assert b.host.python(EXISTS, str(b.mountpoint("orig") / "only-clone")).strip() == "False"
+    _ok(a.call("Unmount", Name="copy", ID="c3"))
+    _ok(b.call("Unmount", Name="orig", ID="c4"))
+    info = cluster.ferry("volume", "inspect", "copy")
+    assert "orig@s1" in info.stdout, info.stdout

@@ -18,7 +18,7 @@ from fsd.format.dataobj import HEAD_SIZE, MAGIC as DMAGIC, block_hash, decode_bl
 from fsd.format.framing import CorruptObject, frame, unframe
 from fsd.format.segment import Segment
 from fsd.format.snapshot import decode_snapshot, encode_snapshot
-from fsd.format.superblock import Superblock, make_superblock, parse_size
+from fsd.format.superblock import FORMAT, Superblock, make_superblock, parse_size
 
 SEAL = Segment("seal", 1, 2, 3, [], "release", 1)
 INODE = [1, 1, 0o40755, 0, 0, 2, 0, 1, 2, 3, 0, None]
@@ -62,13 +62,32 @@ def test_segment_roundtrip():
 def test_superblock_and_claim_roundtrip():
     sb = _sb()
     assert Superblock.decode(sb.encode(), "k") == sb
-    assert sb.block_size == 262144 and sb.compression == "zstd" and sb.format == 2 and len(sb.uuid) == 32
+    assert sb.block_size == 262144 and sb.compression == "zstd" and sb.format == FORMAT and len(sb.uuid) == 32
     assert EpochClaim.decode(_claim().encode(), "k") == _claim()
 
 
 def test_superblock_defaults():
     sb = make_superblock("v", {}, 0)
-    assert (sb.block_size, sb.compression, sb.fencing, sb.options) == (1 << 20, "none", "conditional", {})
+    assert (sb.block_size, sb.compression, sb.fencing, sb.options) == (1 << 20, "none", "conditional",
+                                                                       {"history": 3600.0})
+    assert sb.history_s == 3600.0 and sb.origins == ()
+
+
+def test_superblock_of_a_clone_roundtrips_and_older_formats_still_read():
+    from fsd.format.superblock import Origin
+    sb = _sb()
+    sb.origins = (Origin("a", "a/" + "1" * 32, (3, 9), "a/" + "1" * 32 + "/pins/clone/" + sb.uuid),)
+    assert Superblock.decode(sb.encode(), "k") == sb
+    v2 = Superblock(volume="v", uuid="2" * 32, format=2, block_size=1 << 20, compression="none", created_ns=1)
+    d = Superblock.decode(v2.encode(), "k")
+    assert d.format == 2 and d.origins == () and d.history_s == 0.0
+
+
+@pytest.mark.parametrize("bad", ["history=-1h", "history=soon", "history=400d"])
+def test_bad_history_options_are_refused(bad):
+    k, v = bad.split("=")
+    with pytest.raises(ValueError, match="history"):
+        make_superblock("v", {k: v}, 0)
 
 
 @pytest.mark.parametrize("text,val", [("1M", 1 << 20), ("4096", 4096), ("64k", 65536), ("16M", 16 << 20)])
@@ -235,7 +254,7 @@ def test_superblock_values_validated():
     good = Superblock.decode(_sb().encode(), "k").__dict__
     for field, value, msg in [("block_size", 3000, "block_size"), ("block_size", 32 << 20, "block_size"),
                               ("compression", "lz4", "compression"), ("fencing", "none", "fencing"),
-                              ("format", 3, "format 3"), ("uuid", "x", "uuid"), ("options", [], "options")]:
+                              ("format", 4, "format 4"), ("origins", [{"name": "a"}], "origin"), ("uuid", "x", "uuid"), ("options", [], "options")]:
         with pytest.raises(CorruptObject, match=msg):
             Superblock.decode(frame(b"FRYB", {**good, field: value}), "k")
 
@@ -435,8 +454,11 @@ def test_block_records_with_and_without_epoch():
     from fsd.meta.records import BLOCK, RecordError, validate_record
     validate_record([BLOCK, 2, 0, b"h" * 32, 10])          # format 1
     validate_record([BLOCK, 2, 0, b"h" * 32, 10, 7])       # format 2: the object's epoch
-    with pytest.raises(RecordError, match="5 to 6"):
-        validate_record([BLOCK, 2, 0, b"h" * 32, 10, 7, 1])
+    validate_record([BLOCK, 2, 0, b"h" * 32, 10, 7, 1])    # format 3: under origin 1's root (a clone)
+    with pytest.raises(RecordError, match="5 to 7"):
+        validate_record([BLOCK, 2, 0, b"h" * 32, 10, 7, 1, 1])
+    with pytest.raises(RecordError, match="origin index"):
+        validate_record([BLOCK, 2, 0, b"h" * 32, 10, 7, 0])
     with pytest.raises(RecordError, match="epoch"):
         validate_record([BLOCK, 2, 0, b"h" * 32, 10, "x"])
 
