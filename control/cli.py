@@ -439,9 +439,11 @@ def add_commands(sub: "argparse._SubParsersAction") -> None:
     s.set_defaults(fn=cmd_serve)
 
     vol = sub.add_parser("volume", help="manage cluster volumes (via the control service)",
-                         description="Create, list, inspect, move and remove volumes.",
+                         description="Create, list, inspect, move, remove, export and import volumes.",
                          epilog=EXAMPLES_VOLUME, formatter_class=raw)
     vs = vol.add_subparsers(dest="volcmd", required=True, parser_class=type(vol))
+    from control.backup_cli import add_backup_commands
+    add_backup_commands(vs, _client_args, raw)
     from control.validate import known_volume_options
     c = vs.add_parser("create", help="record a new volume", description="Record a new volume at the "
                       "control service (idempotent when identical). The agent formats it on the store "

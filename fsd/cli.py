@@ -348,6 +348,94 @@ def cmd_history(args) -> int:
     return 0
 
 
+# -------------------------------------------------------------- fs export/import
+def byte_progress(what: str):
+    """Like progress_reporter, counting bytes (transfer speed, not items)."""
+    if not sys.stderr.isatty():
+        return None, lambda: None
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+    bar = Progress(TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                   console=Console(stderr=True), transient=True)
+    task = bar.add_task(what, total=None)
+    bar.start()
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total or None)
+
+    return update, bar.stop
+
+
+def open_output(path: str | None):
+    """The export's destination: a file, or stdout ('-'), never a terminal."""
+    if path in (None, "-"):
+        if sys.stdout.isatty():
+            raise UsageError("refusing to write a tar to a terminal: pass -o FILE, or redirect (> FILE, | ...)")
+        return sys.stdout.buffer, False
+    return open(path, "wb"), True
+
+
+def cmd_export(args) -> int:
+    from fsd import tarexport
+    from fsd.store import open_store
+    out, close = open_output(args.output)
+    store = open_store(args.store)
+    t0 = time.monotonic()
+    update, stop = byte_progress(f"exporting {args.source}")
+    try:
+        stats = tarexport.export_volume(store, args.source, out, progress=update)
+        out.flush()
+    except tarexport.ExportError as e:
+        raise Failure(str(e)) from None
+    finally:
+        stop()
+        store.close()
+        if close:
+            out.close()
+    dt = time.monotonic() - t0
+    print(f"exported {args.source}: {stats.entries} entries, {stats.files} files, {stats.bytes / 1e6:.1f} MB of "
+          f"data ({stats.holes / 1e6:.1f} MB of holes not written) in {dt:.1f}s "
+          f"({stats.bytes / 1e6 / max(dt, 1e-9):.0f} MB/s)"
+          + (f"; skipped {stats.skipped_sockets} socket(s)" if stats.skipped_sockets else ""), file=sys.stderr)
+    return 0
+
+
+def cmd_import(args) -> int:
+    from fsd import tarimport
+    from fsd.options import parse_kv
+    from fsd.store import open_store
+    try:
+        opts = parse_kv(args.option or [])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.file in (None, "-"):
+        src, total, close = sys.stdin.buffer, 0, False
+    else:
+        try:
+            src, total, close = open(args.file, "rb"), os.path.getsize(args.file), True
+        except OSError as e:
+            raise Failure(f"cannot read {args.file}: {e.strerror}") from None
+    store = open_store(args.store)
+    t0 = time.monotonic()
+    update, stop = byte_progress(f"importing {args.volume}")
+    try:
+        _ref, stats = tarimport.import_tar(store, args.volume, src, opts, strip=args.strip_components,
+                                           progress=update, total=total)
+    finally:
+        stop()
+        store.close()
+        if close:
+            src.close()
+    dt = time.monotonic() - t0
+    print(f"imported volume {args.volume}: {stats.entries} entries, {stats.files} files, {stats.bytes / 1e6:.1f} MB "
+          f"in {stats.objects} data objects ({stats.holes / 1e6:.1f} MB of holes and zeros not stored) in "
+          f"{dt:.1f}s ({stats.bytes / 1e6 / max(dt, 1e-9):.0f} MB/s)")
+    for s in stats.skipped[:10]:
+        print(f"  skipped {s}")
+    return 0
+
+
 # ------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ferry", description="ferry: portable container volumes on S3-compatible storage.",
@@ -476,6 +564,38 @@ def build_parser() -> argparse.ArgumentParser:
     hi.add_argument("--limit", type=int, default=20, metavar="N", help="show the last N commits (0: all)")
     hi.add_argument("--json", action="store_true")
     hi.set_defaults(fn=cmd_history)
+
+    ex = fss.add_parser("export", help="write a volume's snapshot or moment as a tar, from the store",
+                        description="Stream a POSIX (pax) tar of a volume straight from the store: no mount, "
+                                    "on any host, while the volume is in use elsewhere. Nanosecond times, "
+                                    "owners, xattrs (SCHILY.xattr), hard links, symlinks, devices, and sparse "
+                                    "files without their holes (GNU sparse 1.0). VOLUME alone exports what "
+                                    "is committed now; VOLUME@SNAP a snapshot; VOLUME@TIME a moment of the "
+                                    "history window (a temporary snapshot pins what is exported).",
+                        epilog="examples:\n"
+                               "  ferry fs export --store file:///srv/ferry-store myvol@nightly -o myvol.tar\n"
+                               "  ferry fs export --store file:///srv/ferry-store myvol@-1h | zstd > myvol.tar.zst\n"
+                               "  tar -xpf myvol.tar --xattrs -C /restore        # GNU tar reads it",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ex.add_argument("--store", required=True, metavar="URL", help="file:///PATH or s3://BUCKET[/PREFIX]?endpoint=URL")
+    ex.add_argument("source", metavar="VOLUME[@SNAP|@TIME]")
+    ex.add_argument("-o", "--output", metavar="FILE", help="where to write the tar ('-' or omitted: stdout)")
+    ex.set_defaults(fn=cmd_export)
+    im = fss.add_parser("import", help="create a volume from a tar, uploading straight to the store",
+                        description="Create a new volume from a tar (pax, GNU or ustar; gzip, bzip2 or xz "
+                                    "compressed or not): what ferry fs export, GNU tar, bsdtar or busybox tar "
+                                    "write. All or nothing: a truncated or corrupt tar creates no volume.",
+                        epilog="examples:\n"
+                               "  ferry fs import --store file:///srv/ferry-store restored myvol.tar\n"
+                               "  # Docker's backup recipe (tar cvf /backup/backup.tar /data) stores data/...:\n"
+                               "  ferry fs import --store file:///srv/ferry-store db2 backup.tar --strip-components 1",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    store_arg(im)
+    im.add_argument("file", metavar="FILE", nargs="?", help="the tar ('-' or omitted: stdin)")
+    im.add_argument("-o", "--option", action="append", metavar="K=V", help="volume option, as for mkfs")
+    im.add_argument("--strip-components", type=int, default=0, metavar="N",
+                    help="drop the first N path components of every member (as tar does)")
+    im.set_defaults(fn=cmd_import)
 
     # Cluster commands live with their packages; each adds its own subcommands.
     from control.cli import add_commands as add_control_commands

@@ -56,6 +56,8 @@ def inspect_volume(store: ObjectStore, volume: str) -> dict:
         "block_size": sb.block_size,
         "compression": sb.compression,
         "fencing": sb.fencing,
+        "history": f"{sb.history_s:g}s" if sb.history_s else "none (snapshots only)",
+        "clone_of": " <- ".join(f"{o.name} at {o.position[0]}/{o.position[1]}" for o in sb.origins) or None,
         "epoch": latest,
         "owner_host": claim.host if claim else None,
         "sealed": sealed,

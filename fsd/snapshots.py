@@ -119,9 +119,11 @@ def committed_position(store: ObjectStore, root: str) -> tuple[int, int]:
     return (e, max(view.seqs[e])) if e else (0, 0)
 
 
-def create(store: ObjectStore, volume: str, snap: str, *, clock: Callable[[], int] = time.time_ns) -> SnapshotInfo:
+def create(store: ObjectStore, volume: str, snap: str, *, at_ns: int | None = None,
+           clock: Callable[[], int] = time.time_ns) -> SnapshotInfo:
     """Snapshot what the store holds of `volume` now (commit a local mount
-    first with `flush_local_mount`)."""
+    first with `flush_local_mount`), or, with `at_ns`, its state as of that
+    moment (inside its history window: fsd/history.py)."""
     keys.validate_snapshot_name(snap)
     ref, sb = vol_mod.locate(store, volume)
     root = ref.root
@@ -140,12 +142,18 @@ def create(store: ObjectStore, volume: str, snap: str, *, clock: Callable[[], in
         return create(store, volume, snap, clock=clock)
     try:
         failpoints.hit("snapshot_after_pending")
-        loaded = vol_mod.load_state(store, root, sb)
-        vol_mod.write_snapshot(store, root, *loaded.last, loaded.state)
+        if at_ns is not None:
+            from fsd import history
+            last, state, next_ino = history.state_at(store, root, sb, at_ns)
+            vol_mod.write_snapshot(store, root, *last, state, next_ino=next_ino)
+        else:
+            loaded = vol_mod.load_state(store, root, sb)
+            last = loaded.last
+            vol_mod.write_snapshot(store, root, *last, loaded.state)
         if clock() - started > PENDING_TIMEOUT_NS // 2:
             raise SnapshotError(f"creating snapshot {snap!r} took too long; GC may no longer wait for it. "
                                 "Try again.")
-        ready = Pin(kind=KIND, name=snap, state=READY, position=loaded.last, created_ns=started)
+        ready = Pin(kind=KIND, name=snap, state=READY, position=last, created_ns=started)
         store.put(key, ready.encode())
     except BaseException:
         try:
@@ -153,8 +161,8 @@ def create(store: ObjectStore, volume: str, snap: str, *, clock: Callable[[], in
         except Exception:  # noqa: BLE001 - an abandoned pending pin is cleaned by GC later
             pass
         raise
-    log.info("volume %s: snapshot %s at segment %s", volume, snap, loaded.last)
-    return SnapshotInfo(snap, READY, loaded.last, started)
+    log.info("volume %s: snapshot %s at segment %s", volume, snap, last)
+    return SnapshotInfo(snap, READY, last, started)
 
 
 def _read(store: ObjectStore, key: str) -> Pin | None:

@@ -81,6 +81,7 @@ def test_a_clone_is_independent_of_its_origin_both_ways(store_url, new_mount):
     with open(b.mountpoint / "big", "r+b") as f:
         f.seek(1 << 20)
         f.write(b"CLONE" * 1000)
+        f.flush()
         os.fsync(f.fileno())
     write_fsync(b.mountpoint / "only-in-clone", b"c")
     (b.mountpoint / "dir" / "small").unlink()
@@ -252,3 +253,97 @@ def test_without_a_history_window_gc_frees_the_past_and_restores_are_refused(fil
     r = run_ferry("fs", "mkfs", "--store", file_store_url, "old", "--from", f"orig@{format_ns(versions[0][0])}")
     assert r.returncode == 1 and "before the oldest moment kept" in r.stderr, r.stderr
     ferry_ok("fs", "mkfs", "--store", file_store_url, "new", "--from", f"orig@{format_ns(versions[-1][0])}")
+
+
+def _model_tree(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _random_history(store_url: str, new_mount, seed: int, steps: int, picks: int) -> None:
+    """Random rewrites, truncates, deletes and renames, each made durable by
+    fsync and noted with the moment after it, while the owner's GC runs every
+    0.5 s and a standalone GC (no grace) runs at random; then clones at random
+    noted moments must equal the model at that moment exactly."""
+    import random
+    import time
+    from fsd.history import format_ns
+    from tests.helpers.mount import fsync_dir
+    rnd = random.Random(seed)
+    a, b = new_mount("a"), new_mount("b")
+    a.mkfs(store_url, "orig", options=["history=1h"])
+    a.mount(store_url, "orig", options=["gc_interval=0.5", "gc_grace=0", "snapshot_every=3", "commit_interval=30"])
+    mp = a.mountpoint
+    model: dict[str, bytes] = {}
+    moments: list[tuple[int, dict[str, bytes]]] = []
+    for step in range(steps):
+        op = rnd.choice(["write", "write", "overwrite", "truncate", "delete", "rename"])
+        names = sorted(model)
+        if op == "write" or not names:
+            name = f"f{rnd.randrange(12)}"
+            data = pattern(f"{seed}-{step}", rnd.choice([10, 5000, 300_000, 1_500_000]))
+            write_fsync(mp / name, data)
+            model[name] = data
+        elif op == "overwrite":
+            name = rnd.choice(names)
+            off = rnd.randrange(len(model[name]) + 1)
+            patch = pattern(f"p{seed}-{step}", rnd.choice([1, 4096, 1 << 20]))
+            with open(mp / name, "r+b") as f:
+                f.seek(off)
+                f.write(patch)
+                f.flush()                  # out of Python's buffer: fsync covers only what the kernel has
+                os.fsync(f.fileno())
+            cur = bytearray(model[name])
+            cur[off:off + len(patch)] = patch
+            model[name] = bytes(cur)
+        elif op == "truncate":
+            name = rnd.choice(names)
+            n = rnd.randrange(len(model[name]) + 1)
+            with open(mp / name, "r+b") as f:
+                f.truncate(n)
+                os.fsync(f.fileno())
+            model[name] = model[name][:n]
+        elif op == "delete":
+            name = rnd.choice(names)
+            (mp / name).unlink()
+            fsync_dir(mp)
+            del model[name]
+        else:
+            name = rnd.choice(names)
+            to = f"r{rnd.randrange(12)}"
+            os.rename(mp / name, mp / to)
+            fsync_dir(mp)
+            model[to] = model.pop(name)
+        moments.append((time.time_ns(), dict(model)))       # after the fsync, before the next commit
+        if rnd.random() < 0.15:
+            ferry_ok("fs", "gc", "--store", store_url, "orig", "--grace", "0")
+        time.sleep(rnd.choice([0.0, 0.01, 0.05]))
+    for i, (t, want) in enumerate(rnd.sample(moments, min(picks, len(moments)))):
+        name = f"pit{i}"
+        ferry_ok("fs", "mkfs", "--store", store_url, name, "--from", f"orig@{format_ns(t, precise=True)}")
+        b.mount(store_url, name)
+        got = _model_tree(b.mountpoint)
+        b.umount()
+        assert got.keys() == want.keys(), (seed, format_ns(t), sorted(got), sorted(want))
+        for k in want:
+            assert got[k] == want[k], (seed, format_ns(t), k, len(got[k]), len(want[k]))
+        fsck_clean(store_url, name)
+    a.umount()
+    fsck_clean(store_url, "orig")
+
+
+def _seed() -> int:
+    return int(os.environ.get("FERRY_SEED", "0")) or int.from_bytes(os.urandom(3), "little")
+
+
+def test_random_history_restores_exactly_what_was_acknowledged(file_store_url, new_mount):
+    seed = _seed()
+    print(f"seed {seed} (rerun with FERRY_SEED={seed})")
+    _random_history(file_store_url, new_mount, seed, steps=40, picks=4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chain", range(3))
+def test_random_history_restores_exactly_what_was_acknowledged_long(s3_store_url, new_mount, chain):
+    seed = _seed() + chain
+    print(f"seed {seed} (rerun with FERRY_SEED={seed})")
+    _random_history(s3_store_url, new_mount, seed, steps=200, picks=12)

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import trio
 
-from fsd import failpoints, history, snapshots
+from fsd import creating, failpoints, history, snapshots
 from fsd import volume as vol_mod
 from fsd.blockio import BlockIO
 from fsd.committer import Committer
@@ -217,6 +217,7 @@ class Maintainer:
             await self._delete(rest, deleted)
             await self._delete_own(own, recorded, deleted)
             await trio.to_thread.run_sync(snapshots.sweep_pins, self.store, pins.sweep)
+            await trio.to_thread.run_sync(creating.sweep, self.store)
         except Exception as e:  # noqa: BLE001 - report it; what was deleted was garbage
             report.error = f"{type(e).__name__}: {e}"
             log.warning("volume %s: GC stopped while deleting: %s (it goes on at the next pass)", self.volume, e)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from fsd import failpoints, history, snapshots
+from fsd import creating, failpoints, history, snapshots
 from fsd import volume as vol_mod
 from fsd.format import keys
 from fsd.format.framing import CorruptObject, frame, unframe
@@ -137,6 +137,7 @@ def collect(store: ObjectStore, name: str, *, dry_run: bool = False, grace_s: fl
         try:
             _delete(store, p, progress)
             snapshots.sweep_pins(store, sweep)
+            creating.sweep(store)
         except Exception as e:
             report.error = f"{type(e).__name__}: {e}"
             log.error("volume %s: GC stopped while deleting: %s (what was deleted was garbage; run it again)",

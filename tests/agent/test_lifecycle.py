@@ -242,3 +242,43 @@ async def test_snapshot_through_the_control_service(nursery, tmp_path, control, 
         assert [i.name for i in fsnap.list_all(store, "demo")] == ["s2"]
     finally:
         store.close()
+
+
+async def test_volume_export_import_and_clone_through_the_control_service(nursery, tmp_path, control, file_store_url):
+    """`ferry volume export` of a mounted volume holds what was written before it
+    (its host commits first); `ferry volume import` records the new volume only
+    once it is complete; `ferry volume create --from` clones; Docker mounts both."""
+    ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", file_store_url))
+    await ra.start()
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
+    mp = Path((await ra.call("/VolumeDriver.Mount", {"Name": "demo", "ID": "c1"}))["Mountpoint"])
+    await trio.to_thread.run_sync((mp / "f").write_bytes, b"written, not fsynced")
+    env = {**os.environ, "FERRY_CONTROL": control, "FERRY_TOKEN": TOKEN, "FERRY_STORE": file_store_url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fsd.cli", "volume", *args], env=env, capture_output=True,
+                              text=True, timeout=120)
+    tar = tmp_path / "demo.tar"
+    out = await trio.to_thread.run_sync(cli, "export", "demo", "-o", str(tar))
+    assert out.returncode == 0, out.stderr
+    assert "export-" not in (await trio.to_thread.run_sync(cli, "inspect", "demo")).stdout   # temp snapshot gone
+    out = await trio.to_thread.run_sync(cli, "import", "demo", str(tar))
+    assert out.returncode == 1 and "already exists" in out.stderr
+    out = await trio.to_thread.run_sync(cli, "import", "restored", str(tar))
+    assert out.returncode == 0, out.stderr
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(tar.read_bytes()[:1500])
+    out = await trio.to_thread.run_sync(cli, "import", "broken", str(bad))
+    assert out.returncode == 1 and "nothing was created" in out.stderr, out.stderr
+    assert "broken" not in (await trio.to_thread.run_sync(cli, "ls")).stdout
+    await trio.to_thread.run_sync(write_fsync, mp / "g", b"later")
+    out = await trio.to_thread.run_sync(cli, "create", "twin", "--from", "demo")        # as last committed
+    assert out.returncode == 0 and "clone of demo" in out.stdout, out.stdout + out.stderr
+    for name, files in (("restored", {"f": b"written, not fsynced"}),
+                        ("twin", {"f": b"written, not fsynced", "g": b"later"})):
+        r = await ra.call("/VolumeDriver.Mount", {"Name": name, "ID": "c2"})
+        assert r["Err"] == "", r
+        got = {p.name: p.read_bytes() for p in Path(r["Mountpoint"]).iterdir()}
+        assert got == files, (name, got)
+        assert (await ra.call("/VolumeDriver.Unmount", {"Name": name, "ID": "c2"}))["Err"] == ""
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "demo", "ID": "c1"}))["Err"] == ""

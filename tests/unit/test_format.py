@@ -254,7 +254,8 @@ def test_superblock_values_validated():
     good = Superblock.decode(_sb().encode(), "k").__dict__
     for field, value, msg in [("block_size", 3000, "block_size"), ("block_size", 32 << 20, "block_size"),
                               ("compression", "lz4", "compression"), ("fencing", "none", "fencing"),
-                              ("format", 4, "format 4"), ("origins", [{"name": "a"}], "origin"), ("uuid", "x", "uuid"), ("options", [], "options")]:
+                              ("format", 4, "format 4"), ("origins", [{"name": "a"}], "origin"),
+                              ("uuid", "x", "uuid"), ("options", [], "options")]:
         with pytest.raises(CorruptObject, match=msg):
             Superblock.decode(frame(b"FRYB", {**good, field: value}), "k")
 
