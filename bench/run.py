@@ -1398,7 +1398,7 @@ def write_results(h: Harness, header, rows, argv: list[str]):
     L = [
         "# ferry benchmark results",
         "",
-        f"Written by `bench/run.py` — see `bench/README.md` for what each column means and the caveats.",
+        "Written by `bench/run.py` — see `bench/README.md` for what each column means and the caveats.",
         "",
         f"- date: {h.started.strftime('%Y-%m-%d %H:%M UTC')}",
         f"- command: `{' '.join(['/opt/ferry-venv/bin/python', 'bench/run.py'] + argv)}`",
@@ -1406,7 +1406,7 @@ def write_results(h: Harness, header, rows, argv: list[str]):
         "- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         f"- parameters: sequential file {h.size_mb} MiB, random file {RAND_FILE_MB} MiB, timed runs {h.runtime} s, "
         f"{h.nfiles} small files (each phase capped at {h.sf_cap} s), one moto_server on loopback",
-        f"- run time: " + ", ".join(f"{k} {v:.0f} s" for k, v in h.durations.items()),
+        "- run time: " + ", ".join(f"{k} {v:.0f} s" for k, v in h.durations.items()),
         "",
         "Higher is better everywhere. fsync means different things on each system (rclone and s3backer "
         "acknowledge it before the data is in the store): read the caveats in the README before comparing.",

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 

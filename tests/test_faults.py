@@ -11,7 +11,6 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from fsd.format import keys
 from tests.conftest import make_bucket
 from tests.helpers.mount import MountError, fsck_clean, write_fsync
 from tests.helpers.tcpproxy import TcpProxy

@@ -11,7 +11,7 @@ from fsd.data import merge_extents, overlay
 from fsd.localdb import WorkingCopy
 from fsd.meta.check import check_state
 from fsd.meta.records import BLOCK, INODE, INODE_DEL, PATCH, TRUNC, RecordError, decode_records, encode_records
-from fsd.meta.state import BlockRef, MetaState, new_volume_records
+from fsd.meta.state import MetaState, new_volume_records
 
 BS = 4096
 H = b"h" * 32
