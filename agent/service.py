@@ -336,6 +336,8 @@ class Agent:
         status = {"owner": lease.get("host"), "epoch": lease.get("epoch"),
                   "durability": v.get("durability"), "upload_lag_s": lease.get("upload_lag_s"),
                   "snapshots": sorted(v.get("snapshots") or {})}
+        if (v.get("options") or {}).get("from"):
+            status["clone_of"] = v["options"]["from"]
         if name in self.served:
             st = await self.fsd.status(name)
             if st is not None:
@@ -345,14 +347,19 @@ class Agent:
         return plugin.ok(Volume=plugin.volume_entry(name, self._mp_if_here(name), status))
 
     async def list(self, req: plugin.ListVolumes) -> dict[str, Any]:
+        snaps: dict[str, list[str]] = {}
         try:
             vols = await self.control.volume_list()
             names = [v["name"] for v in vols if isinstance(v, dict) and isinstance(v.get("name"), str)
                      and v.get("state") != "removing"]
+            snaps = {v["name"]: sorted(v.get("snapshots") or {}) for v in vols
+                     if isinstance(v, dict) and isinstance(v.get("name"), str)}
         except (ControlError, Unreachable) as e:
             log.warning("host=%s List answered from local state only: %s", self.host, e)
             names = self.table.names()
-        return plugin.ok(Volumes=[plugin.volume_entry(n, self._mp_if_here(n)) for n in sorted(names)])
+        return plugin.ok(Volumes=[plugin.volume_entry(n, self._mp_if_here(n),
+                                                      {"snapshots": snaps[n]} if n in snaps else None)
+                                  for n in sorted(names)])
 
     # ================================================================ background
     async def register(self) -> None:

@@ -252,7 +252,9 @@ def flush_local_mount(store_url: str, volume: str, *, timeout: float = 60.0) -> 
     written to it: syncfs hands the kernel's dirty pages to the daemon, an
     fsync of the root directory commits the whole volume, and under
     durability=local the daemon's status must then show nothing left to
-    upload. Returns the mountpoint, or None if it is not mounted here."""
+    upload (its status file is rewritten every second, so that wait costs
+    up to a second; under durability=remote the fsync alone is enough).
+    Returns the mountpoint, or None if it is not mounted here."""
     from fsd.mount import run_dir
     reg_dir = run_dir() / "mounts"
     entries = []
@@ -273,6 +275,12 @@ def flush_local_mount(store_url: str, volume: str, *, timeout: float = 60.0) -> 
             os.close(fd)
         after = time.time_ns()
         status = Path(d["cache_dir"]) / "status.json"
+        try:
+            durability = json.loads(status.read_text()).get("durability")
+        except (OSError, ValueError):
+            durability = None
+        if durability == "remote":
+            return mp           # its fsync returned: everything written is committed in the store
         deadline = time.monotonic() + timeout
         while True:
             try:

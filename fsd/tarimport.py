@@ -30,6 +30,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -278,6 +279,7 @@ def _read(store: ObjectStore, root: str, bs: int, compress: bool, src: BinaryIO,
 
     member = None
     seen = _HeaderWatch()
+    pending: deque[tuple[int, int, Future, int]] = deque()
     try:
         with ThreadPoolExecutor(max_workers=window) as pool, \
                 tarfile.open(fileobj=counting, mode="r|*",  # type: ignore[call-overload]
@@ -305,7 +307,7 @@ def _read(store: ObjectStore, root: str, bs: int, compress: bool, src: BinaryIO,
                     target = tree.paths.get(tpath) if tpath is not None else None
                     if target is None or stat.S_ISDIR(tree.nodes[target].mode):
                         raise TarImportError(f"hard link {member.name!r} -> {member.linkname!r}: the target is "
-                                           "not an earlier file of the tar")
+                                             "not an earlier file of the tar")
                     tree.link(parent, path, target)
                     continue
                 if member.isreg():
@@ -315,7 +317,6 @@ def _read(store: ObjectStore, root: str, bs: int, compress: bool, src: BinaryIO,
                     stats.files += 1
                     f = tf.extractfile(member)
                     assert f is not None
-                    futures: dict[int, tuple[Future, int]] = {}
                     idx = 0
                     while True:
                         chunk = f.read(bs)
@@ -325,12 +326,12 @@ def _read(store: ObjectStore, root: str, bs: int, compress: bool, src: BinaryIO,
                         if not data:
                             stats.holes += len(chunk)
                         else:
-                            futures[idx] = (pool.submit(put, data), len(data))
+                            # Uploads overlap across files (small files are one block each).
+                            pending.append((ino, idx, pool.submit(put, data), len(data)))
                             stats.bytes += len(data)
-                            if len(futures) >= window:
-                                _settle(tree, ino, futures)
+                            while len(pending) > 2 * window:
+                                _settle(tree, pending.popleft())
                         idx += 1
-                    _settle(tree, ino, futures)
                     continue
                 kind = _TYPES.get(member.type)
                 if kind is None:
@@ -345,6 +346,8 @@ def _read(store: ObjectStore, root: str, bs: int, compress: bool, src: BinaryIO,
                 elif member.ischr() or member.isblk():
                     node.rdev = os.makedev(member.devmajor, member.devminor)
                 tree.add(parent, path, node)
+        while pending:
+            _settle(tree, pending.popleft())
         why = seen.bad_end()
         if why:
             raise TarImportError(f"the tar {why}; nothing was created")
@@ -355,12 +358,14 @@ def _read(store: ObjectStore, root: str, bs: int, compress: bool, src: BinaryIO,
     return tree
 
 
-def _settle(tree: _Tree, ino: int, futures: dict[int, tuple[Future, int]]) -> None:
-    bm = tree.blocks.setdefault(ino, {})
-    for idx, (fut, n) in futures.items():
-        bm[idx] = (fut.result(), n)
-        failpoints.hit("import_after_upload")
-    futures.clear()
+def _settle(tree: _Tree, item: tuple[int, int, Future, int]) -> None:
+    """Record one finished upload as block `idx` of `ino` (unless a later
+    member of the same path replaced that file meanwhile)."""
+    ino, idx, fut, n = item
+    h = fut.result()
+    failpoints.hit("import_after_upload")
+    if ino in tree.nodes:
+        tree.blocks.setdefault(ino, {})[idx] = (h, n)
 
 
 class _HeaderWatch:

@@ -89,7 +89,8 @@ async def test_create_get_list_path_remove(env, file_store_url):
     assert "does not exist" in r["Err"]
 
     r = await ra.call("/VolumeDriver.List", {})
-    assert r == {"Volumes": [{"Name": "v1", "Mountpoint": ""}, {"Name": "v2", "Mountpoint": ""}], "Err": ""}
+    assert r == {"Volumes": [{"Name": "v1", "Mountpoint": "", "Status": {"snapshots": []}},
+                             {"Name": "v2", "Mountpoint": "", "Status": {"snapshots": []}}], "Err": ""}
     assert await ra.call("/VolumeDriver.Path", {"Name": "v1"}) == {"Mountpoint": "", "Err": ""}
 
     r = await ra.call("/VolumeDriver.Unmount", {"Name": "v1", "ID": "never-mounted"})

@@ -218,6 +218,8 @@ async def test_snapshot_through_the_control_service(nursery, tmp_path, control, 
     assert "s1" in out.stdout
     g = await ra.call("/VolumeDriver.Get", {"Name": "demo"})
     assert g["Volume"]["Status"]["snapshots"] == ["s1"]
+    vols = (await ra.call("/VolumeDriver.List", {}))["Volumes"]
+    assert [v["Status"]["snapshots"] for v in vols if v["Name"] == "demo"] == [["s1"]]
 
     def snap_content() -> bytes:
         store = open_store(file_store_url)

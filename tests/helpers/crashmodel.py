@@ -141,6 +141,13 @@ class Writer:
         self.h.acks.append(Ack(time.monotonic(), len(self.h.states) - 1))
 
     def _commit(self, new: State, what: str) -> None:
+        """Record the state an operation leads to, *before* its syscall: the
+        syscall may take effect in the file system and still fail in the
+        writer (the daemon dies after committing the write but before the
+        close that follows returns), and the checker must then allow the new
+        state. A state recorded for a syscall that never took effect is
+        harmless: only acknowledgements, which come after the syscall has
+        returned, make a state mandatory."""
         self.h.states.append(new)
         self.h.ops.append(what)
         self.h.times.append(time.monotonic())
@@ -170,19 +177,20 @@ class Writer:
         fid = self.h.next_id
         self.h.next_id += 1
         # Two syscalls, two states: a crash between them leaves an empty file.
+        # Every state is recorded *before* its syscall (see `_commit`).
+        empty = cur.copy()
+        empty.ns[rel] = fid
+        empty.data[fid] = b""
+        self.touched.add(rel)
+        self._commit(empty, f"create {rel}")
         fd = os.open(self.h.root / rel, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            empty = cur.copy()
-            empty.ns[rel] = fid
-            empty.data[fid] = b""
-            self.touched.add(rel)
-            self._commit(empty, f"create {rel}")
+            full = empty.copy()
+            full.data[fid] = data
+            self._commit(full, f"write {rel} {len(data)}")
             os.write(fd, data)
         finally:
             os.close(fd)
-        full = empty.copy()
-        full.data[fid] = data
-        self._commit(full, f"write {rel} {len(data)}")
         return True
 
     def _append(self, cur: State, files: list[str], dirs: list[str]) -> bool:
@@ -192,15 +200,15 @@ class Writer:
         data = self._data(1, 40_000)
         if len(cur.data[fid]) + len(data) > MAX_FILE_BYTES:
             return False
+        new = cur.copy()
+        new.data[fid] = cur.data[fid] + data
+        self.touched.add(rel)
+        self._commit(new, f"append {rel} {len(data)}")
         fd = os.open(self.h.root / rel, os.O_WRONLY | os.O_APPEND)
         try:
             os.write(fd, data)
         finally:
             os.close(fd)
-        new = cur.copy()
-        new.data[fid] = cur.data[fid] + data
-        self.touched.add(rel)
-        self._commit(new, f"append {rel} {len(data)}")
         return True
 
     def _overwrite(self, cur: State, files: list[str], dirs: list[str]) -> bool:
@@ -212,11 +220,6 @@ class Writer:
         data = self._data(1, 20_000)
         if off + len(data) > MAX_FILE_BYTES:
             return False
-        fd = os.open(self.h.root / rel, os.O_WRONLY)
-        try:
-            os.pwrite(fd, data, off)
-        finally:
-            os.close(fd)
         buf = bytearray(old)
         if off > len(buf):
             buf.extend(bytes(off - len(buf)))
@@ -225,6 +228,11 @@ class Writer:
         new.data[fid] = bytes(buf)
         self.touched.add(rel)
         self._commit(new, f"overwrite {rel} {off}+{len(data)}")
+        fd = os.open(self.h.root / rel, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data, off)
+        finally:
+            os.close(fd)
         return True
 
     def _truncate(self, cur: State, files: list[str], dirs: list[str]) -> bool:
@@ -233,11 +241,11 @@ class Writer:
         assert isinstance(fid, int)
         old = cur.data[fid]
         size = self.rnd.randint(0, min(len(old) + 20_000, MAX_FILE_BYTES))
-        os.truncate(self.h.root / rel, size)
         new = cur.copy()
         new.data[fid] = old[:size] + bytes(max(0, size - len(old)))
         self.touched.add(rel)
         self._commit(new, f"truncate {rel} {size}")
+        os.truncate(self.h.root / rel, size)
         return True
 
     def _rename(self, cur: State, files: list[str], dirs: list[str]) -> bool:
@@ -245,7 +253,6 @@ class Writer:
         dst = self.rnd.choice(files) if self.rnd.random() < 0.3 else self._newname(dirs, "r")
         if dst == src:
             return False
-        os.rename(self.h.root / src, self.h.root / dst)
         new = cur.copy()
         replaced = new.ns.get(dst)
         new.ns[dst] = new.ns.pop(src)
@@ -254,25 +261,26 @@ class Writer:
         self.touched.discard(src)
         self.touched.add(dst)
         self._commit(new, f"rename {src} {dst}")
+        os.rename(self.h.root / src, self.h.root / dst)
         return True
 
     def _unlink(self, cur: State, files: list[str], dirs: list[str]) -> bool:
         rel = self.rnd.choice(files)
-        os.unlink(self.h.root / rel)
         new = cur.copy()
         fid = new.ns.pop(rel)
         assert isinstance(fid, int)
         del new.data[fid]
         self.touched.discard(rel)
         self._commit(new, f"unlink {rel}")
+        os.unlink(self.h.root / rel)
         return True
 
     def _mkdir(self, cur: State, files: list[str], dirs: list[str]) -> bool:
         rel = self._newname(dirs, "d")
-        os.mkdir(self.h.root / rel)
         new = cur.copy()
         new.ns[rel] = "dir"
         self._commit(new, f"mkdir {rel}")
+        os.mkdir(self.h.root / rel)
         return True
 
     def _rmdir(self, cur: State, files: list[str], dirs: list[str]) -> bool:
@@ -280,10 +288,10 @@ class Writer:
         if not empty:
             return False
         rel = self.rnd.choice(empty)
-        os.rmdir(self.h.root / rel)
         new = cur.copy()
         del new.ns[rel]
         self._commit(new, f"rmdir {rel}")
+        os.rmdir(self.h.root / rel)
         return True
 
 
