@@ -83,7 +83,7 @@ def cmd_volume_import(args: argparse.Namespace) -> int:
     from control.client import ControlError
     from control.validate import validate_volume_name, validate_volume_options
     from fsd import removal, tarimport
-    from fsd.cli import byte_progress
+    from fsd.cli import byte_progress, open_input
     from fsd.store import open_store
     url = _store_url(args)
     options = _kv_list(args.option, "-o")
@@ -103,13 +103,7 @@ def cmd_volume_import(args: argparse.Namespace) -> int:
         except ControlError as e:
             if e.code != "not_found":
                 raise
-        if args.file in (None, "-"):
-            src, total, close = sys.stdin.buffer, 0, False
-        else:
-            try:
-                src, total, close = open(args.file, "rb"), os.path.getsize(args.file), True
-            except OSError as e:
-                raise Failure(f"cannot read {args.file}: {e.strerror}") from None
+        src, total, close = open_input(args.file)
         update, stop = byte_progress(f"importing {args.name}")
         from fsd.format.superblock import KNOWN_OPTIONS
         mkfs_opts = {k: v for k, v in options.items() if k in KNOWN_OPTIONS}

@@ -300,17 +300,22 @@ class ControlServer:
             return
         seq, host, source = res["seq"], res["host"], res["source"]
         log.info("clone requested volume=%s from=%s host=%s", name, source, host)
-        deadline = trio.current_time() + wait
-        while seq not in self.cluster.snap_results:
-            if trio.current_time() >= deadline:
-                await self._mutate(lambda c, now: snapshots.give_up(c, name, source, seq))
-                raise Refused("unavailable", f"host {host} did not make the clone {name!r} of {source} within "
-                                             f"{wait:g}s; nothing was recorded (retry)")
-            await self._wait_change(deadline)
-        answer = self.cluster.snap_results.pop(seq)
+        answer = await self._answer(name, source, seq, wait,
+                                    f"host {host} did not make the clone {name!r} of {source} within {wait:g}s")
         if answer["error"]:
             raise Refused("failed", f"cannot create {name!r} from {source}: {answer['error']}")
         log.info("volume created volume=%s as a clone of %s", name, source)
+
+    async def _answer(self, volume: str, snap: str, seq: int, wait: float, late: str) -> dict[str, Any]:
+        """The agent's answer to snapshot/clone job `seq`; after `wait` s the
+        job is dropped (a late answer is ignored) and Refused("unavailable")."""
+        deadline = trio.current_time() + wait
+        while seq not in self.cluster.snap_results:
+            if trio.current_time() >= deadline:
+                await self._mutate(lambda c, now: snapshots.give_up(c, volume, snap, seq))
+                raise Refused("unavailable", f"{late}; nothing was recorded (retry)")
+            await self._wait_change(deadline)
+        return self.cluster.snap_results.pop(seq)
 
     async def _snapshot_job(self, a: dict[str, Any], op: str) -> Any:
         """Hand the store part to an agent and wait for its answer."""
@@ -318,14 +323,8 @@ class ControlServer:
         res = await self._mutate(lambda c, now: snapshots.request(c, volume, snap, op, now))
         seq, host = res["seq"], res["host"]
         log.info("snapshot %s requested volume=%s snap=%s host=%s", op, volume, snap, host)
-        deadline = trio.current_time() + a["wait"]
-        while seq not in self.cluster.snap_results:
-            if trio.current_time() >= deadline:
-                await self._mutate(lambda c, now: snapshots.give_up(c, volume, snap, seq))
-                raise Refused("unavailable", f"host {host} did not {op} snapshot {snap!r} of {volume!r} within "
-                                             f"{a['wait']:g}s; nothing was recorded (retry)")
-            await self._wait_change(deadline)
-        answer = self.cluster.snap_results.pop(seq)
+        answer = await self._answer(volume, snap, seq, a["wait"], f"host {host} did not {op} snapshot {snap!r} "
+                                                                  f"of {volume!r} within {a['wait']:g}s")
         if answer["error"]:
             raise Refused("failed", f"host {host}: {answer['error']}")
         return {"volume": volume, "snap": snap, "host": host, "position": answer["position"]}

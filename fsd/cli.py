@@ -376,6 +376,16 @@ def open_output(path: str | None):
     return open(path, "wb"), True
 
 
+def open_input(path: str | None):
+    """(stream, size or 0 if unknown, close it?) of an import's tar: a file, or stdin ('-')."""
+    if path in (None, "-"):
+        return sys.stdin.buffer, 0, False
+    try:
+        return open(path, "rb"), os.path.getsize(path), True
+    except OSError as e:
+        raise Failure(f"cannot read {path}: {e.strerror}") from None
+
+
 def cmd_export(args) -> int:
     from fsd import tarexport
     from fsd.store import open_store
@@ -409,13 +419,7 @@ def cmd_import(args) -> int:
         opts = parse_kv(args.option or [])
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if args.file in (None, "-"):
-        src, total, close = sys.stdin.buffer, 0, False
-    else:
-        try:
-            src, total, close = open(args.file, "rb"), os.path.getsize(args.file), True
-        except OSError as e:
-            raise Failure(f"cannot read {args.file}: {e.strerror}") from None
+    src, total, close = open_input(args.file)
     store = open_store(args.store)
     t0 = time.monotonic()
     update, stop = byte_progress(f"importing {args.volume}")
