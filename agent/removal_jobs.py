@@ -135,8 +135,9 @@ class RemovalRunner:
             with self._plock:
                 self._progress.pop(root, None)
         if res is not None:
-            log.info("host=%s volume=%s deleted: %d objects, %d bytes freed", self.host, name, res.deleted,
-                     res.bytes)
+            log.info("host=%s volume=%s deleted: %d objects, %d bytes freed%s", self.host, name, res.deleted,
+                     res.bytes, f"; kept {res.kept_objects} objects that its clone(s) {', '.join(res.held_by)} "
+                                "share, until the last of them is removed" if res.held_by else "")
 
     def _delete_sync(self, name: str, root: str) -> Any:
         """Worker thread: delete what is left under `root` (None if nothing was)."""

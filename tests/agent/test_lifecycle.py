@@ -284,3 +284,28 @@ async def test_volume_export_import_and_clone_through_the_control_service(nurser
         assert got == files, (name, got)
         assert (await ra.call("/VolumeDriver.Unmount", {"Name": name, "ID": "c2"}))["Err"] == ""
     assert (await ra.call("/VolumeDriver.Unmount", {"Name": "demo", "ID": "c1"}))["Err"] == ""
+
+
+async def test_docker_remove_of_an_origin_keeps_what_its_clone_shares(nursery, tmp_path, control, file_store_url):
+    """docker volume rm of a volume that was cloned: Docker's answer and the
+    control service's job end as usual, the clone keeps reading every byte,
+    and the origin's objects go with the clone."""
+    ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", file_store_url))
+    await ra.start()
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "orig"}))["Err"] == ""
+    r = await ra.call("/VolumeDriver.Mount", {"Name": "orig", "ID": "c1"})
+    mp = Path(r["Mountpoint"])
+    data = os.urandom(3_000_000)
+    await trio.to_thread.run_sync(write_fsync, mp / "f", data)
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "orig", "ID": "c1"}))["Err"] == ""
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "copy", "Opts": {"from": "orig"}}))["Err"] == ""
+    assert (await ra.call("/VolumeDriver.Remove", {"Name": "orig"}))["Err"] == ""
+    await wait_deleted(control)
+    assert keys_of(file_store_url, "orig")                       # the shared part is still there
+    r = await ra.call("/VolumeDriver.Mount", {"Name": "copy", "ID": "c2"})
+    assert r["Err"] == "", r
+    assert await trio.to_thread.run_sync((Path(r["Mountpoint"]) / "f").read_bytes) == data
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "copy", "ID": "c2"}))["Err"] == ""
+    assert (await ra.call("/VolumeDriver.Remove", {"Name": "copy"}))["Err"] == ""
+    await wait_deleted(control)
+    assert keys_of(file_store_url, "orig") == [] and keys_of(file_store_url, "copy") == []
