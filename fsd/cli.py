@@ -72,7 +72,9 @@ def cmd_mkfs(args) -> int:
         _ref, sb = volume.mkfs(store, args.volume, opts, allow_unfenced=args.allow_unfenced_store)
     finally:
         store.close()
-    print(f"created volume {args.volume} in {args.store} (block size {sb.block_size}, "
+    layout = (f"layout block: {sb.block_fs} on a {sb.image_size / (1 << 30):g} GiB sparse image, made at first mount; "
+              if sb.layout == "block" else "")
+    print(f"created volume {args.volume} in {args.store} ({layout}block size {sb.block_size}, "
           f"compression {sb.compression}, fencing {sb.fencing})")
     return 0
 

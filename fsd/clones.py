@@ -144,12 +144,17 @@ def create(store: ObjectStore, new: str, source: str | Source, options: dict[str
     if "block_size" in opts:
         raise CloneError(f"a clone has its origin's block size ({osb.block_size} bytes); drop -o block_size")
     opts.setdefault("compression", osb.compression)
+    if any(k in opts for k in ("layout", "fs", "size")):
+        raise CloneError("a clone has its origin's layout, filesystem and image size; drop -o layout/fs/size")
     try:
         sb = make_superblock(new, opts, clock())
     except ValueError as e:
         raise CloneError(str(e)) from None
     sb.block_size = osb.block_size
     sb.fencing = osb.fencing
+    if osb.layout == "block":       # the clone's image is the origin's, block for block
+        sb.format = max(sb.format, osb.format)
+        sb.options.update({k: osb.options[k] for k in ("layout", "fs", "image_size")})
     origins = (Origin(src.volume, ref.root, (0, 0), ""), *osb.origins)
     if len(origins) > MAX_ORIGINS:
         raise CloneError(f"{src.volume!r} is a clone {len(osb.origins)} levels deep; a clone of it would "

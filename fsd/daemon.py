@@ -80,7 +80,13 @@ def unmount_and_wait(mountpoint: Path, registry: dict | None, *,
     entry) has committed everything and released its epoch. `progress` gets
     the daemon's status (or None) about every 50 ms while it works."""
     mp = Path(os.path.abspath(mountpoint))
-    if is_mounted(mp):
+    if registry is not None and registry.get("layout") == "block":
+        from fsd import blockstack
+        try:   # kernel filesystem, loop device, then ferry: the daemon then commits and releases
+            blockstack.detach(mp, Path(registry["fuse_mountpoint"]))
+        except blockstack.BlockStackError as e:
+            return Stopped(False, str(e))
+    elif is_mounted(mp):
         r = subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True, text=True)
         if r.returncode != 0:
             return Stopped(False, f"cannot unmount {mp}: {r.stderr.strip()}\n"

@@ -53,6 +53,7 @@ def inspect_volume(store: ObjectStore, volume: str) -> dict:
         "removed": bool(claim and claim.purpose == "remove"),
         "uuid": sb.uuid,
         "format": sb.format,
+        "layout": (f"block ({sb.block_fs} on a {sb.image_size} byte image)" if sb.layout == "block" else "files"),
         "block_size": sb.block_size,
         "compression": sb.compression,
         "fencing": sb.fencing,

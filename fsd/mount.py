@@ -35,7 +35,7 @@ import msgpack
 import pyfuse3
 import trio
 
-from fsd import resume
+from fsd import blockstack, resume
 from fsd import volume as vol_mod
 from fsd.blockio import BlockIO
 from fsd.cache.blockcache import BlockCache
@@ -165,9 +165,11 @@ async def serve(cfg: MountConfig, on_ready: Callable[[], None] | None = None) ->
     await recover_local(cfg, opened)
     epoch = await claim(cfg, opened)
     parts = await assemble(cfg, opened, epoch)
-    if not await serve_fuse(cfg, opened, parts, on_ready):
+    block = BlockStack(cfg, opened.sb) if opened.sb.layout == "block" and not cfg.options.image_only else None
+    if not await serve_fuse(cfg, opened, parts, on_ready, block):
         return 1
-    return await release(cfg, opened, parts)
+    rc = await release(cfg, opened, parts)
+    return 1 if block is not None and block.failed else rc
 
 
 async def open_volume(cfg: MountConfig) -> Opened:
@@ -269,16 +271,21 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
 
 
 async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
-                     on_ready: Callable[[], None] | None) -> bool:
+                     on_ready: Callable[[], None] | None, block: "BlockStack | None" = None) -> bool:
     """Serve FUSE until the kernel detaches, then commit everything.
-    Returns False if this mount was fenced (nothing more to release)."""
+    Returns False if this mount was fenced (nothing more to release).
+    A block volume's ferry filesystem is mounted in the cache dir and the
+    kernel filesystem on its image where the user asked (`BlockStack`)."""
     t = trio.to_thread.run_sync
     committer, data, pos = parts.committer, parts.data, parts.pos
     status = StatusReporter(cfg, opened.cache_dir, parts)
     fuse_opts = {"fsname=ferry:" + cfg.volume, "subtype=ferry", "default_permissions", "allow_other",
                  "noatime"}
+    fuse_mp = block.fuse_mp if block is not None else cfg.mountpoint
     try:
-        pyfuse3.init(parts.fsops, str(cfg.mountpoint), fuse_opts)
+        if block is not None:
+            await t(lambda: fuse_mp.mkdir(parents=True, exist_ok=True))
+        pyfuse3.init(parts.fsops, str(fuse_mp), fuse_opts)
     except Exception as e:
         # Nothing was served: release our epoch so the next mount, anywhere,
         # needs no --takeover.
@@ -291,20 +298,24 @@ async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
     reg.parent.mkdir(parents=True, exist_ok=True)
     reg.write_text(json.dumps({"mountpoint": os.path.abspath(cfg.mountpoint), "pid": os.getpid(),
                                "volume": cfg.volume, "store": cfg.store_url,
-                               "cache_dir": str(cfg.cache_dir)}))
+                               "cache_dir": str(cfg.cache_dir), "layout": opened.sb.layout,
+                               "fuse_mountpoint": str(fuse_mp)}))
     unmounted = False
     try:
         async with trio.open_nursery() as n:
             n.start_soon(committer.run)
             data.spawn = n.start_soon
             n.start_soon(guarded, cfg.volume, "status writer", status.run)
-            n.start_soon(guarded, cfg.volume, "signal handler", _on_signals, cfg)
-            n.start_soon(guarded, cfg.volume, "kernel tuning", _tune_kernel, cfg, parts.fsops)
+            n.start_soon(guarded, cfg.volume, "signal handler", _on_signals, cfg, block)
+            n.start_soon(guarded, cfg.volume, "kernel tuning", _tune_kernel, cfg, parts.fsops, fuse_mp)
             n.start_soon(guarded, cfg.volume, "snapshots and GC", parts.maintainer.run)
-            if on_ready:
-                on_ready()
-            log.info("volume %s mounted on %s (epoch %d, durability %s)", cfg.volume, cfg.mountpoint,
-                     parts.epoch, cfg.options.durability)
+            if block is not None:
+                n.start_soon(block.run, parts.fsops, on_ready, parts.epoch)
+            else:
+                if on_ready:
+                    on_ready()
+                log.info("volume %s mounted on %s (epoch %d, durability %s)", cfg.volume, cfg.mountpoint,
+                         parts.epoch, cfg.options.durability)
             await pyfuse3.main(min_tasks=4)
             unmounted = True
             # The kernel has flushed its dirty pages to us and detached: commit all.
@@ -402,17 +413,71 @@ class StatusReporter:
             await trio.sleep(1.0)
 
 
-async def _tune_kernel(cfg: MountConfig, fsops: FerryOperations) -> None:
+async def _tune_kernel(cfg: MountConfig, fsops: FerryOperations, fuse_mp: Path) -> None:
     await fsops.initialized.wait()
-    tuned = await trio.to_thread.run_sync(tune_bdi, str(cfg.mountpoint), cfg.options.readahead)
+    tuned = await trio.to_thread.run_sync(tune_bdi, str(fuse_mp), cfg.options.readahead)
     log.debug("volume %s: kernel tuning %s", cfg.volume, tuned)
 
 
-async def _on_signals(cfg: MountConfig) -> None:
+class BlockStack:
+    """A block volume's loop device and kernel filesystem, run by the daemon
+    that serves the image (fsd.blockstack holds the steps and says why).
+
+    `run` builds the stack once ferry answers, then watches the user's
+    mountpoint: a plain `umount` of the kernel filesystem is a clean stop
+    too (the loop device is detached and ferry unmounted, so the daemon
+    commits and releases). If the stack cannot be built, ferry is unmounted
+    again and the daemon exits with 1 after releasing its epoch."""
+
+    def __init__(self, cfg: MountConfig, sb: Superblock) -> None:
+        self.cfg = cfg
+        self.layout = blockstack.BlockLayout(fs=sb.block_fs, image_size=sb.image_size)
+        self.fuse_mp = blockstack.fuse_mountpoint(cfg.cache_dir)
+        self.failed = False
+
+    async def run(self, fsops: FerryOperations, on_ready: Callable[[], None] | None, epoch: int) -> None:
+        t = trio.to_thread.run_sync
+        cfg = self.cfg
+        await fsops.initialized.wait()
+        try:
+            device = await t(blockstack.attach, self.fuse_mp, self.layout, cfg.mountpoint, cfg.volume)
+        except Exception as e:  # noqa: BLE001 - BlockStackError, OSError...: never crash the daemon
+            self.failed = True
+            log.error("volume %s: cannot mount the %s image on %s: %s", cfg.volume, self.layout.fs,
+                      cfg.mountpoint, e)
+            await self.stop(lazy=True)
+            return
+        if on_ready:
+            on_ready()
+        log.info("volume %s mounted on %s (%s on %s, image %s; epoch %d, durability %s)", cfg.volume,
+                 cfg.mountpoint, self.layout.fs, device, blockstack.image_path(self.fuse_mp), epoch,
+                 cfg.options.durability)
+        while await t(blockstack.mounted, cfg.mountpoint):
+            await trio.sleep(1.0)
+        log.info("volume %s: %s unmounted; detaching the image", cfg.volume, cfg.mountpoint)
+        await self.stop()
+
+    async def stop(self, lazy: bool = False) -> bool:
+        """Take the stack down (kernel filesystem, loop device, ferry). False
+        if a process still uses the kernel filesystem (logged)."""
+        try:
+            await trio.to_thread.run_sync(lambda: blockstack.detach(self.cfg.mountpoint, self.fuse_mp, lazy=lazy))
+            return True
+        except blockstack.BlockStackError as e:
+            log.warning("volume %s: %s", self.cfg.volume, e)
+            return False
+
+
+async def _on_signals(cfg: MountConfig, block: BlockStack | None) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
         lazy = False
         async for _ in sigs:
             log.info("volume %s: signal received, unmounting %s", cfg.volume, cfg.mountpoint)
+            if block is not None:
+                if not await block.stop(lazy=lazy):
+                    log.warning("volume %s: send the signal again for a lazy unmount", cfg.volume)
+                    lazy = True
+                continue
             cmd = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(cfg.mountpoint)]
             r = await trio.run_process(cmd, check=False, capture_stderr=True)
             if r.returncode != 0:

@@ -45,6 +45,7 @@ class MountOptions:
     gc: bool = True                   # the owner collects garbage in the background
     gc_interval: float = 600.0        # seconds between background GC passes
     gc_grace: float = 300.0           # unreferenced objects younger than this survive a pass
+    image_only: bool = False          # block volumes: mount ferry's filesystem (holding `image`) only
 
 
 KNOWN = {
@@ -58,6 +59,9 @@ KNOWN = {
     "gc": "on|off: the owning daemon deletes garbage in the background (default on)",
     "gc_interval": "time between background GC passes (default 10m)",
     "gc_grace": "unreferenced objects younger than this are kept by GC (default 5m)",
+    "image_only": "on|off: for a layout=block volume, mount only ferry's filesystem holding the file `image` "
+                  "(to check it with e2fsck/xfs_repair or copy it); the kernel filesystem is not mounted "
+                  "(default off)",
 }
 
 
@@ -116,10 +120,11 @@ def parse_mount_options(kv: dict[str, str]) -> MountOptions:
         if n < 1:
             raise ValueError("snapshot_every must be at least 1")
         vals["snapshot_every"] = n
-    if "gc" in kv:
-        if kv["gc"] not in ("on", "off"):
-            raise ValueError(f"gc must be 'on' or 'off', not {kv['gc']!r}")
-        vals["gc"] = kv["gc"] == "on"
+    for k in ("gc", "image_only"):
+        if k in kv:
+            if kv[k] not in ("on", "off"):
+                raise ValueError(f"{k} must be 'on' or 'off', not {kv[k]!r}")
+            vals[k] = kv[k] == "on"
     for k, lo in (("gc_interval", 0.1), ("gc_grace", 0.0)):
         if k in kv:
             d = parse_duration(kv[k])

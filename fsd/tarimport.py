@@ -226,6 +226,9 @@ def import_tar(store: ObjectStore, name: str, src: BinaryIO, options: dict[str, 
     keys.validate_volume_name(name)
     if vol_mod.live_volume(store, name) is not None:
         raise TarImportError(f"volume {name!r} already exists in {store.url}; import into a new name")
+    if (options or {}).get("layout", "files") != "files":
+        raise TarImportError("import makes layout=files volumes only; to fill a block volume, mount it and "
+                             "extract the tar into it (tar -xpf FILE -C MOUNTPOINT)")
     try:
         sb = make_superblock(name, dict(options or {}), clock())
     except ValueError as e:

@@ -24,7 +24,18 @@ RUN_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ferry-tests.XXXXXX")
 chmod 755 "$RUN_TMP"          # some tests act as another uid on their mounts
 
 unmount_leftovers() {
-  local mp
+  local mp dev
+  # block volumes first: their kernel filesystem, then the loop device on a ferry image
+  awk '$3 == "ext4" || $3 == "xfs" { print $2 }' /proc/mounts | while read -r mp; do
+    case "$mp" in
+      "$RUN_TMP"/*) echo "test.sh: unmounting leftover $mp" >&2; umount -l "$mp" 2>/dev/null || true ;;
+    esac
+  done
+  for dev in /sys/block/loop*; do
+    case "$(cat "$dev/loop/backing_file" 2>/dev/null)" in
+      "$RUN_TMP"/*) echo "test.sh: detaching leftover /dev/${dev##*/}" >&2; losetup -d "/dev/${dev##*/}" || true ;;
+    esac
+  done
   awk '$3 ~ /^fuse/ { print $2 }' /proc/mounts | while read -r mp; do
     case "$mp" in
       "$RUN_TMP"/*) echo "test.sh: unmounting leftover $mp" >&2; fusermount3 -u -z "$mp" 2>/dev/null || true ;;

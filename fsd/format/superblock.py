@@ -20,18 +20,27 @@ __all__ = ["Origin", "Superblock", "make_superblock", "parse_size", "MAGIC", "FO
 
 MAGIC = b"FRYB"
 FORMAT = 3            # what mkfs writes: 2 + origins (clones share their origin's data objects)
-FORMATS = (1, 2, 3)   # what this ferry reads (docs/format.md, "Versions")
+BLOCK_FORMAT = 4      # what mkfs writes for layout=block: 3 + options layout, fs, image_size
+FORMATS = (1, 2, 3, 4)  # what this ferry reads (docs/format.md, "Versions")
 MIN_BLOCK_SIZE = 64 << 10
 MAX_BLOCK_SIZE = 16 << 20
 DEFAULT_BLOCK_SIZE = 1 << 20
 COMPRESSIONS = ("none", "zstd")
 FENCING_MODES = ("conditional", "timing")
 DEFAULT_HISTORY = "1h"
+LAYOUTS = ("files", "block")
+DEFAULT_IMAGE_SIZE = "10G"
+MIN_IMAGE_SIZE = 64 << 20
+MAX_IMAGE_SIZE = 1 << 50
 KNOWN_OPTIONS = {
     "block_size": "64k..16M, a power of two (default 1M)",
     "compression": "none|zstd (default none)",
     "history": f"how far back the volume can be restored to any commit (default {DEFAULT_HISTORY}; 0: snapshots "
                "only); GC keeps what that needs",
+    "layout": "files|block (default files: ferry is the filesystem; block: a kernel filesystem on a "
+              "sparse image in ferry, for small-file speed; docs/block.md)",
+    "fs": "ext4|xfs, the kernel filesystem of a layout=block volume (default ext4)",
+    "size": f"the image size of a layout=block volume, sparse (default {DEFAULT_IMAGE_SIZE})",
 }
 _UUID_RE = re.compile(r"[0-9a-f]{32}")
 
@@ -88,6 +97,20 @@ class Superblock:
         v = self.options.get("history", 0)
         return float(v) if isinstance(v, (int, float)) else 0.0
 
+    @property
+    def layout(self) -> str:
+        """'files' (ferry is the filesystem) or 'block' (a kernel filesystem on ferry's `image`)."""
+        return "block" if self.options.get("layout") == "block" else "files"
+
+    @property
+    def block_fs(self) -> str:
+        return str(self.options.get("fs", "ext4"))
+
+    @property
+    def image_size(self) -> int:
+        v = self.options.get("image_size", 0)
+        return v if isinstance(v, int) else 0
+
     def data_roots(self, root: str) -> list[str]:
         """Where BLOCK records' objects are, by `src`: the volume's own root, then its origins'."""
         return [root, *(o.root for o in self.origins)]
@@ -113,6 +136,14 @@ class Superblock:
         if not isinstance(raw_origins, list):
             raise CorruptObject(f"{key}: origins is not a list")
         origins = tuple(Origin.from_dict(o, key) for o in raw_origins)
+        opts = b["options"]
+        if opts.get("layout", "files") not in LAYOUTS:
+            raise CorruptObject(f"{key}: unknown layout {opts.get('layout')!r}")
+        if opts.get("layout") == "block" and (opts.get("fs") not in ("ext4", "xfs")
+                                               or type(opts.get("image_size")) is not int
+                                               or not MIN_IMAGE_SIZE <= opts["image_size"] <= MAX_IMAGE_SIZE):
+            raise CorruptObject(f"{key}: block layout with fs {opts.get('fs')!r} and image_size "
+                                f"{opts.get('image_size')!r} is not usable")
         return cls(**{k: b[k] for k in cls.__dataclass_fields__ if k != "origins"}, origins=origins)
 
 
@@ -146,5 +177,35 @@ def make_superblock(volume: str, options: dict[str, str], now_ns: int) -> Superb
         raise ValueError(f"history: {e}") from None
     if not 0 <= history <= 366 * 86400:
         raise ValueError("history must be between 0 and 366d")
-    return Superblock(volume=volume, uuid=secrets.token_hex(16), format=FORMAT, block_size=bs,
-                      compression=comp, created_ns=now_ns, options={"history": history})
+    vol_opts: dict[str, object] = {"history": history}
+    vol_opts.update(_layout_options(options))
+    return Superblock(volume=volume, uuid=secrets.token_hex(16),
+                      format=BLOCK_FORMAT if vol_opts.get("layout") == "block" else FORMAT, block_size=bs,
+                      compression=comp, created_ns=now_ns, options=vol_opts)
+
+
+def _layout_options(options: dict[str, str]) -> dict[str, object]:
+    """`layout`, `fs`, `size` -> superblock options; ValueError says what is wrong.
+    Only block volumes record them (a files volume stays format 3)."""
+    layout = options.get("layout", "files")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be 'files' or 'block', not {layout!r}")
+    if layout == "files":
+        given = sorted(k for k in ("fs", "size") if k in options)
+        if given:
+            raise ValueError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} only to "
+                             "layout=block volumes (add -o layout=block)")
+        return {}
+    fs = options.get("fs", "ext4")
+    if fs not in ("ext4", "xfs"):
+        raise ValueError(f"fs must be 'ext4' or 'xfs', not {fs!r}")
+    try:
+        size = parse_size(options.get("size", DEFAULT_IMAGE_SIZE))
+    except ValueError as e:
+        raise ValueError(f"size: {e}") from None
+    size -= size % 4096
+    if not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise ValueError(f"size must be between 64M and 1P, not {options['size']!r}")
+    if fs == "xfs" and size < 300 << 20:
+        raise ValueError("size must be at least 300M for xfs (mkfs.xfs refuses smaller filesystems)")
+    return {"layout": "block", "fs": fs, "image_size": size}

@@ -109,10 +109,11 @@ class FerryMount:
 
     def mount(self, store_url: str, volume: str, mountpoint: Path | None = None, cache_dir: Path | None = None,
               takeover: bool = False, options: list[str] | tuple = (), extra_env: dict | None = None,
-              timeout: float = 60) -> Path:
+              timeout: float = 60, fstype: str = FSTYPE) -> Path:
         """Start `ferry fs mount --foreground` and return once the kernel shows
-        the fuse.ferry mount; raise MountError (with the daemon log) if the
-        daemon exits first."""
+        the mount (`fstype`: fuse.ferry, or ext4/xfs for a layout=block
+        volume); raise MountError (with the daemon log) if the daemon exits
+        first."""
         if self.running:
             raise MountError(f"{self.mountpoint}: already mounted by pid {self.proc.pid}")
         if mountpoint is not None:
@@ -133,7 +134,7 @@ class FerryMount:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True, env={**self.env, **(extra_env or {})})
         deadline = time.monotonic() + timeout
-        while not is_mounted(self.mountpoint, FSTYPE):
+        while not is_mounted(self.mountpoint, fstype):
             if self.proc.poll() is not None:
                 raise MountError(f"mount exited with {self.proc.returncode} before the mount appeared:\n"
                                  f"{self.log()}")
@@ -161,9 +162,15 @@ class FerryMount:
                     return r
                 raise MountError(f"daemon still running {timeout} s after `ferry fs umount` "
                                  f"(killed):\n{self.log()}") from None
-        if r.returncode == 0 and is_mounted(self.mountpoint, FSTYPE):
+        if r.returncode == 0 and (is_mounted(self.mountpoint) or is_mounted(self.fuse_mountpoint)):
             raise MountError(f"`ferry fs umount` exited 0 but {self.mountpoint} is still mounted")
         return r
+
+    @property
+    def fuse_mountpoint(self) -> Path:
+        """Where a layout=block volume's ferry filesystem (holding `image`) is mounted."""
+        from fsd.blockstack import fuse_mountpoint
+        return fuse_mountpoint(self.cache_dir)
 
     def kill9(self) -> None:
         """Simulate the loss of the daemon (or the host): SIGKILL its process
@@ -181,6 +188,9 @@ class FerryMount:
         return self.proc.wait(timeout=timeout)
 
     def cleanup_dead_mount(self) -> None:
+        if is_mounted(self.fuse_mountpoint) or any(t in ("ext4", "xfs") for t in mount_fstypes(self.mountpoint)):
+            from fsd.blockstack import cleanup_dead   # a block volume's kernel fs, loop device, ferry
+            cleanup_dead(self.mountpoint, self.fuse_mountpoint)
         for _ in range(8):                       # stacked mounts: one layer per call
             if not any(t.startswith("fuse") for t in mount_fstypes(self.mountpoint)):
                 return

@@ -254,8 +254,12 @@ def test_superblock_values_validated():
     good = Superblock.decode(_sb().encode(), "k").__dict__
     for field, value, msg in [("block_size", 3000, "block_size"), ("block_size", 32 << 20, "block_size"),
                               ("compression", "lz4", "compression"), ("fencing", "none", "fencing"),
-                              ("format", 4, "format 4"), ("origins", [{"name": "a"}], "origin"),
-                              ("uuid", "x", "uuid"), ("options", [], "options")]:
+                              ("format", 5, "format 5"), ("origins", [{"name": "a"}], "origin"),
+                              ("uuid", "x", "uuid"), ("options", [], "options"),
+                              ("options", {"layout": "disk"}, "unknown layout"),
+                              ("options", {"layout": "block", "fs": "zfs", "image_size": 1 << 30}, "block layout"),
+                              ("options", {"layout": "block", "fs": "ext4", "image_size": 4096}, "block layout"),
+                              ("options", {"layout": "block", "fs": "ext4"}, "block layout")]:
         with pytest.raises(CorruptObject, match=msg):
             Superblock.decode(frame(b"FRYB", {**good, field: value}), "k")
 
@@ -475,3 +479,14 @@ def test_claim_purpose_defaults_to_mount_and_rejects_unknown():
     assert EpochClaim.decode(frame(b"FRYE", old), "k").purpose == "mount"       # format 1 claims
     with pytest.raises(CorruptObject, match="purpose"):
         EpochClaim.decode(frame(b"FRYE", {**old, "purpose": "explode"}), "k")
+
+
+def test_block_layout_is_format_4_and_files_stays_format_3():
+    sb = make_superblock("v", {"layout": "block", "size": "1000000000"}, 1)
+    assert (sb.format, sb.layout, sb.block_fs, sb.image_size) == (4, "block", "ext4", 1000000000 - 1000000000 % 4096)
+    back = Superblock.decode(sb.encode(), "k")
+    assert (back.layout, back.block_fs, back.image_size) == ("block", "ext4", sb.image_size)
+    sb = make_superblock("v", {"layout": "block", "fs": "xfs"}, 1)
+    assert (sb.block_fs, sb.image_size) == ("xfs", 10 << 30)
+    files = make_superblock("v", {}, 1)
+    assert (files.format, files.layout) == (3, "files") and "layout" not in files.options

@@ -1,0 +1,182 @@
+"""The block layout's stack: ferry file → loop device → kernel filesystem.
+
+A `layout=block` volume holds one sparse file, `image`, at the root of its
+ferry filesystem. The daemon mounts ferry in a private place (the cache
+dir's `fuse/`), attaches the image to a loop device with direct I/O (so the
+kernel's page cache sits above ext4/XFS only, and a flush of the kernel
+filesystem reaches ferry as an fsync of the image = one durable commit),
+makes the kernel filesystem on first use and mounts it where the user asked.
+Everything ferry guarantees (epochs, fencing, durable fsync, lazy fetch,
+crash recovery, GC, snapshots) applies to that one file unchanged.
+
+Teardown is the reverse: unmount the kernel filesystem (it flushes), detach
+the loop device, unmount ferry (the daemon then commits and releases).
+
+The argument lists are built by pure functions (tested without root); the
+`attach`/`detach`/`cleanup_dead` adapters run them and are blocking: callers
+on a trio loop use a worker thread. Loop devices are matched by their
+backing file before being detached, so a device number reused by another
+volume is never touched.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("ferry.blockstack")
+
+FILESYSTEMS = ("ext4", "xfs")
+IMAGE_NAME = "image"
+FUSE_DIR = "fuse"
+
+
+class BlockStackError(Exception):
+    """A step of the stack failed; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    fs: str            # ext4 | xfs
+    image_size: int    # bytes, the loop device's size
+
+
+def fuse_mountpoint(cache_dir: Path) -> Path:
+    """Where a block volume's ferry filesystem is mounted: private to the daemon's cache dir."""
+    return Path(os.path.abspath(cache_dir)) / FUSE_DIR
+
+
+def image_path(fuse_mp: Path) -> Path:
+    return Path(fuse_mp) / IMAGE_NAME
+
+
+# ------------------------------------------------------------------ pure: commands
+
+
+def losetup_argv(image: Path, *, direct_io: bool = True) -> list[str]:
+    return ["losetup", "--find", "--show", f"--direct-io={'on' if direct_io else 'off'}", str(image)]
+
+
+def mkfs_argv(fs: str, device: str) -> list[str]:
+    """Make the kernel filesystem without discarding (the image is sparse
+    already) and without zeroing inode tables or the journal (holes of the
+    image read as zeros, so that work would only upload zeros)."""
+    if fs == "ext4":
+        return ["mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", device]
+    if fs == "xfs":
+        return ["mkfs.xfs", "-q", "-f", "-K", device]
+    raise ValueError(f"fs must be one of {', '.join(FILESYSTEMS)}, not {fs!r}")
+
+
+def mount_argv(fs: str, device: str, target: Path) -> list[str]:
+    # ext4's lazy inode-table init would write zeros the image already reads as.
+    opts = "noinit_itable" if fs == "ext4" else "defaults"
+    return ["mount", "-t", fs, "-o", opts, device, str(target)]
+
+
+# ------------------------------------------------------------------ adapters
+
+
+def _run(argv: list[str], what: str, timeout: float = 300) -> str:
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise BlockStackError(f"{what}: {argv[0]} is not installed (apt install util-linux e2fsprogs "
+                              "xfsprogs)") from None
+    except subprocess.TimeoutExpired:
+        raise BlockStackError(f"{what}: {' '.join(argv)} did not finish within {timeout:g}s") from None
+    if r.returncode != 0:
+        raise BlockStackError(f"{what}: {' '.join(argv)} failed: {(r.stderr or r.stdout).strip()}")
+    return r.stdout.strip()
+
+
+def mounted(path: Path) -> bool:
+    target = os.path.abspath(path)
+    with open("/proc/mounts") as f:
+        return any(line.split()[1].replace("\\040", " ") == target for line in f)
+
+
+def probe_fs(device: str) -> str | None:
+    """The filesystem type on `device`, or None if it holds none."""
+    r = subprocess.run(["blkid", "-p", "-o", "value", "-s", "TYPE", device], capture_output=True, text=True)
+    return r.stdout.strip() or None if r.returncode == 0 else None
+
+
+def loops_backed_by(image: Path) -> list[str]:
+    """Loop devices whose backing file is `image` (from sysfs, no tool needed)."""
+    want = os.path.abspath(image)
+    out = []
+    for d in sorted(Path("/sys/block").glob("loop*")):
+        try:
+            backing = (d / "loop" / "backing_file").read_text().strip()
+        except OSError:
+            continue
+        if backing == want or backing == want + " (deleted)":
+            out.append(f"/dev/{d.name}")
+    return out
+
+
+def attach(fuse_mp: Path, layout: BlockLayout, target: Path, volume: str) -> str:
+    """Create the image if new, attach it to a loop device, make the kernel
+    filesystem if the image holds none, mount it on `target`. Returns the
+    loop device. On failure nothing stays attached."""
+    image = image_path(fuse_mp)
+    fd = os.open(image, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_size < layout.image_size:
+            os.ftruncate(fd, layout.image_size)      # sparse: costs one metadata record
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    device = _run(losetup_argv(image), f"volume {volume}: attaching {image} to a loop device")
+    try:
+        found = probe_fs(device)
+        if found is None:
+            log.info("volume %s: making %s on %s (image %d bytes)", volume, layout.fs, device, layout.image_size)
+            _run(mkfs_argv(layout.fs, device), f"volume {volume}: making the {layout.fs} filesystem")
+        elif found != layout.fs:
+            raise BlockStackError(f"volume {volume}: the image holds {found}, not {layout.fs}; "
+                                  "it was not made by this ferry volume's settings")
+        _run(mount_argv(layout.fs, device, target), f"volume {volume}: mounting {layout.fs} on {target}")
+    except BaseException:
+        subprocess.run(["losetup", "-d", device], capture_output=True)
+        raise
+    return device
+
+
+def detach(target: Path, fuse_mp: Path, *, lazy: bool = False, busy_wait: float = 5.0) -> None:
+    """Unmount the kernel filesystem (which flushes it into ferry), detach
+    the image's loop devices, unmount ferry. Each step is skipped when
+    already done, so a second caller (the daemon noticing an unmount, a
+    signal, `ferry fs umount`) is harmless. `lazy` is for a dead daemon."""
+    if mounted(target):
+        argv = ["umount", "-l", str(target)] if lazy else ["umount", str(target)]
+        r = subprocess.run(argv, capture_output=True, text=True)
+        if r.returncode != 0 and mounted(target):
+            raise BlockStackError(f"cannot unmount {target}: {r.stderr.strip()}\n"
+                                  f"  A process still uses it; find it with: fuser -vm {target}")
+    for dev in loops_backed_by(image_path(fuse_mp)):
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+    if not mounted(fuse_mp):
+        return
+    # The kernel drops the loop device's hold on the image asynchronously.
+    deadline = time.monotonic() + busy_wait
+    while True:
+        argv = ["fusermount3", "-u"] + (["-z"] if lazy else []) + [str(fuse_mp)]
+        r = subprocess.run(argv, capture_output=True, text=True)
+        if r.returncode == 0 or not mounted(fuse_mp):
+            return
+        if time.monotonic() > deadline:
+            raise BlockStackError(f"cannot unmount ferry's image mount {fuse_mp}: {r.stderr.strip()}")
+        time.sleep(0.05)
+
+
+def cleanup_dead(target: Path, fuse_mp: Path) -> None:
+    """After the daemon died: detach everything lazily, never raising."""
+    try:
+        detach(target, fuse_mp, lazy=True, busy_wait=2.0)
+    except BlockStackError as e:
+        log.warning("%s", e)
