@@ -25,6 +25,7 @@ from typing import Any
 
 import trio
 
+from fsd.blockstack import cleanup_dead, fuse_mountpoint, image_path, loops_backed_by
 from fsd.daemon import spawn_mount, unmount_and_wait
 from fsd.mount import registry_path
 from fsd.options import KNOWN as MOUNT_OPTIONS
@@ -180,10 +181,10 @@ class FsdManager:
     async def mkfs_if_missing(self, volume: str, options: dict[str, str]) -> bool:
         """Create the volume on the store unless it is there already. True if created."""
         from fsd import volume as vol_mod
-        from fsd.format.superblock import KNOWN_OPTIONS
+        from fsd.format.superblock import mkfs_options
         from fsd.store import open_store
 
-        mkfs_opts = {k: v for k, v in options.items() if k in KNOWN_OPTIONS}
+        mkfs_opts = mkfs_options(options)
 
         def run() -> bool:
             store = open_store(self.store_url)
@@ -210,9 +211,11 @@ class FsdManager:
 
     async def start(self, volume: str, *, takeover: bool, options: dict[str, str]) -> FsdInfo:
         mp, cache = self.mountpoint(volume), self.cache_dir(volume)
-        await self._thread(lambda: (mp.mkdir(parents=True, exist_ok=True),
-                                    cache.mkdir(parents=True, exist_ok=True)))
-        if await self._thread(in_proc_mounts, mp):
+        def make_dirs() -> None:
+            mp.mkdir(parents=True, exist_ok=True)
+            cache.mkdir(parents=True, exist_ok=True)
+        await self._thread(make_dirs)
+        if await self._thread(lambda: in_proc_mounts(mp) or in_proc_mounts(fuse_mountpoint(cache))):
             await self.lazy_unmount(volume)
         args = ["fs", "mount", "--store", self.store_url, "--cache-dir", str(cache), volume, str(mp)]
         if takeover:
@@ -260,6 +263,12 @@ class FsdManager:
     async def lazy_unmount(self, volume: str) -> None:
         """Detach a dead mount (ENOTCONN) so the mountpoint can be used again."""
         mp = self.mountpoint(volume)
+        fuse_mp = fuse_mountpoint(self.cache_dir(volume))
+        if await self._thread(lambda: in_proc_mounts(fuse_mp) or bool(loops_backed_by(image_path(fuse_mp)))):
+            # a block volume: its kernel filesystem, loop device and ferry mount
+            await self._thread(cleanup_dead, mp, fuse_mp)
+            log.warning("volume=%s detached dead block volume stack %s", volume, mp)
+            return
         r = await trio.run_process(["fusermount3", "-u", "-z", str(mp)], capture_stdout=True,
                                    capture_stderr=True, check=False)
         if r.returncode != 0 and await self._thread(in_proc_mounts, mp):

@@ -35,6 +35,7 @@ from agent.mounts import MountTable, UnknownMount
 from agent.removal_jobs import RemovalAborted, RemovalRunner
 from agent.statefile import StateFile
 from control.client import ControlClient, ControlError, Unreachable
+from fsd.format.superblock import DEFAULT_IMAGE_SIZE
 
 log = logging.getLogger("ferry.agent")
 VERSION = "0.1.0"
@@ -336,8 +337,11 @@ class Agent:
         status = {"owner": lease.get("host"), "epoch": lease.get("epoch"),
                   "durability": v.get("durability"), "upload_lag_s": lease.get("upload_lag_s"),
                   "snapshots": sorted(v.get("snapshots") or {})}
-        if (v.get("options") or {}).get("from"):
-            status["clone_of"] = v["options"]["from"]
+        opts = v.get("options") or {}
+        if opts.get("from"):
+            status["clone_of"] = opts["from"]
+        if opts.get("layout") == "block":
+            status.update(layout="block", fs=opts.get("fs", "ext4"), size=opts.get("size", DEFAULT_IMAGE_SIZE))
         if name in self.served:
             st = await self.fsd.status(name)
             if st is not None:
@@ -524,7 +528,7 @@ class Agent:
         A clone made by an earlier attempt whose answer was lost counts."""
         from fsd import clones
         from fsd import volume as vol_mod
-        from fsd.format.superblock import KNOWN_OPTIONS
+        from fsd.format.superblock import mkfs_options
         from fsd import snapshots as fsnap
         src = clones.parse_source(source, 0)
         ref = vol_mod.live_volume(store, new)
@@ -534,8 +538,7 @@ class Agent:
                 return list(sb.origins[0].position)
         if src.snap is None:
             fsnap.flush_local_mount(self.cfg.store_url, src.volume)   # "as last committed" includes this host's writes
-        mkfs_opts = {k: v for k, v in options.items() if k in KNOWN_OPTIONS}
-        _ref, sb, _src = clones.create(store, new, src, mkfs_opts)
+        _ref, sb, _src = clones.create(store, new, src, mkfs_options(options))
         log.info("host=%s volume=%s created as a clone of %s", self.host, new, src.describe())
         return list(sb.origins[0].position)
 

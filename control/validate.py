@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fsd.format import keys
-from fsd.format.superblock import KNOWN_OPTIONS as MKFS_OPTIONS, make_superblock
+from fsd.format.superblock import KNOWN_OPTIONS as MKFS_OPTIONS, make_superblock, mkfs_options
 from fsd.options import KNOWN as MOUNT_OPTIONS, parse_mount_options
 
 
@@ -38,7 +38,7 @@ def validate_volume_options(name: str, options: dict[str, str]) -> dict[str, str
     if unknown:
         raise ValueError(f"unknown volume option(s) {', '.join(unknown)}; known: "
                          + "; ".join(f"{k}={v}" for k, v in known.items()))
-    make_superblock(name, {k: v for k, v in options.items() if k in MKFS_OPTIONS}, 0)
+    make_superblock(name, mkfs_options(options), 0)
     if "from" in options:
         from fsd.clones import parse_source
         try:

@@ -73,7 +73,10 @@ def mkfs_argv(fs: str, device: str) -> list[str]:
 
 def mount_argv(fs: str, device: str, target: Path) -> list[str]:
     # ext4's lazy inode-table init would write zeros the image already reads as.
-    opts = "noinit_itable" if fs == "ext4" else "defaults"
+    # XFS refuses a second mount of one filesystem UUID, even while a dead
+    # owner's lazily unmounted instance lingers; ferry's fencing is what
+    # keeps a volume single-writer, so that check is switched off.
+    opts = "noinit_itable" if fs == "ext4" else "nouuid"
     return ["mount", "-t", fs, "-o", opts, device, str(target)]
 
 

@@ -247,10 +247,22 @@ def _syncfs(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def _freeze_thaw(mp: Path) -> None:
+    """A block volume's kernel filesystem: freezing it writes everything and
+    leaves it clean on disk (no journal to replay), and its flush commits
+    that state in ferry; thawing lets writers go on."""
+    import subprocess
+    r = subprocess.run(["fsfreeze", "-f", str(mp)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SnapshotError(f"cannot freeze {mp} to commit it: {r.stderr.strip()}; no snapshot was made")
+    subprocess.run(["fsfreeze", "-u", str(mp)], capture_output=True, text=True)
+
+
 def flush_local_mount(store_url: str, volume: str, *, timeout: float = 60.0) -> Path | None:
     """If `volume` of `store_url` is mounted on this host, commit what was
     written to it: syncfs hands the kernel's dirty pages to the daemon, an
-    fsync of the root directory commits the whole volume, and under
+    fsync of the root directory commits the whole volume (a block volume's
+    kernel filesystem is frozen and thawed instead), and under
     durability=local the daemon's status must then show nothing left to
     upload (its status file is rewritten every second, so that wait costs
     up to a second; under durability=remote the fsync alone is enough).
@@ -267,12 +279,15 @@ def flush_local_mount(store_url: str, volume: str, *, timeout: float = 60.0) -> 
             entries.append(d)
     for d in entries:
         mp = Path(d["mountpoint"])
-        fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            _syncfs(fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if d.get("layout") == "block":
+            _freeze_thaw(mp)
+        else:
+            fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                _syncfs(fd)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         after = time.time_ns()
         status = Path(d["cache_dir"]) / "status.json"
         try:

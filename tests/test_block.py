@@ -89,7 +89,8 @@ def test_block_options_are_checked_before_anything_is_made(file_store_url):
         ("layout=block", "fs=btrfs"): "fs must be 'ext4' or 'xfs'",
         ("layout=block", "size=1M"): "size must be between 64M and 1P",
         ("layout=block", "fs=xfs", "size=100M"): "at least 300M for xfs",
-        ("size=1G",): "size applies only to layout=block volumes",
+        ("size=1G",): "a layout=files volume's size is a mount option",
+        ("fs=xfs",): "fs applies only to layout=block volumes",
     }
     for opts, message in cases.items():
         args = ["fs", "mkfs", "--store", file_store_url, "bad"]

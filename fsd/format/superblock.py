@@ -147,6 +147,15 @@ class Superblock:
         return cls(**{k: b[k] for k in cls.__dataclass_fields__ if k != "origins"}, origins=origins)
 
 
+def mkfs_options(options: dict[str, str]) -> dict[str, str]:
+    """The format options among a volume's options (Docker's `-o` mixes them
+    with mount options). `size` is the volume's size in both layouts: the
+    image size of a block volume (a format option), the df limit of a files
+    volume (a mount option)."""
+    block = options.get("layout") == "block"
+    return {k: v for k, v in options.items() if k in KNOWN_OPTIONS and (k != "size" or block)}
+
+
 def valid_block_size(n: int) -> bool:
     return MIN_BLOCK_SIZE <= n <= MAX_BLOCK_SIZE and n & (n - 1) == 0
 
@@ -191,10 +200,11 @@ def _layout_options(options: dict[str, str]) -> dict[str, object]:
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be 'files' or 'block', not {layout!r}")
     if layout == "files":
-        given = sorted(k for k in ("fs", "size") if k in options)
-        if given:
-            raise ValueError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} only to "
-                             "layout=block volumes (add -o layout=block)")
+        if "fs" in options:
+            raise ValueError("fs applies only to layout=block volumes (add -o layout=block)")
+        if "size" in options:
+            raise ValueError("a layout=files volume's size is a mount option (ferry fs mount -o size=); "
+                             "at mkfs, size is the image size of a layout=block volume")
         return {}
     fs = options.get("fs", "ext4")
     if fs not in ("ext4", "xfs"):

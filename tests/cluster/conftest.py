@@ -129,6 +129,14 @@ class Cluster:
     def destroy(self) -> None:
         for h in self.hosts:
             h.destroy()
+        # block volumes of dead hosts: their loop devices outlive the namespaces
+        for dev in Path("/sys/block").glob("loop*"):
+            try:
+                backing = (dev / "loop" / "backing_file").read_text().strip()
+            except OSError:
+                continue
+            if backing.startswith(str(self.dir) + "/"):
+                subprocess.run(["losetup", "-d", f"/dev/{dev.name}"], capture_output=True)
         self.kill_control()
         if self.moto is not None and self.moto.poll() is None:
             os.killpg(self.moto.pid, 9)

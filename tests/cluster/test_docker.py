@@ -27,10 +27,12 @@ def docker_cluster(cluster):
             d.stop()
 
 
-def test_container_moves_to_another_host_and_finds_its_data(docker_cluster):
+@pytest.mark.parametrize("layout", ["files", "block"])
+def test_container_moves_to_another_host_and_finds_its_data(docker_cluster, layout):
     _, da = docker_cluster("a")
     _, db = docker_cluster("b")
-    da.docker("volume", "create", "-d", "ferry", "-o", "durability=remote", "appdata")
+    opts = ["-o", "layout=block", "-o", "fs=xfs", "-o", "size=320M"] if layout == "block" else []
+    da.docker("volume", "create", "-d", "ferry", "-o", "durability=remote", *opts, "appdata")
     da.run("--rm", "-v", "appdata:/data", dk.IMAGE, "sh", "-c",
            "dd if=/dev/zero bs=1024 count=3000 2>/dev/null | sha256sum > /data/sum && "
            "echo written-on-a > /data/origin && dd if=/dev/zero of=/data/blob bs=1024 count=3000 2>/dev/null")
@@ -41,6 +43,7 @@ def test_container_moves_to_another_host_and_finds_its_data(docker_cluster):
     assert out[1] == out[3], "the blob read on B differs from what A wrote"
     inspect = db.docker("volume", "inspect", "appdata").stdout
     assert '"Driver": "ferry"' in inspect and '"durability": "remote"' in inspect, inspect
+    assert ('"layout": "block"' in inspect) == (layout == "block"), inspect
 
 
 def test_two_containers_share_a_volume_and_rm_in_use_is_refused(docker_cluster):
@@ -71,12 +74,14 @@ def _store_keys(store_url: str, name: str) -> list[str]:
         store.close()
 
 
-def test_volume_rm_frees_the_store_and_a_recreated_volume_is_empty(docker_cluster, cluster):
-    """The sequence of issue 8, as a user types it."""
+@pytest.mark.parametrize("layout", ["files", "block"])
+def test_volume_rm_frees_the_store_and_a_recreated_volume_is_empty(docker_cluster, cluster, layout):
+    """The sequence of issue 8, as a user types it; a block volume too."""
     import json
     import time
     _, da = docker_cluster("a")
-    da.docker("volume", "create", "-d", "ferry", "demo")
+    opts = ["-o", "layout=block", "-o", "size=256M"] if layout == "block" else []
+    da.docker("volume", "create", "-d", "ferry", *opts, "demo")
     da.run("--rm", "-v", "demo:/data", dk.IMAGE, "sh", "-c",
            "dd if=/dev/urandom of=/data/big bs=1M count=20 2>/dev/null; sync")
     assert len(_store_keys(cluster.store_url, "demo")) > 5

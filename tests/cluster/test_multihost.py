@@ -48,11 +48,15 @@ def _ok(reply: dict) -> dict:
     return reply
 
 
-def test_planned_move_with_data_and_no_double_mount(cluster):
+LAYOUTS = {"files": {}, "block": {"layout": "block", "size": "256M"}}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_planned_move_with_data_and_no_double_mount(cluster, layout):
     a = cluster.add_host("a")
     b = cluster.add_host("b")
-    _ok(a.call("Create", Name="pg", Opts={}))
-    _ok(b.call("Create", Name="pg", Opts={}))          # Swarm calls Create on every node: idempotent
+    _ok(a.call("Create", Name="pg", Opts=LAYOUTS[layout]))
+    _ok(b.call("Create", Name="pg", Opts=LAYOUTS[layout]))          # Swarm calls Create on every node: idempotent
     _ok(a.call("Mount", Name="pg", ID="c1"))
     _write(a, "pg", "table", 3_000_000, "move-me")
 
@@ -64,16 +68,19 @@ def test_planned_move_with_data_and_no_double_mount(cluster):
     _ok(a.call("Unmount", Name="pg", ID="c1"))          # the container is gone on A
     _ok(b.call("Mount", Name="pg", ID="c2"))            # planned move: no takeover needed
     assert _sha(b, "pg", "table") == _expected(3_000_000, "move-me")
+    mounts = b.host.run("grep", f" {b.mountpoint('pg')} ", "/proc/mounts").stdout.decode()
+    assert (" ext4 " in mounts) == (layout == "block"), mounts
     st = cluster.ferry("volume", "inspect", "pg")
     assert st.returncode == 0 and "b" in st.stdout, st.stdout + st.stderr
     _ok(b.call("Unmount", Name="pg", ID="c2"))
     assert "takeover" not in (b.host.dir / "cache" / "pg" / "fsd.log").read_text()
 
 
-def test_host_loss_takeover_keeps_every_fsynced_byte_and_fences_the_old_owner(cluster):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_host_loss_takeover_keeps_every_fsynced_byte_and_fences_the_old_owner(cluster, layout):
     a = cluster.add_host("a")
     b = cluster.add_host("b")
-    _ok(a.call("Create", Name="db", Opts={}))
+    _ok(a.call("Create", Name="db", Opts=LAYOUTS[layout]))
     _ok(a.call("Mount", Name="db", ID="c1"))
     _write(a, "db", "acked", 2_500_000, "acknowledged")
     a.host.link_down()
