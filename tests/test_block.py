@@ -203,3 +203,39 @@ def test_frozen_stale_owner_of_a_block_volume_cannot_commit(s3_store_url, new_mo
     assert sorted(p.name for p in c.mountpoint.iterdir() if p.name != "lost+found") == ["after", "before"]
     assert (c.mountpoint / "after").read_bytes() == b"b1"
     check_kernel_fs(c, "ext4")
+
+
+def test_snapshot_of_a_mounted_block_volume_clones_clean_and_independent(file_store_url, new_mount):
+    """`ferry fs snapshot create` freezes the kernel filesystem around the
+    commit: a clone of that snapshot mounts with exactly the files of that
+    moment and a clean image, shares the origin's data, and neither volume
+    sees the other's later writes."""
+    a, b = new_mount("a"), new_mount("b")
+    a.mkfs(file_store_url, "orig", ["layout=block,size=256M"])
+    a.mount(file_store_url, "orig", fstype="ext4")
+    make_tree(a.mountpoint)
+    (a.mountpoint / "unsynced").write_bytes(b"in the page cache only")   # the freeze writes it too
+    want = tree_snapshot(a.mountpoint)
+    r = run_ferry("fs", "snapshot", "create", "--store", file_store_url, "orig", "s1",
+                  env={"FERRY_RUN_DIR": str(a.run_dir)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    (a.mountpoint / "after-snapshot").write_bytes(b"later")
+    (a.mountpoint / "dir" / "small5").unlink()
+    r = run_ferry("fs", "mkfs", "--store", file_store_url, "copy", "--from", "orig@s1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    b.mount(file_store_url, "copy", fstype="ext4")
+    assert snapshot_diff(want, tree_snapshot(b.mountpoint)) == []
+    (b.mountpoint / "only-in-clone").write_bytes(b"c")
+    subprocess.run(["sync", "-f", str(b.mountpoint)], check=True)
+    assert not (a.mountpoint / "only-in-clone").exists()
+    check_kernel_fs(b, "ext4")
+    b.mount(file_store_url, "copy", fstype="ext4")
+    assert (b.mountpoint / "only-in-clone").read_bytes() == b"c"
+    assert not (b.mountpoint / "after-snapshot").exists()
+    b.umount()
+    a.umount()
+    a.mount(file_store_url, "orig", fstype="ext4")
+    assert (a.mountpoint / "after-snapshot").exists() and not (a.mountpoint / "only-in-clone").exists()
+    a.umount()
+    fsck_clean(file_store_url, "orig")
+    fsck_clean(file_store_url, "copy")
