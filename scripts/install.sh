@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Install everything ferry and its tests need on Debian 12, as root; idempotent and quick when done.
-# apt: fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio psmisc util-linux e2fsprogs
+# apt: fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc patch attr fio psmisc util-linux e2fsprogs
 # xfsprogs (block volumes: losetup, mkfs.ext4, mkfs.xfs); with --tests also
 # iproute2 util-linux docker.io busybox-static (multi-host and Docker tests); with --slow also postgresql
 # (the slow crash tests run PostgreSQL on a ferry volume); virtualenv at ${FERRY_VENV:-.venv}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc attr fio psmisc util-linux e2fsprogs xfsprogs"
+PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc patch attr fio psmisc util-linux e2fsprogs xfsprogs"
 for arg in "$@"; do
   case "$arg" in
     --tests) PKGS="$PKGS iproute2 util-linux docker.io busybox-static" ;;
@@ -33,3 +33,5 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install -q -e ".${FERRY_EXTRAS:-[test]}"
+# pyfuse3 with a FUSE fallocate handler, so block volumes can turn discards into holes (deploy/pyfuse3)
+bash deploy/pyfuse3/install.sh "$(cd "$VENV" && pwd)"
