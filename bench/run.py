@@ -37,11 +37,11 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 MiB = 1 << 20
-SYSTEMS = ("ferry", "s3fs", "rclone", "s3backer", "null")
+SYSTEMS = ("ferry", "ferry-block", "s3fs", "rclone", "s3backer", "null")
 PEERS = ("s3fs", "rclone", "s3backer")
 # "null" is bench/nullfs.py: an in-memory pyfuse3 filesystem with ferry's mount options, the ceiling of
 # the Python FUSE binding itself. It is not a peer: it never counts as "best peer".
-LABELS = {"null": "pyfuse3 null"}
+LABELS = {"null": "pyfuse3 null", "ferry-block": "ferry block (ext4)"}
 ACCESS_KEY = "bench"
 SECRET_KEY = "bench-secret"
 REGION = "us-east-1"
@@ -519,6 +519,23 @@ class Ferry(System):
 
     def alive(self):
         return is_mounted(self.mnt) and (self.daemon is None or _alive(self.daemon))
+
+
+class FerryBlock(Ferry):
+    """ferry's layout=block: ext4 on a loop device over the ferry image (docs/block.md)."""
+    name = "ferry-block"
+    fuse = False
+
+    def setup(self):
+        run_cmd([self.ferry, "fs", "mkfs", "--store", self.url, "-o", "layout=block", "-o", "size=16G", "vol"],
+                timeout=120, env=self.env, what="ferry fs mkfs")
+
+    def teardown(self):
+        from fsd.blockstack import cleanup_dead, fuse_mountpoint
+        if self.cache is not None:
+            cleanup_dead(self.mnt, fuse_mountpoint(self.cache))
+        force_unmount(self.mnt)
+        self._kill_daemons()
 
 
 class S3fs(System):
@@ -1134,10 +1151,10 @@ class Harness:
             v = fio("randwrite_sync_local", rand, "randwrite", "4k", RAND_FILE_MB, t_timed, runtime=self.runtime,
                     fdatasync=True)["iops"]
             res["randwrite_sync_local"] = v
-            log(f"ferry: randwrite_sync_local={fmt(v)}")
+            log(f"{sysobj.name}: randwrite_sync_local={fmt(v)}")
         except BenchError as e:
             res["randwrite_sync_local"] = Fail(e.kind, str(e))
-            log(f"ferry: randwrite_sync_local: {e.kind}: {e}")
+            log(f"{sysobj.name}: randwrite_sync_local: {e.kind}: {e}")
         finally:
             sysobj.options = []
 
@@ -1151,13 +1168,15 @@ class Harness:
         for name in SYSTEMS:
             if name not in self.only:
                 continue
-            cls = {"ferry": Ferry, "s3fs": S3fs, "rclone": Rclone, "s3backer": S3backer, "null": NullFS}[name]
+            cls = {"ferry": Ferry, "ferry-block": FerryBlock, "s3fs": S3fs, "rclone": Rclone, "s3backer": S3backer,
+                   "null": NullFS}[name]
             try:
                 sysobj = cls(self)
             except Exception as e:  # noqa: BLE001
                 self.results[name] = {k: Fail("fail", f"{type(e).__name__}: {e}") for k, _, _ in WORKLOADS}
                 continue
-            self.run_system(sysobj, ferry_local=(name == "ferry" and "randwrite_sync_local" in self.workloads))
+            self.run_system(sysobj, ferry_local=(name in ("ferry", "ferry-block")
+                                                 and "randwrite_sync_local" in self.workloads))
             self.notes += [f"{name}: {n}" for n in sysobj.notes]
 
     def cleanup(self):
@@ -1294,8 +1313,9 @@ def build_rows(h: Harness) -> tuple[list[str], list[list[str]]]:
             out.append(f"{mark} {text}")
         return ", ".join(out)
 
-    header = ["workload", "unit", "ceiling", "ferry", "s3fs", "rclone", "s3backer", LABELS["null"],
-              "ferry/ceiling", "ferry/best peer", f"ferry/{LABELS['null']}", "target"]
+    header = ["workload", "unit", "ceiling", "ferry", LABELS["ferry-block"], "s3fs", "rclone", "s3backer",
+              LABELS["null"], "ferry/ceiling", "ferry/best peer", f"ferry/{LABELS['null']}", "target",
+              "block/ceiling", "block/best peer", "block/ferry files"]
     rows = []
     for key, label, unit in WORKLOADS:
         if key not in h.workloads:     # --workloads
@@ -1305,7 +1325,9 @@ def build_rows(h: Harness) -> tuple[list[str], list[list[str]]]:
         peer_key = "randwrite_sync" if key == "randwrite_sync_local" else key
         ce, ce_name = ceilings[key]
         ce_txt = "—" if ce is None else f"{fmt(ce)} ({ce_name})"
-        cells = [label, unit, ce_txt, "—" if ferry_v is None else fmt(ferry_v)]
+        block_v = get("ferry-block", fk)
+        cells = [label, unit, ce_txt, "—" if ferry_v is None else fmt(ferry_v),
+                 "—" if block_v is None else fmt(block_v)]
         for p in PEERS:
             v = get(p, peer_key)
             txt = "—" if v is None else fmt(v)
@@ -1322,6 +1344,10 @@ def build_rows(h: Harness) -> tuple[list[str], list[list[str]]]:
         cells.append("—" if rb is None else f"{fmt_ratio(rb)}× ({bpn})")
         cells.append("—" if rn is None else f"{fmt_ratio(rn)}×")
         cells.append(target(key, num(ferry_v)))
+        for r in (ratio(block_v, ce), ratio(block_v, bp), ratio(block_v, ferry_v)):
+            cells.append("—" if r is None else f"{fmt_ratio(r)}×")
+        if ratio(block_v, bp) is not None:
+            cells[-2] += f" ({bpn})"
         rows.append(cells)
     return header, rows
 

@@ -40,8 +40,9 @@ class BlockStackError(Exception):
 
 @dataclass(frozen=True)
 class BlockLayout:
-    fs: str            # ext4 | xfs
-    image_size: int    # bytes, the loop device's size
+    fs: str                # ext4 | xfs
+    image_size: int        # bytes, the loop device's size
+    discard: bool = False  # mount the kernel filesystem with -o discard
 
 
 def fuse_mountpoint(cache_dir: Path) -> Path:
@@ -71,13 +72,26 @@ def mkfs_argv(fs: str, device: str) -> list[str]:
     raise ValueError(f"fs must be one of {', '.join(FILESYSTEMS)}, not {fs!r}")
 
 
-def mount_argv(fs: str, device: str, target: Path) -> list[str]:
+def mount_argv(fs: str, device: str, target: Path, *, discard: bool = False) -> list[str]:
     # ext4's lazy inode-table init would write zeros the image already reads as.
     # XFS refuses a second mount of one filesystem UUID, even while a dead
     # owner's lazily unmounted instance lingers; ferry's fencing is what
     # keeps a volume single-writer, so that check is switched off.
     opts = "noinit_itable" if fs == "ext4" else "nouuid"
+    if discard:
+        opts += ",discard"
     return ["mount", "-t", fs, "-o", opts, device, str(target)]
+
+
+def fstrim_argv(target: Path) -> list[str]:
+    return ["fstrim", str(target)]
+
+
+def fallocate_supported() -> bool:
+    """Whether this pyfuse3 passes fallocate to ferry (deploy/pyfuse3):
+    without it, discards never reach the store and deleted data stays."""
+    import pyfuse3
+    return hasattr(pyfuse3.Operations, "fallocate")
 
 
 # ------------------------------------------------------------------ adapters
@@ -143,11 +157,17 @@ def attach(fuse_mp: Path, layout: BlockLayout, target: Path, volume: str) -> str
         elif found != layout.fs:
             raise BlockStackError(f"volume {volume}: the image holds {found}, not {layout.fs}; "
                                   "it was not made by this ferry volume's settings")
-        _run(mount_argv(layout.fs, device, target), f"volume {volume}: mounting {layout.fs} on {target}")
+        _run(mount_argv(layout.fs, device, target, discard=layout.discard),
+             f"volume {volume}: mounting {layout.fs} on {target}")
     except BaseException:
         subprocess.run(["losetup", "-d", device], capture_output=True)
         raise
     return device
+
+
+def trim(target: Path, volume: str) -> str:
+    """fstrim the kernel filesystem: its free space becomes holes in the image."""
+    return _run(fstrim_argv(target), f"volume {volume}: trimming {target}", timeout=3600)
 
 
 def detach(target: Path, fuse_mp: Path, *, lazy: bool = False, busy_wait: float = 5.0) -> None:

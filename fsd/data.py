@@ -69,6 +69,25 @@ def split_range(off: int, size: int, bs: int) -> Iterator[tuple[int, int, int]]:
         off += n
 
 
+def punch_plan(off: int, length: int, size: int, bs: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """Punching [off, off+length) out of a file of `size` bytes: the whole
+    blocks [first, first+count) that become holes, and the (offset, length)
+    pieces at the edges that must be written as zeros instead. Nothing past
+    `size` is touched (a punch never changes the size); the file's partial
+    last block counts as whole when the range reaches the end of the file."""
+    end = min(off + length, size)
+    if end <= off:
+        return 0, 0, []
+    first = -(-off // bs)
+    stop = end // bs if end < size else -(-size // bs)
+    if first >= stop:
+        return 0, 0, [(off, end - off)]
+    edges = [(off, first * bs - off)] if off < first * bs else []
+    if stop * bs < end:
+        edges.append((stop * bs, end - stop * bs))
+    return first, stop - first, edges
+
+
 class DataLayer:
     def __init__(self, ops: MetaOps, bio: BlockIO, block_size: int, dirty_limit: int) -> None:
         self.ops = ops
@@ -270,6 +289,34 @@ class DataLayer:
                 self.extents[key] = None
                 self.dirty_bytes += len(clipped)
                 self.unsettled.pop(key, None)
+
+    async def punch(self, ino: int, off: int, length: int, now_ns: int) -> None:
+        """Make [off, off+length) read as zeros, keeping the size: whole
+        blocks become holes (their objects become garbage for GC), partial
+        ones get zeros written (`punch_plan`)."""
+        inode = self.state.inodes.get(ino)
+        if inode is None:
+            raise FsError(errno.ENOENT)
+        first, count, edges = punch_plan(off, length, inode.size, self.bs)
+        for o, n in edges:
+            await self.write(ino, o, bytes(n), now_ns)
+        if count:
+            self._forget_blocks(ino, first, count)
+            self.ops.punch(ino, first, count, now_ns)
+
+    def _forget_blocks(self, ino: int, first: int, count: int) -> None:
+        """Drop buffers of blocks [first, first+count): as for a truncate, an
+        in-flight batch's BLOCK records precede the HOLE in the journal, so
+        they must not settle into memory after it."""
+        def hit(k: Key) -> bool:
+            return k[0] == ino and first <= k[1] < first + count
+        for key in [k for k in self.dirty if hit(k)]:
+            self.dirty_bytes -= len(self.dirty.pop(key))
+            self.extents.pop(key, None)
+        for key in [k for k in self.inflight if hit(k)]:
+            del self.inflight[key]
+        for key in [k for k in self.unsettled if hit(k)]:
+            del self.unsettled[key]
 
     def restore_dirty(self, ino: int, idx: int, raw: bytes) -> None:
         """Recovery: a block from the local journal becomes dirty again."""

@@ -28,6 +28,11 @@ ENTRY_TIMEOUT = 300.0
 ATTR_TIMEOUT = 300.0
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+FALLOCATE_SUPPORTED = frozenset({FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE,
+                                 FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE})
 
 
 def _fuse_errors(fn):
@@ -51,8 +56,12 @@ class FerryOperations(pyfuse3.Operations):
     enable_writeback_cache = True
 
     def __init__(self, *, ops: MetaOps, data: DataLayer, committer: Committer,
-                 volume: str, size_limit: int, now_ns: Callable[[], int] = time.time_ns) -> None:
+                 volume: str, size_limit: int, holes: bool = False,
+                 now_ns: Callable[[], int] = time.time_ns) -> None:
+        """`holes`: the volume's format has HOLE records (4, block volumes),
+        so fallocate may punch holes."""
         super().__init__()
+        self.holes = holes
         self.ops = ops
         self.data = data
         self.committer = committer
@@ -249,6 +258,25 @@ class FerryOperations(pyfuse3.Operations):
         else:
             self.open_count.pop(ino, None)
             self._maybe_purge(ino)
+
+    @_fuse_errors
+    async def fallocate(self, fh, mode, offset, length):
+        """PUNCH_HOLE|KEEP_SIZE and ZERO_RANGE[|KEEP_SIZE]: what the loop
+        driver sends for a block volume's discards and write-zeroes. Only
+        volumes whose format has HOLE records (4) take them; anything else
+        (preallocation) is EOPNOTSUPP, which callers such as posix_fallocate
+        handle. (Needs the patched pyfuse3 of deploy/pyfuse3 to be called.)"""
+        if not self.holes or mode not in FALLOCATE_SUPPORTED:
+            raise FsError(errno.EOPNOTSUPP)
+        if offset < 0 or length <= 0:
+            raise FsError(errno.EINVAL)
+        self._writable()
+        ino = self.handles[fh]
+        now = self.now_ns()
+        if mode & FALLOC_FL_ZERO_RANGE and not mode & FALLOC_FL_KEEP_SIZE \
+                and offset + length > self.ops.getattr(ino).size:
+            self.ops.setattr(ino, now, size=offset + length)
+        await self.data.punch(ino, offset, length, now)
 
     @_fuse_errors
     async def fsync(self, fh, datasync):

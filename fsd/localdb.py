@@ -19,7 +19,7 @@ from typing import Iterable
 
 import msgpack
 
-from fsd.meta.records import BLOCK, DENT, DENT_DEL, INODE, INODE_DEL, PATCH, TRUNC, XATTR, XATTR_DEL
+from fsd.meta.records import BLOCK, DENT, DENT_DEL, HOLE, INODE, INODE_DEL, PATCH, TRUNC, XATTR, XATTR_DEL
 from fsd.meta.state import MetaState
 
 log = logging.getLogger("ferry.localdb")
@@ -144,6 +144,10 @@ class WorkingCopy:
                     x("DELETE FROM patch WHERE ino=? AND idx=? AND off>=?", (ino, idx, rem))
                     x("UPDATE patch SET data=substr(data, 1, ? - off) WHERE ino=? AND idx=? AND off + length(data) > ?",
                       (rem, ino, idx, rem))
+            elif t == HOLE:
+                ino, first, end = r[1], r[2], min(r[2] + r[3], (1 << 63) - 1)   # SQLite ints are signed 64-bit
+                x("DELETE FROM block WHERE ino=? AND idx>=? AND idx<?", (ino, first, end))
+                x("DELETE FROM patch WHERE ino=? AND idx>=? AND idx<?", (ino, first, end))
             elif t == INODE_DEL:
                 for table, col in (("inode", "ino"), ("dent", "parent"), ("block", "ino"), ("xattr", "ino"),
                                    ("patch", "ino")):

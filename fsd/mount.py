@@ -45,7 +45,7 @@ from fsd.fencing import WriterPosition
 from fsd.fuse_ops import FerryOperations
 from fsd.gc.live import MaintenanceConfig, Maintainer
 from fsd.kernel_tuning import tune_bdi
-from fsd.format.superblock import Superblock
+from fsd.format.superblock import BLOCK_FORMAT, Superblock
 from fsd.localjournal import LocalJournal
 from fsd.meta.ops import MetaOps
 from fsd.meta.state import MetaState
@@ -265,7 +265,7 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
     for ino in ops.orphans():          # unlinked-but-open files of a crashed mount
         ops.purge(ino)
     fsops = FerryOperations(ops=ops, data=data, committer=committer, volume=cfg.volume,
-                            size_limit=cfg.options.size)
+                            size_limit=cfg.options.size, holes=sb.format >= BLOCK_FORMAT)
     return Parts(epoch=epoch, state=state, ops=ops, data=data, pos=pos, committer=committer, fsops=fsops,
                  maintainer=maintainer)
 
@@ -431,7 +431,7 @@ class BlockStack:
 
     def __init__(self, cfg: MountConfig, sb: Superblock) -> None:
         self.cfg = cfg
-        self.layout = blockstack.BlockLayout(fs=sb.block_fs, image_size=sb.image_size)
+        self.layout = blockstack.BlockLayout(fs=sb.block_fs, image_size=sb.image_size, discard=cfg.options.discard)
         self.fuse_mp = blockstack.fuse_mountpoint(cfg.cache_dir)
         self.failed = False
 
@@ -452,10 +452,29 @@ class BlockStack:
         log.info("volume %s mounted on %s (%s on %s, image %s; epoch %d, durability %s)", cfg.volume,
                  cfg.mountpoint, self.layout.fs, device, blockstack.image_path(self.fuse_mp), epoch,
                  cfg.options.durability)
+        interval = cfg.options.trim_interval
+        if not blockstack.fallocate_supported():
+            log.warning("volume %s: this pyfuse3 has no fallocate, so discards and fstrim do not reach ferry "
+                        "and the store keeps deleted data; install ferry's pyfuse3 (deploy/pyfuse3/install.sh)",
+                        cfg.volume)
+            interval = 0.0
+        next_trim = trio.current_time() + interval
         while await t(blockstack.mounted, cfg.mountpoint):
-            await trio.sleep(1.0)
+            if interval and trio.current_time() >= next_trim:
+                await self._trim()
+                next_trim = trio.current_time() + interval
+            await trio.sleep(1.0 if not interval else min(1.0, interval))
         log.info("volume %s: %s unmounted; detaching the image", cfg.volume, cfg.mountpoint)
         await self.stop()
+
+    async def _trim(self) -> None:
+        """fstrim, so deleted files' blocks become holes and then garbage. A
+        failure is logged and tried again next interval."""
+        try:
+            out = await trio.to_thread.run_sync(blockstack.trim, self.cfg.mountpoint, self.cfg.volume)
+            log.debug("volume %s: fstrim: %s", self.cfg.volume, out)
+        except blockstack.BlockStackError as e:
+            log.warning("volume %s: %s", self.cfg.volume, e)
 
     async def stop(self, lazy: bool = False) -> bool:
         """Take the stack down (kernel filesystem, loop device, ferry). False

@@ -46,6 +46,8 @@ class MountOptions:
     gc_interval: float = 600.0        # seconds between background GC passes
     gc_grace: float = 300.0           # unreferenced objects younger than this survive a pass
     image_only: bool = False          # block volumes: mount ferry's filesystem (holding `image`) only
+    trim_interval: float = 3600.0     # block volumes: seconds between fstrim runs (0: never)
+    discard: bool = False             # block volumes: mount the kernel filesystem with -o discard
 
 
 KNOWN = {
@@ -62,6 +64,10 @@ KNOWN = {
     "image_only": "on|off: for a layout=block volume, mount only ferry's filesystem holding the file `image` "
                   "(to check it with e2fsck/xfs_repair or copy it); the kernel filesystem is not mounted "
                   "(default off)",
+    "trim_interval": "for a layout=block volume, how often the daemon runs fstrim so deleted files' space "
+                     "becomes garbage GC frees (default 1h; 0: never)",
+    "discard": "on|off: for a layout=block volume, mount the kernel filesystem with -o discard (every delete "
+               "punches at once; costs a commit per delete) (default off: fstrim every trim_interval)",
 }
 
 
@@ -120,14 +126,17 @@ def parse_mount_options(kv: dict[str, str]) -> MountOptions:
         if n < 1:
             raise ValueError("snapshot_every must be at least 1")
         vals["snapshot_every"] = n
-    for k in ("gc", "image_only"):
+    for k in ("gc", "image_only", "discard"):
         if k in kv:
             if kv[k] not in ("on", "off"):
                 raise ValueError(f"{k} must be 'on' or 'off', not {kv[k]!r}")
             vals[k] = kv[k] == "on"
-    for k, lo in (("gc_interval", 0.1), ("gc_grace", 0.0)):
+    for k, lo in (("gc_interval", 0.1), ("gc_grace", 0.0), ("trim_interval", 0.0)):
         if k in kv:
-            d = parse_duration(kv[k])
+            try:
+                d = parse_duration(kv[k])
+            except ValueError as e:
+                raise ValueError(f"{k}: {e}") from None
             if not lo <= d <= 30 * 86400:
                 raise ValueError(f"{k} must be between {lo:g}s and 30d, not {kv[k]!r}")
             vals[k] = d

@@ -125,13 +125,13 @@ def _torture(fs: str, durability: str, store_url: str, tmp_path: Path, trials: i
             # remote: every trial is a new host (fresh cache, takeover); local: the same host
             cache = tmp_path / (f"cache-{trial}" if durability == "remote" else "cache-0")
             m.mount(store_url, "tort", cache_dir=cache, takeover=trial > 0 and durability == "remote",
-                    options=[f"durability={durability}"], fstype=fs)
+                    options=[f"durability={durability}", "discard=on"], fstype=fs)
             for root, model in models:
                 problems = model.check(m.mountpoint / root)
                 assert not problems, f"trial {trial} (seed {seed}): acknowledged data lost:\n" + "\n".join(
                     problems[:20]) + f"\n{m.log()[-3000:]}"
             check_kernel_fs(m, fs)
-            m.mount(store_url, "tort", options=[f"durability={durability}"], fstype=fs)
+            m.mount(store_url, "tort", options=[f"durability={durability}", "discard=on"], fstype=fs)
             log = tmp_path / f"writer-{trial}.log"
             w = _writer(m.mountpoint / f"t{trial}", log, rng.randrange(1 << 30))
             time.sleep(rng.uniform(0.3, 2.5))
@@ -239,3 +239,50 @@ def test_snapshot_of_a_mounted_block_volume_clones_clean_and_independent(file_st
     a.umount()
     fsck_clean(file_store_url, "orig")
     fsck_clean(file_store_url, "copy")
+
+
+def _live_bytes(store_url: str, volume: str, *, dry_run: bool = False) -> int:
+    r = run_ferry("fs", "gc", "--store", store_url, volume, "--grace", "0", "--json",
+                  *(["--dry-run"] if dry_run else []))
+    assert r.returncode == 0, r.stdout + r.stderr
+    import json
+    return json.loads(r.stdout)["live_bytes"]
+
+
+DISCARD = [("ext4", "fstrim"), ("ext4", "discard"), ("xfs", "trim_interval")]
+
+
+@pytest.mark.parametrize("fs,how", DISCARD, ids=["-".join(d) for d in DISCARD])
+def test_block_discard_lets_gc_free_the_store(fs, how, file_store_url, new_mount):
+    """Deleting files in the kernel filesystem frees the store once the
+    discards arrive (fstrim by hand, -o discard, or the daemon's periodic
+    fstrim): the image gets holes, GC deletes their objects, and both the
+    volume and the kernel filesystem check clean."""
+    from fsd.blockstack import fallocate_supported
+    assert fallocate_supported(), "pyfuse3 without fallocate: run deploy/pyfuse3/install.sh (scripts/install.sh does)"
+    m = new_mount("a")
+    m.mkfs(file_store_url, "trim", [f"layout=block,fs={fs},size={SIZES[fs]},history=0"])
+    opts = {"fstrim": [], "discard": ["discard=on"], "trim_interval": ["trim_interval=1s"]}[how]
+    m.mount(file_store_url, "trim", options=["gc=off", *opts], fstype=fs)
+    keep = random.Random(3).randbytes(2_000_000)
+    (m.mountpoint / "keep").write_bytes(keep)
+    for i in range(3):
+        (m.mountpoint / f"gone{i}").write_bytes(random.Random(i).randbytes(16 << 20))
+    subprocess.run(["sync", "-f", str(m.mountpoint)], check=True)
+    full = _live_bytes(file_store_url, "trim", dry_run=True)     # mounted: look, delete nothing
+    assert full > 48 << 20
+    for i in range(3):
+        (m.mountpoint / f"gone{i}").unlink()
+    subprocess.run(["sync", "-f", str(m.mountpoint)], check=True)
+    if how == "fstrim":
+        subprocess.run(["fstrim", str(m.mountpoint)], check=True)
+    elif how == "trim_interval":
+        time.sleep(3)
+    subprocess.run(["sync", "-f", str(m.mountpoint)], check=True)
+    m.umount()
+    after = _live_bytes(file_store_url, "trim")
+    assert after < full - (40 << 20), f"live bytes {full} -> {after}: the discards did not free the store"
+    m.mount(file_store_url, "trim", fstype=fs)
+    assert (m.mountpoint / "keep").read_bytes() == keep
+    check_kernel_fs(m, fs)
+    fsck_clean(file_store_url, "trim")

@@ -19,10 +19,10 @@ from stat import (S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK
                   S_ISGID)
 from typing import Iterable
 
-from fsd.meta.records import (DENT, DENT_DEL, I_ATIME, I_CTIME, I_GID, I_MODE, I_MTIME,
+from fsd.meta.records import (DENT, DENT_DEL, HOLE, I_ATIME, I_CTIME, I_GID, I_MODE, I_MTIME,
                               I_NLINK, I_SIZE, I_UID, INODE, INODE_DEL, NAME_MAX, TRUNC, XATTR,
                               XATTR_DEL, XATTR_SIZE_MAX)
-from fsd.meta.state import ROOT_INO, S_FMT, BlockRef, Inode, MetaState
+from fsd.meta.state import ROOT_INO, S_FMT, BlockRef, Inode, MetaState, in_range
 
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
@@ -417,6 +417,21 @@ class MetaOps:
         if size is not None and size < n.size:
             self._emit([TRUNC, ino, size])
         self._emit(r)
+        return n
+
+    def punch(self, ino: int, first: int, count: int, now_ns: int) -> Inode:
+        """Blocks [first, first+count) of regular file `ino` become holes
+        (fallocate PUNCH_HOLE, ZERO_RANGE); size unchanged, mtime/ctime set.
+        A HOLE record is emitted only if the range maps something, so a
+        filesystem re-trimming free space costs no journal."""
+        n = self._node(ino)
+        if n.mode & S_FMT != S_IFREG:
+            raise FsError(errno.EINVAL)
+        st = self.state
+        if in_range(st.blocks.get(ino, {}), first, count) or in_range(st.patches.get(ino, {}), first, count):
+            self._emit([HOLE, ino, first, count])
+        n.mtime_ns = n.ctime_ns = now_ns
+        self.attr_dirty.add(ino)
         return n
 
     def note_write(self, ino: int, end_offset: int, now_ns: int) -> Inode:

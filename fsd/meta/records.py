@@ -24,9 +24,11 @@ TRUNC = 6
 XATTR = 7
 XATTR_DEL = 8
 PATCH = 9
+HOLE = 10          # format 4: blocks [index, index+count) of a file become holes (a punched range)
 
 NAMES = {INODE: "INODE", INODE_DEL: "INODE_DEL", DENT: "DENT", DENT_DEL: "DENT_DEL",
-         BLOCK: "BLOCK", TRUNC: "TRUNC", XATTR: "XATTR", XATTR_DEL: "XATTR_DEL", PATCH: "PATCH"}
+         BLOCK: "BLOCK", TRUNC: "TRUNC", XATTR: "XATTR", XATTR_DEL: "XATTR_DEL", PATCH: "PATCH",
+         HOLE: "HOLE"}
 
 # Positions inside an INODE record, so that code building a changed record
 # from `Inode.to_record()` does not scatter magic numbers.
@@ -119,6 +121,7 @@ _SHAPES: dict[int, _Fields] = {
     XATTR: (("ino", _ino), ("name", _xattr_name), ("value", _xattr_value)),
     XATTR_DEL: (("ino", _ino), ("name", _xattr_name)),
     PATCH: (("ino", _ino), ("index", _u64), ("offset", _u32), ("data", _patch_data)),
+    HOLE: (("ino", _ino), ("index", _u64), ("count", _int_in(1, _U64, "a block count (int >= 1)"))),
 }
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from stat import S_IFDIR, S_IFREG
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from fsd.meta.records import (BLOCK, DENT, DENT_DEL, INODE, INODE_DEL, PATCH, TRUNC, XATTR, XATTR_DEL,
+from fsd.meta.records import (BLOCK, DENT, DENT_DEL, HOLE, INODE, INODE_DEL, PATCH, TRUNC, XATTR, XATTR_DEL,
                               RecordError)
 
 ROOT_INO = 1
@@ -286,6 +286,21 @@ class MetaState:
         if not bm:
             del self.blocks[ino]
 
+    def _hole(self, r: list) -> None:
+        """Blocks [index, index+count) read as zeros again (a punched range);
+        the file's size is unchanged."""
+        ino, first, count = r[1], r[2], r[3]
+        bm = self.blocks.get(ino)
+        if bm:
+            for idx in in_range(bm, first, count):
+                del bm[idx]
+            if not bm:
+                del self.blocks[ino]
+        pm = self.patches.get(ino)
+        if pm:
+            for idx in in_range(pm, first, count):
+                self._drop_patches(ino, idx)
+
     def _trunc_patches(self, ino: int, size: int) -> None:
         pm = self.patches.get(ino)
         if not pm:
@@ -381,6 +396,13 @@ def _merge_piece(pl: list[tuple[int, bytes]], off: int, data: bytes) -> int:
     return len(merged) - old
 
 
+def in_range(m: Mapping[int, object], first: int, count: int) -> list[int]:
+    """Keys of `m` in [first, first+count), without walking a huge range."""
+    if count <= len(m):
+        return [i for i in range(first, first + count) if i in m]
+    return [i for i in m if first <= i < first + count]
+
+
 _APPLY: dict[int, Callable[[MetaState, list], None]] = {
     INODE: MetaState._inode,
     INODE_DEL: MetaState._inode_del,
@@ -391,4 +413,5 @@ _APPLY: dict[int, Callable[[MetaState, list], None]] = {
     XATTR: MetaState._xattr,
     XATTR_DEL: MetaState._xattr_del,
     PATCH: MetaState._patch,
+    HOLE: MetaState._hole,
 }

@@ -15,7 +15,7 @@ from fsd.meta.state import BlockRef, MetaState, new_volume_records
 BS = 65536
 NAMES = st.sampled_from([b"a", b"b", b"c"])
 OPS = st.lists(st.tuples(st.sampled_from(["create", "mkdir", "unlink", "rmdir", "rename", "link", "write",
-                                          "trunc", "xattr", "patch", "commit"]),
+                                          "trunc", "xattr", "patch", "punch", "commit"]),
                          NAMES, NAMES, st.integers(0, 300_000)), max_size=60)
 
 
@@ -65,6 +65,10 @@ def test_working_copy_equals_replay(tmp_path_factory, ops):
                     log.extend(m.take_pending())
                     log.append(rec)
                     state.apply(rec)
+            elif op == "punch":       # blocks become holes (block volumes' discards)
+                node = m.lookup(dirs[-1], n1)
+                if stat.S_ISREG(node.mode):
+                    m.punch(node.ino, num // BS % 4, num % 3 + 1 if num % 7 else (1 << 64) - 5, i)
             elif op == "commit":
                 seq += 1
                 wc.apply_segment(log + m.take_pending(), (1, seq))
