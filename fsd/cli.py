@@ -577,7 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "owners, xattrs (SCHILY.xattr), hard links, symlinks, devices, and sparse "
                                     "files without their holes (GNU sparse 1.0). VOLUME alone exports what "
                                     "is committed now; VOLUME@SNAP a snapshot; VOLUME@TIME a moment of the "
-                                    "history window (a temporary snapshot pins what is exported).",
+                                    "history window (a temporary snapshot pins what is exported). A "
+                                    "layout=block volume exports the files inside its image: the image is "
+                                    "copied to $TMPDIR (sparse) and mounted there, which needs root and free "
+                                    "space for its data.",
                         epilog="examples:\n"
                                "  ferry fs export --store file:///srv/ferry-store myvol@nightly -o myvol.tar\n"
                                "  ferry fs export --store file:///srv/ferry-store myvol@-1h | zstd > myvol.tar.zst\n"

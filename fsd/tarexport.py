@@ -314,6 +314,9 @@ def export_volume(store: ObjectStore, spec: str, out: BinaryIO, *, progress: Pro
     try:
         ref, state = snapshots.open_state(store, src.volume, snap)
         sb = vol_mod.read_superblock(store, ref)
+        if sb.layout == "block":       # the files inside the image, not the image
+            from fsd import blockexport
+            return blockexport.export(store, state, sb, sb.data_roots(ref.root), out, progress=progress)
         return export(store, state, sb.data_roots(ref.root), out, progress=progress)
     finally:
         if temp is not None:

@@ -100,6 +100,10 @@ def test_block_options_are_checked_before_anything_is_made(file_store_url):
         assert r.returncode != 0 and message in r.stderr, (opts, r.stdout, r.stderr)
     r = run_ferry("fs", "inspect", "--store", file_store_url, "bad")
     assert r.returncode != 0
+    tar = Path(file_store_url[len("file://"):]).parent / "one.tar"
+    subprocess.run(["tar", "-cf", str(tar), "-C", "/etc", "hostname"], check=True)
+    r = run_ferry("fs", "import", "--store", file_store_url, "bad", str(tar), "-o", "layout=block")
+    assert r.returncode != 0 and "import makes layout=files volumes only" in r.stderr, r.stdout + r.stderr
 
 
 def _writer(root: Path, log: Path, seed: int) -> subprocess.Popen:
@@ -286,3 +290,38 @@ def test_block_discard_lets_gc_free_the_store(fs, how, file_store_url, new_mount
     assert (m.mountpoint / "keep").read_bytes() == keep
     check_kernel_fs(m, fs)
     fsck_clean(file_store_url, "trim")
+
+
+@pytest.mark.parametrize("fs", ["ext4", "xfs"])
+def test_block_export_holds_the_files_inside_the_image(fs, file_store_url, new_mount, tmp_path):
+    """`ferry fs export` of a block volume is a tar of its files (not the
+    image), from a snapshot or as last committed while mounted; tar
+    extracts it to the same tree."""
+    m = new_mount("a")
+    m.mkfs(file_store_url, "exp", [f"layout=block,fs={fs},size={SIZES[fs]}"])
+    m.mount(file_store_url, "exp", fstype=fs)
+    make_tree(m.mountpoint)
+    with open(m.mountpoint / "sparse", "wb") as f:
+        f.truncate(50 << 20)
+        f.seek(20 << 20)
+        f.write(b"middle")
+    want = {k: v for k, v in tree_snapshot(m.mountpoint).items() if not k.startswith("lost+found")}
+    r = run_ferry("fs", "snapshot", "create", "--store", file_store_url, "exp", "s1",
+                  env={"FERRY_RUN_DIR": str(m.run_dir)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    (m.mountpoint / "later").write_bytes(b"after the snapshot")
+    subprocess.run(["sync", "-f", str(m.mountpoint)], check=True)
+    for spec, expect_later in (("exp@s1", False), ("exp", True)):
+        tar = tmp_path / f"{spec}.tar"
+        r = run_ferry("fs", "export", "--store", file_store_url, spec, "-o", str(tar))
+        assert r.returncode == 0, r.stdout + r.stderr
+        out = tmp_path / f"x-{spec}"
+        out.mkdir()
+        subprocess.run(["tar", "-xpf", str(tar), "--xattrs", "--xattrs-include=*", "-C", str(out)], check=True)
+        got = tree_snapshot(out)
+        assert ("later" in got) == expect_later
+        got.pop("later", None)
+        assert snapshot_diff(want, got) == []
+        assert os.stat(out / "sparse").st_blocks * 512 < 1 << 20, "the hole was written out"
+        assert os.stat(out / "dir" / "small1").st_mtime_ns == os.stat(m.mountpoint / "dir" / "small1").st_mtime_ns
+    m.umount()
