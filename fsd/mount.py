@@ -44,7 +44,7 @@ from fsd.data import DataLayer
 from fsd.fencing import WriterPosition
 from fsd.fuse_ops import FerryOperations
 from fsd.gc.live import MaintenanceConfig, Maintainer
-from fsd.kernel_tuning import tune_bdi
+from fsd.kernel_tuning import set_io_flusher, tune_bdi
 from fsd.format.superblock import BLOCK_FORMAT, Superblock
 from fsd.localjournal import LocalJournal
 from fsd.meta.ops import MetaOps
@@ -438,6 +438,11 @@ class BlockStack:
     async def run(self, fsops: FerryOperations, on_ready: Callable[[], None] | None, epoch: int) -> None:
         t = trio.to_thread.run_sync
         cfg = self.cfg
+        why = set_io_flusher()
+        if why is not None:
+            log.warning("volume %s: cannot mark the daemon as an I/O flusher (%s; needs CAP_SYS_RESOURCE): "
+                        "under severe memory pressure, writeback through the loop device could stall",
+                        cfg.volume, why)
         await fsops.initialized.wait()
         try:
             device = await t(blockstack.attach, self.fuse_mp, self.layout, cfg.mountpoint, cfg.volume)

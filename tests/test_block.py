@@ -325,3 +325,96 @@ def test_block_export_holds_the_files_inside_the_image(fs, file_store_url, new_m
         assert os.stat(out / "sparse").st_blocks * 512 < 1 << 20, "the hole was written out"
         assert os.stat(out / "dir" / "small1").st_mtime_ns == os.stat(m.mountpoint / "dir" / "small1").st_mtime_ns
     m.umount()
+
+
+class MemoryCgroup:
+    """A memory-limited cgroup (v2 or v1 memory controller) to move processes into."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        if v2.exists() and "memory" in v2.read_text():
+            self.path = Path("/sys/fs/cgroup") / name
+            self.path.mkdir()
+            (self.path / "memory.max").write_text(str(limit))
+        elif Path("/sys/fs/cgroup/memory").is_dir():
+            self.path = Path("/sys/fs/cgroup/memory") / name
+            self.path.mkdir()
+            (self.path / "memory.limit_in_bytes").write_text(str(limit))
+        else:
+            pytest.fail("no cgroup memory controller (v1 or v2) on this machine")
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def remove(self) -> None:
+        parent = self.path.parent / "cgroup.procs"
+        for pid in (self.path / "cgroup.procs").read_text().split():
+            try:
+                parent.write_text(pid)
+            except OSError:
+                pass
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
+def _abort_fuse(mountpoint: Path) -> None:
+    """Abort the FUSE connection of `mountpoint`: every request fails, nothing stays blocked."""
+    conns = Path("/sys/fs/fuse/connections")
+    if not any(conns.iterdir()):
+        subprocess.run(["mount", "-t", "fusectl", "none", str(conns)], check=False)
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        f = line.split()
+        if f[4] == str(mountpoint):
+            (conns / f[2].split(":")[1] / "abort").write_text("1")
+
+
+def _io_flusher_allowed() -> bool:
+    r = subprocess.run([sys.executable, "-c", "import sys; from fsd.kernel_tuning import set_io_flusher; "
+                        "sys.exit(set_io_flusher() is not None)"], cwd=str(Path(__file__).resolve().parents[1]))
+    return r.returncode == 0
+
+
+@pytest.mark.parametrize("daemon_inside", [False, True], ids=["container-limited", "daemon-limited-too"])
+def test_block_volume_writes_through_a_memory_limited_cgroup(daemon_inside, file_store_url, new_mount):
+    """A writer in a 128 MiB cgroup (a container's memory limit) puts 384
+    MiB through ext4: reclaim must write its page cache back through the
+    loop device to the daemon. With the daemon in the same cgroup, only its
+    PR_SET_IO_FLUSHER keeps its allocations from waiting on that writeback
+    (a deadlock otherwise, seen here without the capability). A watchdog
+    aborts the FUSE connection after 180 s and fails the test; the data must
+    be there after a remount on a new host."""
+    if daemon_inside and not _io_flusher_allowed():
+        pytest.skip("PR_SET_IO_FLUSHER needs CAP_SYS_RESOURCE, which this machine does not grant; without "
+                    "it a daemon inside the writer's memory cgroup deadlocks (docs/block.md)")
+    m = new_mount("a")
+    m.mkfs(file_store_url, "mem", ["layout=block,size=1G"])
+    m.mount(file_store_url, "mem", options=["dirty_limit=32M", "cache_size=64M"], fstype="ext4")
+    cg = MemoryCgroup(f"ferry-test-{os.getpid()}", 128 << 20)
+    try:
+        if daemon_inside:
+            cg.add(m.proc.pid)
+        writer = subprocess.Popen(["sh", "-c", f"echo $$ > {cg.path}/cgroup.procs && exec dd if=/dev/urandom "
+                                   f"of={m.mountpoint}/big bs=1M count=384 conv=fsync status=none"])
+        try:
+            rc = writer.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            _abort_fuse(m.fuse_mountpoint)
+            writer.kill()
+            writer.wait()
+            pytest.fail(f"writeback through the daemon stalled in a memory-limited cgroup:\n{m.log()[-3000:]}")
+        assert rc == 0, m.log()[-3000:]
+        assert m.running, f"the daemon died (OOM?):\n{m.log()[-3000:]}"
+        digest = subprocess.run(["sha256sum", str(m.mountpoint / "big")], capture_output=True, text=True,
+                                check=True).stdout.split()[0]
+    finally:
+        cg.remove()
+    m.umount()
+    m.mount(file_store_url, "mem", cache_dir=m.workdir / "cache-new", fstype="ext4")
+    assert (m.mountpoint / "big").stat().st_size == 384 << 20
+    assert subprocess.run(["sha256sum", str(m.mountpoint / "big")], capture_output=True, text=True,
+                          check=True).stdout.split()[0] == digest
+    m.umount()

@@ -69,6 +69,7 @@ class Agent:
 class Cluster:
     def __init__(self, workdir: Path, lease_ttl: float = LEASE_TTL, heartbeat: float = HEARTBEAT) -> None:
         self.dir = workdir
+        self.loops_before = attached_loops()
         self.lease_ttl = lease_ttl
         self.heartbeat = heartbeat
         self.bridge = Bridge()
@@ -129,14 +130,11 @@ class Cluster:
     def destroy(self) -> None:
         for h in self.hosts:
             h.destroy()
-        # block volumes of dead hosts: their loop devices outlive the namespaces
-        for dev in Path("/sys/block").glob("loop*"):
-            try:
-                backing = (dev / "loop" / "backing_file").read_text().strip()
-            except OSError:
-                continue
-            if backing.startswith(str(self.dir) + "/"):
-                subprocess.run(["losetup", "-d", f"/dev/{dev.name}"], capture_output=True)
+        # Block volumes of dead hosts: their loop devices outlive the
+        # namespaces, and their backing file's path is the dead namespace's
+        # ("/image"), so detach every loop device attached since we started.
+        for dev in attached_loops() - self.loops_before:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
         self.kill_control()
         if self.moto is not None and self.moto.poll() is None:
             os.killpg(self.moto.pid, 9)
@@ -152,6 +150,14 @@ class Cluster:
         if cl.exists():
             parts.append(f"--- control ---\n{cl.read_text(errors='replace')[-3000:]}")
         return "\n".join(parts)
+
+
+def attached_loops() -> set[str]:
+    out = set()
+    for dev in Path("/sys/block").glob("loop*"):
+        if (dev / "loop" / "backing_file").exists():
+            out.add(f"/dev/{dev.name}")
+    return out
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
