@@ -111,6 +111,8 @@ def _run(argv: list[str], what: str, timeout: float = 300) -> str:
 
 
 def mounted(path: Path) -> bool:
+    """Whether anything is mounted on `path`, from /proc/mounts (abspath, not
+    resolve: never stat a mount that may hang)."""
     target = os.path.abspath(path)
     with open("/proc/mounts") as f:
         return any(line.split()[1].replace("\\040", " ") == target for line in f)

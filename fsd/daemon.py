@@ -18,9 +18,9 @@ from typing import Callable
 
 
 def is_mounted(mp: Path | str) -> bool:
-    target = os.path.abspath(mp)   # no resolve(): never stat a possibly hung mount
-    with open("/proc/mounts") as f:
-        return any(line.split()[1] == target for line in f)
+    """Whether anything is mounted on `mp`, from /proc/mounts (never a stat of a possibly hung mount)."""
+    from fsd.blockstack import mounted
+    return mounted(Path(mp))
 
 
 def pid_alive(pid: int) -> bool:

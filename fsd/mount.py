@@ -464,11 +464,16 @@ class BlockStack:
                         cfg.volume)
             interval = 0.0
         next_trim = trio.current_time() + interval
-        while await t(blockstack.mounted, cfg.mountpoint):
-            if interval and trio.current_time() >= next_trim:
-                await self._trim()
-                next_trim = trio.current_time() + interval
-            await trio.sleep(1.0 if not interval else min(1.0, interval))
+        try:
+            while await t(blockstack.mounted, cfg.mountpoint):
+                if interval and trio.current_time() >= next_trim:
+                    await self._trim()
+                    next_trim = trio.current_time() + interval
+                await trio.sleep(1.0 if not interval else min(1.0, interval))
+        except Exception:  # noqa: BLE001 - a bug here must not take the mount down; umount still works
+            log.exception("volume %s: watching %s failed; a plain umount will no longer release the volume "
+                          "(use ferry fs umount)", cfg.volume, cfg.mountpoint)
+            return
         log.info("volume %s: %s unmounted; detaching the image", cfg.volume, cfg.mountpoint)
         await self.stop()
 
