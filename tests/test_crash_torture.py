@@ -140,14 +140,14 @@ def _seed() -> int:
 
 @pytest.mark.parametrize("mode", ["remote", "local"])
 def test_crash_torture(tmp_path, s3_store_url, mode):
-    run_trials(tmp_path, s3_store_url, mode, int(os.environ.get("FERRY_TORTURE_TRIALS", "12")), _seed())
+    run_trials(tmp_path, s3_store_url, mode, int(os.environ.get("FERRY_TORTURE_TRIALS", "8")), _seed())
 
 
 @pytest.mark.parametrize("mode", ["remote", "local"])
 def test_crash_torture_with_gc(tmp_path, s3_store_url, mode):
     """Issue 8: the same model, with the owner's background GC and a
     standalone GC pass racing the writers and the kill."""
-    run_trials(tmp_path, s3_store_url, mode, int(os.environ.get("FERRY_TORTURE_GC_TRIALS", "8")), _seed(), gc=True)
+    run_trials(tmp_path, s3_store_url, mode, int(os.environ.get("FERRY_TORTURE_GC_TRIALS", "6")), _seed(), gc=True)
 
 
 @pytest.mark.slow
