@@ -44,9 +44,30 @@ unmount_leftovers() {
 }
 trap unmount_leftovers EXIT
 
+# A FUSE daemon stuck in the kernel (D state) ignores every signal, and so does
+# a test blocked on its mount: past the limit (FERRY_TEST_TIMEOUT seconds, 75
+# min by default, under CI's 90) the watchdog aborts the FUSE connections of
+# this run's mounts, which unblocks everything, then stops pytest, so the run
+# ends with its output instead of being cut off silently.
+[ -n "$(ls -A /sys/fs/fuse/connections 2>/dev/null)" ] || mount -t fusectl none /sys/fs/fuse/connections 2>/dev/null || true
+abort_fuse_of_run() {
+  awk -v t="$RUN_TMP/" 'index($5, t) == 1 && $0 ~ / - fuse/ { split($3, d, ":"); print d[2] }' /proc/self/mountinfo |
+    while read -r minor; do echo 1 > "/sys/fs/fuse/connections/$minor/abort" 2>/dev/null || true; done
+}
 set +e
-TMPDIR="$RUN_TMP" "$VENV/bin/python" -m pytest "$@"
+TMPDIR="$RUN_TMP" "$VENV/bin/python" -m pytest "$@" &
+pytest_pid=$!
+( trap 'kill "$nap" 2>/dev/null; exit 0' TERM       # leave no sleeping child behind when the suite ends
+  sleep "${FERRY_TEST_TIMEOUT:-4500}" & nap=$!
+  wait "$nap"
+  echo "test.sh: the suite ran longer than ${FERRY_TEST_TIMEOUT:-4500}s; aborting its FUSE mounts and stopping pytest" >&2
+  abort_fuse_of_run; kill -TERM "$pytest_pid" 2>/dev/null; sleep 30; abort_fuse_of_run; kill -KILL "$pytest_pid" 2>/dev/null
+) &
+watchdog=$!
+wait "$pytest_pid"
 rc=$?
+kill "$watchdog" 2>/dev/null
+wait "$watchdog" 2>/dev/null
 set -e
 
 unmount_leftovers
