@@ -19,17 +19,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers.mount import fsync_dir
+
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run(root: Path, log_path: Path, seed: int) -> None:
@@ -44,7 +38,7 @@ def run(root: Path, log_path: Path, seed: int) -> None:
 
     for d in range(4):
         (root / f"d{d}").mkdir(parents=True, exist_ok=True)
-    _fsync_path(root)
+    fsync_dir(root)
     n = 0
     while True:
         n += 1
@@ -57,7 +51,7 @@ def run(root: Path, log_path: Path, seed: int) -> None:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_path((root / rel).parent)
+            fsync_dir((root / rel).parent)
             files[rel] = data
         elif op == "rewrite":
             rel = rng.choice(sorted(files))
@@ -69,7 +63,7 @@ def run(root: Path, log_path: Path, seed: int) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, root / rel)
-            _fsync_path((root / rel).parent)
+            fsync_dir((root / rel).parent)
             files[rel] = data
         elif op == "append":
             rel = rng.choice(sorted(files))
@@ -85,7 +79,7 @@ def run(root: Path, log_path: Path, seed: int) -> None:
             rel = rng.choice(sorted(files))
             note(op="begin", kind=op, path=rel, sha=None)
             os.unlink(root / rel)
-            _fsync_path((root / rel).parent)
+            fsync_dir((root / rel).parent)
             del files[rel]
         note(op="ack", path=rel)
 
