@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import errno
 import logging
+from collections import OrderedDict
+from typing import Callable
 
 import trio
 
@@ -17,16 +19,32 @@ from fsd.format.framing import CorruptObject
 from fsd.meta.ops import FsError
 from fsd.meta.state import BlockRef
 from fsd.store.aio import AsyncStore
-from fsd.store.base import NotFound, PreconditionFailed, StoreError
+from fsd.store.base import NotFound, ObjectStore, PreconditionFailed, StoreError
 
 log = logging.getLogger("ferry.blocks")
+
+# Recent uploads remembered by object identity (see BlockIO.upload), at most
+# this many bytes of blocks: enough for the eager uploads of one commit's worth.
+_BY_OBJECT_BYTES = 64 << 20
+
+
+class _Upload:
+    """One upload of one bytes object; `ref` is set if it succeeded. Holding
+    `raw` keeps the object alive, so its id() cannot be reused meanwhile."""
+    __slots__ = ("raw", "done", "ref")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.done = trio.Event()
+        self.ref: BlockRef | None = None
 
 
 class BlockIO:
     """Fetch (with de-duplication of concurrent fetches) and upload blocks."""
 
     def __init__(self, *, volume: str, root: str, epoch: int, astore: AsyncStore, cache: BlockCache,
-                 compress: bool, cpu_limiter: trio.CapacityLimiter, origin_roots: tuple[str, ...] = ()) -> None:
+                 compress: bool, cpu_limiter: trio.CapacityLimiter, origin_roots: tuple[str, ...] = (),
+                 recent_bytes: int = 32 << 20) -> None:
         self.volume = volume        # for log lines
         self.root = root            # key prefix of the volume's objects
         # Where a block with `src` k is read from: our root (0), then the
@@ -38,10 +56,17 @@ class BlockIO:
         self.compress = compress
         self.cpu = cpu_limiter
         self._fetching: dict[bytes, trio.Event] = {}
+        # Blocks fetched a moment ago, by hash (content-addressed, so never
+        # stale): read-ahead hands its blocks to the reader from here.
+        self._recent: OrderedDict[bytes, bytes] = OrderedDict()
+        self._recent_bytes = 0
+        self._recent_limit = recent_bytes
         # Hashes we uploaded under our own epoch. Only these are reused without
         # a PUT: an object of another epoch may be garbage that a GC is
         # deleting right now (docs/format.md, "Garbage collection").
         self.uploaded: set[bytes] = set()
+        self._by_object: OrderedDict[int, _Upload] = OrderedDict()
+        self._by_object_bytes = 0
         # The owner's background GC may delete objects of our own epoch that
         # nothing references (fsd/gc/live.py). `inflight` (hash -> uploads in
         # progress) protects what an upload is about to return; a hash being
@@ -55,40 +80,89 @@ class BlockIO:
         self._last_cache_error: str | None = None
 
     # ------------------------------------------------------------------ read
-    def is_cached_or_fetching(self, h: bytes) -> bool:
-        return h in self._fetching or self.cache.contains(h)
+    def _recent_get(self, h: bytes) -> bytes | None:
+        raw = self._recent.get(h)
+        if raw is not None:
+            self._recent.move_to_end(h)
+        return raw
+
+    def _remember(self, h: bytes, raw: bytes) -> None:
+        """Keep a fetched block in memory for the reader that asked for it (or
+        will: read-ahead), so it is not read back from the cache file."""
+        if h in self._recent or len(raw) > self._recent_limit:
+            return
+        self._recent[h] = raw
+        self._recent_bytes += len(raw)
+        while self._recent_bytes > self._recent_limit:
+            _, old = self._recent.popitem(last=False)
+            self._recent_bytes -= len(old)
 
     async def read_range(self, ino: int, idx: int, ref: BlockRef, start: int, end: int) -> bytes:
         """Bytes [start, end) of a committed block, clipped to ref.length."""
         end = min(end, ref.length)
         if start >= end:
             return b""
-        data = await self._cache_call(self.cache.get_range, ref.hash, start, end)
-        if data is not None:
-            return data
+        raw = self._recent_get(ref.hash)
+        if raw is not None:
+            return raw[start:end]
+        if ref.hash not in self._fetching:
+            data = await self._cache_call(self.cache.get_range, ref.hash, start, end)
+            if data is not None:
+                return data
         raw = await self.fetch(ino, idx, ref)
         return raw[start:end]
 
     async def fetch(self, ino: int, idx: int, ref: BlockRef) -> bytes:
-        """The whole committed block (clipped to ref.length), from cache or store."""
+        """The whole committed block (clipped to ref.length): from memory (a
+        block fetched a moment ago), the cache, or the store."""
         h = ref.hash
+        looked_in_cache = False
         while True:
-            raw = await self._cache_call(self.cache.get, h)
+            raw = self._recent_get(h)
             if raw is not None:
                 return raw[: ref.length]
             ev = self._fetching.get(h)
-            if ev is None:
+            if ev is not None:
+                await ev.wait()     # another task is fetching it; then look again
+                continue
+            if looked_in_cache:
                 break
-            await ev.wait()
-        if ref.src >= len(self.read_roots):
-            log.error("volume %s: inode %d block %d refers to origin %d, but the volume has %d origin(s)",
-                      self.volume, ino, idx, ref.src, len(self.read_roots) - 1)
-            raise FsError(errno.EIO)
-        ev = self._fetching[h] = trio.Event()
+            looked_in_cache = True
+            raw = await self._cache_call(self.cache.get, h)
+            if raw is not None:
+                return raw[: ref.length]
+        self._fetching[h] = trio.Event()
+        return await self._from_store(ino, idx, ref)
+
+    def prefetch(self, ino: int, idx: int, ref: BlockRef, spawn: Callable[..., None]) -> None:
+        """Read-ahead: start fetching a block in the background unless it is
+        local or already on its way. Registered before this returns, so a
+        burst of reads asking for the same blocks starts each fetch once."""
+        h = ref.hash
+        if h in self._fetching or h in self._recent or self.cache.contains(h):
+            return
+        self._fetching[h] = trio.Event()
+        spawn(self._prefetch_task, ino, idx, ref)
+
+    async def _prefetch_task(self, ino: int, idx: int, ref: BlockRef) -> None:
         try:
+            await self._from_store(ino, idx, ref)
+        except FsError:
+            pass   # logged; a foreground read will try again and report it
+
+    async def _from_store(self, ino: int, idx: int, ref: BlockRef) -> bytes:
+        """GET a block whose fetch the caller registered in `_fetching`;
+        waiters are released when it ends, whatever the outcome."""
+        h = ref.hash
+        ev = self._fetching[h]
+        try:
+            if ref.src >= len(self.read_roots):
+                log.error("volume %s: inode %d block %d refers to origin %d, but the volume has %d origin(s)",
+                          self.volume, ino, idx, ref.src, len(self.read_roots) - 1)
+                raise FsError(errno.EIO)
             key = keys.data_key(self.read_roots[ref.src], h, ref.epoch)
             try:
-                obj = await self.astore.get(key)
+                raw, cache_error = await self.astore.call(lambda store: self._fetch_sync(store, key, h))
             except NotFound:
                 log.error("volume %s: inode %d block %d: data object %s is missing from the store",
                           self.volume, ino, idx, key)
@@ -96,45 +170,107 @@ class BlockIO:
             except StoreError as e:
                 log.error("volume %s: inode %d block %d: cannot fetch %s: %s", self.volume, ino, idx, key, e)
                 raise FsError(errno.EIO) from None
-            try:
-                raw = await trio.to_thread.run_sync(decode_block, obj, h, key, limiter=self.cpu)
             except CorruptObject as e:
                 log.error("volume %s: inode %d block %d: data object %s is corrupt: %s",
                           self.volume, ino, idx, key, e)
                 raise FsError(errno.EIO) from None
+            self._note_cache_error("put", cache_error)
             self.bytes_fetched += len(raw)
-            await self._cache_call(self.cache.put, h, raw)
+            self._remember(h, raw)
             return raw[: ref.length]
         finally:
             del self._fetching[h]
             ev.set()
 
+    def _fetch_sync(self, store: ObjectStore, key: str, h: bytes) -> tuple[bytes, OSError | None]:
+        """Worker thread: GET, check and decode, cache. A cache failure is
+        returned, not raised: the block is good, only its copy failed."""
+        raw = decode_block(store.get(key), h, key)
+        try:
+            self.cache.put(h, raw)
+        except OSError as e:
+            return raw, e
+        return raw, None
+
     # ----------------------------------------------------------------- write
     async def upload(self, raw: bytes) -> BlockRef:
-        """Store one block under our epoch: encode (hash, maybe compress), keep
-        a clean copy in the cache, PUT it unless we already did. Content
-        addressing makes a 412 on the conditional PUT mean 'already there'
-        (an earlier attempt of ours whose response was lost)."""
+        """Store one block under our epoch and return its ref.
+
+        The same bytes *object* uploaded twice (an eager upload of a full
+        block, then the commit that cuts it unchanged: fsd/data.py, `sealed`)
+        is encoded and PUT once; the second call waits for the first. The ref
+        is reused only while its hash is still in `uploaded`: a GC may have
+        deleted the object since, and then it is PUT again."""
+        prev = self._by_object.get(id(raw))
+        if prev is not None and prev.raw is raw:
+            await prev.done.wait()
+            if prev.ref is not None and prev.ref.hash in self.uploaded:
+                self._forget_object(prev)
+                return prev.ref
+        job = _Upload(raw)
+        self._forget_object(self._by_object.get(id(raw)))
+        self._by_object[id(raw)] = job
+        self._by_object_bytes += len(raw)
+        while self._by_object_bytes > _BY_OBJECT_BYTES:
+            self._forget_object(next(iter(self._by_object.values())))
+        try:
+            job.ref = await self._upload(raw)
+            return job.ref
+        finally:
+            job.done.set()
+
+    def _forget_object(self, job: _Upload | None) -> None:
+        if job is not None and self._by_object.get(id(job.raw)) is job:
+            del self._by_object[id(job.raw)]
+            self._by_object_bytes -= len(job.raw)
+
+    async def _upload(self, raw: bytes) -> BlockRef:
+        """Encode (hash, maybe compress), PUT unless we already did, keep a
+        clean copy in the cache. Content addressing makes a 412 on the
+        conditional PUT mean 'already there' (an earlier attempt of ours
+        whose response was lost)."""
         h, obj = await trio.to_thread.run_sync(encode_block, raw, self.compress, limiter=self.cpu)
         self.inflight[h] = self.inflight.get(h, 0) + 1
         try:
             while h in self.deleting:
                 await self._deletions_done.wait()
             if h not in self.uploaded:
-                try:
-                    await self.astore.put(keys.data_key(self.root, h, self.epoch), obj, if_none_match=True)
-                except PreconditionFailed:
-                    pass
+                key = keys.data_key(self.root, h, self.epoch)
+                cache_error = await self.astore.call(lambda store: self._upload_sync(store, key, obj, h, raw))
                 self.uploaded.add(h)
                 self.bytes_uploaded += len(obj)
+            else:
+                cache_error = await self._cache_put_quiet(h, raw)
         finally:
             left = self.inflight[h] - 1
             if left:
                 self.inflight[h] = left
             else:
                 del self.inflight[h]
-        await self._cache_call(self.cache.put, h, raw)
+        self._note_cache_error("put", cache_error)
         return BlockRef(h, len(raw), self.epoch)
+
+    def _upload_sync(self, store: ObjectStore, key: str, obj: bytes, h: bytes, raw: bytes) -> OSError | None:
+        """Worker thread: the conditional PUT, then the clean copy into the
+        cache (returned, not raised, if that fails)."""
+        try:
+            store.put(key, obj, if_none_match=True)
+        except PreconditionFailed:
+            pass
+        try:
+            self.cache.put(h, raw)
+        except OSError as e:
+            return e
+        return None
+
+    async def _cache_put_quiet(self, h: bytes, raw: bytes) -> OSError | None:
+        def put() -> OSError | None:
+            try:
+                self.cache.put(h, raw)
+            except OSError as e:
+                return e
+            return None
+        return await trio.to_thread.run_sync(put, limiter=self.cpu)
 
     # ------------------------------------------------------------------- GC
     def begin_deleting(self, hashes: set[bytes]) -> set[bytes]:
@@ -161,9 +297,13 @@ class BlockIO:
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self.cpu)
         except OSError as e:       # CacheFull, EIO, EROFS, ...
-            msg = f"{type(e).__name__}: {e}"
-            if msg != self._last_cache_error:
-                log.warning("volume %s: block cache %s failed, going on without it: %s", self.volume,
-                            getattr(fn, "__name__", "operation"), msg)
-                self._last_cache_error = msg
+            self._note_cache_error(getattr(fn, "__name__", "operation"), e)
             return None
+
+    def _note_cache_error(self, what: str, e: OSError | None) -> None:
+        if e is None:
+            return
+        msg = f"{type(e).__name__}: {e}"
+        if msg != self._last_cache_error:
+            log.warning("volume %s: block cache %s failed, going on without it: %s", self.volume, what, msg)
+            self._last_cache_error = msg

@@ -118,6 +118,11 @@ class DataLayer:
         # is kept busy while the writer goes on; the commit then finds them
         # already stored (content addressing) and only writes the segment.
         self.eager_slots = trio.Semaphore(16)
+        # The snapshot an eager upload took of a full block, by key. If the
+        # block is unchanged when the commit cuts it, the cut reuses that very
+        # object, and BlockIO recognises it: the block is hashed, encoded and
+        # PUT once, not twice (fsd/blockio.py, `upload`).
+        self.sealed: dict[Key, bytes] = {}
         self._last_read_end: dict[int, int] = {}
 
     # ------------------------------------------------------------------ read
@@ -151,13 +156,14 @@ class DataLayer:
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _eager_upload(self, buf: bytearray) -> None:
+    def _eager_upload(self, key: Key, buf: bytearray, whole: bytes | None) -> None:
         try:
             self.eager_slots.acquire_nowait()
         except trio.WouldBlock:
             return   # enough in flight: the commit will upload this one
         assert self.spawn is not None     # the caller checked
-        self.spawn(self._eager_task, bytes(buf))
+        snap = self.sealed[key] = whole if whole is not None else bytes(buf)
+        self.spawn(self._eager_task, snap)
 
     async def _eager_task(self, raw: bytes) -> None:
         try:
@@ -178,14 +184,8 @@ class DataLayer:
         last = min(first + self.readahead_blocks, (file_size + self.bs - 1) // self.bs)
         for idx in range(first, last):
             ref = blocks.get(idx)
-            if ref is not None and not self.bio.is_cached_or_fetching(ref.hash):
-                self.spawn(self._prefetch, ino, idx, ref)
-
-    async def _prefetch(self, ino: int, idx: int, ref: BlockRef) -> None:
-        try:
-            await self.bio.fetch(ino, idx, ref)
-        except FsError:
-            pass   # the foreground read will report it
+            if ref is not None:
+                self.bio.prefetch(ino, idx, ref, self.spawn)
 
     async def committed_block(self, ino: int, idx: int) -> bytes:
         """The committed content of a block: its object (if any) with its
@@ -251,9 +251,11 @@ class DataLayer:
                     self.extents[key] = []
                     self.dirty_bytes += len(base)
             self._put(key, buf, boff, mv[pos:pos + n])
-            pos += n
             if boff + n == self.bs and self.spawn is not None:
-                self._eager_upload(buf)
+                # A write of exactly this block is its own snapshot: no copy.
+                whole = data if n == len(data) and isinstance(data, bytes) and boff == 0 else None
+                self._eager_upload(key, buf, whole)
+            pos += n
         self.ops.note_write(ino, off + len(data), now_ns)
         if self.dirty_bytes >= self.commit_trigger:
             self.on_pressure()
@@ -352,6 +354,7 @@ class DataLayer:
         if off > old:
             buf.extend(bytes(off - old))
         buf[off:off + len(piece)] = piece
+        self.sealed.pop(key, None)
         ext = self.extents.get(key)
         if ext is not None:
             ext.append((off, off + len(piece)))
@@ -390,7 +393,10 @@ class DataLayer:
         batch: dict[Key, bytes] = {}
         extents: dict[Key, Extents] = {}
         for key, buf in self.dirty.items():
-            frozen = bytes(buf)
+            snap = self.sealed.get(key)
+            # (The comparison is cheap next to a copy and a second upload, and
+            # makes the reuse safe whatever changed the buffer since.)
+            frozen = snap if snap is not None and snap == buf else bytes(buf)
             batch[key] = frozen
             ext = self.extents.get(key)
             extents[key] = None if ext is None else merge_extents(ext)
@@ -399,6 +405,7 @@ class DataLayer:
         self.inflight_bytes += self.dirty_bytes
         self.dirty = {}
         self.extents = {}
+        self.sealed = {}
         self.dirty_bytes = 0
         return batch, extents
 

@@ -28,6 +28,7 @@ import secrets
 import threading
 from pathlib import Path
 
+from fsd.cache.directio import CacheFileIO
 from fsd.cache.policy import CachePolicy
 from fsd.format.dataobj import block_hash
 
@@ -48,9 +49,11 @@ class CacheFull(OSError):
 
 
 class BlockCache:
-    def __init__(self, directory: Path | str, capacity_bytes: int) -> None:
+    def __init__(self, directory: Path | str, capacity_bytes: int, direct_io: bool = True) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
+        # Block files bypass the page cache where the filesystem allows it (fsd/cache/directio.py).
+        self._io = CacheFileIO.for_directory(self.dir) if direct_io else CacheFileIO(False)
         self._policy = CachePolicy(capacity_bytes)
         self._lock = threading.Lock()
         self._verified: set[bytes] = set()   # written by, or checked by, this process
@@ -114,7 +117,7 @@ class BlockCache:
             self._policy.touch(h)
             verified = h in self._verified
         try:
-            data = self._path(h).read_bytes()
+            data = self._io.read(self._path(h))
         except FileNotFoundError:
             self._forget_if_missing(h)
             return None
@@ -141,9 +144,7 @@ class BlockCache:
             data = self.get(h)   # first read since start-up: check the whole block once
             return None if data is None else data[start:end]
         try:
-            with open(self._path(h), "rb") as f:
-                f.seek(start)
-                return f.read(end - start)
+            return self._io.read(self._path(h), start, end)
         except FileNotFoundError:
             self._forget_if_missing(h)
             return None
@@ -214,19 +215,12 @@ class BlockCache:
         """Write raw to a fresh temporary file next to the block's final path."""
         final = self._path(h)
         tmp = final.parent / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(tmp, flags, 0o600)
-        except FileNotFoundError:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, flags, 0o600)
         try:
             try:
-                mv = memoryview(raw).cast("B")
-                while mv:
-                    mv = mv[os.write(fd, mv):]
-            finally:
-                os.close(fd)
+                self._io.write_new(tmp, raw)
+            except FileNotFoundError:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                self._io.write_new(tmp, raw)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -8,9 +8,13 @@ Calls are not abandoned on cancellation: a PUT that was started completes
 whether it happened."""
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import trio
 
 from fsd.store.base import ObjectStore
+
+T = TypeVar("T")
 
 
 class AsyncStore:
@@ -25,6 +29,13 @@ class AsyncStore:
 
     async def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         return await trio.to_thread.run_sync(self.store.get, key, start, end, limiter=self.limiter)
+
+    async def call(self, fn: Callable[[ObjectStore], T]) -> T:
+        """`fn(store)` in one worker thread under the store's limiter: for
+        work that belongs with a request (decoding and caching a fetched
+        block, caching an uploaded one), one thread hop instead of several.
+        `fn` must be thread-safe and must not touch trio state."""
+        return await trio.to_thread.run_sync(fn, self.store, limiter=self.limiter)
 
     async def list(self, prefix: str, start_after: str = "") -> list[str]:
         """All matching keys at once: the lazy iterator of the sync store would
