@@ -13,13 +13,14 @@ from typing import Callable
 import trio
 
 from fsd.cache.blockcache import BlockCache
+from fsd.cache.filler import CacheFiller
 from fsd.format import keys
 from fsd.format.dataobj import decode_block, encode_block
 from fsd.format.framing import CorruptObject
 from fsd.meta.ops import FsError
 from fsd.meta.state import BlockRef
 from fsd.store.aio import AsyncStore
-from fsd.store.base import NotFound, ObjectStore, PreconditionFailed, StoreError
+from fsd.store.base import NotFound, PreconditionFailed, StoreError
 
 log = logging.getLogger("ferry.blocks")
 
@@ -43,8 +44,8 @@ class BlockIO:
     """Fetch (with de-duplication of concurrent fetches) and upload blocks."""
 
     def __init__(self, *, volume: str, root: str, epoch: int, astore: AsyncStore, cache: BlockCache,
-                 compress: bool, cpu_limiter: trio.CapacityLimiter, origin_roots: tuple[str, ...] = (),
-                 recent_bytes: int = 32 << 20) -> None:
+                 filler: CacheFiller, compress: bool, cpu_limiter: trio.CapacityLimiter,
+                 origin_roots: tuple[str, ...] = (), recent_bytes: int = 32 << 20) -> None:
         self.volume = volume        # for log lines
         self.root = root            # key prefix of the volume's objects
         # Where a block with `src` k is read from: our root (0), then the
@@ -53,6 +54,7 @@ class BlockIO:
         self.epoch = epoch          # ours: every object we upload is keyed under it
         self.astore = astore
         self.cache = cache
+        self.filler = filler      # copies into `cache` off the data path (fsd/cache/filler.py)
         self.compress = compress
         self.cpu = cpu_limiter
         self._fetching: dict[bytes, trio.Event] = {}
@@ -139,7 +141,7 @@ class BlockIO:
         local or already on its way. Registered before this returns, so a
         burst of reads asking for the same blocks starts each fetch once."""
         h = ref.hash
-        if h in self._fetching or h in self._recent or self.cache.contains(h):
+        if h in self._fetching or h in self._recent or self.cache.contains(h) or self.filler.pending(h):
             return
         self._fetching[h] = trio.Event()
         spawn(self._prefetch_task, ino, idx, ref)
@@ -162,7 +164,7 @@ class BlockIO:
                 raise FsError(errno.EIO)
             key = keys.data_key(self.read_roots[ref.src], h, ref.epoch)
             try:
-                raw, cache_error = await self.astore.call(lambda store: self._fetch_sync(store, key, h))
+                raw = await self.astore.call(lambda store: decode_block(store.get(key), h, key))
             except NotFound:
                 log.error("volume %s: inode %d block %d: data object %s is missing from the store",
                           self.volume, ino, idx, key)
@@ -174,23 +176,13 @@ class BlockIO:
                 log.error("volume %s: inode %d block %d: data object %s is corrupt: %s",
                           self.volume, ino, idx, key, e)
                 raise FsError(errno.EIO) from None
-            self._note_cache_error("put", cache_error)
             self.bytes_fetched += len(raw)
             self._remember(h, raw)
+            self.filler.offer(h, raw)
             return raw[: ref.length]
         finally:
             del self._fetching[h]
             ev.set()
-
-    def _fetch_sync(self, store: ObjectStore, key: str, h: bytes) -> tuple[bytes, OSError | None]:
-        """Worker thread: GET, check and decode, cache. A cache failure is
-        returned, not raised: the block is good, only its copy failed."""
-        raw = decode_block(store.get(key), h, key)
-        try:
-            self.cache.put(h, raw)
-        except OSError as e:
-            return raw, e
-        return raw, None
 
     # ----------------------------------------------------------------- write
     async def upload(self, raw: bytes) -> BlockRef:
@@ -235,42 +227,20 @@ class BlockIO:
             while h in self.deleting:
                 await self._deletions_done.wait()
             if h not in self.uploaded:
-                key = keys.data_key(self.root, h, self.epoch)
-                cache_error = await self.astore.call(lambda store: self._upload_sync(store, key, obj, h, raw))
+                try:
+                    await self.astore.put(keys.data_key(self.root, h, self.epoch), obj, if_none_match=True)
+                except PreconditionFailed:
+                    pass
                 self.uploaded.add(h)
                 self.bytes_uploaded += len(obj)
-            else:
-                cache_error = await self._cache_put_quiet(h, raw)
         finally:
             left = self.inflight[h] - 1
             if left:
                 self.inflight[h] = left
             else:
                 del self.inflight[h]
-        self._note_cache_error("put", cache_error)
+        self.filler.offer(h, raw)    # a clean copy, best effort
         return BlockRef(h, len(raw), self.epoch)
-
-    def _upload_sync(self, store: ObjectStore, key: str, obj: bytes, h: bytes, raw: bytes) -> OSError | None:
-        """Worker thread: the conditional PUT, then the clean copy into the
-        cache (returned, not raised, if that fails)."""
-        try:
-            store.put(key, obj, if_none_match=True)
-        except PreconditionFailed:
-            pass
-        try:
-            self.cache.put(h, raw)
-        except OSError as e:
-            return e
-        return None
-
-    async def _cache_put_quiet(self, h: bytes, raw: bytes) -> OSError | None:
-        def put() -> OSError | None:
-            try:
-                self.cache.put(h, raw)
-            except OSError as e:
-                return e
-            return None
-        return await trio.to_thread.run_sync(put, limiter=self.cpu)
 
     # ------------------------------------------------------------------- GC
     def begin_deleting(self, hashes: set[bytes]) -> set[bytes]:
@@ -297,13 +267,9 @@ class BlockIO:
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self.cpu)
         except OSError as e:       # CacheFull, EIO, EROFS, ...
-            self._note_cache_error(getattr(fn, "__name__", "operation"), e)
+            msg = f"{type(e).__name__}: {e}"
+            if msg != self._last_cache_error:
+                log.warning("volume %s: block cache %s failed, going on without it: %s", self.volume,
+                            getattr(fn, "__name__", "operation"), msg)
+                self._last_cache_error = msg
             return None
-
-    def _note_cache_error(self, what: str, e: OSError | None) -> None:
-        if e is None:
-            return
-        msg = f"{type(e).__name__}: {e}"
-        if msg != self._last_cache_error:
-            log.warning("volume %s: block cache %s failed, going on without it: %s", self.volume, what, msg)
-            self._last_cache_error = msg

@@ -39,6 +39,7 @@ from fsd import blockstack, resume
 from fsd import volume as vol_mod
 from fsd.blockio import BlockIO
 from fsd.cache.blockcache import BlockCache
+from fsd.cache.filler import CacheFiller
 from fsd.committer import Committer
 from fsd.data import DataLayer
 from fsd.fencing import WriterPosition
@@ -153,6 +154,7 @@ class Parts:
     committer: Committer
     fsops: FerryOperations
     maintainer: Maintainer
+    filler: CacheFiller
 
 
 async def serve(cfg: MountConfig, on_ready: Callable[[], None] | None = None) -> int:
@@ -165,11 +167,15 @@ async def serve(cfg: MountConfig, on_ready: Callable[[], None] | None = None) ->
     await recover_local(cfg, opened)
     epoch = await claim(cfg, opened)
     parts = await assemble(cfg, opened, epoch)
-    block = BlockStack(cfg, opened.sb) if opened.sb.layout == "block" and not cfg.options.image_only else None
-    if not await serve_fuse(cfg, opened, parts, on_ready, block):
-        return 1
-    rc = await release(cfg, opened, parts)
-    return 1 if block is not None and block.failed else rc
+    try:
+        block = BlockStack(cfg, opened.sb) if opened.sb.layout == "block" and not cfg.options.image_only else None
+        if not await serve_fuse(cfg, opened, parts, on_ready, block):
+            return 1
+        rc = await release(cfg, opened, parts)
+        return 1 if block is not None and block.failed else rc
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(parts.filler.close)   # queued cache copies reach the disk
 
 
 async def open_volume(cfg: MountConfig) -> Opened:
@@ -244,7 +250,9 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
             wc = None
     ops = MetaOps(state)
     cache = await t(BlockCache, cfg.cache_dir / "blocks", cfg.options.cache_size)
+    filler = CacheFiller(cache, cfg.volume)
     bio = BlockIO(volume=cfg.volume, root=opened.ref.root, epoch=epoch, astore=opened.astore, cache=cache,
+                  filler=filler,
                   compress=sb.compression == "zstd",
                   cpu_limiter=trio.CapacityLimiter(4), origin_roots=tuple(o.root for o in sb.origins))
     data = DataLayer(ops, bio, sb.block_size, cfg.options.dirty_limit)
@@ -267,7 +275,7 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
     fsops = FerryOperations(ops=ops, data=data, committer=committer, volume=cfg.volume,
                             size_limit=cfg.options.size, holes=sb.format >= BLOCK_FORMAT)
     return Parts(epoch=epoch, state=state, ops=ops, data=data, pos=pos, committer=committer, fsops=fsops,
-                 maintainer=maintainer)
+                 maintainer=maintainer, filler=filler)
 
 
 async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,

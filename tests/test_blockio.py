@@ -29,6 +29,7 @@ import fsd.blockio as blockio_mod
 from fsd.blockio import BlockIO
 from fsd.cache.blockcache import BlockCache
 from fsd.cache.directio import ALIGN, CacheFileIO
+from fsd.cache.filler import CacheFiller
 from fsd.data import DataLayer
 from fsd.format.dataobj import block_hash
 from fsd.meta.ops import MetaOps
@@ -87,8 +88,8 @@ class CountingCache(BlockCache):
 
 
 def _bio(store, cache: BlockCache) -> BlockIO:
-    return BlockIO(volume="t", root="v/t", epoch=1, astore=AsyncStore(store), cache=cache, compress=False,
-                   cpu_limiter=trio.CapacityLimiter(4))
+    return BlockIO(volume="t", root="v/t", epoch=1, astore=AsyncStore(store), cache=cache,
+                   filler=CacheFiller(cache, "t"), compress=False, cpu_limiter=trio.CapacityLimiter(4))
 
 
 def _layer(bio: BlockIO) -> DataLayer:
@@ -127,7 +128,8 @@ async def test_cold_sequential_read_fetches_each_block_once_and_never_rereads_it
     assert bytes(got) == b"".join(blocks)
     assert store.calls["get"] == len(blocks), "every block is fetched from the store exactly once"
     assert cache.hits == 0, "a block fetched a moment ago is handed over from memory, not read back"
-    assert len(cache) == len(blocks), "every fetched block is kept in the cache"
+    assert reader.filler.drain(10)
+    assert len(cache) == len(blocks), "every fetched block is kept in the cache (nothing was dropped)"
 
     # Later reads (page cache dropped, memory copy gone) come from the cache, not the store.
     again = _bio(store, cache)
@@ -192,3 +194,101 @@ def test_cache_file_io_round_trips_every_size_and_range(tmp_path, direct):
             io.write_new(p, raw)
     with pytest.raises(FileNotFoundError):
         io.read(tmp_path / "missing")
+
+
+def test_cache_filler_drops_copies_it_cannot_keep_up_with_and_drains_on_close(tmp_path):
+    """The filler never makes a reader or writer wait: with its thread held
+    up, copies beyond the queue are dropped (counted), the queued ones are
+    written by close()."""
+    cache = BlockCache(tmp_path / "c", 1 << 30)
+    gate = threading.Event()
+    real_put = cache.put
+
+    def slow_put(h, raw, pinned=False):
+        gate.wait(10)
+        return real_put(h, raw, pinned)
+    cache.put = slow_put          # type: ignore[method-assign]
+    filler = CacheFiller(cache, "t", queue_bytes=4 * BS)
+    blocks = [os.urandom(BS) for _ in range(10)]
+    hashes = [block_hash(b) for b in blocks]
+    offered = [filler.offer(h, b) for h, b in zip(hashes, blocks)]
+    # The first is taken by the thread at once (or queued); 4 fit the queue.
+    assert offered.count(True) in (4, 5) and filler.dropped == 10 - offered.count(True)
+    assert filler.offer(hashes[0], blocks[0]), "a block already queued counts as cached"
+    assert filler.pending(hashes[0])
+    gate.set()
+    filler.close()
+    assert not filler.pending(hashes[0])
+    assert sorted(h for h, ok in zip(hashes, offered) if ok) == sorted(h for h in hashes if cache.contains(h))
+    for h, b in zip(hashes, blocks):
+        if cache.contains(h):
+            assert cache.get(h) == b
+    assert not filler.offer(hashes[-1], blocks[-1]), "nothing is queued after close"
+
+
+@pytest.mark.parametrize("seed", range(6))
+async def test_data_layer_matches_a_byte_model_with_eager_uploads_and_commits(tmp_path, seed):
+    """Random writes (a third of them replacing a whole block, the case that
+    keeps the write's own bytes as the dirty buffer), truncates, punches,
+    reads and commits, with eager uploads running: every read, and the
+    committed content at the end, equal a plain bytearray."""
+    import random
+    rnd = random.Random(seed)
+    store = CountingStore(tmp_path / "store")
+    bio = _bio(store, BlockCache(tmp_path / "c", 1 << 30))
+    data = _layer(bio)
+    ops = data.ops
+    model = bytearray()
+    batch_id = 0
+
+    async def commit() -> None:
+        nonlocal batch_id
+        batch_id += 1
+        blocks, _ = data.cut(batch_id)
+        ops.take_pending()
+        results = {key: await bio.upload(raw) for key, raw in blocks.items()}
+        await data.settle(batch_id, blocks.keys(), results, sum(map(len, blocks.values())))
+
+    async with trio.open_nursery() as n:
+        data.spawn = n.start_soon
+        for step in range(120):
+            op = rnd.random()
+            if op < 0.35:
+                idx = rnd.randrange(6)
+                raw = os.urandom(BS)
+                await data.write(INO, idx * BS, raw, step)
+                off, piece = idx * BS, raw
+            elif op < 0.6:
+                off = rnd.randrange(6 * BS)
+                piece = os.urandom(rnd.choice((1, 100, 4096, BS - 3, BS + 5, 2 * BS)))
+                await data.write(INO, off, piece, step)
+            elif op < 0.7:
+                size = rnd.randrange(7 * BS)
+                ops.setattr(INO, step, size=size)
+                data.truncate(INO, size)
+                del model[size:]
+                model.extend(bytes(size - len(model)))
+                continue
+            elif op < 0.78:
+                off, length = rnd.randrange(6 * BS), rnd.randrange(1, 3 * BS)
+                await data.punch(INO, off, length, step)
+                end = min(off + length, len(model))
+                if end > off:
+                    model[off:end] = bytes(end - off)
+                continue
+            elif op < 0.9:
+                await commit()
+                continue
+            else:
+                off, size = rnd.randrange(7 * BS), rnd.randrange(1, 3 * BS)
+                assert await data.read(INO, off, size) == bytes(model[off:off + size]), (seed, step)
+                continue
+            if off > len(model):
+                model.extend(bytes(off - len(model)))
+            model[off:off + len(piece)] = piece
+            if rnd.random() < 0.3:
+                await trio.testing.wait_all_tasks_blocked()     # let eager uploads finish
+        await commit()
+    assert not data.dirty and not data.inflight
+    assert data.state.inodes[INO].size == len(model)
+    assert await data.read(INO, 0, len(model) + 10) == bytes(model)
