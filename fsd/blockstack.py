@@ -43,6 +43,11 @@ class BlockLayout:
     fs: str                # ext4 | xfs
     image_size: int        # bytes, the loop device's size
     discard: bool = False  # mount the kernel filesystem with -o discard
+    # The loop device reads and writes `image` through the page cache of the
+    # ferry mount (default) or with direct I/O (docs/block.md, "How the stack
+    # is built"): buffered lets the FUSE writeback cache gather ext4's page
+    # writes into large ferry writes; direct keeps one copy of the data in memory.
+    direct_io: bool = False
 
 
 def fuse_mountpoint(cache_dir: Path) -> Path:
@@ -57,7 +62,7 @@ def image_path(fuse_mp: Path) -> Path:
 # ------------------------------------------------------------------ pure: commands
 
 
-def losetup_argv(image: Path, *, direct_io: bool = True) -> list[str]:
+def losetup_argv(image: Path, *, direct_io: bool) -> list[str]:
     return ["losetup", "--find", "--show", f"--direct-io={'on' if direct_io else 'off'}", str(image)]
 
 
@@ -150,7 +155,8 @@ def attach(fuse_mp: Path, layout: BlockLayout, target: Path, volume: str) -> str
             os.fsync(fd)
     finally:
         os.close(fd)
-    device = _run(losetup_argv(image), f"volume {volume}: attaching {image} to a loop device")
+    device = _run(losetup_argv(image, direct_io=layout.direct_io),
+                  f"volume {volume}: attaching {image} to a loop device")
     try:
         found = probe_fs(device)
         if found is None:

@@ -439,7 +439,8 @@ class BlockStack:
 
     def __init__(self, cfg: MountConfig, sb: Superblock) -> None:
         self.cfg = cfg
-        self.layout = blockstack.BlockLayout(fs=sb.block_fs, image_size=sb.image_size, discard=cfg.options.discard)
+        self.layout = blockstack.BlockLayout(fs=sb.block_fs, image_size=sb.image_size, discard=cfg.options.discard,
+                                             direct_io=cfg.options.loop_direct_io)
         self.fuse_mp = blockstack.fuse_mountpoint(cfg.cache_dir)
         self.failed = False
 

@@ -48,6 +48,7 @@ class MountOptions:
     image_only: bool = False          # block volumes: mount ferry's filesystem (holding `image`) only
     trim_interval: float = 3600.0     # block volumes: seconds between fstrim runs (0: never)
     discard: bool = False             # block volumes: mount the kernel filesystem with -o discard
+    loop_direct_io: bool = False      # block volumes: the loop device bypasses the ferry mount's page cache
 
 
 KNOWN = {
@@ -68,6 +69,9 @@ KNOWN = {
                      "becomes garbage GC frees (default 1h; 0: never)",
     "discard": "on|off: for a layout=block volume, mount the kernel filesystem with -o discard (every delete "
                "punches at once; costs a commit per delete) (default off: fstrim every trim_interval)",
+    "loop_direct_io": "on|off: for a layout=block volume, attach the image with direct I/O: one copy of the "
+                      "data in memory instead of two, but every page ext4 writes becomes its own ferry write "
+                      "(4 KiB random writes ~6x slower, sequential writes ~2x) (default off)",
 }
 
 
@@ -126,7 +130,7 @@ def parse_mount_options(kv: dict[str, str]) -> MountOptions:
         if n < 1:
             raise ValueError("snapshot_every must be at least 1")
         vals["snapshot_every"] = n
-    for k in ("gc", "image_only", "discard"):
+    for k in ("gc", "image_only", "discard", "loop_direct_io"):
         if k in kv:
             if kv[k] not in ("on", "off"):
                 raise ValueError(f"{k} must be 'on' or 'off', not {kv[k]!r}")

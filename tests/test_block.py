@@ -1,7 +1,7 @@
 """Block volumes (`-o layout=block`): ext4 or XFS on a loop device over a
 ferry image, mounted by `ferry fs mount` with everything ferry promises.
 
-Real parts: the ferry daemon, the kernel's loop driver with direct I/O,
+Real parts: the ferry daemon, the kernel's loop driver (buffered, and with direct I/O),
 mkfs/mount of a real ext4 and XFS, moto_server or the file:// store. The
 kernel filesystem is checked with e2fsck/xfs_repair through a second,
 read-only loop device while it is frozen (consistent on disk).
@@ -112,15 +112,18 @@ def _writer(root: Path, log: Path, seed: int) -> subprocess.Popen:
                             cwd=str(Path(__file__).resolve().parents[1]), stderr=subprocess.PIPE)
 
 
-TORTURE = [  # (fs, durability, store): remote fsyncs survive the host; local ones the daemon
-    ("ext4", "remote", "s3"),
-    ("xfs", "remote", "file"),
-    ("ext4", "local", "file"),
+TORTURE = [  # (fs, durability, store, loop): remote fsyncs survive the host; local ones the daemon
+    ("ext4", "remote", "s3", "buffered"),
+    ("xfs", "remote", "file", "buffered"),
+    ("ext4", "local", "file", "buffered"),
+    ("ext4", "remote", "file", "direct"),      # -o loop_direct_io=on
 ]
 
 
-def _torture(fs: str, durability: str, store_url: str, tmp_path: Path, trials: int, seed: int) -> None:
+def _torture(fs: str, durability: str, store_url: str, tmp_path: Path, trials: int, seed: int,
+             loop: str = "buffered") -> None:
     rng = random.Random(seed)
+    opts = [f"durability={durability}", "discard=on", f"loop_direct_io={'on' if loop == 'direct' else 'off'}"]
     models: list[tuple[Path, Model]] = []
     m = FerryMount(tmp_path / "host", tmp_path / "mnt", tmp_path / "cache-0")
     with m:
@@ -129,13 +132,13 @@ def _torture(fs: str, durability: str, store_url: str, tmp_path: Path, trials: i
             # remote: every trial is a new host (fresh cache, takeover); local: the same host
             cache = tmp_path / (f"cache-{trial}" if durability == "remote" else "cache-0")
             m.mount(store_url, "tort", cache_dir=cache, takeover=trial > 0 and durability == "remote",
-                    options=[f"durability={durability}", "discard=on"], fstype=fs)
+                    options=opts, fstype=fs)
             for root, model in models:
                 problems = model.check(m.mountpoint / root)
                 assert not problems, f"trial {trial} (seed {seed}): acknowledged data lost:\n" + "\n".join(
                     problems[:20]) + f"\n{m.log()[-3000:]}"
             check_kernel_fs(m, fs)
-            m.mount(store_url, "tort", options=[f"durability={durability}", "discard=on"], fstype=fs)
+            m.mount(store_url, "tort", options=opts, fstype=fs)
             log = tmp_path / f"writer-{trial}.log"
             w = _writer(m.mountpoint / f"t{trial}", log, rng.randrange(1 << 30))
             time.sleep(rng.uniform(0.3, 2.5))
@@ -155,22 +158,23 @@ def _torture(fs: str, durability: str, store_url: str, tmp_path: Path, trials: i
     fsck_clean(store_url, "tort")
 
 
-@pytest.mark.parametrize("fs,durability,store", TORTURE, ids=["-".join(t) for t in TORTURE])
-def test_block_volume_keeps_every_fsync_through_kill9(fs, durability, store, request, tmp_path):
+@pytest.mark.parametrize("fs,durability,store,loop", TORTURE, ids=["-".join(t) for t in TORTURE])
+def test_block_volume_keeps_every_fsync_through_kill9(fs, durability, store, loop, request, tmp_path):
     """kill -9 of the daemon at a random moment while a writer fsyncs in the
     kernel filesystem; then mount on a new host (remote) or the same one
     (local): every acknowledged file is there, the kernel filesystem is clean."""
     store_url = request.getfixturevalue(f"{store}_store_url")
     seed = int(os.environ.get("FERRY_TORTURE_SEED", random.randrange(1 << 30)))
-    _torture(fs, durability, store_url, tmp_path, int(os.environ.get("FERRY_BLOCK_TRIALS", "3")), seed)
+    _torture(fs, durability, store_url, tmp_path, int(os.environ.get("FERRY_BLOCK_TRIALS", "3")), seed, loop)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fs,durability,store", TORTURE, ids=["-".join(t) for t in TORTURE])
-def test_block_volume_keeps_every_fsync_through_kill9_long(fs, durability, store, request, tmp_path):
+@pytest.mark.parametrize("fs,durability,store,loop", TORTURE, ids=["-".join(t) for t in TORTURE])
+def test_block_volume_keeps_every_fsync_through_kill9_long(fs, durability, store, loop, request, tmp_path):
     store_url = request.getfixturevalue(f"{store}_store_url")
     seed = int(os.environ.get("FERRY_TORTURE_SEED", random.randrange(1 << 30)))
-    _torture(fs, durability, store_url, tmp_path, int(os.environ.get("FERRY_BLOCK_SLOW_TRIALS", "25")), seed)
+    _torture(fs, durability, store_url, tmp_path, int(os.environ.get("FERRY_BLOCK_SLOW_TRIALS", "25")), seed,
+             loop)
 
 
 def test_frozen_stale_owner_of_a_block_volume_cannot_commit(s3_store_url, new_mount):
