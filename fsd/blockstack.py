@@ -165,12 +165,108 @@ def attach(fuse_mp: Path, layout: BlockLayout, target: Path, volume: str) -> str
         elif found != layout.fs:
             raise BlockStackError(f"volume {volume}: the image holds {found}, not {layout.fs}; "
                                   "it was not made by this ferry volume's settings")
+        elif found == "ext4":
+            grow_ext4_offline(device, volume)
         _run(mount_argv(layout.fs, device, target, discard=layout.discard),
              f"volume {volume}: mounting {layout.fs} on {target}")
     except BaseException:
         subprocess.run(["losetup", "-d", device], capture_output=True)
         raise
     return device
+
+
+def refresh_argv(device: str) -> list[str]:
+    """Make the loop device take the image's new size."""
+    return ["losetup", "--set-capacity", device]
+
+
+def grow_argv(fs: str, device: str, target: Path) -> list[str]:
+    """Grow the mounted kernel filesystem to the size of its device (online)."""
+    if fs == "ext4":
+        return ["resize2fs", device]
+    if fs == "xfs":
+        return ["xfs_growfs", str(target)]
+    raise ValueError(f"cannot grow {fs}")
+
+
+def ext4_bytes(dumpe2fs_header: str) -> int:
+    """The size of an ext4 filesystem, from `dumpe2fs -h` output."""
+    fields = {}
+    for line in dumpe2fs_header.splitlines():
+        k, sep, v = line.partition(":")
+        if sep:
+            fields[k.strip()] = v.strip()
+    try:
+        return int(fields["Block count"]) * int(fields["Block size"])
+    except (KeyError, ValueError):
+        raise ValueError("dumpe2fs -h printed no block count and block size") from None
+
+
+# An ext4 this much smaller than its device was grown while mounted where
+# online resizing is not allowed: it takes the rest at the next mount.
+_GROW_SLACK = 1 << 20
+
+
+def grow_ext4_offline(device: str, volume: str) -> bool:
+    """Before mounting: if the image grew past the ext4 on it (`ferry fs
+    resize` where online resizing needs CAP_SYS_RESOURCE), check the
+    filesystem (e2fsck -f -p, which resize2fs requires offline) and grow it.
+    True if it was grown. A filesystem e2fsck cannot repair unattended is
+    left as it is (mounted at its old size, with a warning)."""
+    have = ext4_bytes(_run(["dumpe2fs", "-h", device], f"volume {volume}: reading the ext4 superblock"))
+    dev = int(_run(["blockdev", "--getsize64", device], f"volume {volume}: reading the size of {device}"))
+    if have >= dev - _GROW_SLACK:
+        return False
+    log.info("volume %s: the image is %d bytes, ext4 %d: checking and growing it before mounting",
+             volume, dev, have)
+    r = subprocess.run(["e2fsck", "-f", "-p", device], capture_output=True, text=True, timeout=3600)
+    if r.returncode >= 4:
+        log.warning("volume %s: e2fsck -f -p %s exited %d, so ext4 is not grown now (it mounts at %d "
+                    "bytes): %s", volume, device, r.returncode, have, (r.stdout + r.stderr).strip()[-500:])
+        return False
+    _run(["resize2fs", device], f"volume {volume}: growing ext4 on {device}", timeout=3600)
+    return True
+
+
+def grow(fuse_mp: Path, target: Path, new_size: int, volume: str) -> tuple[int, int, bool]:
+    """Grow a mounted block volume: the image file (a journaled size change,
+    committed before anything else moves), then the loop device, then the
+    kernel filesystem. Returns (old, new image size, whether the kernel
+    filesystem grew now): ext4 grows online only with CAP_SYS_RESOURCE;
+    without it, it grows at the next mount (`grow_ext4_offline`). Growing
+    to the current size finishes an interrupted resize. Shrinking is
+    refused: neither ext4 nor XFS shrinks online."""
+    if not mounted(target) or not mounted(fuse_mp):
+        raise BlockStackError(f"volume {volume}: its kernel filesystem is not mounted on {target}")
+    image = image_path(fuse_mp)
+    old = os.stat(image).st_size
+    if new_size < old:
+        raise BlockStackError(f"volume {volume}: the image is {old} bytes; it can only grow, not shrink "
+                              f"to {new_size} (neither ext4 nor XFS shrinks online). To make it smaller, "
+                              "copy the files into a new, smaller volume")
+    if new_size % 4096:
+        raise BlockStackError(f"volume {volume}: the size must be a multiple of 4096 bytes, not {new_size}")
+    devices = loops_backed_by(image)
+    if len(devices) != 1:
+        raise BlockStackError(f"volume {volume}: expected one loop device on {image}, found {devices or 'none'}")
+    fs = probe_fs(devices[0])
+    if fs not in ("ext4", "xfs"):
+        raise BlockStackError(f"volume {volume}: {devices[0]} holds {fs or 'no filesystem'}, not ext4 or XFS")
+    if new_size > old:
+        fd = os.open(image, os.O_RDWR)
+        try:
+            os.ftruncate(fd, new_size)     # sparse: one metadata record
+            os.fsync(fd)                   # committed before the filesystem may use the new space
+        finally:
+            os.close(fd)
+    _run(refresh_argv(devices[0]), f"volume {volume}: resizing {devices[0]}")
+    try:
+        _run(grow_argv(fs, devices[0], target), f"volume {volume}: growing {fs} on {target}", timeout=3600)
+    except BlockStackError as e:
+        if fs == "ext4" and "Permission denied" in str(e):
+            return old, new_size, False
+        raise
+    return old, new_size, True
 
 
 def trim(target: Path, volume: str) -> str:

@@ -149,6 +149,40 @@ def cmd_umount(args) -> int:
     return 1
 
 
+def cmd_resize(args) -> int:
+    from fsd.blockstack import BlockStackError, grow
+    from fsd.mount import registry_path
+    from fsd.options import parse_size
+    mp = Path(os.path.abspath(args.mountpoint))
+    reg = registry_path(mp)
+    info = json.loads(reg.read_text()) if reg.exists() else None
+    if info is None:
+        print(f"ferry: nothing is mounted on {mp} by ferry on this host; mount the volume, then resize it",
+              file=sys.stderr)
+        return 1
+    if info.get("layout") != "block":
+        print(f"ferry: {info['volume']} is a layout=files volume: it has no fixed size to grow (its df size "
+              "is the mount option -o size=, set at mount)", file=sys.stderr)
+        return 1
+    try:
+        size = parse_size(args.size)
+    except ValueError as e:
+        print(f"ferry: {e}", file=sys.stderr)
+        return 2
+    try:
+        old, new, now = grow(Path(info["fuse_mountpoint"]), mp, size, info["volume"])
+    except BlockStackError as e:
+        print(f"ferry: {e}", file=sys.stderr)
+        return 1
+    grown = f"{info['volume']}: image {old / (1 << 30):.2f} GiB -> {new / (1 << 30):.2f} GiB"
+    if now:
+        print(f"{grown}; the filesystem on {mp} now uses it")
+    else:
+        print(f"{grown}; ext4 takes the new size at the next mount (growing it while mounted needs "
+              "CAP_SYS_RESOURCE, which this process lacks)")
+    return 0
+
+
 # ---------------------------------------------------------------------- fs fsck
 def cmd_fsck(args) -> int:
     from fsd.fsck import fsck
@@ -497,6 +531,17 @@ def build_parser() -> argparse.ArgumentParser:
     u = fss.add_parser("umount", help="unmount, commit everything and release the volume")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.set_defaults(fn=cmd_umount)
+
+    rs = fss.add_parser("resize", help="grow a mounted layout=block volume (online)",
+                        description="Grow a mounted block volume while it is in use: its image (sparse, "
+                                    "so only what is written costs storage), the loop device, then ext4 "
+                                    "(resize2fs) or XFS (xfs_growfs). The new size is kept in the volume: "
+                                    "any later mount, on any host, has it. Volumes only grow.",
+                        epilog="example:\n  ferry fs resize /mnt/db 50G",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    rs.add_argument("mountpoint", metavar="MOUNTPOINT", help="where the block volume is mounted")
+    rs.add_argument("size", metavar="SIZE", help="the new size of the image, e.g. 50G (binary units)")
+    rs.set_defaults(fn=cmd_resize)
 
     f = fss.add_parser("fsck", help="check a volume's consistency (read-only)")
     store_arg(f)

@@ -83,6 +83,69 @@ def test_block_volume_mounts_on_another_host_with_its_files(fs, s3_store_url, ne
     fsck_clean(s3_store_url, "blk")
 
 
+@pytest.mark.parametrize("fs", ["ext4", "xfs"])
+def test_block_volume_grows_online_and_keeps_its_size(fs, file_store_url, new_mount):
+    """`ferry fs resize` grows a mounted block volume while a file is open
+    in it: the kernel filesystem can then hold more than the old size, a
+    mount on another host has the new size and the data, the image checks
+    clean. Shrinking, a files volume and an unmounted path are refused."""
+    a, b = new_mount("a"), new_mount("b")
+
+    def resize(m, size):
+        return run_ferry("fs", "resize", str(m.mountpoint), size, env={"FERRY_RUN_DIR": str(m.run_dir)})
+    a.mkfs(file_store_url, "grow", [f"layout=block,fs={fs},size={SIZES[fs]}"])
+    a.mount(file_store_url, "grow", fstype=fs)
+    keep = os.urandom(3 << 20)
+    (a.mountpoint / "keep").write_bytes(keep)
+    before = os.statvfs(a.mountpoint)
+    old_bytes = before.f_blocks * before.f_frsize
+    with open(a.mountpoint / "open-during-resize", "wb") as f:
+        f.write(b"x" * 4096)
+        r = resize(a, "1G")
+        assert r.returncode == 0, r.stdout + r.stderr
+        f.write(b"y" * 4096)
+    online = "now uses it" in r.stdout
+    if not online:
+        # ext4 grows online only with CAP_SYS_RESOURCE; then it grows at the next mount.
+        assert fs == "ext4" and "at the next mount" in r.stdout, r.stdout
+        assert os.statvfs(a.mountpoint).f_blocks == before.f_blocks
+        a.umount()
+        a.mount(file_store_url, "grow", fstype=fs)
+        assert "checking and growing it before mounting" in a.log()
+    after = os.statvfs(a.mountpoint)
+    assert after.f_blocks * after.f_frsize > 1.6 * old_bytes, (old_bytes, after)
+    # More than the old size fits now (fallocate: real allocation, no data to write).
+    big = a.mountpoint / "big"
+    fd = os.open(big, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, old_bytes + (64 << 20))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    r = resize(a, "600M")
+    assert r.returncode == 1 and "can only grow" in r.stderr, r.stdout + r.stderr
+    r = resize(a, "1G")          # the same size again: harmless
+    assert r.returncode == 0, r.stdout + r.stderr
+    a.umount()
+    r = resize(a, "2G")
+    assert r.returncode == 1 and "mount the volume, then resize it" in r.stderr, r.stdout + r.stderr
+
+    b.mount(file_store_url, "grow", fstype=fs)              # another host: the size is the volume's
+    st = os.statvfs(b.mountpoint)
+    assert st.f_blocks * st.f_frsize > 1.6 * old_bytes
+    assert (b.mountpoint / "keep").read_bytes() == keep
+    assert (b.mountpoint / "open-during-resize").read_bytes() == b"x" * 4096 + b"y" * 4096
+    assert (b.mountpoint / "big").stat().st_size == old_bytes + (64 << 20)
+    check_kernel_fs(b, fs)
+    fsck_clean(file_store_url, "grow")
+
+    b.mkfs(file_store_url, "plain")
+    b.mount(file_store_url, "plain")
+    r = resize(b, "2G")
+    assert r.returncode == 1 and "layout=files volume" in r.stderr, r.stdout + r.stderr
+    b.umount()
+
+
 def test_block_options_are_checked_before_anything_is_made(file_store_url):
     cases = {
         ("layout=disk",): "layout must be 'files' or 'block'",
