@@ -347,6 +347,8 @@ class Agent:
             if st is not None:
                 status.update(epoch=st.get("epoch"), upload_lag_s=st.get("upload_lag_s"),
                               durability=st.get("durability") or status["durability"])
+                if isinstance(st.get("image_size"), int):     # grown by `ferry fs resize` since creation
+                    status["size"] = _gib(st["image_size"])
             status["mounts_here"] = self.table.count(name)
         return plugin.ok(Volume=plugin.volume_entry(name, self._mp_if_here(name), status))
 
@@ -655,3 +657,8 @@ class Agent:
                 task_status.started()
         finally:
             self._nursery = None
+
+
+def _gib(n: int) -> str:
+    """A byte count the way `-o size=` takes it: 10G, 1.5G, 300M."""
+    return f"{n / (1 << 30):g}G" if n >= 1 << 30 else f"{n / (1 << 20):g}M"

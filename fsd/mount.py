@@ -48,8 +48,8 @@ from fsd.gc.live import MaintenanceConfig, Maintainer
 from fsd.kernel_tuning import set_io_flusher, tune_bdi
 from fsd.format.superblock import BLOCK_FORMAT, Superblock
 from fsd.localjournal import LocalJournal
-from fsd.meta.ops import MetaOps
-from fsd.meta.state import MetaState
+from fsd.meta.ops import FsError, MetaOps
+from fsd.meta.state import ROOT_INO, MetaState
 from fsd.options import MountOptions
 from fsd.store import open_store
 from fsd.store.aio import AsyncStore
@@ -286,7 +286,7 @@ async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
     kernel filesystem on its image where the user asked (`BlockStack`)."""
     t = trio.to_thread.run_sync
     committer, data, pos = parts.committer, parts.data, parts.pos
-    status = StatusReporter(cfg, opened.cache_dir, parts)
+    status = StatusReporter(cfg, opened.cache_dir, parts, block=opened.sb.layout == "block")
     fuse_opts = {"fsname=ferry:" + cfg.volume, "subtype=ferry", "default_permissions", "allow_other",
                  "noatime"}
     fuse_mp = block.fuse_mp if block is not None else cfg.mountpoint
@@ -363,7 +363,7 @@ async def release(cfg: MountConfig, opened: Opened, parts: Parts) -> int:
                                                     reason="release", next_seq=pos.next_seq))
     if sealed_at != pos.next_seq:
         log.error("volume %s: epoch %d was sealed by someone else before release", cfg.volume, parts.epoch)
-    await StatusReporter(cfg, opened.cache_dir, parts).write("released")
+    await StatusReporter(cfg, opened.cache_dir, parts, block=opened.sb.layout == "block").write("released")
     log.info("volume %s: released epoch %d cleanly", cfg.volume, parts.epoch)
     await t(opened.store.close)
     return 0
@@ -390,8 +390,9 @@ class StatusReporter:
     full or failing cache disk makes a write fail: that is logged (once per
     kind of error) and never stops the mount."""
 
-    def __init__(self, cfg: MountConfig, cache_dir: CacheDir, parts: Parts) -> None:
+    def __init__(self, cfg: MountConfig, cache_dir: CacheDir, parts: Parts, *, block: bool = False) -> None:
         self.cfg, self.cache_dir, self.parts = cfg, cache_dir, parts
+        self.block = block     # a block volume: report its image's current size (`ferry fs resize` grows it)
         self._last_error: str | None = None
         self.base = {"volume": cfg.volume, "epoch": parts.epoch, "pid": os.getpid(), "host": socket.gethostname(),
                      "mountpoint": str(cfg.mountpoint), "store": cfg.store_url,
@@ -403,7 +404,14 @@ class StatusReporter:
         return {**self.base, "phase": phase, "next_seq": p.pos.next_seq, "fenced": p.pos.fenced,
                 "dirty_bytes": p.data.dirty_bytes, "inflight_bytes": p.data.inflight_bytes,
                 "upload_lag_s": round(c.upload_lag_s(), 3), "commits": c.stats.commits,
-                "last_error": c.stats.last_error, "last_gc": p.maintainer.summary(), "updated_ns": time.time_ns()}
+                "last_error": c.stats.last_error, "last_gc": p.maintainer.summary(), "updated_ns": time.time_ns(),
+                **({"image_size": self._image_size()} if self.block else {})}
+
+    def _image_size(self) -> int | None:
+        try:
+            return self.parts.ops.lookup(ROOT_INO, blockstack.IMAGE_NAME.encode()).size
+        except FsError:
+            return None       # not created yet (the first mount makes it)
 
     async def write(self, phase: str) -> None:
         try:

@@ -8,6 +8,7 @@ read-only loop device while it is frozen (consistent on disk).
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -105,6 +106,11 @@ def test_block_volume_grows_online_and_keeps_its_size(fs, file_store_url, new_mo
         assert r.returncode == 0, r.stdout + r.stderr
         f.write(b"y" * 4096)
     online = "now uses it" in r.stdout
+    # The daemon's status (what the agent's Docker Get shows as `size`) follows the image.
+    deadline = time.monotonic() + 5
+    while json.loads((a.cache_dir / "status.json").read_text()).get("image_size") != 1 << 30:
+        assert time.monotonic() < deadline, (a.cache_dir / "status.json").read_text()
+        time.sleep(0.1)
     if not online:
         # ext4 grows online only with CAP_SYS_RESOURCE; then it grows at the next mount.
         assert fs == "ext4" and "at the next mount" in r.stdout, r.stdout
