@@ -34,7 +34,7 @@ def tar_argv(tree: Path) -> list[str]:
             "--numeric-owner", "--exclude=./lost+found", "-C", str(tree), "."]
 
 
-def copy_image(store: ObjectStore, state: MetaState, roots: list[str], dest: Path,
+def copy_image(store: ObjectStore, state: MetaState, roots: list[str], content_hash: str, dest: Path,
                progress: Progress | None = None, window: int = 16) -> int:
     """Write the snapshot's `image` to `dest` as a sparse file; returns the data bytes copied."""
     ino = state.entries.get(ROOT_INO, {}).get(IMAGE_NAME.encode(), (None,))[0]
@@ -42,7 +42,7 @@ def copy_image(store: ObjectStore, state: MetaState, roots: list[str], dest: Pat
         raise ExportError("this block volume has no image yet (never mounted): nothing to export")
     runs = extents(state, ino)
     total = sum(n for _o, n in runs)
-    reader = BlockReader(store, state, roots, window)
+    reader = BlockReader(store, state, roots, content_hash, window)
     done = 0
     try:
         with open(dest, "wb") as f:
@@ -70,7 +70,7 @@ def export(store: ObjectStore, state: MetaState, sb: Superblock, roots: list[str
     tree.mkdir()
     device = None
     try:
-        stats.bytes = copy_image(store, state, roots, image, progress)
+        stats.bytes = copy_image(store, state, roots, sb.content_hash, image, progress)
         r = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True)
         if r.returncode != 0:
             raise ExportError(f"cannot attach the image copy to a loop device: {r.stderr.strip()} "

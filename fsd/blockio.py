@@ -44,7 +44,7 @@ class BlockIO:
     """Fetch (with de-duplication of concurrent fetches) and upload blocks."""
 
     def __init__(self, *, volume: str, root: str, epoch: int, astore: AsyncStore, cache: BlockCache,
-                 filler: CacheFiller, compress: bool, cpu_limiter: trio.CapacityLimiter,
+                 filler: CacheFiller, compress: bool, content_hash: str, cpu_limiter: trio.CapacityLimiter,
                  origin_roots: tuple[str, ...] = (), recent_bytes: int = 32 << 20) -> None:
         self.volume = volume        # for log lines
         self.root = root            # key prefix of the volume's objects
@@ -56,6 +56,7 @@ class BlockIO:
         self.cache = cache
         self.filler = filler      # copies into `cache` off the data path (fsd/cache/filler.py)
         self.compress = compress
+        self.content_hash = content_hash    # the volume's (superblock): names and checks blocks
         self.cpu = cpu_limiter
         self._fetching: dict[bytes, trio.Event] = {}
         # Blocks fetched a moment ago, by hash (content-addressed, so never
@@ -164,7 +165,7 @@ class BlockIO:
                 raise FsError(errno.EIO)
             key = keys.data_key(self.read_roots[ref.src], h, ref.epoch)
             try:
-                raw = await self.astore.call(lambda store: decode_block(store.get(key), h, key))
+                raw = await self.astore.call(lambda store: decode_block(store.get(key), h, key, self.content_hash))
             except NotFound:
                 log.error("volume %s: inode %d block %d: data object %s is missing from the store",
                           self.volume, ino, idx, key)
@@ -221,7 +222,8 @@ class BlockIO:
         clean copy in the cache. Content addressing makes a 412 on the
         conditional PUT mean 'already there' (an earlier attempt of ours
         whose response was lost)."""
-        h, obj = await trio.to_thread.run_sync(encode_block, raw, self.compress, limiter=self.cpu)
+        h, obj = await trio.to_thread.run_sync(encode_block, raw, self.compress, self.content_hash,
+                                                limiter=self.cpu)
         self.inflight[h] = self.inflight.get(h, 0) + 1
         try:
             while h in self.deleting:

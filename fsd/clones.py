@@ -144,8 +144,10 @@ def create(store: ObjectStore, new: str, source: str | Source, options: dict[str
     if "block_size" in opts:
         raise CloneError(f"a clone has its origin's block size ({osb.block_size} bytes); drop -o block_size")
     opts.setdefault("compression", osb.compression)
-    if any(k in opts for k in ("layout", "fs", "size")):
-        raise CloneError("a clone has its origin's layout, filesystem and image size; drop -o layout/fs/size")
+    if any(k in opts for k in ("layout", "fs", "size", "hash")):
+        raise CloneError("a clone has its origin's layout, filesystem, image size and content hash; "
+                         "drop -o layout/fs/size/hash")
+    opts["hash"] = osb.content_hash     # the clone reads the origin's blocks by their names
     try:
         sb = make_superblock(new, opts, clock())
     except ValueError as e:

@@ -60,7 +60,7 @@ def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False) -> FsckR
             elif verify_data:
                 key = keys.data_key(roots[bref.src], bref.hash, bref.epoch)
                 try:
-                    decode_block(store.get(key), bref.hash, key)
+                    decode_block(store.get(key), bref.hash, key, sb.content_hash)
                 except (CorruptObject, NotFound) as e:
                     rep.problems.append(f"inode {ino} block {idx}: {e}")
     used = own_refs(state)

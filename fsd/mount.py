@@ -207,7 +207,7 @@ async def recover_local(cfg: MountConfig, opened: Opened) -> None:
         return
     report = await t(lambda: resume.recover_local_journal(
         opened.store, opened.ref.root, entries, own_epoch=opened.owner_epoch,
-        compress=opened.sb.compression == "zstd"))
+        compress=opened.sb.compression == "zstd", content_hash=opened.sb.content_hash))
     resume.log_report(cfg.volume, report)
     await t(opened.ljournal.clear)
 
@@ -249,11 +249,11 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
             log.warning("volume %s: local working copy disabled: %r", cfg.volume, e)
             wc = None
     ops = MetaOps(state)
-    cache = await t(BlockCache, cfg.cache_dir / "blocks", cfg.options.cache_size)
+    cache = await t(lambda: BlockCache(cfg.cache_dir / "blocks", cfg.options.cache_size, sb.content_hash))
     filler = CacheFiller(cache, cfg.volume)
     bio = BlockIO(volume=cfg.volume, root=opened.ref.root, epoch=epoch, astore=opened.astore, cache=cache,
                   filler=filler,
-                  compress=sb.compression == "zstd",
+                  compress=sb.compression == "zstd", content_hash=sb.content_hash,
                   cpu_limiter=trio.CapacityLimiter(4), origin_roots=tuple(o.root for o in sb.origins))
     data = DataLayer(ops, bio, sb.block_size, cfg.options.dirty_limit)
     pos = WriterPosition(epoch=epoch, next_seq=2)

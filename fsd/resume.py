@@ -56,7 +56,7 @@ def read_tail(store: ObjectStore, root: str, epoch: int, seqs: list[int] | None 
 
 
 def recover_local_journal(store: ObjectStore, root: str, entries: list[LocalEntry], *,
-                          own_epoch: int | None, compress: bool,
+                          own_epoch: int | None, compress: bool, content_hash: str,
                           clock: Callable[[], int] = time.time_ns) -> RecoveryReport:
     """Append what the store lacks of this cache directory's crashed epoch,
     then seal that epoch ("release"). The caller clears the local journal
@@ -71,7 +71,8 @@ def recover_local_journal(store: ObjectStore, root: str, entries: list[LocalEntr
         segments = plan_segments(plan.todo)
         next_seq = tail.next_seq
         for seg in segments:
-            if not _append(store, root, tail.epoch, next_seq, seg, compress=compress, clock=clock):
+            if not _append(store, root, tail.epoch, next_seq, seg, compress=compress,
+                           content_hash=content_hash, clock=clock):
                 report.fenced = True
                 break
             failpoints.hit("recovery_segment_written")
@@ -85,14 +86,14 @@ def recover_local_journal(store: ObjectStore, root: str, entries: list[LocalEntr
 
 
 def _append(store: ObjectStore, root: str, epoch: int, seq: int, seg: PlannedSegment, *,
-            compress: bool, clock: Callable[[], int]) -> bool:
+            compress: bool, content_hash: str, clock: Callable[[], int]) -> bool:
     """Upload the segment's whole blocks, then write it at `seq` with
     If-None-Match. False if the key is taken by something else (a seal)."""
     blocks = [it for it in seg.items if isinstance(it, WholeBlock)]
     refs: dict[int, tuple[bytes, int, int]] = {}
 
     def upload(b: WholeBlock) -> None:
-        h, obj = encode_block(b.raw, compress)
+        h, obj = encode_block(b.raw, compress, content_hash)
         try:
             store.put(keys.data_key(root, h, epoch), obj, if_none_match=True)
         except PreconditionFailed:

@@ -135,8 +135,8 @@ def create(store: ObjectStore, volume: str, snap: str, *, at_ns: int | None = No
     except PreconditionFailed:
         old = _read(store, key)
         if old is None or not old.abandoned(clock()):
-            state = "being created" if old is not None and old.state == PENDING else "exists already"
-            raise SnapshotError(f"snapshot {snap!r} of volume {volume!r} {state}; pick another name or "
+            why = "being created" if old is not None and old.state == PENDING else "exists already"
+            raise SnapshotError(f"snapshot {snap!r} of volume {volume!r} {why}; pick another name or "
                                 f"remove it first (ferry fs snapshot rm)") from None
         store.delete(key)           # the creator of an abandoned one died: start over
         return create(store, volume, snap, clock=clock)
@@ -218,16 +218,17 @@ def lookup(state: MetaState, path: str) -> int:
     return ino
 
 
-def read_file(store: ObjectStore, root: str, state: MetaState, ino: int) -> bytes:
+def read_file(store: ObjectStore, root: str, state: MetaState, ino: int, content_hash: str) -> bytes:
     """The whole content of regular file `ino` in a (snapshot) state, from
-    its data objects and inline patches; holes read as zeros."""
+    its data objects (named by the volume's `content_hash`) and inline
+    patches; holes read as zeros."""
     from fsd.format.dataobj import decode_block
     node = state.inodes[ino]
     bs = state.block_size
     out = bytearray(node.size)
     for idx, ref in state.blocks.get(ino, {}).items():
         key = keys.data_key(root, ref.hash, ref.epoch)
-        raw = decode_block(store.get(key), ref.hash, key)[:ref.length]
+        raw = decode_block(store.get(key), ref.hash, key, content_hash)[:ref.length]
         end = min(idx * bs + len(raw), node.size)
         out[idx * bs:end] = raw[:end - idx * bs]
     for idx, pl in state.patches.get(ino, {}).items():

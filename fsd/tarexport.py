@@ -130,10 +130,12 @@ def pieces(state: MetaState, ino: int, runs: list[tuple[int, int]]) -> Iterator[
 class BlockReader:
     """Fetches pieces `window` ahead in threads; yields their bytes in order."""
 
-    def __init__(self, store: ObjectStore, state: MetaState, roots: list[str], window: int = 16) -> None:
+    def __init__(self, store: ObjectStore, state: MetaState, roots: list[str], content_hash: str,
+                 window: int = 16) -> None:
         self.store = store
         self.state = state
         self.roots = roots
+        self.content_hash = content_hash
         self.pool = ThreadPoolExecutor(max_workers=window)
         self.window = window
 
@@ -148,7 +150,7 @@ class BlockReader:
         if ref is not None:
             key = keys.data_key(self.roots[ref.src], ref.hash, ref.epoch)
             try:
-                raw = decode_block(self.store.get(key), ref.hash, key)[:ref.length]
+                raw = decode_block(self.store.get(key), ref.hash, key, self.content_hash)[:ref.length]
             except NotFound:
                 raise ExportError(f"data object {key} (inode {p.ino} block {p.idx}) is missing from the "
                                   "store; run 'ferry fs fsck'") from None
@@ -231,10 +233,11 @@ def sparse_map(runs: list[tuple[int, int]], size: int) -> bytes:
     return b + b"\0" * (-len(b) % 512)
 
 
-def export(store: ObjectStore, state: MetaState, roots: list[str], out: BinaryIO, *,
+def export(store: ObjectStore, state: MetaState, roots: list[str], content_hash: str, out: BinaryIO, *,
            progress: Progress | None = None, window: int = 16) -> ExportStats:
     """Write the tar of `state` (a snapshot's metadata; `roots`: where its
-    blocks are by `src`) to `out`, sequentially (a pipe is fine)."""
+    blocks are by `src`; `content_hash`: the volume's) to `out`,
+    sequentially (a pipe is fine)."""
     stats = ExportStats()
     entries = list(walk(state))
     plans: dict[int, list[tuple[int, int]]] = {}
@@ -243,7 +246,7 @@ def export(store: ObjectStore, state: MetaState, roots: list[str], out: BinaryIO
         if e.link_to is None and stat.S_ISREG(n.mode):
             plans[e.ino] = extents(state, e.ino)
     total = sum(n for runs in plans.values() for _o, n in runs)
-    reader = BlockReader(store, state, roots, window)
+    reader = BlockReader(store, state, roots, content_hash, window)
     todo = (p for e in entries if e.link_to is None and e.ino in plans for p in pieces(state, e.ino, plans[e.ino]))
     chunks = reader.stream(todo)
     done = 0
@@ -317,7 +320,7 @@ def export_volume(store: ObjectStore, spec: str, out: BinaryIO, *, progress: Pro
         if sb.layout == "block":       # the files inside the image, not the image
             from fsd import blockexport
             return blockexport.export(store, state, sb, sb.data_roots(ref.root), out, progress=progress)
-        return export(store, state, sb.data_roots(ref.root), out, progress=progress)
+        return export(store, state, sb.data_roots(ref.root), sb.content_hash, out, progress=progress)
     finally:
         if temp is not None:
             snapshots.remove(store, src.volume, temp)

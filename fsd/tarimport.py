@@ -238,8 +238,8 @@ def import_tar(store: ObjectStore, name: str, src: BinaryIO, options: dict[str, 
     marker = creating.Marker(store, root, f"import of {name}")
     stats = ImportStats()
     try:
-        tree = _read(store, root, sb.block_size, sb.compression == "zstd", src, strip, stats, marker,
-                     progress, total, window, clock())
+        tree = _read(store, root, sb.block_size, sb.compression == "zstd", sb.content_hash, src, strip, stats,
+                     marker, progress, total, window, clock())
         records = tree.records()
         problems = check_state(MetaState.from_records(sb.block_size, records))
         if problems:
@@ -257,7 +257,7 @@ def import_tar(store: ObjectStore, name: str, src: BinaryIO, options: dict[str, 
     return ref, stats
 
 
-def _read(store: ObjectStore, root: str, bs: int, compress: bool, src: BinaryIO, strip: int,
+def _read(store: ObjectStore, root: str, bs: int, compress: bool, content_hash: str, src: BinaryIO, strip: int,
           stats: ImportStats, marker: creating.Marker, progress: Progress | None, total: int, window: int,
           now_ns: int) -> _Tree:
     tree = _Tree(now_ns)
@@ -266,7 +266,7 @@ def _read(store: ObjectStore, root: str, bs: int, compress: bool, src: BinaryIO,
     lock = threading.Lock()
 
     def put(raw: bytes) -> bytes:
-        h, obj = encode_block(raw, compress)
+        h, obj = encode_block(raw, compress, content_hash)
         with lock:
             if h in uploaded:
                 return h

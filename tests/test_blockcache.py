@@ -13,12 +13,14 @@ import pytest
 from fsd.cache.blockcache import BlockCache, CacheFull
 from fsd.format.dataobj import block_hash
 
+ALGO = "blake3"   # the content hash new volumes use
+
 KB = 1024
 
 
 def blk(i: int, size: int = 10 * KB) -> tuple[bytes, bytes]:
     raw = (i.to_bytes(4, "big") * (size // 4 + 1))[:size]
-    return block_hash(raw), raw
+    return block_hash(raw, ALGO), raw
 
 
 def files(d: Path) -> list[Path]:
@@ -26,7 +28,7 @@ def files(d: Path) -> list[Path]:
 
 
 def test_put_get_layout(tmp_path):
-    c = BlockCache(tmp_path, 1 << 20)
+    c = BlockCache(tmp_path, 1 << 20, ALGO)
     h, raw = blk(1)
     assert not c.contains(h) and c.get(h) is None and c.get_range(h, 0, 1) is None
     assert c.put(h, raw)
@@ -44,14 +46,14 @@ def test_put_get_layout(tmp_path):
 
 
 def test_put_accepts_buffers(tmp_path):
-    c = BlockCache(tmp_path, 1 << 20)
+    c = BlockCache(tmp_path, 1 << 20, ALGO)
     h, raw = blk(2)
     c.put(h, memoryview(bytearray(raw)))
     assert c.get(h) == raw
 
 
 def test_discard(tmp_path):
-    c = BlockCache(tmp_path, 1 << 20)
+    c = BlockCache(tmp_path, 1 << 20, ALGO)
     h, raw = blk(1)
     c.put(h, raw, pinned=True)
     c.discard(h)
@@ -60,7 +62,7 @@ def test_discard(tmp_path):
 
 
 def test_small_capacity_evicts_lru(tmp_path):
-    c = BlockCache(tmp_path, 30 * KB)
+    c = BlockCache(tmp_path, 30 * KB, ALGO)
     b = [blk(i) for i in range(5)]
     for h, raw in b[:3]:
         c.put(h, raw)
@@ -74,7 +76,7 @@ def test_small_capacity_evicts_lru(tmp_path):
 
 
 def test_pinned_never_evicted(tmp_path):
-    c = BlockCache(tmp_path, 30 * KB)
+    c = BlockCache(tmp_path, 30 * KB, ALGO)
     pinned = [blk(i) for i in range(2)]
     for h, raw in pinned:
         c.put(h, raw, pinned=True)
@@ -97,7 +99,7 @@ def test_pinned_never_evicted(tmp_path):
 
 
 def test_pin_an_already_cached_block(tmp_path):
-    c = BlockCache(tmp_path, 20 * KB)
+    c = BlockCache(tmp_path, 20 * KB, ALGO)
     h, raw = blk(1)
     c.put(h, raw)
     c.put(h, raw, pinned=True)
@@ -110,13 +112,13 @@ def test_pin_an_already_cached_block(tmp_path):
 
 
 def test_block_larger_than_capacity_not_cached(tmp_path):
-    c = BlockCache(tmp_path, 5 * KB)
+    c = BlockCache(tmp_path, 5 * KB, ALGO)
     h, raw = blk(1)
     assert c.put(h, raw) is False and files(tmp_path) == []
 
 
 def test_restart_rebuilds_index_in_mtime_order(tmp_path):
-    c = BlockCache(tmp_path, 1 << 20)
+    c = BlockCache(tmp_path, 1 << 20, ALGO)
     b = [blk(i) for i in range(4)]
     for k, (h, raw) in enumerate(b):
         c.put(h, raw)
@@ -126,7 +128,7 @@ def test_restart_rebuilds_index_in_mtime_order(tmp_path):
     (tmp_path / ".tmp-top").write_bytes(b"x")
     stranger = tmp_path / "README"
     stranger.write_text("not ours")
-    c2 = BlockCache(tmp_path, 30 * KB)   # smaller now: trimmed to capacity, oldest first
+    c2 = BlockCache(tmp_path, 30 * KB, ALGO)   # smaller now: trimmed to capacity, oldest first
     assert not stale.exists() and not (tmp_path / ".tmp-top").exists() and stranger.exists()
     assert [c2.contains(h) for h, _ in b] == [True, True, True, False]
     assert c2.used == 30 * KB
@@ -136,26 +138,26 @@ def test_restart_rebuilds_index_in_mtime_order(tmp_path):
 
 
 def test_torn_file_found_at_startup_is_dropped(tmp_path):
-    c = BlockCache(tmp_path, 1 << 20)
+    c = BlockCache(tmp_path, 1 << 20, ALGO)
     (h1, raw1), (h2, raw2), (h3, raw3) = blk(1), blk(2), blk(3)
     for h, raw in [(h1, raw1), (h2, raw2), (h3, raw3)]:
         c.put(h, raw)
     p1, p2, p3 = (tmp_path / h.hex()[:2] / h.hex() for h in (h1, h2, h3))
     p1.write_bytes(raw1[:100])                 # torn by a power loss
     p2.write_bytes(b"\0" * len(raw2))          # zero-filled
-    c2 = BlockCache(tmp_path, 1 << 20)
+    c2 = BlockCache(tmp_path, 1 << 20, ALGO)
     assert c2.get(h1) is None and not p1.exists() and not c2.contains(h1)
     assert c2.get_range(h2, 0, 10) is None and not p2.exists()
     assert c2.get_range(h3, 0, 10) == raw3[:10]
     # a torn file is rewritten by a put of the same block, not trusted
     p3.write_bytes(b"junk")
-    c3 = BlockCache(tmp_path, 1 << 20)
+    c3 = BlockCache(tmp_path, 1 << 20, ALGO)
     c3.put(h3, raw3, pinned=True)
     assert p3.read_bytes() == raw3 and c3.get(h3) == raw3
 
 
 def test_file_removed_behind_our_back(tmp_path):
-    c = BlockCache(tmp_path, 1 << 20)
+    c = BlockCache(tmp_path, 1 << 20, ALGO)
     h, raw = blk(1)
     c.put(h, raw)
     (tmp_path / h.hex()[:2] / h.hex()).unlink()
@@ -163,7 +165,7 @@ def test_file_removed_behind_our_back(tmp_path):
 
 
 def test_concurrent_puts_and_gets(tmp_path):
-    c = BlockCache(tmp_path, 200 * KB)
+    c = BlockCache(tmp_path, 200 * KB, ALGO)
     blocks = [blk(i, 8 * KB) for i in range(60)]
     errors: list[BaseException] = []
 
@@ -214,7 +216,7 @@ def tiny_tmpfs(tmp_path):
 
 
 def test_real_enospc_evicts_clean_blocks_and_retries(tiny_tmpfs):
-    c = BlockCache(tiny_tmpfs, 1 << 30)   # the capacity never triggers: the disk does
+    c = BlockCache(tiny_tmpfs, 1 << 30, ALGO)   # the capacity never triggers: the disk does
     blocks = [blk(i, 200 * KB) for i in range(12)]
     for h, raw in blocks:
         assert c.put(h, raw)
@@ -226,7 +228,7 @@ def test_real_enospc_evicts_clean_blocks_and_retries(tiny_tmpfs):
 
 
 def test_real_enospc_with_only_pinned_blocks_raises_cache_full(tiny_tmpfs):
-    c = BlockCache(tiny_tmpfs, 1 << 30)
+    c = BlockCache(tiny_tmpfs, 1 << 30, ALGO)
     pinned = []
     with pytest.raises(CacheFull) as exc:
         for i in range(12):
@@ -247,9 +249,9 @@ def test_real_enospc_with_only_pinned_blocks_raises_cache_full(tiny_tmpfs):
 
 def test_elapsed_is_small(tmp_path):
     """Start-up scan of a few hundred blocks is quick (it is on the mount path)."""
-    c = BlockCache(tmp_path, 1 << 30)
+    c = BlockCache(tmp_path, 1 << 30, ALGO)
     for i in range(300):
         c.put(*blk(i, 1 * KB))
     t0 = time.monotonic()
-    c2 = BlockCache(tmp_path, 1 << 30)
+    c2 = BlockCache(tmp_path, 1 << 30, ALGO)
     assert len(c2) == 300 and time.monotonic() - t0 < 2

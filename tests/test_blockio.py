@@ -38,6 +38,8 @@ from fsd.meta.state import MetaState, new_volume_records
 from fsd.store.aio import AsyncStore
 from fsd.store.filestore import FileStore
 
+ALGO = "blake3"   # the content hash new volumes use
+
 BS = 64 * 1024
 INO = 2
 
@@ -89,7 +91,8 @@ class CountingCache(BlockCache):
 
 def _bio(store, cache: BlockCache) -> BlockIO:
     return BlockIO(volume="t", root="v/t", epoch=1, astore=AsyncStore(store), cache=cache,
-                   filler=CacheFiller(cache, "t"), compress=False, cpu_limiter=trio.CapacityLimiter(4))
+                   filler=CacheFiller(cache, "t"), compress=False, content_hash=ALGO,
+                   cpu_limiter=trio.CapacityLimiter(4))
 
 
 def _layer(bio: BlockIO) -> DataLayer:
@@ -101,7 +104,7 @@ def _layer(bio: BlockIO) -> DataLayer:
 async def test_cold_sequential_read_fetches_each_block_once_and_never_rereads_it(tmp_path):
     store = CountingStore(tmp_path / "store")
     blocks = [os.urandom(BS) for _ in range(24)] + [os.urandom(BS // 3)]
-    writer = _bio(store, BlockCache(tmp_path / "c1", 1 << 30))
+    writer = _bio(store, BlockCache(tmp_path / "c1", 1 << 30, ALGO))
     data = _layer(writer)
     for i, raw in enumerate(blocks):
         ref = await writer.upload(raw)
@@ -109,7 +112,7 @@ async def test_cold_sequential_read_fetches_each_block_once_and_never_rereads_it
     data.state.inodes[INO].size = sum(map(len, blocks))
     store.calls.clear()
 
-    cache = CountingCache(tmp_path / "c2", 1 << 30)     # a new host: nothing cached
+    cache = CountingCache(tmp_path / "c2", 1 << 30, ALGO)     # a new host: nothing cached
     reader = _bio(store, cache)
     data.bio = reader
     got = bytearray()
@@ -143,12 +146,12 @@ async def test_eagerly_uploaded_block_is_encoded_and_put_once(tmp_path, monkeypa
     encodes = Counter()
     real_encode = blockio_mod.encode_block
 
-    def counting_encode(raw, compress):
+    def counting_encode(raw, compress, algo):
         encodes["n"] += 1
-        return real_encode(raw, compress)
+        return real_encode(raw, compress, algo)
     monkeypatch.setattr(blockio_mod, "encode_block", counting_encode)
     store = CountingStore(tmp_path / "store")
-    bio = _bio(store, BlockCache(tmp_path / "c", 1 << 30))
+    bio = _bio(store, BlockCache(tmp_path / "c", 1 << 30, ALGO))
     data = _layer(bio)
     full = [os.urandom(BS) for _ in range(4)]
     async with trio.open_nursery() as n:
@@ -165,7 +168,7 @@ async def test_eagerly_uploaded_block_is_encoded_and_put_once(tmp_path, monkeypa
     assert encodes["n"] == 5, "only the changed block is encoded again"
     assert store.calls["put"] == 5
     for i in (0, 1, 3):
-        assert refs[(INO, i)].hash == block_hash(full[i])
+        assert refs[(INO, i)].hash == block_hash(full[i], ALGO)
 
     # A GC deleting the object meanwhile: the same object is PUT again.
     raw = batch[(INO, 0)]
@@ -200,7 +203,7 @@ def test_cache_filler_drops_copies_it_cannot_keep_up_with_and_drains_on_close(tm
     """The filler never makes a reader or writer wait: with its thread held
     up, copies beyond the queue are dropped (counted), the queued ones are
     written by close()."""
-    cache = BlockCache(tmp_path / "c", 1 << 30)
+    cache = BlockCache(tmp_path / "c", 1 << 30, ALGO)
     gate = threading.Event()
     real_put = cache.put
 
@@ -210,7 +213,7 @@ def test_cache_filler_drops_copies_it_cannot_keep_up_with_and_drains_on_close(tm
     cache.put = slow_put          # type: ignore[method-assign]
     filler = CacheFiller(cache, "t", queue_bytes=4 * BS)
     blocks = [os.urandom(BS) for _ in range(10)]
-    hashes = [block_hash(b) for b in blocks]
+    hashes = [block_hash(b, ALGO) for b in blocks]
     offered = [filler.offer(h, b) for h, b in zip(hashes, blocks)]
     # The first is taken by the thread at once (or queued); 4 fit the queue.
     assert offered.count(True) in (4, 5) and filler.dropped == 10 - offered.count(True)
@@ -235,7 +238,7 @@ async def test_data_layer_matches_a_byte_model_with_eager_uploads_and_commits(tm
     import random
     rnd = random.Random(seed)
     store = CountingStore(tmp_path / "store")
-    bio = _bio(store, BlockCache(tmp_path / "c", 1 << 30))
+    bio = _bio(store, BlockCache(tmp_path / "c", 1 << 30, ALGO))
     data = _layer(bio)
     ops = data.ops
     model = bytearray()

@@ -109,6 +109,41 @@ def test_a_clone_is_independent_of_its_origin_both_ways(store_url, new_mount):
     fsck_clean(store_url, "copy")
 
 
+def test_a_blake2b_volume_mounts_clones_and_exports_under_format_5(file_store_url, new_mount):
+    """Volumes made before format 5 (BLAKE2b content hashes) keep working:
+    mount, write, read back, clone (the clone keeps the origin's hash, so it
+    can read the origin's blocks by their names) and fsck with data checks."""
+    a, b = new_mount("a"), new_mount("b")
+    a.mkfs(file_store_url, "old", ["hash=blake2b"])
+    store = open_store(file_store_url)
+    try:
+        assert vol_mod.read_superblock(store, vol_mod.locate(store, "old")[0]).format == 3
+    finally:
+        store.close()
+    a.mount(file_store_url, "old")
+    fill(a.mountpoint)
+    ferry_ok("fs", "snapshot", "create", "--store", file_store_url, "old", "s1",
+             env={"FERRY_RUN_DIR": str(a.run_dir)})
+    r = run_ferry("fs", "mkfs", "--store", file_store_url, "c2", "--from", "old@s1", "-o", "hash=blake3")
+    assert r.returncode in (1, 2) and "content hash" in r.stderr, r.stderr
+    ferry_ok("fs", "mkfs", "--store", file_store_url, "copy", "--from", "old@s1")
+    b.mount(file_store_url, "copy")
+    assert (b.mountpoint / "big").read_bytes() == pattern("big", BIG)
+    write_fsync(b.mountpoint / "new", pattern("new", BIG))
+    a.umount()
+    b.umount()
+    b.mount(file_store_url, "copy")
+    assert (b.mountpoint / "new").read_bytes() == pattern("new", BIG)
+    b.umount()
+    store = open_store(file_store_url)
+    try:
+        assert vol_mod.read_superblock(store, vol_mod.locate(store, "copy")[0]).content_hash == "blake2b"
+    finally:
+        store.close()
+    for vol in ("old", "copy"):
+        assert ferry_ok("fs", "fsck", "--store", file_store_url, "--verify-data", vol).rstrip().endswith("clean")
+
+
 def test_removing_the_origin_and_running_gc_never_breaks_a_clone(store_url, new_mount):
     a, b = new_mount("a"), new_mount("b")
     a.mkfs(store_url, "orig", options=["history=0"])

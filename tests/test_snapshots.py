@@ -29,7 +29,7 @@ def snap_file(store_url: str, snap: str, path: str) -> bytes | None:
             ino = snapshots.lookup(state, path)
         except KeyError:
             return None
-        return snapshots.read_file(store, ref.root, state, ino)
+        return snapshots.read_file(store, ref.root, state, ino, vol_mod.read_superblock(store, ref).content_hash)
     finally:
         store.close()
 

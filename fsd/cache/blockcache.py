@@ -49,8 +49,9 @@ class CacheFull(OSError):
 
 
 class BlockCache:
-    def __init__(self, directory: Path | str, capacity_bytes: int, direct_io: bool = True) -> None:
+    def __init__(self, directory: Path | str, capacity_bytes: int, content_hash: str, direct_io: bool = True) -> None:
         self.dir = Path(directory)
+        self.content_hash = content_hash     # the volume's: a block file is checked against its name
         self.dir.mkdir(parents=True, exist_ok=True)
         # Block files bypass the page cache where the filesystem allows it (fsd/cache/directio.py).
         self._io = CacheFileIO.for_directory(self.dir) if direct_io else CacheFileIO(False)
@@ -122,7 +123,7 @@ class BlockCache:
             self._forget_if_missing(h)
             return None
         if not verified:
-            if block_hash(data) != h:
+            if block_hash(data, self.content_hash) != h:
                 self._drop_damaged(h, len(data))
                 return None
             with self._lock:

@@ -19,9 +19,11 @@ __all__ = ["Origin", "Superblock", "make_superblock", "parse_size", "MAGIC", "FO
            "MIN_BLOCK_SIZE", "MAX_BLOCK_SIZE", "DEFAULT_BLOCK_SIZE", "COMPRESSIONS", "FENCING_MODES"]
 
 MAGIC = b"FRYB"
-FORMAT = 3            # what mkfs writes: 2 + origins (clones share their origin's data objects)
-BLOCK_FORMAT = 4      # what mkfs writes for layout=block: 3 + options layout, fs, image_size
-FORMATS = (1, 2, 3, 4)  # what this ferry reads (docs/format.md, "Versions")
+FORMAT = 3            # 2 + origins (clones share their origin's data objects)
+BLOCK_FORMAT = 4      # 3 + options layout, fs, image_size (layout=block)
+HASH_FORMAT = 5       # 4 + option hash: what mkfs writes unless -o hash=blake2b
+FORMATS = (1, 2, 3, 4, 5)  # what this ferry reads (docs/format.md, "Versions")
+HASHES = ("blake3", "blake2b")      # fsd/format/dataobj.py; the first is the default
 MIN_BLOCK_SIZE = 64 << 10
 MAX_BLOCK_SIZE = 16 << 20
 DEFAULT_BLOCK_SIZE = 1 << 20
@@ -41,6 +43,8 @@ KNOWN_OPTIONS = {
               "sparse image in ferry, for small-file speed; docs/block.md)",
     "fs": "ext4|xfs, the kernel filesystem of a layout=block volume (default ext4)",
     "size": f"the image size of a layout=block volume, sparse (default {DEFAULT_IMAGE_SIZE})",
+    "hash": "blake3|blake2b, the content hash of data blocks (default blake3; blake2b volumes stay readable "
+            "by ferry releases before volume format 5)",
 }
 _UUID_RE = re.compile(r"[0-9a-f]{32}")
 
@@ -103,6 +107,11 @@ class Superblock:
         return "block" if self.options.get("layout") == "block" else "files"
 
     @property
+    def content_hash(self) -> str:
+        """The hash that names and checks data blocks: BLAKE2b before format 5."""
+        return str(self.options.get("hash", "blake2b"))
+
+    @property
     def block_fs(self) -> str:
         return str(self.options.get("fs", "ext4"))
 
@@ -137,6 +146,8 @@ class Superblock:
             raise CorruptObject(f"{key}: origins is not a list")
         origins = tuple(Origin.from_dict(o, key) for o in raw_origins)
         opts = b["options"]
+        if opts.get("hash", "blake2b") not in HASHES or ("hash" in opts and b["format"] < HASH_FORMAT):
+            raise CorruptObject(f"{key}: unknown content hash {opts.get('hash')!r} for format {b['format']}")
         if opts.get("layout", "files") not in LAYOUTS:
             raise CorruptObject(f"{key}: unknown layout {opts.get('layout')!r}")
         if opts.get("layout") == "block" and (opts.get("fs") not in ("ext4", "xfs")
@@ -186,10 +197,16 @@ def make_superblock(volume: str, options: dict[str, str], now_ns: int) -> Superb
         raise ValueError(f"history: {e}") from None
     if not 0 <= history <= 366 * 86400:
         raise ValueError("history must be between 0 and 366d")
+    algo = options.get("hash", HASHES[0])
+    if algo not in HASHES:
+        raise ValueError(f"hash must be {' or '.join(repr(h) for h in HASHES)}, not {algo!r}")
     vol_opts: dict[str, object] = {"history": history}
     vol_opts.update(_layout_options(options))
-    return Superblock(volume=volume, uuid=secrets.token_hex(16),
-                      format=BLOCK_FORMAT if vol_opts.get("layout") == "block" else FORMAT, block_size=bs,
+    fmt = BLOCK_FORMAT if vol_opts.get("layout") == "block" else FORMAT
+    if algo != "blake2b":       # BLAKE2b volumes keep the format older releases read
+        vol_opts["hash"] = algo
+        fmt = HASH_FORMAT
+    return Superblock(volume=volume, uuid=secrets.token_hex(16), format=fmt, block_size=bs,
                       compression=comp, created_ns=now_ns, options=vol_opts)
 
 

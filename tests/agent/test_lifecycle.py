@@ -199,6 +199,7 @@ async def test_snapshot_through_the_control_service(nursery, tmp_path, control, 
     """`ferry snapshot create` runs on the host that has the volume mounted (which
     commits first), is recorded at the control service and shows in Docker's Get."""
     from fsd import snapshots as fsnap
+    from fsd import volume as fvol
     ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", file_store_url))
     await ra.start()
     assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
@@ -225,7 +226,8 @@ async def test_snapshot_through_the_control_service(nursery, tmp_path, control, 
         store = open_store(file_store_url)
         try:
             ref, state = fsnap.open_state(store, "demo", "s1")
-            return fsnap.read_file(store, ref.root, state, fsnap.lookup(state, "f"))
+            algo = fvol.read_superblock(store, ref).content_hash
+            return fsnap.read_file(store, ref.root, state, fsnap.lookup(state, "f"), algo)
         finally:
             store.close()
     assert await trio.to_thread.run_sync(snap_content) == b"not fsynced yet"

@@ -6,6 +6,7 @@ import hashlib
 import os
 import struct
 
+import blake3
 import msgpack
 import pytest
 import zstandard
@@ -14,11 +15,13 @@ from hypothesis import strategies as st
 
 from fsd.format import keys
 from fsd.format.claim import EpochClaim
-from fsd.format.dataobj import HEAD_SIZE, MAGIC as DMAGIC, block_hash, decode_block, encode_block
+from fsd.format.dataobj import HASHES, HEAD_SIZE, MAGIC as DMAGIC, block_hash, decode_block, encode_block
 from fsd.format.framing import CorruptObject, frame, unframe
 from fsd.format.segment import Segment
 from fsd.format.snapshot import decode_snapshot, encode_snapshot
-from fsd.format.superblock import FORMAT, Superblock, make_superblock, parse_size
+from fsd.format.superblock import FORMAT, HASH_FORMAT, HASHES as SB_HASHES, Superblock, make_superblock, parse_size
+
+ALGO = "blake3"
 
 SEAL = Segment("seal", 1, 2, 3, [], "release", 1)
 INODE = [1, 1, 0o40755, 0, 0, 2, 0, 1, 2, 3, 0, None]
@@ -62,15 +65,24 @@ def test_segment_roundtrip():
 def test_superblock_and_claim_roundtrip():
     sb = _sb()
     assert Superblock.decode(sb.encode(), "k") == sb
-    assert sb.block_size == 262144 and sb.compression == "zstd" and sb.format == FORMAT and len(sb.uuid) == 32
+    assert sb.block_size == 262144 and sb.compression == "zstd" and sb.format == HASH_FORMAT and len(sb.uuid) == 32
     assert EpochClaim.decode(_claim().encode(), "k") == _claim()
 
 
 def test_superblock_defaults():
     sb = make_superblock("v", {}, 0)
     assert (sb.block_size, sb.compression, sb.fencing, sb.options) == (1 << 20, "none", "conditional",
-                                                                       {"history": 3600.0})
-    assert sb.history_s == 3600.0 and sb.origins == ()
+                                                                       {"history": 3600.0, "hash": "blake3"})
+    assert sb.history_s == 3600.0 and sb.origins == () and sb.content_hash == "blake3" and sb.format == 5
+
+
+def test_blake2b_volumes_keep_the_formats_older_releases_read():
+    files = make_superblock("v", {"hash": "blake2b"}, 0)
+    block = make_superblock("v", {"hash": "blake2b", "layout": "block"}, 0)
+    assert (files.format, block.format) == (FORMAT, 4) and "hash" not in files.options
+    for sb in (files, block):
+        assert Superblock.decode(sb.encode(), "k").content_hash == "blake2b"
+    assert Superblock.decode(make_superblock("v", {"layout": "block"}, 0).encode(), "k").format == HASH_FORMAT
 
 
 def test_superblock_of_a_clone_roundtrips_and_older_formats_still_read():
@@ -100,6 +112,7 @@ def test_parse_size(text, val):
     ({"block_size": "32k"}, "power of two"), ({"block_size": "96k"}, "power of two"),
     ({"block_size": "lots"}, "block_size"), ({"compression": "lz4"}, "compression"),
     ({"bogus": "1"}, "unknown .*bogus.*known: block_size=.*compression="),
+    ({"hash": "sha1"}, "hash must be 'blake3' or 'blake2b', not 'sha1'"),
 ])
 def test_superblock_options_validated(opts, msg):
     with pytest.raises(ValueError, match=msg):
@@ -113,32 +126,56 @@ def test_snapshot_roundtrip():
     assert decode_snapshot(encode_snapshot(1, 1, 2, []), "k") == (1, 1, 2, [])
 
 
+_REFERENCE_HASH = {"blake2b": lambda raw: hashlib.blake2b(raw, digest_size=32).digest(),
+                   "blake3": lambda raw: blake3.blake3(raw).digest()}
+
+
+@pytest.mark.parametrize("algo", ["blake3", "blake2b"])
 @pytest.mark.parametrize("compress", [False, True])
-@pytest.mark.parametrize("raw", [b"", b"x", b"ferry " * 5000, os.urandom(1 << 20)], ids=["empty", "1", "text", "random"])
-def test_block_roundtrip(compress, raw):
-    h, obj = encode_block(raw, compress)
-    assert h == hashlib.blake2b(raw, digest_size=32).digest() == block_hash(raw)
-    out = decode_block(obj, h, "k")
+@pytest.mark.parametrize("raw", [b"", b"x", b"ferry " * 5000, os.urandom(1 << 20)],
+                         ids=["empty", "1", "text", "random"])
+def test_block_roundtrip(compress, raw, algo):
+    h, obj = encode_block(raw, compress, algo)
+    assert h == _REFERENCE_HASH[algo](raw) == block_hash(raw, algo)
+    out = decode_block(obj, h, "k", algo)
     assert out == raw and type(out) is bytes
-    assert decode_block(memoryview(obj), h, "k") == raw
-    assert encode_block(bytearray(raw), compress) == (h, obj)
-    assert encode_block(memoryview(raw), compress) == (h, obj)
+    assert decode_block(memoryview(obj), h, "k", algo) == raw
+    assert encode_block(bytearray(raw), compress, algo) == (h, obj)
+    assert encode_block(memoryview(raw), compress, algo) == (h, obj)
+
+
+def test_block_hashes_are_the_published_ones():
+    """Known answers, so that a library change can never rename every block."""
+    assert block_hash(b"", "blake3").hex() == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    assert block_hash(b"", "blake2b").hex() == "0e5751c026e543b2e8ab2eb06099daa1d1e5df47778f7787faab45cdf12fe3a8"
+    assert set(HASHES) == set(SB_HASHES) and SB_HASHES[0] == "blake3"
+    with pytest.raises(ValueError, match="unknown content hash 'md5'"):
+        block_hash(b"", "md5")
+
+
+def test_block_read_with_the_other_hash_is_refused():
+    """A block named under one hash never passes as a block of a volume using the other."""
+    raw = b"ferry " * 5000
+    for algo, other in (("blake3", "blake2b"), ("blake2b", "blake3")):
+        h, obj = encode_block(raw, False, algo)
+        with pytest.raises(CorruptObject, match="hash mismatch"):
+            decode_block(obj, h, "k", other)
 
 
 def test_block_compression_only_when_it_saves_space():
     text = b"ferry " * 5000
-    _, obj = encode_block(text, True)
+    _, obj = encode_block(text, True, ALGO)
     assert obj[5] == 1 and len(obj) < len(text)
     noise = os.urandom(100_000)
-    _, obj = encode_block(noise, True)
+    _, obj = encode_block(noise, True, ALGO)
     assert obj[5] == 0 and obj[HEAD_SIZE:] == noise
-    _, obj = encode_block(text, False)
+    _, obj = encode_block(text, False, ALGO)
     assert obj[5] == 0 and len(obj) == HEAD_SIZE + len(text)
 
 
 def test_block_larger_than_max_refused():
     with pytest.raises(ValueError, match="maximum block size"):
-        encode_block(bytes((16 << 20) + 1), False)
+        encode_block(bytes((16 << 20) + 1), False, ALGO)
 
 
 # ---------------------------------------------------------- damage detected
@@ -146,45 +183,45 @@ def test_block_larger_than_max_refused():
 @pytest.mark.parametrize("compress", [False, True])
 def test_block_every_flip_and_truncation_detected(compress):
     raw = b"ferry " * 5000
-    h, obj = encode_block(raw, compress)
+    h, obj = encode_block(raw, compress, ALGO)
     step = 1 if compress else max(1, len(obj) // 500)
     for i in list(range(HEAD_SIZE)) + list(range(HEAD_SIZE, len(obj), step)):
         for bit in (0x01, 0x80):
             bad = bytearray(obj)
             bad[i] ^= bit
             with pytest.raises(CorruptObject, match="^k: "):
-                decode_block(bytes(bad), h, "k")
+                decode_block(bytes(bad), h, "k", ALGO)
     for n in (0, 3, HEAD_SIZE - 1, HEAD_SIZE, len(obj) // 2, len(obj) - 1):
         with pytest.raises(CorruptObject):
-            decode_block(obj[:n], h, "k")
+            decode_block(obj[:n], h, "k", ALGO)
     with pytest.raises(CorruptObject):
-        decode_block(obj + b"\0", h, "k")
+        decode_block(obj + b"\0", h, "k", ALGO)
 
 
 def test_block_specific_damage_messages():
     raw = b"ferry " * 5000
-    h, obj = encode_block(raw, True)
+    h, obj = encode_block(raw, True, ALGO)
     with pytest.raises(CorruptObject, match="k: bad magic"):
-        decode_block(b"XXXX" + obj[4:], h, "k")
+        decode_block(b"XXXX" + obj[4:], h, "k", ALGO)
     with pytest.raises(CorruptObject, match="version 2 .*newer ferry"):
-        decode_block(obj[:4] + b"\x02" + obj[5:], h, "k")
+        decode_block(obj[:4] + b"\x02" + obj[5:], h, "k", ALGO)
     with pytest.raises(CorruptObject, match="unknown flags"):
-        decode_block(obj[:5] + b"\x03" + obj[6:], h, "k")
+        decode_block(obj[:5] + b"\x03" + obj[6:], h, "k", ALGO)
     with pytest.raises(CorruptObject, match="hash mismatch"):
-        decode_block(obj, block_hash(b"other"), "k")
+        decode_block(obj, block_hash(b"other", ALGO), "k", ALGO)
     with pytest.raises(CorruptObject, match="truncated"):
-        decode_block(obj[:5], h, "k")
+        decode_block(obj[:5], h, "k", ALGO)
     # a header claiming an absurd size is refused before anything is allocated
     huge = struct.pack(">4sBBI", DMAGIC, 1, 1, 0xFFFFFFFF) + obj[HEAD_SIZE:]
     with pytest.raises(CorruptObject, match="maximum block size"):
-        decode_block(huge, h, "k")
+        decode_block(huge, h, "k", ALGO)
     # a zstd frame whose own header lies about its size
     z = zstandard.ZstdCompressor(write_content_size=False).compress(raw)
     with pytest.raises(CorruptObject, match="does not declare its size"):
-        decode_block(struct.pack(">4sBBI", DMAGIC, 1, 1, len(raw)) + z, h, "k")
+        decode_block(struct.pack(">4sBBI", DMAGIC, 1, 1, len(raw)) + z, h, "k", ALGO)
     z = zstandard.ZstdCompressor().compress(raw + b"!")
     with pytest.raises(CorruptObject, match="holds"):
-        decode_block(struct.pack(">4sBBI", DMAGIC, 1, 1, len(raw)) + z, h, "k")
+        decode_block(struct.pack(">4sBBI", DMAGIC, 1, 1, len(raw)) + z, h, "k", ALGO)
 
 
 @pytest.mark.parametrize("name", sorted(FRAMED))
@@ -254,7 +291,8 @@ def test_superblock_values_validated():
     good = Superblock.decode(_sb().encode(), "k").__dict__
     for field, value, msg in [("block_size", 3000, "block_size"), ("block_size", 32 << 20, "block_size"),
                               ("compression", "lz4", "compression"), ("fencing", "none", "fencing"),
-                              ("format", 5, "format 5"), ("origins", [{"name": "a"}], "origin"),
+                              ("format", 6, "format 6"), ("origins", [{"name": "a"}], "origin"),
+                              ("options", {"hash": "sha1"}, "unknown content hash 'sha1'"),
                               ("uuid", "x", "uuid"), ("options", [], "options"),
                               ("options", {"layout": "disk"}, "unknown layout"),
                               ("options", {"layout": "block", "fs": "zfs", "image_size": 1 << 30}, "block layout"),
@@ -262,6 +300,8 @@ def test_superblock_values_validated():
                               ("options", {"layout": "block", "fs": "ext4"}, "block layout")]:
         with pytest.raises(CorruptObject, match=msg):
             Superblock.decode(frame(b"FRYB", {**good, field: value}), "k")
+    with pytest.raises(CorruptObject, match="content hash 'blake3' for format 3"):
+        Superblock.decode(frame(b"FRYB", {**good, "format": 3}), "k")      # older readers would misread it
 
 
 def test_claim_and_snapshot_bodies_validated():
@@ -290,7 +330,7 @@ def test_frame_is_generic_and_accepts_buffers():
 
 _DECODERS = [lambda d: Segment.decode(d, "k"), lambda d: Superblock.decode(d, "k"),
              lambda d: EpochClaim.decode(d, "k"), lambda d: decode_snapshot(d, "k"),
-             lambda d: decode_block(d, b"\0" * 32, "k")]
+             lambda d: decode_block(d, b"\0" * 32, "k", ALGO)]
 
 
 @given(st.binary(max_size=300))
@@ -335,13 +375,13 @@ def test_plausible_bodies_decode_or_are_corrupt(body):
 
 @given(st.binary(max_size=2000), st.booleans(), st.binary(min_size=1, max_size=40), st.integers(0, 10**6))
 def test_block_with_bytes_replaced_is_corrupt(raw, compress, junk, where):
-    h, obj = encode_block(raw, compress)
+    h, obj = encode_block(raw, compress, ALGO)
     i = where % len(obj)
     bad = obj[:i] + junk + obj[i + len(junk):]
     if bad == obj:
         return
     with pytest.raises(CorruptObject):
-        decode_block(bad, h, "k")
+        decode_block(bad, h, "k", ALGO)
 
 
 # ------------------------------------------------------------------- keys
@@ -482,11 +522,11 @@ def test_claim_purpose_defaults_to_mount_and_rejects_unknown():
 
 
 def test_block_layout_is_format_4_and_files_stays_format_3():
-    sb = make_superblock("v", {"layout": "block", "size": "1000000000"}, 1)
+    sb = make_superblock("v", {"layout": "block", "size": "1000000000", "hash": "blake2b"}, 1)
     assert (sb.format, sb.layout, sb.block_fs, sb.image_size) == (4, "block", "ext4", 1000000000 - 1000000000 % 4096)
     back = Superblock.decode(sb.encode(), "k")
     assert (back.layout, back.block_fs, back.image_size) == ("block", "ext4", sb.image_size)
     sb = make_superblock("v", {"layout": "block", "fs": "xfs"}, 1)
     assert (sb.block_fs, sb.image_size) == ("xfs", 10 << 30)
-    files = make_superblock("v", {}, 1)
+    files = make_superblock("v", {"hash": "blake2b"}, 1)
     assert (files.format, files.layout) == (3, "files") and "layout" not in files.options
