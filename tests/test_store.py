@@ -12,6 +12,7 @@ from pathlib import Path
 import botocore.exceptions
 import pytest
 import trio
+import urllib3
 
 from fsd.store import open_store
 from fsd.store.aio import AsyncStore
@@ -451,56 +452,107 @@ class Flaky:
         self.real, self.exc, self.n, self.apply_first = real, exc, n, apply_first
         self.calls = 0
 
-    def __call__(self, **kw):
+    def __call__(self, *a, **kw):
         self.calls += 1
         if self.calls <= self.n:
             if self.apply_first:
-                self.real(**kw)
+                self.real(*a, **kw)
             raise self.exc
-        return self.real(**kw)
+        return self.real(*a, **kw)
 
 
-def test_s3_retries_throttling_then_succeeds(s3_store_url):
-    s = open_store(s3_store_url, base_delay=0.01)
-    s.client.put_object = flaky = Flaky(s.client.put_object, client_error("SlowDown", 503), 3)
+@pytest.fixture(params=["data-path", "boto3"])
+def flaky_store(request, s3_store_url):
+    """(store, make_flaky(method, exc, n, apply_first)): the store's data
+    calls (GET, PUT) replaced by a Flaky wrapper, on the lean data path
+    (fsd/store/s3data.py) and on the boto3 client it falls back to."""
+    lean = request.param == "data-path"
+
+    def make(**kw):
+        s = open_store(s3_store_url, data_path=lean, **kw)
+        assert (s.data is not None) == lean
+
+        def flaky(method: str, exc: Exception, n: int, apply_first: bool = False) -> Flaky:
+            target = s.data if lean else s.client
+            f = Flaky(getattr(target, method), exc, n, apply_first)
+            setattr(target, method, f)
+            return f
+        return s, flaky
+    return make
+
+
+def test_s3_retries_throttling_then_succeeds(flaky_store):
+    s, flaky = flaky_store(base_delay=0.01)
+    f = flaky("put_object", client_error("SlowDown", 503), 3)
     s.put("k", b"v")
-    assert flaky.calls == 4
+    assert f.calls == 4
     assert s.get("k") == b"v"
 
 
-def test_s3_gives_up_after_the_configured_attempts(s3_store_url):
-    s = open_store(s3_store_url, attempts=4, base_delay=0.01)
-    s.client.get_object = flaky = Flaky(s.client.get_object, client_error("InternalError", 500), 100)
+def test_s3_gives_up_after_the_configured_attempts(flaky_store):
+    s, flaky = flaky_store(attempts=4, base_delay=0.01)
+    f = flaky("get_object", client_error("InternalError", 500), 100)
     with pytest.raises(StoreUnavailable, match="InternalError.*after 4 attempt"):
         s.get("k")
-    assert flaky.calls == 4
+    assert f.calls == 4
 
 
-def test_s3_does_not_retry_permanent_errors(s3_store_url):
-    s = open_store(s3_store_url, base_delay=0.01)
-    s.client.put_object = flaky = Flaky(s.client.put_object, client_error("AccessDenied", 403), 100)
+def test_s3_does_not_retry_permanent_errors(flaky_store):
+    s, flaky = flaky_store(base_delay=0.01)
+    f = flaky("put_object", client_error("AccessDenied", 403), 100)
     with pytest.raises(StoreAuthError, match="credentials refused"):
         s.put("k", b"v")
-    assert flaky.calls == 1
+    assert f.calls == 1
 
 
-def test_s3_conditional_create_with_lost_response_is_ours(s3_store_url):
+def test_s3_conditional_create_with_lost_response_is_ours(flaky_store):
     """The first attempt is applied but its response is lost; the retry gets
     412 for our own write, which must count as success, not as fencing."""
-    s = open_store(s3_store_url, base_delay=0.01)
+    s, flaky = flaky_store(base_delay=0.01)
     lost = botocore.exceptions.ReadTimeoutError(endpoint_url="http://e")
-    s.client.put_object = flaky = Flaky(s.client.put_object, lost, 1, apply_first=True)
+    f = flaky("put_object", lost, 1, apply_first=True)
     s.put("seg", b"mine", if_none_match=True)
-    assert flaky.calls == 2 and s.get("seg") == b"mine"
+    assert f.calls == 2 and s.get("seg") == b"mine"
 
 
-def test_s3_conditional_create_lost_to_another_writer_still_fails(s3_store_url):
-    s = open_store(s3_store_url, base_delay=0.01)
+def test_s3_conditional_create_lost_to_another_writer_still_fails(flaky_store):
+    s, flaky = flaky_store(base_delay=0.01)
     s.put("seg", b"theirs")
-    s.client.put_object = Flaky(s.client.put_object, botocore.exceptions.ReadTimeoutError(endpoint_url="e"), 1)
+    flaky("put_object", urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out"), 1)
     with pytest.raises(PreconditionFailed):
         s.put("seg", b"mine", if_none_match=True)
     assert s.get("seg") == b"theirs"
+
+
+def test_s3_data_path_errors_are_the_clients(s3_store_url):
+    """The lean path reports S3's refusals as boto3 does, against the real
+    wire protocol: a missing key, a taken key, a missing bucket, a dead server."""
+    lean, boto = open_store(s3_store_url), open_store(s3_store_url, data_path=False)
+    assert lean.data is not None and boto.data is None
+    for s in (lean, boto):
+        with pytest.raises(NotFound):
+            s.get("nope")
+        s.put("taken", b"1")
+        with pytest.raises(PreconditionFailed):
+            s.put("taken", b"2", if_none_match=True)
+        assert s.get("taken") == b"1"
+    big = os.urandom(3 << 20)
+    lean.put("big", big)
+    assert boto.get("big") == big and lean.get("big") == big
+    assert lean.data.base_url.endswith("/" + lean.bucket + "/")     # path style on a custom endpoint
+    lean.data._creds = None                                          # as with no credentials anywhere
+    with pytest.raises(StoreAuthError, match="AWS_ACCESS_KEY_ID"):
+        lean.get("taken")
+
+
+def test_s3_data_path_is_off_behind_a_proxy(s3_store_url, monkeypatch):
+    """urllib3 would ignore the proxy that boto3 honours, so the store keeps to boto3."""
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "")
+    s = S3Store(parse_store_url(s3_store_url))
+    assert s.data is None
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    assert S3Store(parse_store_url(s3_store_url)).data is not None
 
 
 def test_s3_missing_credentials_are_an_auth_error(s3_store_url):

@@ -18,6 +18,7 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
+from fsd.store import s3data
 from fsd.store.base import (NotFound, ObjectInfo, PreconditionFailed, StoreAuthError, StoreConfigError, StoreError,
                             StoreUnavailable)
 from fsd.store.url import StoreSpec
@@ -32,7 +33,7 @@ _REGION = {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocation
            "301", "InvalidRegion"}
 # Transport failures: the request may or may not have reached the server.
 _TRANSPORT = (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError,
-              botocore.exceptions.IncompleteReadError, OSError)
+              botocore.exceptions.IncompleteReadError, OSError, *s3data.TRANSPORT_ERRORS)
 _CREDENTIALS = (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
                 botocore.exceptions.CredentialRetrievalError)
 
@@ -88,7 +89,8 @@ class S3Store:
     profile, instance role)."""
 
     def __init__(self, spec: StoreSpec, *, attempts: int = 8, base_delay: float = 0.1, max_delay: float = 5.0,
-                 connect_timeout: float = 5, read_timeout: float = 60, max_pool_connections: int = 48) -> None:
+                 connect_timeout: float = 5, read_timeout: float = 60, max_pool_connections: int = 48,
+                 data_path: bool = True) -> None:
         if spec.scheme != "s3":
             raise StoreConfigError(f"S3Store needs an s3:// URL, not {spec.to_url()}")
         if attempts < 1:
@@ -114,8 +116,15 @@ class S3Store:
             connect_timeout=connect_timeout, read_timeout=read_timeout, tcp_keepalive=True, s3=s3cfg,
             request_checksum_calculation="when_required", response_checksum_validation="when_required")
         # A session per store: the default boto3 session is not thread-safe.
-        self.client = boto3.session.Session().client("s3", endpoint_url=spec.endpoint,
-                                                     region_name=spec.region or "us-east-1", config=cfg)
+        session = boto3.session.Session()
+        region = spec.region or "us-east-1"
+        self.client = session.client("s3", endpoint_url=spec.endpoint, region_name=region, config=cfg)
+        # Whole-object GETs and PUTs (the data) take the lean path (fsd/store/s3data.py).
+        self.data: s3data.S3DataPath | None = None
+        if data_path and not s3data.proxied(self.client.meta.endpoint_url):
+            self.data = s3data.S3DataPath(self.client, session.get_credentials(), self.bucket, region,
+                                          connect_timeout=connect_timeout, read_timeout=read_timeout,
+                                          max_connections=max_pool_connections, path_style=bool(spec.endpoint))
 
     # ------------------------------------------------------------- retries
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -172,7 +181,10 @@ class S3Store:
         def go() -> None:
             nonlocal uncertain
             try:
-                self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, **kw)
+                if self.data is not None:
+                    self.data.put_object(self.prefix + key, data, if_none_match=if_none_match)
+                else:
+                    self.client.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data, **kw)
             except botocore.exceptions.ClientError as e:
                 if not isinstance(map_client_error(e, "", ""), PreconditionFailed):
                     uncertain = True
@@ -204,6 +216,10 @@ class S3Store:
                     raise NotFound(f"GET {key}: no such key")
                 return b""
             kw["Range"] = f"bytes={lo}-" + ("" if end is None else str(end - 1))
+
+        if not kw and self.data is not None:
+            data = self.data
+            return self._call(f"GET {key}", lambda: data.get_object(self.prefix + key))
 
         def go() -> bytes:
             try:
@@ -266,4 +282,6 @@ class S3Store:
                 return
 
     def close(self) -> None:
+        if self.data is not None:
+            self.data.close()
         self.client.close()
