@@ -897,7 +897,7 @@ class Harness:
                 s3.put_object(Bucket=b, Key=f"warm{i}", Body=data)
                 s3.get_object(Bucket=b, Key=f"warm{i}")["Body"].read()
         except Exception as e:  # noqa: BLE001
-            for k in ("put1", "get1", "put8", "get8", "smallput"):
+            for k in ("put1", "get1", "put8", "get8", "smallput", "put8_ferry", "get8_ferry"):
                 self.probe[k] = Fail("fail", f"{type(e).__name__}: {e}")
             log(f"probe failed: {e}")
             return
@@ -916,6 +916,13 @@ class Harness:
             body = s3.get_object(Bucket=b, Key=key)["Body"].read()
             assert len(body) == MiB
 
+        # ferry's own request path for data objects (fsd/store/s3data.py), the same 8 streams: shown
+        # beside the boto3 ceiling, since ferry's data path costs the client less CPU than boto3 does.
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        from fsd.store.s3store import S3Store
+        from fsd.store.url import parse_store_url
+        fs = S3Store(parse_store_url(f"s3://{b}?endpoint={self.endpoint}&region={REGION}"))
         tests = {
             "put1": lambda: timed(lambda i: s3.put_object(Bucket=b, Key=f"s{i}", Body=data), n1),
             "get1": lambda: timed(lambda i: get(f"s{i}"), n1),
@@ -923,6 +930,8 @@ class Harness:
             "get8": lambda: timed(lambda i: get(f"p{i}"), n8, 8),
             "smallput": lambda: timed(lambda i: s3.put_object(Bucket=b, Key=f"k{i}", Body=small),
                                       200 if self.quick else 500),
+            "put8_ferry": lambda: timed(lambda i: fs.put(f"f{i}", data), n8, 8),
+            "get8_ferry": lambda: timed(lambda i: fs.get(f"f{i}"), n8, 8),
         }
         for _round in range(2):   # best of two rounds: a ceiling should not be lowered by noise
             for k, fn in tests.items():
@@ -933,6 +942,7 @@ class Harness:
                 except Exception as e:  # noqa: BLE001 - report, never abort the run
                     if num(self.probe.get(k)) is None:
                         self.probe[k] = Fail("fail", f"{type(e).__name__}: {e}")
+        fs.close()
         try:   # free moto's memory
             keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=b)
                     for o in page.get("Contents", [])]
@@ -1178,6 +1188,21 @@ class Harness:
             self.run_system(sysobj, ferry_local=(name in ("ferry", "ferry-block")
                                                  and "randwrite_sync_local" in self.workloads))
             self.notes += [f"{name}: {n}" for n in sysobj.notes]
+        self.notes += self.data_path_notes()
+
+    def data_path_notes(self) -> list[str]:
+        """ferry's rows against the probe of ferry's own data path (not the boto3 ceiling of the table)."""
+        out = []
+        for key, probe, what in (("seqwrite", "put8_ferry", "PUT"), ("coldread", "get8_ferry", "GET")):
+            ce, boto = num(self.probe.get(probe)), num(self.probe.get(probe.replace("_ferry", "")))
+            if not ce or boto is None:
+                continue
+            row = [f"{name} {num(self.results[name].get(key)) / ce:.0%}" for name in ("ferry", "ferry-block")
+                   if num(self.results.get(name, {}).get(key)) is not None]
+            out.append(f"{what} x8 through ferry's data path (fsd/store/s3data.py): {fmt(ce)} MiB/s, "
+                       f"{ce / boto:.2f}x the boto3 ceiling" + (f"; {key} as a share of it: {', '.join(row)}"
+                                                                 if row else ""))
+        return out
 
     def cleanup(self):
         """Unmount everything under our temp dir, stop every process we started, remove the temp dir."""
