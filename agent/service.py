@@ -495,6 +495,9 @@ class Agent:
         from fsd import snapshots as fsnap
         from fsd.store import open_store
         volume, snap, op = str(job["volume"]), str(job["snap"]), job.get("op")
+        if op == "resize":
+            await self._resize_job(job)
+            return
 
         def run() -> list[int] | None:
             store = open_store(self.cfg.store_url)
@@ -524,6 +527,36 @@ class Agent:
             await self.control.snapshot_done(volume, snap, self.host, job["seq"], error, position)
         except (ControlError, Unreachable) as e:
             log.warning("host=%s volume=%s cannot report snapshot %s: %s", self.host, volume, snap, e)
+
+    async def _resize_job(self, job: dict[str, Any]) -> None:
+        """Grow a block volume mounted here, online (control/resize.py): the
+        image, the loop device, the kernel filesystem. Not mounted here (any
+        more): nothing to do now, the recorded size applies at its next mount."""
+        from fsd import blockstack
+        volume = str(job["volume"])
+        size = int((job.get("options") or {}).get("size", 0))
+        target, fuse_mp = self.fsd.mountpoint(volume), blockstack.fuse_mountpoint(self.fsd.cache_dir(volume))
+
+        def run() -> str:
+            if not (blockstack.mounted(target) and blockstack.mounted(fuse_mp)):
+                return "not mounted on this host now: it takes the new size at its next mount"
+            old, new, now = blockstack.grow(fuse_mp, target, size, volume)
+            if not now:
+                return (f"the image grew from {old} to {new} bytes; ext4 takes it at the next mount (growing it "
+                        "while mounted needs CAP_SYS_RESOURCE, which this agent lacks)")
+            return f"grown online from {old} to {new} bytes"
+        error = note = None
+        try:
+            note = await trio.to_thread.run_sync(run)
+        except Exception as e:  # noqa: BLE001 - the message goes back to the requester
+            error = str(e) or type(e).__name__
+            log.warning("host=%s volume=%s resize to %d failed: %s", self.host, volume, size, error)
+        else:
+            log.info("host=%s volume=%s resize to %d: %s", self.host, volume, size, note)
+        try:
+            await self.control.snapshot_done(volume, str(job["snap"]), self.host, job["seq"], error, None, note)
+        except (ControlError, Unreachable) as e:
+            log.warning("host=%s volume=%s cannot report the resize: %s", self.host, volume, e)
 
     def _make_clone(self, store: Any, new: str, source: str, options: dict[str, str]) -> list[int]:
         """Worker thread: the store part of `volume create NEW -o from=SOURCE`.

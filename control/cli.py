@@ -39,6 +39,7 @@ examples:
   ferry volume ls
   ferry volume inspect pgdata        # owner, epoch, durability, upload lag
   ferry volume move pgdata --to host-b
+  ferry volume resize pgblk 50G      # a layout=block volume: grown online where it is mounted
   ferry volume rm pgdata             # refused while a live host holds it
   ferry volume rm pgdata --wait      # ... and follow the deletion of its objects
   ferry snapshot create pgdata nightly
@@ -345,6 +346,24 @@ def cmd_volume_move(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+def cmd_volume_resize(args: argparse.Namespace) -> int:
+    async def go(c) -> int:
+        r = await c.volume_resize(args.name, args.size, wait=args.timeout)
+        if args.json:
+            _print_json(r)
+            return 0
+        gib = f"{r['size'] / (1 << 30):g} GiB"
+        st = r["status"]
+        if st == "unchanged":
+            print(f"volume {args.name} is {gib} already")
+        elif st == "recorded":
+            print(f"volume {args.name} is {gib} from its next mount (no live host has it mounted now)")
+        else:
+            print(f"volume {args.name} is {gib}: host {r['host']}: {r.get('note') or 'grown online'}")
+        return 0
+    return _run(args, go)
+
+
 def cmd_snapshot(args: argparse.Namespace) -> int:
     async def go(c) -> int:
         if args.snapcmd == "ls":
@@ -489,6 +508,19 @@ def add_commands(sub: "argparse._SubParsersAction") -> None:
     m.add_argument("--wait", type=float, default=30.0, metavar="S", help="seconds to wait for the owner (default 30)")
     _client_args(m)
     m.set_defaults(fn=cmd_volume_move)
+    rz = vs.add_parser("resize", help="grow a layout=block volume (online where it is mounted)",
+                       description="Give a layout=block volume a larger size. The host that has it mounted "
+                                   "grows it at once, while containers use it: the image, the loop device, "
+                                   "then XFS (xfs_growfs) or ext4 (resize2fs; online only with "
+                                   "CAP_SYS_RESOURCE, else at its next mount). Not mounted anywhere: the size "
+                                   "applies at its next mount, on any host. Volumes only grow.",
+                       epilog="example:\n  ferry volume resize pgdata 50G", formatter_class=raw)
+    rz.add_argument("name", metavar="NAME")
+    rz.add_argument("size", metavar="SIZE", help="the new size, e.g. 50G (rounded down to 4 KiB)")
+    rz.add_argument("--timeout", type=float, default=120.0, metavar="S",
+                    help="how long to wait for the host that has it mounted (default 120)")
+    _client_args(rz)
+    rz.set_defaults(fn=cmd_volume_resize)
 
     sn = sub.add_parser("snapshot", help="create, list and remove volume snapshots",
                         description="A snapshot is a named, consistent, read-only state of a volume that "

@@ -213,9 +213,13 @@ class ControlClient:
                                timeout=self.timeout + wait)
 
     async def snapshot_done(self, volume: str, snap: str, host_id: str, seq: int, error: str | None,
-                            position: list[int] | None) -> dict[str, Any]:
+                            position: list[int] | None, note: str | None = None) -> dict[str, Any]:
         return await self.call("snapshot.done", {"volume": volume, "snap": snap, "host_id": host_id, "seq": seq,
-                                                 "error": error, "position": position})
+                                                 "error": error, "position": position, "note": note})
+
+    async def volume_resize(self, name: str, size: str, wait: float = 120.0) -> dict[str, Any]:
+        return await self.call("volume.resize", {"name": name, "size": size, "wait": wait},
+                               timeout=self.timeout + wait)
 
     async def volume_move(self, name: str, to: str, wait: float = 30.0) -> dict[str, Any]:
         return await self.call("volume.move", {"name": name, "to": to, "wait": wait},

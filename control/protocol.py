@@ -231,6 +231,7 @@ OPS: dict[str, dict[str, Any]] = {
     "volume.list": {},
     "volume.remove": {"name": _req(_str), "host_id": _default(_str, ""), "wait": _default(_number, 0.0)},
     "volume.move": {"name": _req(_str), "to": _req(_str), "wait": _default(_number, 30.0)},
+    "volume.resize": {"name": _req(_str), "size": _req(_str), "wait": _default(_number, 120.0)},
     "host.register": {"host_id": _req(_str), "address": _default(_str, ""), "version": _default(_str, "")},
     "host.heartbeat": {"host_id": _req(_str), "volumes": _default(_reports, []),
                        "removals": _default(_progress, [])},
@@ -248,7 +249,7 @@ OPS: dict[str, dict[str, Any]] = {
     "snapshot.create": {"volume": _req(_str), "snap": _req(_str), "wait": _default(_number, 120.0)},
     "snapshot.rm": {"volume": _req(_str), "snap": _req(_str), "wait": _default(_number, 120.0)},
     "snapshot.done": {"volume": _req(_str), "snap": _req(_str), "host_id": _req(_str), "seq": _req(_count),
-                      "error": _opt_str, "position": _position},
+                      "error": _opt_str, "position": _position, "note": _opt_str},
 }
 
 

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from control import leases, protocol, removals, snapshots
+from control import leases, protocol, removals, resize, snapshots
 from control.leases import Cluster, Config, Decision, Refused
 from control.protocol import FrameBuffer, FrameError, ProtocolError
 from control.state import NEW, CasConflict, Op, StateError, StateStore
@@ -73,7 +73,8 @@ class ControlServer:
         self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "ping": self.op_ping, "volume.create": self.op_volume_create, "volume.get": self.op_volume_get,
             "volume.list": self.op_volume_list, "volume.remove": self.op_volume_remove,
-            "volume.move": self.op_volume_move, "host.register": self.op_host_register,
+            "volume.move": self.op_volume_move, "volume.resize": self.op_volume_resize,
+            "host.register": self.op_host_register,
             "host.heartbeat": self.op_host_heartbeat, "host.list": self.op_host_list,
             "host.watch": self.op_host_watch, "lease.acquire": self.op_lease_acquire,
             "lease.release": self.op_lease_release, "lease.refuse_move": self.op_lease_refuse_move,
@@ -337,7 +338,23 @@ class ControlServer:
 
     async def op_snapshot_done(self, a: dict[str, Any]) -> Any:
         return await self._mutate(lambda c, now: snapshots.done(c, a["volume"], a["snap"], a["host_id"], a["seq"],
-                                                                a["error"], a["position"], self.wall()))
+                                                                a["error"], a["position"], self.wall(), a["note"]))
+
+    async def op_volume_resize(self, a: dict[str, Any]) -> Any:
+        """Record a block volume's new size; its live holder, if any, grows it
+        online first (control/resize.py)."""
+        name = a["name"]
+        res = await self._mutate(lambda c, now: resize.request(c, name, a["size"], now))
+        log.info("resize requested volume=%s size=%s: %s", name, res["size"], res["status"])
+        if res["status"] != "pending":
+            return {"volume": name, **res}
+        host = res["host"]
+        answer = await self._answer(name, resize.JOB_KEY, res["seq"], a["wait"],
+                                    f"host {host} did not grow volume {name!r} within {a['wait']:g}s")
+        if answer["error"]:
+            raise Refused("failed", f"host {host}: {answer['error']}")
+        log.info("volume resized volume=%s size=%d host=%s", name, res["size"], host)
+        return {"volume": name, "status": "grown", "size": res["size"], "host": host, "note": answer.get("note")}
 
     async def op_removal_list(self, a: dict[str, Any]) -> Any:
         now = self.clock()

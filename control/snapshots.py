@@ -24,7 +24,7 @@ from control.leases import Cluster, Decision, Refused, Volume, need_host, need_v
 from fsd.clones import parse_source
 from fsd.format.keys import validate_snapshot_name
 
-CREATE, REMOVE, CLONE = "create", "rm", "clone"
+CREATE, REMOVE, CLONE, RESIZE = "create", "rm", "clone", "resize"      # RESIZE: control/resize.py
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class SnapJob:
     op: str                  # create | rm | clone
     host: str
     seq: int
-    options: dict[str, str] = field(default_factory=dict)    # clone: the new volume's options
+    options: dict[str, str] = field(default_factory=dict)    # clone: the new volume's options; resize: size
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -105,19 +105,24 @@ def request(c: Cluster, volume: str, snap: str, op: str, now: float) -> Decision
 
 def jobs_for(c: Cluster, host_id: str) -> list[dict[str, Any]]:
     return [{"volume": j.volume, "snap": j.snap, "op": j.op, "seq": j.seq,
-             **({"options": j.options} if j.op == CLONE else {})}
+             **({"options": j.options} if j.op in (CLONE, RESIZE) else {})}
             for j in sorted(c.snap_jobs.values(), key=lambda j: j.seq) if j.host == host_id]
 
 
 def done(c: Cluster, volume: str, snap: str, host_id: str, seq: int, error: str | None,
-         position: list[int] | None, wall: float) -> Decision:
+         position: list[int] | None, wall: float, note: str | None = None) -> Decision:
     """The agent's answer. A job that is gone (answered already) is ignored."""
     need_host(c, host_id)
     job = c.snap_jobs.get((volume, snap))
     if job is None or job.seq != seq or job.host != host_id:
         return Decision(result={"recorded": False})
     d = Decision(del_snap_jobs=[(volume, snap)], result={"recorded": error is None})
-    d.snap_results[seq] = {"error": error, "position": position}
+    d.snap_results[seq] = {"error": error, "position": position, "note": note}
+    if job.op == RESIZE:
+        v = c.volumes.get(volume)
+        if error is None and v is not None:
+            d.put_volumes.append(replace(v, options={**v.options, "size": job.options["size"]}))
+        return d
     if job.op == CLONE:
         if error is None and volume not in c.volumes:
             d.put_volumes.append(Volume(name=volume, options=dict(job.options), labels=dict(job.labels),

@@ -169,6 +169,8 @@ def attach(fuse_mp: Path, layout: BlockLayout, target: Path, volume: str) -> str
             grow_ext4_offline(device, volume)
         _run(mount_argv(layout.fs, device, target, discard=layout.discard),
              f"volume {volume}: mounting {layout.fs} on {target}")
+        if found == "xfs":
+            grow_xfs_mounted(target, volume)
     except BaseException:
         subprocess.run(["losetup", "-d", device], capture_output=True)
         raise
@@ -226,6 +228,17 @@ def grow_ext4_offline(device: str, volume: str) -> bool:
         return False
     _run(["resize2fs", device], f"volume {volume}: growing ext4 on {device}", timeout=3600)
     return True
+
+
+def grow_xfs_mounted(target: Path, volume: str) -> None:
+    """Let a just-mounted XFS take all of its device: an image grown while
+    the volume was not mounted (`ferry volume resize`), or a resize cut
+    short after the image grew. A no-op when XFS fills the device already;
+    a failure leaves the filesystem usable at its old size."""
+    try:
+        _run(grow_argv("xfs", "", target), f"volume {volume}: growing xfs on {target}", timeout=3600)
+    except BlockStackError as e:
+        log.warning("%s; it keeps its old size until grown (ferry fs resize)", e)
 
 
 def grow(fuse_mp: Path, target: Path, new_size: int, volume: str) -> tuple[int, int, bool]:

@@ -56,6 +56,7 @@ def inspect_volume(store: ObjectStore, volume: str) -> dict:
         "layout": (f"block ({sb.block_fs} on a {sb.image_size} byte image)" if sb.layout == "block" else "files"),
         "block_size": sb.block_size,
         "compression": sb.compression,
+        "content_hash": sb.content_hash,
         "fencing": sb.fencing,
         "history": f"{sb.history_s:g}s" if sb.history_s else "none (snapshots only)",
         "clone_of": " <- ".join(f"{o.name} at {o.position[0]}/{o.position[1]}" for o in sb.origins) or None,

@@ -50,7 +50,7 @@ from fsd.format.superblock import BLOCK_FORMAT, Superblock
 from fsd.localjournal import LocalJournal
 from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.state import ROOT_INO, MetaState
-from fsd.options import MountOptions
+from fsd.options import DEFAULT_SIZE_LIMIT, MountOptions
 from fsd.store import open_store
 from fsd.store.aio import AsyncStore
 from fsd.store.base import ObjectStore
@@ -273,7 +273,7 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
     for ino in ops.orphans():          # unlinked-but-open files of a crashed mount
         ops.purge(ino)
     fsops = FerryOperations(ops=ops, data=data, committer=committer, volume=cfg.volume,
-                            size_limit=cfg.options.size, holes=sb.format >= BLOCK_FORMAT)
+                            size_limit=cfg.options.size or DEFAULT_SIZE_LIMIT, holes=sb.format >= BLOCK_FORMAT)
     return Parts(epoch=epoch, state=state, ops=ops, data=data, pos=pos, committer=committer, fsops=fsops,
                  maintainer=maintainer, filler=filler)
 
@@ -447,7 +447,9 @@ class BlockStack:
 
     def __init__(self, cfg: MountConfig, sb: Superblock) -> None:
         self.cfg = cfg
-        self.layout = blockstack.BlockLayout(fs=sb.block_fs, image_size=sb.image_size, discard=cfg.options.discard,
+        # -o size= (what `ferry volume resize` records) grows the image at mount; it never shrinks it.
+        size = max(sb.image_size, (cfg.options.size or 0) // 4096 * 4096)
+        self.layout = blockstack.BlockLayout(fs=sb.block_fs, image_size=size, discard=cfg.options.discard,
                                              direct_io=cfg.options.loop_direct_io)
         self.fuse_mp = blockstack.fuse_mountpoint(cfg.cache_dir)
         self.failed = False

@@ -33,13 +33,18 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * _SECONDS[unit]
 
 
+DEFAULT_SIZE_LIMIT = 1 << 50      # what df shows for a files volume without -o size=
+
+
 @dataclass(frozen=True)
 class MountOptions:
     durability: str = "remote"        # remote | local  (SPEC §2.1)
     commit_interval: float = 5.0      # seconds between background commits
     cache_size: int = 10 << 30        # bytes of clean blocks kept in the cache dir
     dirty_limit: int = 256 << 20      # dirty + in-flight bytes at which writers wait
-    size: int = 1 << 50               # size limit reported by statfs
+    # files: the size limit statfs reports (None: DEFAULT_SIZE_LIMIT); layout=block:
+    # the image is grown to this at mount when it is smaller (`ferry volume resize`)
+    size: int | None = None
     snapshot_every: int = 512         # segments between metadata snapshots
     readahead: int = 4 << 20          # kernel read-ahead window of the mount (0: kernel default)
     gc: bool = True                   # the owner collects garbage in the background
@@ -56,7 +61,8 @@ KNOWN = {
     "commit_interval": "seconds between background commits (default 5)",
     "cache_size": "size of the local block cache (default 10G)",
     "dirty_limit": "unuploaded data at which writers wait (default 256M)",
-    "size": "volume size limit reported by df (default 1P)",
+    "size": "volume size limit reported by df (default 1P); for a layout=block volume, the image size: a "
+            "larger size than the image's grows it (and its filesystem) at mount",
     "snapshot_every": "journal segments between metadata snapshots (default 512)",
     "readahead": "kernel read-ahead window for sequential reads (default 4M; 0 keeps the kernel's 128k)",
     "gc": "on|off: the owning daemon deletes garbage in the background (default on)",

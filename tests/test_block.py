@@ -70,7 +70,7 @@ def test_block_volume_mounts_on_another_host_with_its_files(fs, s3_store_url, ne
     assert subprocess.run(["losetup", "-j", str(a.fuse_mountpoint / "image")], capture_output=True,
                           text=True).stdout == ""
     r = run_ferry("fs", "inspect", "--store", s3_store_url, "blk")
-    assert f"block ({fs} on a" in r.stdout and "format                 4" in r.stdout, r.stdout
+    assert f"block ({fs} on a" in r.stdout and "format                 5" in r.stdout, r.stdout
 
     b.mount(s3_store_url, "blk", fstype=fs)      # a new host: empty cache, no --takeover needed
     assert snapshot_diff(want, tree_snapshot(b.mountpoint, times=True)) == []

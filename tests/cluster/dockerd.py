@@ -21,7 +21,7 @@ from tests.cluster.netns import SimHost
 
 IMAGE = "ferry-test-busybox"
 DOCKER = "/usr/bin/docker"          # docker.io's client, matching its daemon's API
-APPLETS = ("sh", "cat", "echo", "ls", "sleep", "sha256sum", "dd", "sync", "test", "head", "wc")
+APPLETS = ("sh", "cat", "echo", "ls", "sleep", "sha256sum", "dd", "sync", "test", "head", "wc", "df")
 
 
 def available() -> str | None:

@@ -97,3 +97,40 @@ def test_volume_rm_frees_the_store_and_a_recreated_volume_is_empty(docker_cluste
     da.docker("volume", "create", "-d", "ferry", "demo")
     out = da.run("--rm", "-v", "demo:/data", dk.IMAGE, "ls", "-A", "/data").stdout.split()
     assert out == []
+
+
+def test_a_block_volume_grows_under_a_running_container_and_keeps_its_size(docker_cluster, cluster):
+    """`ferry volume resize` of an XFS block volume while a container writes
+    to it: the holder grows it online (df in the container shows it, and more
+    than the old size fits); a second resize while nothing mounts it is
+    recorded and applied by the next mount, on another host."""
+    import json
+
+    def df_kib(d, *args: str) -> int:
+        out = d.run("--rm", *args, "-v", "elastic:/data", dk.IMAGE, "df", "-k", "/data").stdout.splitlines()
+        return int(out[-1].split()[1])
+    _, da = docker_cluster("a")
+    _, db = docker_cluster("b")
+    da.docker("volume", "create", "-d", "ferry", "-o", "layout=block", "-o", "fs=xfs", "-o", "size=320M",
+              "elastic")
+    da.run("-d", "--name", "writer", "-v", "elastic:/data", dk.IMAGE, "sleep", "300")
+    da.docker("exec", "writer", "sh", "-c", "echo before > /data/keep")
+    small = int(da.docker("exec", "writer", "df", "-k", "/data").stdout.splitlines()[-1].split()[1])
+    assert small < 320 << 10
+    r = cluster.ferry("volume", "resize", "elastic", "640M")
+    assert r.returncode == 0 and "grown online" in r.stdout, r.stdout + r.stderr
+    grown = int(da.docker("exec", "writer", "df", "-k", "/data").stdout.splitlines()[-1].split()[1])
+    assert grown > 1.8 * small, (small, grown)
+    # more than the old size fits now, written by the running container
+    da.docker("exec", "writer", "sh", "-c", "dd if=/dev/zero of=/data/big bs=1M count=400 2>/dev/null && sync")
+    shrink = cluster.ferry("volume", "resize", "elastic", "500M")
+    assert shrink.returncode != 0 and "only grow" in shrink.stderr, shrink.stdout + shrink.stderr
+    da.docker("rm", "-f", "writer")
+    # not mounted anywhere now: the size is recorded, the next mount (on B) grows it
+    r = cluster.ferry("volume", "resize", "elastic", "1G")
+    assert r.returncode == 0 and "next mount" in r.stdout, r.stdout + r.stderr
+    inspect = json.loads(cluster.ferry("volume", "inspect", "elastic", "--json").stdout)
+    assert inspect["options"]["size"] == str(1 << 30), inspect
+    assert df_kib(db, "--volume-driver", "ferry") > 1.5 * grown
+    out = db.run("--rm", "-v", "elastic:/data", dk.IMAGE, "sh", "-c", "cat /data/keep; ls -l /data/big").stdout
+    assert out.startswith("before") and str(400 << 20) in out, out

@@ -98,7 +98,7 @@ def test_good_args_with_defaults():
 
 
 def test_every_op_in_contract_has_a_spec():
-    ops = {"ping", "volume.create", "volume.get", "volume.list", "volume.remove", "volume.move",
+    ops = {"ping", "volume.create", "volume.get", "volume.list", "volume.remove", "volume.move", "volume.resize",
            "host.register", "host.heartbeat", "host.list", "host.watch", "lease.acquire",
            "lease.release", "lease.refuse_move", "status", "removal.marked", "removal.aborted",
            "removal.done", "removal.list", "snapshot.create", "snapshot.rm", "snapshot.done"}
