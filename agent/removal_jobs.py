@@ -71,23 +71,33 @@ class RemovalRunner:
             task_status.started(root)
             return
         self._running.add(key)
+        keys = [key]
         started = False
         try:
             if root is None:
                 root = await self._fence(name)
+                # From here on this job is also the deletion of (name, root), the
+                # job the control service hands out once the volume is fenced:
+                # a watch must not start that one beside it.
+                if (name, root) in self._running:
+                    task_status.started(root)
+                    return
+                keys.append((name, root))
+                self._running.add((name, root))
             task_status.started(root)
             started = True
             if root:
                 await self._delete(name, root)
         except Exception as e:  # noqa: BLE001 - a background job must never crash the agent
             if not isinstance(e, RemovalAborted):
-                self._cooldown[key] = trio.current_time() + self.retry_after
+                for k in keys:
+                    self._cooldown[k] = trio.current_time() + self.retry_after
             if not started:
                 raise
             log.error("host=%s volume=%s deleting %s failed: %s; retrying in %gs or more", self.host, name,
                       root, e, self.retry_after)
         finally:
-            self._running.discard(key)
+            self._running.difference_update(keys)
 
     async def _fence(self, name: str) -> str:
         """Mark the volume removed in the store and tell the control service."""

@@ -5,6 +5,7 @@ died is finished by another host. Real FUSE mounts, a real control service,
 file:// and S3 stores."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -51,7 +52,8 @@ async def fill(ra: RunningAgent, name: str, files: int = 3) -> Path:
 
 
 async def test_docker_remove_deletes_everything_and_a_new_volume_starts_empty(nursery, tmp_path, control,
-                                                                              store_url):
+                                                                              store_url, caplog):
+    caplog.set_level(logging.INFO, logger="ferry.agent.removal")
     ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", store_url))
     await ra.start()
     assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
@@ -62,6 +64,11 @@ async def test_docker_remove_deletes_everything_and_a_new_volume_starts_empty(nu
     assert (await ra.call("/VolumeDriver.List", {}))["Volumes"] == []
     await wait_deleted(control)
     assert keys_of(store_url, "demo") == []
+    # One deletion: the job Docker's Remove started is the one the control
+    # service then hands out by root, not a second one running beside it.
+    await trio.sleep(1.0)
+    starts = [r.getMessage() for r in caplog.records if "deleting the objects under" in r.getMessage()]
+    assert len(starts) == 1, starts
 
     assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
     r = await ra.call("/VolumeDriver.Mount", {"Name": "demo", "ID": "c2"})
