@@ -55,7 +55,7 @@ class FrameBuffer:
         self.max_frame = max_frame
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self._buf += data
 
     def next_frame(self) -> bytes | None:
