@@ -491,12 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--store", required=True, metavar="URL", help="file:///PATH or s3://BUCKET[/PREFIX]?endpoint=URL&region=R")
         sp.add_argument("volume", metavar="VOLUME", help="volume name (1-128 of letters, digits, . _ -)")
 
+    from fsd.format.superblock import KNOWN_OPTIONS as MKFS_OPTIONS
     m = fss.add_parser("mkfs", help="create a volume (empty, or a clone with --from)",
                        description="Create a new volume on the store: empty, or with --from a clone of "
                                    "another volume's snapshot or past moment that shares its data (it costs "
                                    "metadata only, whatever the data size).",
-                       epilog="options (-o): block_size=1M (64k..16M), compression=none|zstd, history=1h\n\n"
-                              "--from forms:\n"
+                       epilog="options (-o):\n" + "".join(f"  {k}: {v}\n" for k, v in MKFS_OPTIONS.items())
+                              + "\n--from forms:\n"
                               "  VOLUME@SNAP                   a snapshot (ferry fs snapshot ls)\n"
                               "  VOLUME@2026-11-29T10:15:00Z   the last commit at or before that moment\n"
                               "  VOLUME@-15m                   ... 15 minutes ago (s, m, h, d)\n"
