@@ -24,28 +24,27 @@ from fsd.options import parse_size
 JOB_KEY = "@resize"       # the job's `snap` field: one resize of a volume at a time
 
 
-def layout(c: Cluster, v: Volume) -> str:
-    """The volume's layout from its options; a clone has its origin's."""
+def _defining(c: Cluster, v: Volume, option: str) -> Volume:
+    """The volume whose options set `option` for `v`: `v` itself, or for a
+    clone that does not set it, its origin (and so on up the chain)."""
     seen = set()
-    while "layout" not in v.options and "from" in v.options and v.name not in seen:
+    while option not in v.options and "from" in v.options and v.name not in seen:
         seen.add(v.name)
         origin = c.volumes.get(v.options["from"].split("@", 1)[0])
         if origin is None:
             break
         v = origin
-    return v.options.get("layout", "files")
+    return v
+
+
+def layout(c: Cluster, v: Volume) -> str:
+    """The volume's layout from its options; a clone has its origin's."""
+    return _defining(c, v, "layout").options.get("layout", "files")
 
 
 def recorded_size(c: Cluster, v: Volume) -> int:
     """The image size the volume's options give (a clone starts at its origin's)."""
-    seen = set()
-    while "size" not in v.options and "from" in v.options and v.name not in seen:
-        seen.add(v.name)
-        origin = c.volumes.get(v.options["from"].split("@", 1)[0])
-        if origin is None:
-            break
-        v = origin
-    return parse_size(v.options.get("size", DEFAULT_IMAGE_SIZE)) // 4096 * 4096
+    return parse_size(_defining(c, v, "size").options.get("size", DEFAULT_IMAGE_SIZE)) // 4096 * 4096
 
 
 def request(c: Cluster, volume: str, size_text: str, now: float) -> Decision:

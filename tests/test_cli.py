@@ -19,6 +19,18 @@ def test_mount_help_teaches_options():
     assert "durability" in r.stdout and "--takeover" in r.stdout
 
 
+def test_mkfs_help_lists_every_format_option():
+    from fsd.format.superblock import KNOWN_OPTIONS
+    r = run_ferry("fs", "mkfs", "--help")
+    for k in KNOWN_OPTIONS:
+        assert f"  {k}: " in r.stdout, k
+
+
+def test_volume_resize_without_a_size_is_a_usage_error():
+    r = run_ferry("volume", "resize", "x")
+    assert r.returncode == 2 and "SIZE" in r.stderr
+
+
 @pytest.mark.parametrize("name", ["..", "a/b", "x" * 129, "bad\x01"])
 def test_bad_volume_name_is_a_usage_error(file_store_url, name):
     r = run_ferry("fs", "mkfs", "--store", file_store_url, name)
