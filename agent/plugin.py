@@ -106,6 +106,8 @@ def _decode(body: bytes) -> Any:
         return json.loads(text)
     except ValueError as e:
         raise BadRequest(f"request body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply to be a plugin request") from None
 
 
 def _name(obj: dict[str, Any]) -> str:

@@ -12,12 +12,19 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECA
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
 
+MAX_SIZE = 1 << 60          # 1 EiB: more than ext4, XFS or any statfs here can describe
+MAX_DURATION = 100 * 365 * 86400.0
+
+
 def parse_size(text: str) -> int:
-    """'4096', '64k', '1M', '10GiB' -> bytes (binary units)."""
-    m = _SIZE_RE.match(text)
+    """'4096', '64k', '1M', '10GiB' -> bytes (binary units), at most 1 EiB."""
+    m = _SIZE_RE.match(text) if len(text) <= 64 else None
     if not m:
-        raise ValueError(f"{text!r} is not a size (examples: 4096, 64k, 256M, 10G)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+        raise ValueError(f"{text[:64]!r} is not a size (examples: 4096, 64k, 256M, 10G)")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not value <= MAX_SIZE:
+        raise ValueError(f"size {text!r} is too large: at most 1024P (1 EiB)")
+    return int(value)
 
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
@@ -26,11 +33,14 @@ _SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 def parse_duration(text: str) -> float:
     """'0', '90', '90s', '10m', '2h', '1d' -> seconds (a bare number is seconds)."""
-    m = _DURATION_RE.match(text)
+    m = _DURATION_RE.match(text) if len(text) <= 64 else None
     if not m:
-        raise ValueError(f"{text!r} is not a duration (examples: 0, 90s, 10m, 2h, 1d)")
+        raise ValueError(f"{text[:64]!r} is not a duration (examples: 0, 90s, 10m, 2h, 1d)")
     unit = m.group(2).lower() if m.group(2) else None
-    return float(m.group(1)) * _SECONDS[unit]
+    value = float(m.group(1)) * _SECONDS[unit]
+    if not value <= MAX_DURATION:
+        raise ValueError(f"duration {text!r} is too long: at most 100 years")
+    return value
 
 
 DEFAULT_SIZE_LIMIT = 1 << 50      # what df shows for a files volume without -o size=

@@ -96,14 +96,15 @@ class _Tree:
 
     def parent_of(self, path: str) -> int:
         """Inode of `path`'s directory, creating missing ones (tars may omit them)."""
+        missing: list[str] = []           # walk up (no recursion: a path may be thousands deep)
         d = posixpath.dirname(path)
-        ino = self.paths.get(d)
-        if ino is not None:
-            if not stat.S_ISDIR(self.nodes[ino].mode):
-                raise TarImportError(f"{path!r}: {d!r} is not a directory in the tar")
-            return ino
-        p = self.parent_of(d)
-        ino = self.add(p, d, _Node(stat.S_IFDIR | 0o755, 0, 0, 0, self.now, self.now, self.now))
+        while (ino := self.paths.get(d)) is None:
+            missing.append(d)
+            d = posixpath.dirname(d)
+        if not stat.S_ISDIR(self.nodes[ino].mode):
+            raise TarImportError(f"{path!r}: {d!r} is not a directory in the tar")
+        for d in reversed(missing):
+            ino = self.add(ino, d, _Node(stat.S_IFDIR | 0o755, 0, 0, 0, self.now, self.now, self.now))
         return ino
 
     def add(self, parent: int, path: str, node: _Node) -> int:

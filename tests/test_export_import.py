@@ -237,3 +237,31 @@ def test_kill9_during_import_leaves_nothing_visible_and_gc_cleans_it(file_store_
     ferry_ok("fs", "gc", "--store", file_store_url, "other")
     _no_volume(file_store_url, "v")
     ferry_ok("fs", "import", "--store", file_store_url, "v", str(tar))
+
+
+def test_a_path_thousands_of_levels_deep_imports_without_recursion(file_store_url, tmp_path, new_mount):
+    """A tar whose member sits 1,900 directories deep (its parents omitted, as
+    some tools write them): imported, every parent made, no RecursionError."""
+    import io
+    import tarfile
+    deep = "/".join(["d"] * 1900) + "/f"
+    tar = tmp_path / "deep.tar"
+    with tarfile.open(tar, "w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo(deep)
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"hi"))
+    r = run_ferry("fs", "import", "--store", file_store_url, "deep", str(tar))
+    assert r.returncode == 0, r.stderr
+    m = new_mount("deep")
+    m.mount(file_store_url, "deep")
+    fd = os.open(m.mountpoint, os.O_RDONLY)
+    try:
+        for _ in range(1900):                  # walk down relative to each level (PATH_MAX is 4096)
+            nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        with os.fdopen(os.open("f", os.O_RDONLY, dir_fd=fd), "rb") as f:
+            assert f.read() == b"hi"
+    finally:
+        os.close(fd)
+    m.umount()

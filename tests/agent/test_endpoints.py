@@ -42,6 +42,9 @@ BAD = [
     (json.dumps({"Name": "v", "Opts": {"colour": "red"}}).encode(), "known:"),
     (json.dumps({"Name": "v", "Opts": {"durability": 5}}).encode(), "must be a string"),
     (json.dumps({"Name": "v", "Opts": {"size": "tiny"}}).encode(), "not a size"),
+    (json.dumps({"Name": "v", "Opts": {"size": "99999999999999999999999999G"}}).encode(), "too large"),
+    (json.dumps({"Name": "v", "Opts": {"size": "9" * 400}}).encode(), "not a size"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
 ]
 
 
