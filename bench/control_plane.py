@@ -31,7 +31,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from control.client import ControlClient  # noqa: E402
 
-TOKEN = "bench-token"
+TOKEN = "bench-token-0123456789"
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -49,6 +49,7 @@ def summary(name: str, xs: list[float]) -> str:
 
 def start_service(state_dir: Path, port: int, ttl: float, heartbeat: float) -> subprocess.Popen:
     (state_dir / "token").write_text(TOKEN)
+    (state_dir / "token").chmod(0o600)
     log = open(state_dir / "control.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "fsd.cli", "control", "serve", "--listen", f"127.0.0.1:{port}",
                              "--state", f"sqlite:{state_dir / 'control.db'}", "--token-file",

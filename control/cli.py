@@ -26,6 +26,10 @@ examples:
       --token-file /etc/ferry/token
   ferry control serve --listen 0.0.0.0:7450 --state sqlite:/var/lib/ferry/control.db \\
       --token-file /etc/ferry/token --tls-cert /etc/ferry/control.crt --tls-key /etc/ferry/control.key
+  # one of several replicas (run the same on each control host), state in etcd:
+  ferry control serve --listen 0.0.0.0:7450 --token-file /etc/ferry/token \\
+      --state etcd://10.0.0.1:2379,10.0.0.2:2379,10.0.0.3:2379 \\
+      --etcd-ca /etc/ferry/etcd-ca.crt --etcd-cert /etc/ferry/etcd.crt --etcd-key /etc/ferry/etcd.key
 
 The service records volumes, hosts and leases; it never touches data.
 Agents heartbeat every --heartbeat seconds; a host silent for --lease-ttl
@@ -50,33 +54,72 @@ examples:
 
 
 # ------------------------------------------------------------------ helpers
+MIN_TOKEN = 16
+
+
 def read_token(token_file: str | None, optional: bool = False) -> str:
     """The cluster token from --token-file or $FERRY_TOKEN (UsageError if neither,
-    "" if `optional`: mutual TLS authenticates instead)."""
+    "" if `optional`: mutual TLS authenticates instead). A token must be at least
+    16 characters, and a token file must not be readable by every user: anyone
+    who reads it owns the cluster."""
+    make = "make one with: head -c 32 /dev/urandom | base64 > /etc/ferry/token && chmod 600 /etc/ferry/token"
     if token_file:
         try:
-            token = open(token_file, encoding="utf-8").read().strip()
+            with open(token_file, encoding="utf-8") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                token = f.read().strip()
         except OSError as e:
             raise UsageError(f"cannot read token file {token_file}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"token file {token_file} is not text; {make}") from None
+        if mode & 0o004:
+            raise UsageError(f"token file {token_file} is readable by every user (mode {mode & 0o777:o}); "
+                             f"make it private: chmod 600 {token_file}")
+        source = f"token file {token_file}"
+    else:
+        token = os.environ.get(ENV_TOKEN, "").strip()
         if not token:
-            raise UsageError(f"token file {token_file} is empty")
-        return token
-    token = os.environ.get(ENV_TOKEN, "").strip()
-    if not token and not optional:
-        raise UsageError("no cluster token: pass --token-file FILE or set FERRY_TOKEN (create one with: "
-                         "head -c 32 /dev/urandom | base64 > /etc/ferry/token)")
+            if optional:
+                return ""
+            raise UsageError(f"no cluster token: pass --token-file FILE or set FERRY_TOKEN ({make})")
+        source = "FERRY_TOKEN"
+    if not token:
+        raise UsageError(f"{source} is empty; {make}")
+    if len(token) < MIN_TOKEN:
+        raise UsageError(f"the cluster token in {source} has {len(token)} characters; use at least {MIN_TOKEN} "
+                         f"({make})")
     return token
+
+
+def client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The TLS context --tls, --tls-ca, --tls-cert and --tls-key ask for (None: plain TCP)."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together")
+    if not (args.tls_ca or args.tls or args.tls_cert):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=args.tls_ca)
+        if args.tls_cert:
+            ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        raise UsageError(f"cannot load TLS files: {e}") from None
+    return ctx
+
+
+def add_tls_client_args(g: Any) -> None:
+    g.add_argument("--tls", action="store_true", help="connect with TLS (system CA store)")
+    g.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting this CA file")
+    g.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS (implies --tls)")
+    g.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert")
 
 
 def _client_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("control service")
     g.add_argument("--control", metavar="ADDR", default=None,
-                   help=f"control service HOST:PORT (default ${ENV_CONTROL} or 127.0.0.1:7450)")
+                   help=f"control service HOST:PORT, or every replica's: HOST:PORT,HOST:PORT,... (default "
+                        f"${ENV_CONTROL} or 127.0.0.1:7450)")
     g.add_argument("--token-file", metavar="FILE", help=f"cluster token file (default ${ENV_TOKEN})")
-    g.add_argument("--tls", action="store_true", help="connect with TLS (system CA store)")
-    g.add_argument("--tls-ca", metavar="FILE", help="connect with TLS, trusting this CA file")
-    g.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS (implies --tls)")
-    g.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert")
+    add_tls_client_args(g)
     g.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -85,19 +128,10 @@ def _run(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]]) -> int:
     import trio
     from control.client import DEFAULT_ADDR, ControlClient, ControlError, Unreachable
     addr = args.control or os.environ.get(ENV_CONTROL) or DEFAULT_ADDR
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise UsageError("--tls-cert and --tls-key go together")
+    tls = client_tls(args)
     token = read_token(args.token_file, optional=bool(args.tls_cert))
-    tls: bool | ssl.SSLContext = False
-    if args.tls_ca or args.tls or args.tls_cert:
-        try:
-            tls = ssl.create_default_context(cafile=args.tls_ca)
-            if args.tls_cert:
-                tls.load_cert_chain(args.tls_cert, args.tls_key)
-        except (OSError, ssl.SSLError) as e:
-            raise UsageError(f"cannot load TLS files: {e}") from None
     try:
-        client = ControlClient(addr, token, tls=tls)
+        client = ControlClient(addr, token, tls=tls or False)
     except ValueError as e:
         raise UsageError(f"--control: {e}") from None
 
@@ -156,7 +190,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from control.client import parse_addr
     from control.leases import Config
     from control.server import ControlServer, server_ssl_context
-    from control.state import StateError, open_state
+    from control.state import StateError
+    from control.state_cli import open_state_from_args
     try:
         host, port = parse_addr(args.listen)
         config = Config(ttl=args.lease_ttl, heartbeat=args.heartbeat)
@@ -173,22 +208,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ctx = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
         except (OSError, ssl.SSLError) as e:
             raise UsageError(f"cannot load TLS certificate/key: {e}") from None
-    try:
-        state = open_state(args.state)
-    except ValueError as e:
-        raise UsageError(f"--state: {e}") from None
-    except StateError as e:
-        raise Failure(str(e)) from None
+    state = open_state_from_args(args)
     _raise_fd_limit()
     server = ControlServer(state, token, config)
+
+    async def serve() -> None:
+        try:
+            await server.serve(host, port, ctx)
+        finally:
+            with trio.CancelScope(shield=True):
+                await state.aclose()
     try:
-        trio.run(server.serve, host, port, ctx)
+        trio.run(serve)
     except OSError as e:
         raise Failure(f"cannot listen on {args.listen}: {e.strerror or e}") from None
     except StateError as e:
         raise Failure(str(e)) from None
-    finally:
-        state.close()
     return 0
 
 
@@ -444,7 +479,8 @@ def add_commands(sub: "argparse._SubParsersAction") -> None:
     s = cs.add_parser("serve", help="serve the control API", description="Serve the control API over TCP.",
                       epilog=EXAMPLES_SERVE, formatter_class=raw)
     s.add_argument("--listen", default="0.0.0.0:7450", metavar="ADDR", help="HOST:PORT (default 0.0.0.0:7450)")
-    s.add_argument("--state", required=True, metavar="URL", help="sqlite:PATH (etcd://H:P comes later)")
+    from control.state_cli import add_state_args, add_state_commands
+    add_state_args(s)
     s.add_argument("--token-file", metavar="FILE", help=f"cluster token file (default ${ENV_TOKEN})")
     s.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     s.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM)")
@@ -456,6 +492,7 @@ def add_commands(sub: "argparse._SubParsersAction") -> None:
     s.add_argument("--heartbeat", type=float, default=2.0, metavar="S",
                    help="heartbeat period agents are told to use (default 2)")
     s.set_defaults(fn=cmd_serve)
+    add_state_commands(cs, _client_args, raw)
 
     vol = sub.add_parser("volume", help="manage cluster volumes (via the control service)",
                          description="Create, list, inspect, move, remove, export and import volumes.",

@@ -59,10 +59,28 @@ def parse_addr(addr: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     return host or "0.0.0.0", port
 
 
+def parse_addrs(addrs: str, default_port: int = DEFAULT_PORT) -> list[tuple[str, int]]:
+    """'a:7450,b:7450,[::1]:7450' -> [(host, port), ...] (the control replicas). ValueError explains."""
+    parts = [p for p in addrs.split(",") if p.strip()] if addrs.strip() else []
+    if not parts:
+        raise ValueError("empty address; use HOST:PORT[,HOST:PORT...], e.g. 10.0.0.1:7450,10.0.0.2:7450")
+    return [parse_addr(p, default_port) for p in parts]
+
+
+def store_unavailable(resp: Any) -> bool:
+    """Whether `resp` says the replica cannot reach its state store (nothing was done)."""
+    err = resp.get("error") if isinstance(resp, dict) and resp.get("ok") is False else None
+    return (isinstance(err, dict) and err.get("code") == "unavailable"
+            and str(err.get("message", "")).startswith(protocol.STORE_UNAVAILABLE))
+
+
 class _Conn:
     def __init__(self, stream: trio.abc.Stream):
         self.stream = stream
         self.buf = FrameBuffer()
+        # The service takes frames over protocol.MAX_UNAUTH_FRAME only on a connection
+        # that already carried the token: a big first request is preceded by a ping.
+        self.authed = False
 
     async def call(self, frame: bytes) -> dict[str, Any]:
         await self.stream.send_all(frame)
@@ -82,7 +100,10 @@ class ControlClient:
     def __init__(self, addr: str, token: str, tls: bool | ssl.SSLContext = False, *,
                  timeout: float = 10.0, connect_timeout: float = 5.0):
         self.addr = addr
-        self.host, self.port = parse_addr(addr)
+        # Several replicas ("a:7450,b:7450"): calls go to one until it fails,
+        # then to the next (every operation is safe to repeat).
+        self.addrs = parse_addrs(addr)
+        self._current = 0
         self.token = token
         if tls is True:
             tls = ssl.create_default_context()
@@ -105,16 +126,46 @@ class ControlClient:
         for c in idle:
             await trio.aclose_forcefully(c.stream)
 
+    @property
+    def host(self) -> str:
+        return self.addrs[self._current][0]
+
+    @property
+    def port(self) -> int:
+        return self.addrs[self._current][1]
+
     def _unreachable(self, why: str) -> Unreachable:
-        return Unreachable(f"cannot reach the control service at {self.addr}: {why}. Check --control "
+        where = self.addr if len(self.addrs) == 1 else f"{self.addr} (tried every replica)"
+        return Unreachable(f"cannot reach the control service at {where}: {why}. Check --control "
                            f"(or FERRY_CONTROL) and that `ferry control serve` is running there")
 
+    async def _fail_over(self, failed: int) -> None:
+        """Replica `failed` did not answer: use the next one from now on."""
+        if len(self.addrs) > 1 and self._current == failed:
+            self._current = (failed + 1) % len(self.addrs)
+            idle, self._idle = self._idle, []
+            for c in idle:
+                await trio.aclose_forcefully(c.stream)
+
     async def _connect(self) -> _Conn:
+        """A connection to the current replica, else to the next that answers."""
+        last: Unreachable | None = None
+        for _ in range(len(self.addrs)):
+            i = self._current
+            try:
+                return await self._connect_to(*self.addrs[i])
+            except Unreachable as e:
+                last = e
+                await self._fail_over(i)
+        assert last is not None
+        raise last
+
+    async def _connect_to(self, host: str, port: int) -> _Conn:
         try:
             with trio.fail_after(self.connect_timeout):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(self.host, self.port)
+                stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
                 if self.ssl_context is not None:
-                    tls = trio.SSLStream(stream, self.ssl_context, server_hostname=self.host)
+                    tls = trio.SSLStream(stream, self.ssl_context, server_hostname=host)
                     try:
                         await tls.do_handshake()
                     except BaseException:
@@ -134,20 +185,31 @@ class ControlClient:
         req_id = next(self._ids)
         frame = protocol.encode_frame(protocol.make_request(req_id, op, args or {}, self.token))
         limit = self.timeout if timeout is None else timeout
-        for attempt in (0, 1):
+        retries = len(self.addrs)          # a lost connection: the next replica (a stale pooled one: again)
+        while True:
             fresh = not self._idle
+            i = self._current
             conn = self._idle.pop() if self._idle else await self._connect()
             try:
                 with trio.fail_after(limit):
+                    if not conn.authed and len(frame) > protocol.MAX_UNAUTH_FRAME:
+                        ping = protocol.make_request(next(self._ids), "ping", {}, self.token)
+                        await conn.call(protocol.encode_frame(ping))
                     resp = await conn.call(frame)
+                    conn.authed = conn.authed or (isinstance(resp, dict) and resp.get("ok") is True)
             except trio.TooSlowError:
                 await trio.aclose_forcefully(conn.stream)
+                await self._fail_over(i)
                 raise self._unreachable(f"no answer to {op} within {limit:g}s") from None
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, ssl.SSLError, FrameError,
                     protocol.ProtocolError) as e:
                 await trio.aclose_forcefully(conn.stream)
-                if attempt == 0 and not fresh:
-                    continue            # a stale pooled connection: one retry on a fresh one
+                if not fresh:
+                    continue            # a stale pooled connection: retry on a fresh one
+                if retries > 0 and len(self.addrs) > 1:
+                    retries -= 1
+                    await self._fail_over(i)
+                    continue
                 raise self._unreachable(f"connection lost during {op} ({e or type(e).__name__})") from None
             except BaseException:
                 await trio.aclose_forcefully(conn.stream)   # cancelled mid-call: the stream is unusable
@@ -156,8 +218,11 @@ class ControlClient:
                 self._idle.append(conn)
             else:
                 await trio.aclose_forcefully(conn.stream)
+            if retries > 0 and len(self.addrs) > 1 and store_unavailable(resp):
+                retries -= 1            # this replica lost its state store: another may still reach it
+                await self._fail_over(i)
+                continue
             return self._result(op, resp, req_id)
-        raise AssertionError("unreachable")
 
     @staticmethod
     def _result(op: str, resp: Any, req_id: int) -> Any:
@@ -255,6 +320,14 @@ class ControlClient:
 
     async def lease_refuse_move(self, volume: str, host_id: str) -> None:
         await self.call("lease.refuse_move", {"volume": volume, "host_id": host_id})
+
+    async def volume_recover(self, name: str, options: dict[str, str], created: float = 0.0,
+                             snapshots: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        return await self.call("volume.recover", {"name": name, "options": options, "created": created,
+                                                  "snapshots": snapshots or {}})
+
+    async def removal_recover(self, name: str, root: str) -> dict[str, Any]:
+        return await self.call("removal.recover", {"name": name, "root": root})
 
     async def status(self) -> dict[str, Any]:
         return await self.call("status")

@@ -176,11 +176,19 @@ class Decision:
     put_snap_jobs: list[Any] = field(default_factory=list)        # control.snapshots.SnapJob (soft)
     del_snap_jobs: list[tuple[str, str]] = field(default_factory=list)
     snap_results: dict[int, dict[str, Any]] = field(default_factory=dict)
+    del_results: list[int] = field(default_factory=list)          # answers read by their requester
+    # Hosts the decision takes to be dead: it holds only if their liveness
+    # record is still at the revision this replica saw (control/records.py).
+    silent: list[str] = field(default_factory=list)
 
     @property
     def persistent(self) -> bool:
+        """Whether the decision must be written (and shared with the other replicas)
+        before it is applied and answered; heartbeats' facts are written apart."""
         return bool(self.put_volumes or self.del_volumes or self.put_hosts or self.put_leases
-                    or self.del_leases or self.put_removals or self.del_removals)
+                    or self.del_leases or self.put_removals or self.del_removals or self.put_moves
+                    or self.del_moves or self.put_snap_jobs or self.del_snap_jobs or self.snap_results
+                    or self.del_results)
 
     @property
     def changes_anything(self) -> bool:
@@ -303,6 +311,8 @@ class Cluster:
         for k in d.del_snap_jobs:
             self.snap_jobs.pop(k, None)
         self.snap_results.update(d.snap_results)
+        for seq in d.del_results:
+            self.snap_results.pop(seq, None)
         for old in sorted(self.snap_results)[:-256]:      # answers are read at once; keep a few
             del self.snap_results[old]
 
@@ -419,7 +429,7 @@ def _grant(c: Cluster, lease: Lease | None, volume: str, host_id: str, now: floa
            takeover: bool, previous: str | None) -> Decision:
     gen = (lease.generation if lease else 0) + 1
     new = Lease(volume=volume, host=host_id, generation=gen, epoch=None, in_use=False)
-    d = Decision(put_leases=[new], heard={host_id: now})
+    d = Decision(put_leases=[new], heard={host_id: now}, silent=[previous] if takeover and previous else [])
     if volume in c.moves:
         d.del_moves.append(volume)
     d.lags[volume] = None

@@ -10,6 +10,7 @@ possible, one `bad_request` answer. docs/cluster.md is the contract.
 """
 from __future__ import annotations
 
+import logging
 import math
 import struct
 from dataclasses import dataclass
@@ -19,9 +20,13 @@ import msgpack
 
 VERSION = 1
 MAX_FRAME = 16 << 20
+MAX_UNAUTH_FRAME = 64 << 10      # until a request on the connection carried the token (control/listener.py)
 HEADER = struct.Struct(">I")
 ERROR_CODES = ("unauthorized", "bad_request", "unsupported_version", "not_found", "exists", "busy",
-               "conflict", "internal")
+               "conflict", "unavailable", "failed", "internal")
+# The message of an `unavailable` answer when the replica cannot reach its state
+# store: clients try another replica (control/client.py), agents wait for it.
+STORE_UNAVAILABLE = "the control state store is unreachable from this replica"
 MAX_WAIT = 600.0
 
 
@@ -86,6 +91,24 @@ def unpack(body: bytes) -> Any:
         return msgpack.unpackb(body, raw=False, strict_map_key=True, ext_hook=_no_ext)
     except Exception as e:  # msgpack raises many types (ValueError, ExtraData, FormatError, ...)
         raise ProtocolError("bad_request", f"frame is not valid msgpack: {type(e).__name__}: {e}") from None
+
+
+def printable(text: Any, limit: int = 200) -> str:
+    """`text` made safe for one log line: control characters escaped (a caller's
+    newline cannot forge a line), cut after `limit` characters."""
+    s = text if isinstance(text, str) else repr(text)
+    s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s[:limit])
+    return s + ("..." if len(text if isinstance(text, str) else repr(text)) > limit else "")
+
+
+class EscapeArgs(logging.Filter):
+    """Escapes the string arguments of log records (strings that came from a
+    peer: names, roots, reasons) the way `printable` does."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(printable(a, 1000) if isinstance(a, str) else a for a in record.args)
+        return True
 
 
 # ------------------------------------------------------------------- requests
@@ -210,6 +233,13 @@ def _jobs(name: str, v: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _any_map(name: str, v: Any) -> dict[str, Any]:
+    """A map whose entries the op checks itself (control/recover.py)."""
+    if not isinstance(v, dict):
+        raise ValueError(f"{name} must be a map")
+    return v
+
+
 def _req(f):
     def check(name: str, v: Any) -> Any:
         if v is None:
@@ -250,6 +280,10 @@ OPS: dict[str, dict[str, Any]] = {
     "snapshot.rm": {"volume": _req(_str), "snap": _req(_str), "wait": _default(_number, 120.0)},
     "snapshot.done": {"volume": _req(_str), "snap": _req(_str), "host_id": _req(_str), "seq": _req(_count),
                       "error": _opt_str, "position": _position, "note": _opt_str},
+    "volume.recover": {"name": _req(_str), "options": _str_map,
+                       "created": _default(lambda n, v: _number(n, v, 0.0, 1e11), 0.0),
+                       "snapshots": _default(_any_map, {})},
+    "removal.recover": {"name": _req(_str), "root": _req(lambda n, v: _str(n, v, max_len=512))},
 }
 
 

@@ -46,7 +46,9 @@ def request_removal(c: Cluster, name: str, requester: str | None, now: float) ->
         raise Refused("busy", f"volume {name!r} is in use on host {holder!r}: stop its containers "
                               "(docker rm) so the host releases it, then remove it")
     host = requester if requester in live else (live[0] if live else "")
-    d = Decision(put_volumes=[replace(v, removing=host)], result={"status": "removing", "host": host or None})
+    lease = c.leases.get(name)
+    d = Decision(put_volumes=[replace(v, removing=host)], result={"status": "removing", "host": host or None},
+                 silent=[lease.host] if lease is not None and lease.host is not None else [])
     if name in c.moves:
         d.del_moves.append(name)
     return d

@@ -1,15 +1,23 @@
 """The control service: a trio TCP server in front of the lease state machine.
 
 Why this shape: `control/leases.py` decides, this module only authenticates,
-validates, persists and waits. Every mutation runs under one `trio.Lock`:
-decide on the in-memory `Cluster`, write the decision to the state store
-(compare-and-swap transaction, in a worker thread - SQLite never blocks the
-trio loop), then apply it in memory. A refused or failed request therefore
-changes nothing, in memory or on disk. Heartbeats never wait for the disk
-or the lock: what they change (liveness, upload lag, the in_use/epoch the
-agent reports) is applied at once and the lease records are written behind
-in batches (`flush`), which is what lets one service renew thousands of
-hosts' leases per second.
+validates, persists and waits. Any number of replicas may serve one cluster
+(over etcd; SQLite allows one), and none of them is the only writer: each
+keeps a copy of the shared state (`Cluster`) that its store's watch keeps
+current (`follow`), and every mutation runs as decide on the copy -> write
+the decision as one compare-and-swap transaction -> apply it to the copy.
+When the transaction fails its compare (another replica changed a record
+the decision read), the replica waits until its watch has caught up with
+that change and decides again. A refused or failed request therefore
+changes nothing, in memory or in the store. control/records.py says which
+key holds what.
+
+Heartbeats never take the mutation lock: what they change is applied at
+once, and the host's liveness record (`live/<host>`) is written by a group
+commit that carries every heartbeat that arrived meanwhile in one
+transaction, which is what lets a replica renew thousands of hosts' leases
+per second; the in_use/epoch facts of their leases are written behind in
+batches (`flush`).
 
 Waiting (`lease.acquire` with `wait`, `volume.move`, `host.watch`) is a loop
 over "re-check, then sleep until the state changes or a short tick passes"
@@ -17,6 +25,7 @@ over "re-check, then sleep until the state changes or a short tick passes"
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import ssl
@@ -25,36 +34,33 @@ from typing import Any, Awaitable, Callable
 
 import trio
 
-from control import leases, protocol, removals, resize, snapshots
+from control import leases, protocol, records, recover, removals, resize, snapshots
 from control.leases import Cluster, Config, Decision, Refused
-from control.protocol import FrameBuffer, FrameError, ProtocolError
-from control.state import NEW, CasConflict, Op, StateError, StateStore
+from control.listener import Limits, Listener
+from control.protocol import ProtocolError
+from control.state import CasConflict, Compacted, Event, Op, StateError, StateStore
 from control.validate import validate_volume_name, validate_volume_options
 
 log = logging.getLogger("ferry.control")
-MAX_AUTH_FAILURES = 5        # per connection, then it is closed
+log.addFilter(protocol.EscapeArgs())       # callers' strings never forge a log line
+MAX_CONFLICT_RETRIES = 8     # decide again after a lost compare-and-swap, then answer `conflict`
+COMPACT_PERIOD = 300.0       # the store keeps this much history (seconds) for watches that fall behind
+UNREAD_ANSWER_TTL = 60.0     # a job's answer its requester never read (its replica died) is dropped
 
 
-def _vkey(name: str) -> str:
-    return f"volumes/{name}"
+class _LiveBatch:
+    """One group commit of liveness records: its waiters learn its outcome."""
 
-
-def _hkey(host_id: str) -> str:
-    return f"hosts/{host_id}"
-
-
-def _lkey(volume: str) -> str:
-    return f"leases/{volume}"
-
-
-def _rkey(root: str) -> str:
-    return f"removals/{root}"
+    def __init__(self) -> None:
+        self.records: dict[str, Any] = {}
+        self.done = trio.Event()
+        self.error: StateError | None = None
 
 
 class ControlServer:
     def __init__(self, state: StateStore, token: str | None, config: Config | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 version: str = "0.1.0"):
+                 version: str = "0.1.0", limits: Limits | None = None):
         self.state = state
         # None: no token check - only allowed with mutual TLS (the CLI enforces it).
         self._token = token.encode() if token else None
@@ -63,13 +69,17 @@ class ControlServer:
         self.wall = wall
         self.version = version
         self.cluster = Cluster(config=self.config)
-        self._revs: dict[str, int] = {}
+        self._revs: dict[str, int] = {}        # key -> revision of the row the copy holds
+        self._tombs: dict[str, int] = {}       # key -> revision of our own delete, until the watch passes it
+        self._watched = 0                      # the copy holds every change up to this store revision
         self._lock = trio.Lock()
         self._changed = trio.Event()
-        self._limiter = trio.CapacityLimiter(1)
         self.tick = min(1.0, self.config.ttl / 4)
         self._dirty: set[str] = set()      # leases changed by heartbeats, not yet persisted
         self.flush_interval = 0.5
+        self.listener = Listener(self.handle, limits, open_access=self._token is None)
+        self._live_next = _LiveBatch()
+        self._live_wake = trio.Event()
         self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "ping": self.op_ping, "volume.create": self.op_volume_create, "volume.get": self.op_volume_get,
             "volume.list": self.op_volume_list, "volume.remove": self.op_volume_remove,
@@ -82,84 +92,130 @@ class ControlServer:
             "removal.aborted": self.op_removal_aborted, "removal.done": self.op_removal_done,
             "removal.list": self.op_removal_list, "snapshot.create": self.op_snapshot_create,
             "snapshot.rm": self.op_snapshot_rm, "snapshot.done": self.op_snapshot_done,
+            "volume.recover": self.op_volume_recover, "removal.recover": self.op_removal_recover,
         }
 
     # ------------------------------------------------------------ state
     async def load(self) -> None:
-        """Read every record from the state store (at start, and after a CAS conflict)."""
-        def read() -> tuple[list, list, list, list]:
-            return (self.state.list("volumes/"), self.state.list("hosts/"), self.state.list("leases/"),
-                    self.state.list("removals/"))
-        vols, hosts, lease_rows, removal_rows = await trio.to_thread.run_sync(read, limiter=self._limiter)
-        self.cluster = Cluster.loaded(
-            self.config, [leases.Volume.from_dict(v) for _, v, _ in vols],
-            [leases.Host.from_dict(v) for _, v, _ in hosts],
-            [leases.Lease.from_dict(v) for _, v, _ in lease_rows], self.clock(),
-            [leases.Removal.from_dict(v) for _, v, _ in removal_rows])
-        self._revs = {k: r for rows in (vols, hosts, lease_rows, removal_rows) for k, _, r in rows}
-        # Snapshot job numbers are soft state; starting them from the wall clock
-        # keeps them growing across restarts, which agents rely on (snap_after).
-        self.cluster.snap_seq = max(self.cluster.snap_seq, int(self.wall() * 1000))
-        log.info("control state loaded: %d volumes, %d hosts, %d leases, %d removals", len(vols), len(hosts),
-                 len(lease_rows), len(removal_rows))
+        """Read the whole state from the store (at start, and when the watch's
+        history was compacted away). Hosts count as heard now: a replica that
+        just (re)loaded has seen no silence."""
+        snap = await self.state.scan("")
+        rows = [r for r in snap.rows if r[0].startswith(records.PREFIXES)]
+        self.cluster = records.cluster_from_rows(self.config, rows, self.clock(), self.wall())
+        self._revs = {k: r for k, _, r in rows}
+        self._tombs = {}
+        self._watched = snap.revision
+        c = self.cluster
+        log.info("control state loaded from %s at revision %d: %d volumes, %d hosts, %d leases, %d removals",
+                 self.state.kind, snap.revision, len(c.volumes), len(c.hosts), len(c.leases), len(c.removals))
+        self._notify()
 
-    def _ops_for(self, d: Decision) -> list[Op]:
-        ops = []
-        for v in d.put_volumes:
-            ops.append(Op(_vkey(v.name), self._revs.get(_vkey(v.name), NEW), v.to_dict()))
-        for h in d.put_hosts:
-            ops.append(Op(_hkey(h.host_id), self._revs.get(_hkey(h.host_id), NEW), h.to_dict()))
-        for lease in d.put_leases:
-            ops.append(Op(_lkey(lease.volume), self._revs.get(_lkey(lease.volume), NEW), lease.to_dict()))
-        for name in d.del_volumes:
-            if _vkey(name) in self._revs:
-                ops.append(Op(_vkey(name), self._revs[_vkey(name)], delete=True))
-        for name in d.del_leases:
-            if _lkey(name) in self._revs:
-                ops.append(Op(_lkey(name), self._revs[_lkey(name)], delete=True))
-        for r in d.put_removals:
-            ops.append(Op(_rkey(r.root), self._revs.get(_rkey(r.root), NEW), r.to_dict()))
-        for root in d.del_removals:
-            if _rkey(root) in self._revs:
-                ops.append(Op(_rkey(root), self._revs[_rkey(root)], delete=True))
-        return ops
+    def _apply_event(self, ev: Event) -> None:
+        known = max(self._revs.get(ev.key, 0), self._tombs.get(ev.key, 0))
+        if ev.revision <= known:
+            return                      # our own write, or older than what the copy holds
+        records.apply_row(self.cluster, ev.key, ev.value, self.clock())
+        if ev.deleted:
+            self._revs.pop(ev.key, None)
+        else:
+            self._revs[ev.key] = ev.revision
+
+    async def follow(self) -> None:
+        """Keep the copy current from the store's watch, forever."""
+        while True:
+            try:
+                async with contextlib.aclosing(self.state.watch("", self._watched)) as batches:
+                    async for batch in batches:
+                        if not batch:
+                            self._store_trouble()
+                            continue
+                        for ev in batch:
+                            self._apply_event(ev)
+                        self._watched = max(self._watched, batch[-1].revision)
+                        if self._tombs:
+                            self._tombs = {k: r for k, r in self._tombs.items() if r > self._watched}
+                        self._notify()
+            except Compacted as e:
+                log.warning("control state watch fell behind (%s); reloading", e)
+            except StateError as e:
+                log.error("control state watch failed (%s); reloading", e)
+                self._store_trouble()
+                await trio.sleep(self.tick)
+            try:
+                async with self._lock:
+                    await self.load()
+            except StateError as e:
+                log.error("cannot reload control state (%s); retrying", e)
+                self._store_trouble()
+                await trio.sleep(self.tick)
+
+    def _store_trouble(self) -> None:
+        """The store cannot be reached: while it cannot, no host can prove it
+        is alive, so none is counted silent (no lease expires because the
+        store was down; a host that is really gone expires one TTL after)."""
+        now = self.clock()
+        for h in self.cluster.hosts:
+            self.cluster.last_heard[h] = now
+
+    async def _caught_up(self, revision: int, timeout: float = 5.0) -> None:
+        """Wait until the copy has seen store revision `revision` (or give up)."""
+        with trio.move_on_after(timeout):
+            while self._watched < revision:
+                ev = self._changed
+                with trio.move_on_after(self.tick):
+                    await ev.wait()
+
+    async def _sync(self) -> None:
+        """Catch the copy up with everything the store holds right now."""
+        await self._caught_up(await self.state.revision())
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
     async def _mutate(self, decide: Callable[[Cluster, float], Decision]) -> Any:
-        """Decide, persist (CAS), apply; under the one lock. Refused -> nothing changed."""
-        async with self._lock:
-            d = decide(self.cluster, self.clock())
-            if d.persistent:
-                if not await self._persist(d):
-                    raise Refused("conflict", "the control state changed during the request; retry it")
-            self.cluster.apply(d)
-            self._dirty.update(lease.volume for lease in d.lazy_leases)
-            if (d.persistent or d.put_moves or d.del_moves or d.lazy_leases or d.progress or d.put_snap_jobs
-                    or d.del_snap_jobs):
-                self._notify()
-            return d.result
+        """Decide, persist (CAS), apply; under the one lock. Refused -> nothing changed.
+        A lost compare-and-swap is decided again once the copy has caught up."""
+        for _ in range(MAX_CONFLICT_RETRIES):
+            async with self._lock:
+                now = self.clock()
+                d = decide(self.cluster, now)
+                if not (d.persistent or d.silent):
+                    return self._apply(d)
+                ops = records.ops_for(self.cluster, d, self._revs, now)
+                try:
+                    rev = await self.state.txn(ops)
+                except CasConflict as e:
+                    log.info("control state changed by another writer (%s); deciding again", e)
+                    conflict = e
+                except StateError:
+                    self._store_trouble()
+                    raise
+                else:
+                    self._applied(ops, rev)
+                    return self._apply(d)
+            await self._caught_up(conflict.revision or self._watched + 1)
+        raise Refused("conflict", "the control state kept changing during the request; retry it")
 
-    async def _persist(self, d: Decision) -> bool:
-        """Write `d` in one CAS transaction (caller holds the lock). False on a
-        CAS conflict: someone else changed the state, which is reloaded."""
-        try:
-            revs = await trio.to_thread.run_sync(self.state.txn, self._ops_for(d), limiter=self._limiter)
-        except CasConflict as e:
-            log.warning("control state changed underneath us (%s); reloading", e)
-            await self.load()
-            self._notify()
-            return False
-        for k, r in revs.items():
-            if r:
-                self._revs[k] = r
+    def _applied(self, ops: list[Op], rev: int) -> None:
+        for op in ops:
+            if op.check:
+                continue
+            if op.delete:
+                self._revs.pop(op.key, None)
+                self._tombs[op.key] = rev
             else:
-                self._revs.pop(k, None)
-        return True
+                self._revs[op.key] = rev
 
-    def _apply_soft(self, decide: Callable[[Cluster, float], Decision]) -> Any:
+    def _apply(self, d: Decision) -> Any:
+        self.cluster.apply(d)
+        self._dirty.update(lease.volume for lease in d.lazy_leases)
+        if d.changes_anything or d.progress or d.put_snap_jobs or d.del_snap_jobs or d.snap_results:
+            self._notify()
+        return d.result
+
+    def _apply_soft(self, decide: Callable[[Cluster, float], Decision]) -> Decision:
         """Decide and apply at once, without the lock, a decision that writes nothing
         synchronously (heartbeats). Safe because deciding and applying happen with no
         await in between; a locked decision applied later simply overrides, and the
@@ -167,21 +223,56 @@ class ControlServer:
         d = decide(self.cluster, self.clock())
         if d.persistent:
             raise AssertionError("a soft decision must not need synchronous writes")
-        self.cluster.apply(d)
-        self._dirty.update(lease.volume for lease in d.lazy_leases)
-        if d.put_moves or d.del_moves or d.lazy_leases:
-            self._notify()
-        return d.result
+        self._apply(d)
+        return d
+
+    async def _write_live(self, host: str, value: Any) -> None:
+        """Record `host`'s heartbeat in the store (group commit with every other
+        heartbeat waiting); StateError when the store could not be written."""
+        batch = self._live_next
+        batch.records[host] = value
+        self._live_wake.set()
+        await batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+
+    async def live_writer(self) -> None:
+        """Write liveness records in batches, one transaction per batch, forever."""
+        while True:
+            await self._live_wake.wait()
+            self._live_wake = trio.Event()
+            batch, self._live_next = self._live_next, _LiveBatch()
+            ops = [Op(records.livekey(h), -1, v) for h, v in batch.records.items()]
+            started = self.clock()
+            try:
+                rev = await self.state.txn(ops)
+                self._applied(ops, rev)
+                if self.clock() - started > self.config.heartbeat:
+                    # Heartbeats could not be recorded in time: other hosts' may not
+                    # have been either, so silence seen meanwhile proves nothing.
+                    log.warning("recording heartbeats took %.1fs; no host counts as silent meanwhile",
+                                self.clock() - started)
+                    self._store_trouble()
+            except StateError as e:
+                batch.error = e
+                self._store_trouble()
+                log.error("cannot record heartbeats of %d host(s): %s", len(ops), e)
+            batch.done.set()
 
     async def flush(self) -> None:
-        """Persist leases changed by heartbeats (in_use, epoch): one transaction per batch."""
+        """Persist leases changed by heartbeats (in_use, epoch): one transaction per batch.
+        A batch that lost a compare is dropped: the watch brings the newer lease,
+        and the host's next heartbeat reports its facts again."""
         async with self._lock:
             dirty, self._dirty = self._dirty, set()
             current = [self.cluster.leases[v] for v in sorted(dirty) if v in self.cluster.leases]
             if not current:
                 return
+            ops = records.ops_for(self.cluster, Decision(put_leases=current), self._revs, self.clock())
             try:
-                await self._persist(Decision(put_leases=current))
+                self._applied(ops, await self.state.txn(ops))
+            except CasConflict as e:
+                log.info("lease reports crossed another writer (%s); the next heartbeats repeat them", e)
             except StateError as e:
                 log.error("cannot persist lease reports (will retry): %s", e)
                 self._dirty |= dirty
@@ -192,6 +283,33 @@ class ControlServer:
             if self._dirty:
                 await self.flush()
 
+    async def compactor(self, period: float = COMPACT_PERIOD) -> None:
+        """Let the store forget history older than one period, forever. etcd keeps
+        every version of every key until compacted, and heartbeats rewrite keys
+        all the time; a replica whose watch is a whole period behind reloads."""
+        marks: list[int] = []
+        while True:
+            await trio.sleep(period)
+            marks.append(self._watched)
+            if len(marks) > 1:
+                rev = marks.pop(0)
+                try:
+                    await self.state.compact(rev)
+                except Compacted:
+                    pass            # another replica did it
+                except StateError as e:
+                    log.info("cannot compact the control state's history yet: %s", e)
+
+    async def _supervised(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Run a background loop forever: a bug in it is logged and the loop
+        started again, never the end of the service."""
+        while True:
+            try:
+                await task()
+            except Exception:
+                log.exception("control background task %s failed; restarting it", task.__name__)
+                await trio.sleep(self.tick)
+
     async def _wait_change(self, deadline: float) -> None:
         """Sleep until the state changes, a tick passes, or `deadline` (trio clock)."""
         ev = self._changed
@@ -201,11 +319,24 @@ class ControlServer:
     async def sweep(self) -> None:
         """Forget expired move requests and log hosts going silent, forever."""
         alive: set[str] = set(self.cluster.hosts)
+        answers_seen: dict[int, float] = {}
         while True:
             await trio.sleep(self.tick)
             now = self.clock()
             if any(m.expires <= now for m in self.cluster.moves.values()):
-                await self._mutate(leases.expire_moves)
+                try:
+                    await self._mutate(leases.expire_moves)
+                except (Refused, StateError) as e:
+                    log.info("expired moves not dropped yet: %s", e)
+            for seq in self.cluster.snap_results:
+                answers_seen.setdefault(seq, now)
+            answers_seen = {s: t for s, t in answers_seen.items() if s in self.cluster.snap_results}
+            stale = [s for s, t in answers_seen.items() if now - t > UNREAD_ANSWER_TTL]
+            if stale:
+                try:
+                    await self._mutate(lambda c, now: Decision(del_results=stale))
+                except (Refused, StateError) as e:
+                    log.info("unread job answers not dropped yet: %s", e)
             c = self.cluster
             now_alive = {h for h in c.hosts if c.alive(h, now)}
             for h in sorted(alive - now_alive):
@@ -289,7 +420,11 @@ class ControlServer:
 
     async def op_removal_done(self, a: dict[str, Any]) -> Any:
         res = await self._mutate(lambda c, now: removals.removal_done(c, a["root"], a["host_id"]))
-        log.info("volume deleted root=%s host=%s: no object left in the store", a["root"], a["host_id"])
+        if res["done"]:
+            log.info("volume deleted root=%s host=%s: no object left in the store", a["root"], a["host_id"])
+        else:
+            log.info("removal.done from host=%s for root=%s, which has no deletion job (done already?)",
+                     a["host_id"], a["root"])
         return res
 
     async def _clone_job(self, name: str, options: dict[str, str], labels: dict[str, str], wait: float) -> None:
@@ -316,7 +451,10 @@ class ControlServer:
                 await self._mutate(lambda c, now: snapshots.give_up(c, volume, snap, seq))
                 raise Refused("unavailable", f"{late}; nothing was recorded (retry)")
             await self._wait_change(deadline)
-        return self.cluster.snap_results.pop(seq)
+        answer = self.cluster.snap_results.pop(seq)
+        with contextlib.suppress(StateError, Refused):
+            await self._mutate(lambda c, now: Decision(del_results=[seq]))
+        return answer
 
     async def _snapshot_job(self, a: dict[str, Any], op: str) -> Any:
         """Hand the store part to an agent and wait for its answer."""
@@ -355,6 +493,35 @@ class ControlServer:
             raise Refused("failed", f"host {host}: {answer['error']}")
         log.info("volume resized volume=%s size=%d host=%s", name, res["size"], host)
         return {"volume": name, "status": "grown", "size": res["size"], "host": host, "note": answer.get("note")}
+
+    async def op_volume_recover(self, a: dict[str, Any]) -> Any:
+        """`ferry control recover`: a volume found in the store (control/recover.py)."""
+        try:
+            name = validate_volume_name(a["name"])
+            options = validate_volume_options(name, a["options"])
+        except ValueError as e:
+            raise Refused("bad_request", str(e)) from None
+        snaps = recover.check_snapshots(a["snapshots"])
+        res = await self._mutate(lambda c, now: recover.recover_volume(c, name, options, a["created"], snaps,
+                                                                        self.wall()))
+        if res["status"] in (recover.RECOVERED, recover.UPDATED):
+            log.warning("volume %s from the store volume=%s options=%s snapshots=%d", res["status"], name,
+                        options, len(snaps))
+        return res
+
+    async def op_removal_recover(self, a: dict[str, Any]) -> Any:
+        """`ferry control recover`: a deletion in progress found in the store."""
+        try:
+            name = validate_volume_name(a["name"])
+        except ValueError as e:
+            raise Refused("bad_request", str(e)) from None
+        root = a["root"]
+        if root != name and not root.startswith(name + "/"):
+            raise Refused("bad_request", f"root {root!r} is not a root of volume {name!r}")
+        res = await self._mutate(lambda c, now: recover.recover_removal(c, name, root, self.wall()))
+        if res["status"] == recover.RECOVERED:
+            log.warning("removal recovered from the store volume=%s root=%s: a live host finishes it", name, root)
+        return res
 
     async def op_removal_list(self, a: dict[str, Any]) -> Any:
         now = self.clock()
@@ -425,7 +592,15 @@ class ControlServer:
         progress = [leases.RemovalProgress(root=p["root"], deleted=p["deleted"], total=p["total"],
                                            bytes=p["bytes"]) for p in a["removals"]]
         host = a["host_id"]
-        res = self._apply_soft(lambda c, now: leases.heartbeat(c, host, reports, now, progress))
+        d = self._apply_soft(lambda c, now: leases.heartbeat(c, host, reports, now, progress))
+        res = d.result
+        if res["lost"]:
+            # A lease granted through another replica may not have reached this
+            # copy yet: never tell a host it lost a volume from a stale copy.
+            await self._sync()
+            d = self._apply_soft(lambda c, now: leases.heartbeat(c, host, reports, now, progress))
+            res = d.result
+        await self._write_live(host, records.live_value(host, d))
         if res["lost"]:
             log.warning("host %s reports volumes it does not hold (taken over or removed): %s", host,
                         ", ".join(f"volume={v}" for v in res["lost"]))
@@ -501,63 +676,33 @@ class ControlServer:
 
     # --------------------------------------------------------- requests
     async def handle(self, body: bytes) -> tuple[dict[str, Any], bool]:
-        """One frame body -> (response, authenticated). Never raises."""
+        """One frame body -> (response, token_ok). Never raises. token_ok is True only
+        when the request carried the cluster token (or none is needed): what
+        control/listener.py needs to tell an authenticated peer from one that is not."""
         rid = None
+        token_ok = False
         try:
             req = protocol.parse_request(body)
             rid = req.id
             if self._token is not None and not hmac.compare_digest(req.token.encode(), self._token):
                 raise ProtocolError("unauthorized", "wrong or missing cluster token: pass the cluster's token "
                                     "with --token-file or FERRY_TOKEN", rid)
+            token_ok = True
             args = protocol.check_args(req)
             result = await self.ops[req.op](args)
             return protocol.ok_response(rid, result), True
         except ProtocolError as e:
-            return protocol.error_response(e.id, e.code, e.message), e.code != "unauthorized"
+            return protocol.error_response(e.id, e.code, e.message), token_ok
         except Refused as e:
-            return protocol.error_response(rid, e.code, e.message), True
+            return protocol.error_response(rid, e.code, e.message), token_ok
         except StateError as e:
             log.error("state store failure: %s", e)
-            return protocol.error_response(rid, "internal", f"control state store failed: {e}"), True
+            return protocol.error_response(rid, "unavailable", f"{protocol.STORE_UNAVAILABLE} ({e}); nothing "
+                                           "was changed: retry (another replica may reach it)"), token_ok
         except Exception as e:  # a bug: answer and log, never crash the service
             log.exception("internal error handling a request")
-            return protocol.error_response(rid, "internal", f"internal error: {type(e).__name__}: {e}"), True
-
-    async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection: one request at a time, until EOF or garbage."""
-        buf = FrameBuffer()
-        failures = 0
-        try:
-            while True:
-                try:
-                    body = buf.next_frame()
-                except FrameError as e:
-                    await stream.send_all(protocol.encode_frame(protocol.error_response(None, "bad_request", str(e))))
-                    return
-                if body is None:
-                    data = await stream.receive_some(1 << 16)
-                    if not data:
-                        if buf.pending:
-                            log.debug("connection closed inside a frame (%d bytes dropped)", buf.pending)
-                        return
-                    buf.feed(data)
-                    continue
-                resp, authed = await self.handle(body)
-                try:
-                    frame = protocol.encode_frame(resp)
-                except (FrameError, TypeError, ValueError) as e:
-                    frame = protocol.encode_frame(protocol.error_response(resp.get("id"), "internal",
-                                                                          f"response not encodable: {e}"))
-                await stream.send_all(frame)
-                if not authed:
-                    failures += 1
-                    if failures >= MAX_AUTH_FAILURES:
-                        return
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
-            pass
-        finally:
-            with trio.CancelScope(shield=True), trio.move_on_after(1):
-                await stream.aclose()
+            return (protocol.error_response(rid, "internal", f"internal error: {type(e).__name__}: {e}"),
+                    token_ok)
 
     async def serve(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
                     *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -565,24 +710,28 @@ class ControlServer:
         await self.load()
 
         async def handler(stream: trio.SocketStream) -> None:
+            try:
+                peer = "%s:%s" % stream.socket.getpeername()[:2]
+            except OSError:
+                peer = "?"
             if ssl_context is not None:
                 tls = trio.SSLStream(stream, ssl_context, server_side=True)
                 try:
                     with trio.fail_after(10):
                         await tls.do_handshake()
                 except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as e:
-                    log.info("TLS handshake failed: %s", e)
+                    log.info("TLS handshake with %s failed: %s", peer, e)
                     await trio.aclose_forcefully(stream)
                     return
-                await self.handle_stream(tls)
+                await self.listener.serve_stream(tls, peer)
             else:
-                await self.handle_stream(stream)
+                await self.listener.serve_stream(stream, peer)
 
         async with trio.open_nursery() as nursery:
             listeners = await trio.open_tcp_listeners(port, host=host or None)
             bound = listeners[0].socket.getsockname()[1]
-            nursery.start_soon(self.sweep)
-            nursery.start_soon(self.flusher)
+            for task in (self.sweep, self.flusher, self.follow, self.live_writer, self.compactor):
+                nursery.start_soon(self._supervised, task)
             nursery.start_soon(trio.serve_listeners, handler, listeners)
             log.info("control service listening on %s:%d (%s), lease TTL %gs, heartbeat %gs", host, bound,
                      "TLS" if ssl_context else "plain TCP", self.config.ttl, self.config.heartbeat)

@@ -13,6 +13,7 @@ Fixtures:
   store                      open_store(store_url), closed afterwards
   moto_control               a private, stoppable moto_server (MotoServer), for outage tests
   new_mount                  factory of FerryMount instances, cleaned up afterwards
+  etcd1           (session)  a one-member etcd (tests.helpers.etcd.EtcdCluster); tests use own prefixes
 """
 from __future__ import annotations
 
@@ -67,6 +68,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def etcd1(tmp_path_factory):
+    from tests.helpers.etcd import EtcdCluster
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd1"), members=1)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def _moto_binary() -> str:

@@ -20,7 +20,7 @@ from control.leases import Config
 from control.server import ControlServer
 from control.sqlite_state import SqliteState
 
-TOKEN = "test-token"
+TOKEN = "test-token-0123456789"
 
 
 async def post(sock: Path, path: str, obj: Any = None, raw: bytes | None = None,

@@ -28,4 +28,4 @@ async def control(nursery, tmp_path):
     server = ControlServer(state, TOKEN, Config(ttl=2.0, heartbeat=0.5))
     port = await nursery.start(server.serve, "127.0.0.1", 0)
     yield Running(server, port)
-    state.close()
+    await state.aclose()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-TOKEN = "cli-test-token"
+TOKEN = "cli-test-token-0123456789"
 
 
 def free_port() -> int:
@@ -36,6 +36,7 @@ class Service:
         self.extra = extra or []
         self.token_file = tmp / "token"
         self.token_file.write_text(TOKEN + "\n")
+        self.token_file.chmod(0o600)
         self.proc: subprocess.Popen | None = None
         self.log = tmp / "control.log"
 
@@ -132,7 +133,7 @@ def test_cli_end_to_end_and_restart(service):
 
 
 def test_cli_errors_unauthorized_unreachable_usage(service, tmp_path):
-    r = ferry("volume", "ls", env={"FERRY_CONTROL": service.addr, "FERRY_TOKEN": "wrong"})
+    r = ferry("volume", "ls", env={"FERRY_CONTROL": service.addr, "FERRY_TOKEN": "wrong-token-0123456789"})
     assert r.returncode == 1 and "token" in r.stderr
     r = ferry("volume", "ls", env={"FERRY_CONTROL": f"127.0.0.1:{free_port()}", "FERRY_TOKEN": TOKEN})
     assert r.returncode == 1 and "cannot reach the control service" in r.stderr and "--control" in r.stderr
@@ -144,8 +145,9 @@ def test_cli_errors_unauthorized_unreachable_usage(service, tmp_path):
     assert r.returncode == 2
     r = ferry("volume", "move", "x", env=service.env())
     assert r.returncode == 2                      # --to missing
-    r = ferry("control", "serve", "--state", "etcd://h:1", "--token-file", str(service.token_file))
-    assert r.returncode == 2 and "not implemented" in r.stderr
+    r = ferry("control", "serve", "--state", "etcd://127.0.0.1:1", "--etcd-timeout", "1",
+              "--token-file", str(service.token_file))
+    assert r.returncode == 1 and "etcd did not answer" in r.stderr and "127.0.0.1:1" in r.stderr
     r = ferry("control", "serve", "--state", f"sqlite:{tmp_path}/x.db", "--lease-ttl", "1",
               "--token-file", str(service.token_file))
     assert r.returncode == 2 and "heartbeat" in r.stderr
@@ -209,8 +211,27 @@ def test_mutual_tls_without_token(tmp_path):
         r = subprocess.run(base + ["--tls-cert", str(tmp_path / "cli.pem"), "--tls-key", str(tmp_path / "cli.key")],
                            capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2])
         assert r.returncode == 0, r.stderr
-        r = subprocess.run(base, capture_output=True, text=True, env={**env, "FERRY_TOKEN": "anything"},
+        r = subprocess.run(base, capture_output=True, text=True, env={**env, "FERRY_TOKEN": "anything-at-all-0123"},
                            cwd=Path(__file__).parents[2])
         assert r.returncode == 1                  # no client certificate: refused at the handshake
     finally:
         s.stop(signal.SIGKILL)
+
+
+def test_token_rules_and_a_replica_list(service, tmp_path):
+    """A short token or a token file every user can read is refused with the fix;
+    a --control list whose first replica is down is served by the next one."""
+    r = ferry("volume", "ls", env={"FERRY_CONTROL": service.addr, "FERRY_TOKEN": "x"})
+    assert r.returncode == 2 and "at least 16" in r.stderr and "head -c 32" in r.stderr
+    loose = tmp_path / "loose-token"
+    loose.write_text(TOKEN)
+    loose.chmod(0o644)
+    r = ferry("volume", "ls", "--control", service.addr, "--token-file", str(loose))
+    assert r.returncode == 2 and "readable by every user" in r.stderr and f"chmod 600 {loose}" in r.stderr
+    r = ferry("control", "serve", "--state", f"sqlite:{tmp_path}/y.db", "--token-file", str(loose))
+    assert r.returncode == 2 and "chmod 600" in r.stderr
+    dead = f"127.0.0.1:{free_port()}"
+    r = ferry("volume", "ls", "--control", f"{dead},{service.addr}", env={"FERRY_TOKEN": TOKEN})
+    assert r.returncode == 0, r.stderr
+    r = ferry("volume", "ls", "--control", f"{dead},{dead}", env={"FERRY_TOKEN": TOKEN})
+    assert r.returncode == 1 and "tried every replica" in r.stderr

@@ -101,5 +101,6 @@ def test_every_op_in_contract_has_a_spec():
     ops = {"ping", "volume.create", "volume.get", "volume.list", "volume.remove", "volume.move", "volume.resize",
            "host.register", "host.heartbeat", "host.list", "host.watch", "lease.acquire",
            "lease.release", "lease.refuse_move", "status", "removal.marked", "removal.aborted",
-           "removal.done", "removal.list", "snapshot.create", "snapshot.rm", "snapshot.done"}
+           "removal.done", "removal.list", "snapshot.create", "snapshot.rm", "snapshot.done",
+           "volume.recover", "removal.recover"}
     assert set(P.OPS) == ops
