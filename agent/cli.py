@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from fsd.clierrors import Failure, UsageError
@@ -26,13 +27,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
     from agent.service import Agent, AgentConfig
-    from control.cli import read_token
-    from control.client import parse_addr
+    from control.cli import ENV_CONTROL, client_tls, read_token
+    from control.client import parse_addrs
     from control.leases import validate_host_id, Refused
     from fsd.store import open_store
 
+    args.control = args.control or os.environ.get(ENV_CONTROL)
+    if not args.control:
+        raise UsageError("--control: give the control service's HOST:PORT (every replica's, comma-separated), "
+                         "or set FERRY_CONTROL")
+    tls = client_tls(args)
     try:
-        parse_addr(args.control)
+        parse_addrs(args.control)
         validate_host_id(args.host_id)
     except ValueError as e:
         raise UsageError(f"--control: {e}") from None
@@ -46,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = AgentConfig(control=args.control, host_id=args.host_id, store_url=args.store,
                       cache_dir=Path(args.cache_dir).absolute(), socket=Path(args.socket).absolute(),
                       mount_root=Path(args.mount_root).absolute(), state_dir=Path(args.state_dir).absolute(),
-                      token=token, address=args.address or "")
+                      token=token, address=args.address or "", tls=tls)
     try:
         trio.run(Agent(cfg).run)
     except OSError as e:
@@ -66,7 +72,9 @@ def add_commands(sub: "argparse._SubParsersAction") -> None:
                        description="Register with the control service, heartbeat, and serve Docker's "
                                    "volume plugin protocol; start, stop and adopt filesystem daemons.",
                        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("--control", required=True, metavar="ADDR", help="control service HOST:PORT")
+    s.add_argument("--control", metavar="ADDR",
+                   help="control service HOST:PORT, or every replica's: HOST:PORT,HOST:PORT,... (the agent fails "
+                        "over between them; default $FERRY_CONTROL)")
     s.add_argument("--host-id", required=True, metavar="ID", help="this host's unique name in the cluster")
     s.add_argument("--store", required=True, metavar="URL",
                    help="file:///PATH or s3://BUCKET[/PREFIX]?endpoint=URL&region=R (same on every host)")
@@ -78,5 +86,7 @@ def add_commands(sub: "argparse._SubParsersAction") -> None:
     s.add_argument("--state-dir", default="/var/lib/ferry/agent", metavar="DIR",
                    help="agent state (default /var/lib/ferry/agent)")
     s.add_argument("--token-file", metavar="FILE", help="file holding the cluster token (else $FERRY_TOKEN)")
+    from control.cli import add_tls_client_args
+    add_tls_client_args(s.add_argument_group("TLS to the control service"))
     s.add_argument("--address", metavar="ADDR", help="address other hosts see for this host (informational)")
     s.set_defaults(fn=cmd_serve)

@@ -178,9 +178,26 @@ class FsdManager:
         return Health.HUNG
 
     # ------------------------------------------------------------ actions
+    async def exists_in_store(self, volume: str) -> bool:
+        """Whether the store holds a live (not removed) volume of that name."""
+        from fsd import volume as vol_mod
+        from fsd.store import open_store
+
+        def run() -> bool:
+            store = open_store(self.store_url)
+            try:
+                return vol_mod.live_volume(store, volume) is not None
+            finally:
+                store.close()
+        try:
+            return await self._thread(run)
+        except Exception as e:  # noqa: BLE001 - StoreError, VolumeError, ...: the message matters
+            raise FsdError(f"cannot read volume {volume!r} on {self.store_url}: {e}") from None
+
     async def mkfs_if_missing(self, volume: str, options: dict[str, str]) -> bool:
         """Create the volume on the store unless it is there already. True if created."""
         from fsd import volume as vol_mod
+        from fsd.format import control_record
         from fsd.format.superblock import mkfs_options
         from fsd.store import open_store
 
@@ -196,11 +213,13 @@ class FsdManager:
                                               "store (removed outside ferry?); remove it (docker volume rm) "
                                               "and create it again")
                 try:
-                    vol_mod.mkfs(store, volume, mkfs_opts)
+                    ref, _sb = vol_mod.mkfs(store, volume, mkfs_opts)
                 except vol_mod.VolumeError:
                     if vol_mod.live_volume(store, volume) is None:     # not created concurrently
                         raise
                     return False
+                # Every option as the control service has it, for `ferry control recover`.
+                store.put(control_record.key(ref.root), control_record.encode(options))
                 return True
             finally:
                 store.close()

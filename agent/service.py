@@ -22,9 +22,10 @@ registry lists under its mount root; nothing running is unmounted by a restart.
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import trio
 
@@ -34,6 +35,7 @@ from agent.http import serve_unix
 from agent.mounts import MountTable, UnknownMount
 from agent.removal_jobs import RemovalAborted, RemovalRunner
 from agent.statefile import StateFile
+from control import protocol
 from control.client import ControlClient, ControlError, Unreachable
 from fsd.format.superblock import DEFAULT_IMAGE_SIZE
 
@@ -57,13 +59,16 @@ class AgentConfig:
     mount_timeout: float = 45.0
     monitor_interval: float = 2.0
     watch_timeout: float = 30.0
+    # How long a Mount waits for a control service that is down (Docker gives a Mount 120 s).
+    control_wait: float = 90.0
+    tls: ssl.SSLContext | None = None   # TLS to the control service (None: plain TCP)
 
 
 class Agent:
     def __init__(self, cfg: AgentConfig, control: Any = None, fsd: FsdManager | None = None) -> None:
         self.cfg = cfg
         self.host = cfg.host_id
-        self.control = control if control is not None else ControlClient(cfg.control, cfg.token)
+        self.control = control if control is not None else ControlClient(cfg.control, cfg.token, tls=cfg.tls or False)
         self.fsd = fsd or FsdManager(cfg.store_url, cfg.cache_dir, cfg.mount_root,
                                      mount_timeout=cfg.mount_timeout)
         self.statefile = StateFile(cfg.state_dir)
@@ -123,7 +128,12 @@ class Agent:
     async def create(self, req: plugin.Create) -> dict[str, Any]:
         """Docker's `volume create`. With `-o from=VOLUME@SNAP|@TIME` the
         control service hands the clone to an agent (maybe this one) and
-        records the volume only once it exists in the store."""
+        records the volume only once it exists in the store. A name the store
+        holds but the control service does not know (its state was lost) is
+        refused: a new empty volume must never replace it, nor adopt it silently."""
+        refusal = await self._store_only(req.name)
+        if refusal:
+            return plugin.err(refusal)
         try:
             await self.control.volume_create(req.name, req.options, {}, wait=max(self.cfg.acquire_wait, 120.0))
         except (ControlError, Unreachable) as e:
@@ -135,6 +145,28 @@ class Agent:
         log.info("host=%s volume=%s created (%s)", self.host, req.name,
                  "formatted on the store" if created else "already on the store")
         return plugin.ok()
+
+    async def _store_only(self, name: str) -> str | None:
+        """Why `name` must not be created, if the store has it and control does not."""
+        try:
+            await self.control.volume_get(name)
+            return None
+        except ControlError as e:
+            if e.code != "not_found":
+                return None              # the create itself reports what is wrong
+        except Unreachable:
+            return None
+        try:
+            in_store = await self.fsd.exists_in_store(name)
+        except FsdError as e:
+            return str(e)
+        if not in_store:
+            return None
+        log.error("host=%s volume=%s exists in the store but not at the control service: refusing to create "
+                  "it (ferry control recover brings it back)", self.host, name)
+        return (f"volume {name!r} exists in the store but the control service does not know it (was the control "
+                f"state lost?): bring it back with `ferry control recover --store {self.fsd.store_url}`, or "
+                f"remove it from the store with `ferry fs rm --store {self.fsd.store_url} {name}` first")
 
     async def remove(self, req: plugin.Remove) -> dict[str, Any]:
         """Docker's `volume rm`: refused while in use anywhere. Otherwise the volume is
@@ -198,10 +230,32 @@ class Agent:
                      self.epochs.get(name))
             return plugin.ok(Mountpoint=mp)
 
+    async def _control_call(self, name: str, what: str, deadline: float, call: Callable[[], Awaitable[Any]]) -> Any:
+        """`call()`, waiting while the control service (or its state store) is down, until
+        `deadline`: a Mount asked during a control outage finishes when control is back."""
+        logged = False
+        while True:
+            try:
+                return await call()
+            except Unreachable as e:
+                why = str(e)
+            except ControlError as e:
+                if e.code != "unavailable" or not e.message.startswith(protocol.STORE_UNAVAILABLE):
+                    raise
+                why = e.message
+            if trio.current_time() + 1 >= deadline:
+                raise Unreachable(f"the control service was unavailable for {self.cfg.control_wait:g}s: {why}")
+            if not logged:
+                log.warning("host=%s volume=%s %s waits for the control service (%s); up to %gs", self.host,
+                            name, what, why, self.cfg.control_wait)
+                logged = True
+            await trio.sleep(1)
+
     async def _ensure_running(self, name: str) -> str | None:
         """Acquire the lease and start fsd (volume lock held). None, or why it failed."""
+        deadline = trio.current_time() + self.cfg.control_wait
         try:
-            vol = await self.control.volume_get(name)
+            vol = await self._control_call(name, "mount", deadline, lambda: self.control.volume_get(name))
         except ControlError as e:
             if e.code == "not_found":
                 return f"volume {name!r} does not exist; create it with: docker volume create -d ferry {name}"
@@ -210,7 +264,9 @@ class Agent:
             return f"cannot mount volume {name!r}: {e}"
         options = dict(vol.get("options") or {})
         try:
-            res = await self.control.lease_acquire(name, self.host, wait=self.cfg.acquire_wait)
+            res = await self._control_call(
+                name, "mount", deadline, lambda: self.control.lease_acquire(
+                    name, self.host, wait=max(1.0, min(self.cfg.acquire_wait, deadline - trio.current_time()))))
         except (ControlError, Unreachable) as e:
             return f"cannot mount volume {name!r}: {getattr(e, 'message', e)}"
         status, owner = res.get("status"), res.get("owner")
@@ -422,7 +478,13 @@ class Agent:
             except ControlError as e:
                 if e.code == "not_found":        # the service does not know us (state reset): register again
                     self.registered = trio.Event()
-                log.warning("host=%s heartbeat refused: %s", self.host, e.message)
+                if e.code == "unavailable" and e.message.startswith(protocol.STORE_UNAVAILABLE):
+                    if not failing:
+                        log.warning("host=%s heartbeat not recorded: %s (mounts keep working; retrying)",
+                                    self.host, e.message)
+                    failing = True
+                else:
+                    log.warning("host=%s heartbeat refused: %s", self.host, e.message)
             except Unreachable as e:
                 if not failing:
                     log.warning("host=%s heartbeat failed: %s (mounts keep working; retrying)", self.host, e)
@@ -563,6 +625,7 @@ class Agent:
         A clone made by an earlier attempt whose answer was lost counts."""
         from fsd import clones
         from fsd import volume as vol_mod
+        from fsd.format import control_record
         from fsd.format.superblock import mkfs_options
         from fsd import snapshots as fsnap
         src = clones.parse_source(source, 0)
@@ -573,7 +636,8 @@ class Agent:
                 return list(sb.origins[0].position)
         if src.snap is None:
             fsnap.flush_local_mount(self.cfg.store_url, src.volume)   # "as last committed" includes this host's writes
-        _ref, sb, _src = clones.create(store, new, src, mkfs_options(options))
+        ref, sb, _src = clones.create(store, new, src, mkfs_options(options))
+        store.put(control_record.key(ref.root), control_record.encode(options))     # for ferry control recover
         log.info("host=%s volume=%s created as a clone of %s", self.host, new, src.describe())
         return list(sb.origins[0].position)
 
