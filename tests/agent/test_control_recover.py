@@ -24,6 +24,7 @@ from control.server import ControlServer
 from control.sqlite_state import SqliteState
 from fsd import removal
 from fsd import volume as vol_mod
+from fsd.format import control_record
 from fsd.store import open_store
 from tests.agent.harness import TOKEN, RunningAgent, agent_config, control_client
 from tests.helpers.mount import write_fsync
@@ -74,6 +75,12 @@ async def test_control_state_rebuilt_from_the_store(nursery, tmp_path, run_dir, 
     assert (await ra.call("/VolumeDriver.Create", {"Name": "pg", "Opts": {"durability": "local"}}))["Err"] == ""
     assert (await ra.call("/VolumeDriver.Create", {"Name": "blk", "Opts": {"layout": "block", "size": "128M"}})
             )["Err"] == ""
+    store = open_store(file_store_url)
+    try:                                           # formatting recorded every option beside the volume
+        ref = vol_mod.live_volume(store, "pg")
+        assert control_record.decode(store.get(control_record.key(ref.root))) == {"durability": "local"}
+    finally:
+        store.close()
     r = await ra.call("/VolumeDriver.Mount", {"Name": "pg", "ID": "c1"})
     assert r["Err"] == "", r
     payload = os.urandom(200_000)
