@@ -30,17 +30,18 @@ import hmac
 import logging
 import ssl
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 import trio
 
-from control import leases, protocol, records, recover, removals, resize, snapshots
+from control import leases, protocol, records, recover, removals, resize, snapshots, waits
 from control.leases import Cluster, Config, Decision, Refused
 from control.listener import Limits, Listener
 from control.protocol import ProtocolError
 from control.state import CasConflict, Compacted, Event, Op, StateError, StateStore
 from control.validate import validate_volume_name, validate_volume_options
 
+T = TypeVar("T")
 log = logging.getLogger("ferry.control")
 log.addFilter(protocol.EscapeArgs())       # callers' strings never forge a log line
 MAX_CONFLICT_RETRIES = 8     # decide again after a lost compare-and-swap, then answer `conflict`
@@ -59,7 +60,7 @@ class _LiveBatch:
 
 class ControlServer:
     def __init__(self, state: StateStore, token: str | None, config: Config | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = trio.current_time, wall: Callable[[], float] = time.time,
                  version: str = "0.1.0", limits: Limits | None = None):
         self.state = state
         # None: no token check - only allowed with mutual TLS (the CLI enforces it).
@@ -311,10 +312,21 @@ class ControlServer:
                 await trio.sleep(self.tick)
 
     async def _wait_change(self, deadline: float) -> None:
-        """Sleep until the state changes, a tick passes, or `deadline` (trio clock)."""
+        """Sleep until the state changes, a tick passes, or `deadline`."""
         ev = self._changed
-        with trio.move_on_at(min(deadline, trio.current_time() + self.tick)):
+        with trio.move_on_at(min(deadline, self.clock() + self.tick)):
             await ev.wait()
+
+    async def _wait_for(self, check: Callable[[Cluster, float], T | None], wait: float) -> T | None:
+        """The one wait of every waiting request: `check(cluster, now)` again each time
+        the state changes or a tick passes (the tick catches expiry, which is time
+        passing, not a change), until it answers or `wait` seconds are over (None)."""
+        deadline = self.clock() + wait
+        while True:
+            res = check(self.cluster, self.clock())
+            if res is not None or self.clock() >= deadline:
+                return res
+            await self._wait_change(deadline)
 
     async def sweep(self) -> None:
         """Forget expired move requests and log hosts going silent, forever."""
@@ -387,16 +399,11 @@ class ControlServer:
         res = await self._mutate(lambda c, now: removals.request_removal(c, name, requester, now))
         log.info("volume removal requested volume=%s by=%s assigned to host=%s", name, requester or "cli",
                  res["host"])
-        deadline = trio.current_time() + a["wait"]
-        while a["wait"] > 0:
-            v = self.cluster.volumes.get(name)
-            if v is None or v.removing is None:
-                break
-            if trio.current_time() >= deadline:
-                return {**res, "status": "removing", "host": v.removing or None,
-                        "message": f"host {v.removing or '(none alive)'} has not fenced the volume in the "
-                                   f"store yet; it stays marked for removal and is finished by a live host"}
-            await self._wait_change(deadline)
+        if a["wait"] > 0 and await self._wait_for(lambda c, now: waits.removal_outcome(c, name), a["wait"]) is None:
+            v = self._volume(name)
+            return {**res, "status": "removing", "host": v.removing or None,
+                    "message": f"host {v.removing or '(none alive)'} has not fenced the volume in the "
+                               f"store yet; it stays marked for removal and is finished by a live host"}
         v = self.cluster.volumes.get(name)
         if v is not None and v.removing is None:
             raise Refused("busy", f"volume {name!r} is in use on host {res['host']}; nothing was removed")
@@ -445,12 +452,9 @@ class ControlServer:
     async def _answer(self, volume: str, snap: str, seq: int, wait: float, late: str) -> dict[str, Any]:
         """The agent's answer to snapshot/clone job `seq`; after `wait` s the
         job is dropped (a late answer is ignored) and Refused("unavailable")."""
-        deadline = trio.current_time() + wait
-        while seq not in self.cluster.snap_results:
-            if trio.current_time() >= deadline:
-                await self._mutate(lambda c, now: snapshots.give_up(c, volume, snap, seq))
-                raise Refused("unavailable", f"{late}; nothing was recorded (retry)")
-            await self._wait_change(deadline)
+        if await self._wait_for(lambda c, now: waits.job_answer(c, seq), wait) is None:
+            await self._mutate(lambda c, now: snapshots.give_up(c, volume, snap, seq))
+            raise Refused("unavailable", f"{late}; nothing was recorded (retry)")
         answer = self.cluster.snap_results.pop(seq)
         with contextlib.suppress(StateError, Refused):
             await self._mutate(lambda c, now: Decision(del_results=[seq]))
@@ -534,23 +538,9 @@ class ControlServer:
         if res["status"] != "pending":
             return res
         seq, owner = res["move_seq"], res["owner"]
-        deadline = trio.current_time() + wait
-        while True:
-            c = self.cluster
-            self._volume(name)
-            lease = c.leases.get(name)
-            if lease is None or lease.host != owner:
-                return {"status": "released", "owner": None if lease is None else lease.host, "from": owner}
-            if not c.alive(owner, self.clock()):
-                return {"status": "free", "owner": None,
-                        "message": f"host {owner!r} stopped heartbeating; its lease expired"}
-            m = c.moves.get(name)
-            if m is None or m.seq != seq:
-                return {"status": "busy", "owner": owner,
-                        "message": f"host {owner!r} refused to release volume {name!r} (in use there)"}
-            if trio.current_time() >= deadline:
-                return {**res, "message": f"host {owner!r} did not answer within {wait:g}s"}
-            await self._wait_change(deadline)
+        out = await self._wait_for(lambda c, now: waits.move_outcome(c, name, owner, seq, now), wait)
+        self._volume(name)
+        return out or {**res, "message": f"host {owner!r} did not answer within {wait:g}s"}
 
     async def _await_owner_fate(self, vol: str, host: str, busy: dict[str, Any], wait: float) -> dict[str, Any]:
         """The volume is in use on its owner. A live owner proves it with its
@@ -559,24 +549,21 @@ class ControlServer:
         storage-level seal). This is what makes a Mount issued right after a
         host died succeed after the TTL instead of failing at once."""
         owner = busy["owner"]
-        c = self.cluster
-        heard_before = c.last_heard.get(owner)
-        deadline = trio.current_time() + wait
+        heard_before = self.cluster.last_heard.get(owner)
         logged = False
-        while trio.current_time() < deadline:
-            await self._wait_change(deadline)
-            c, now = self.cluster, self.clock()
-            lease = c.leases.get(vol)
-            if lease is None or lease.host != owner or not c.alive(owner, now):
-                res = await self._mutate(lambda c, now: leases.acquire(c, vol, host, now, 0.0))
-                self._log_acquire(vol, host, res)
-                return res
-            if c.last_heard.get(owner) != heard_before:
-                return busy       # it spoke up: really in use there
-            if not logged and c.suspect(owner, now):
+
+        def fate(c: Cluster, now: float) -> str | None:
+            nonlocal logged
+            out = waits.owner_fate(c, vol, owner, heard_before, now)
+            if out is None and not logged and c.suspect(owner, now):
                 log.info("volume=%s: owner %s is silent; host %s waits for its lease to expire", vol, owner, host)
                 logged = True
-        return busy
+            return out
+        if await self._wait_for(fate, wait) == waits.ACQUIRE:
+            res = await self._mutate(lambda c, now: leases.acquire(c, vol, host, now, 0.0))
+            self._log_acquire(vol, host, res)
+            return res
+        return busy        # it spoke up (really in use there), or the wait is over
 
     async def op_host_register(self, a: dict[str, Any]) -> Any:
         host = a["host_id"]
@@ -615,14 +602,14 @@ class ControlServer:
         host = a["host_id"]
         if host not in self.cluster.hosts:
             raise Refused("not_found", f"host {host!r} is not registered; register it first")
-        deadline = trio.current_time() + a["timeout"]
+        deadline = self.clock() + a["timeout"]
         running = {(j["name"], j["root"]) for j in a["running"]}
         while True:
             jobs = await self._mutate(lambda c, now: removals.claim_jobs(c, host, now))
             moves = self.cluster.moves_for(host, self.clock())
             new_jobs = [j for j in jobs if (j["name"], j["root"]) not in running]
             snaps = [j for j in snapshots.jobs_for(self.cluster, host) if j["seq"] > a["snap_after"]]
-            if moves or new_jobs or snaps or trio.current_time() >= deadline:
+            if moves or new_jobs or snaps or self.clock() >= deadline:
                 return {"moves": moves, "removals": jobs, "snapshots": snaps}
             await self._wait_change(deadline)
 
@@ -635,26 +622,18 @@ class ControlServer:
         if res["status"] != "pending" or wait <= 0:
             return res
         seq = res["move_seq"]
-        deadline = trio.current_time() + wait
-        while True:
-            await self._wait_change(deadline)
-            c, now = self.cluster, self.clock()
-            self._volume(vol)
-            lease = c.leases.get(vol)
-            if lease is None or lease.host is None or lease.host == host or not c.alive(lease.host, now):
-                res = await self._mutate(lambda c, now: leases.acquire(c, vol, host, now, 0.0))
-                self._log_acquire(vol, host, res)
-                return res
-            m = c.moves.get(vol)
-            if m is None or m.seq != seq or m.to != host or lease.in_use:
-                res = {"status": "busy", "owner": lease.host, "takeover": False, "epoch": lease.epoch,
-                       "generation": lease.generation,
-                       "message": f"volume {vol!r} is in use on host {lease.host!r} (it refused the move)"}
-                self._log_acquire(vol, host, res)
-                return res
-            if trio.current_time() >= deadline:
-                return {**res, "message": f"host {lease.host!r} did not answer the move within {wait:g}s; "
-                                          "retry, or wait for its lease to expire if it is down"}
+        out = await self._wait_for(lambda c, now: waits.pending_acquire_outcome(c, vol, host, seq, now), wait)
+        self._volume(vol)
+        if out == waits.ACQUIRE:
+            res = await self._mutate(lambda c, now: leases.acquire(c, vol, host, now, 0.0))
+        elif isinstance(out, dict):
+            res = out
+        else:
+            lease = self.cluster.leases.get(vol)
+            return {**res, "message": f"host {lease.host if lease else res.get('owner')!r} did not answer the "
+                                      f"move within {wait:g}s; retry, or wait for its lease to expire if it is down"}
+        self._log_acquire(vol, host, res)
+        return res
 
     def _log_acquire(self, vol: str, host: str, res: dict[str, Any]) -> None:
         log.info("lease %s volume=%s host=%s owner=%s takeover=%s generation=%s", res["status"], vol, host,

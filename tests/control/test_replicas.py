@@ -51,20 +51,27 @@ class Replicas:
 
     async def start(self, n: int = 3) -> None:
         for _ in range(n):
-            state = EtcdState(self.etcd.endpoints, prefix=self.prefix, options=EtcdOptions(timeout=5.0))
-            server = ControlServer(state, TOKEN, Config(ttl=TTL, heartbeat=HB))
-            scope = trio.CancelScope()
+            self.ports.append(0)
+            self.servers.append(None)        # type: ignore[arg-type]
+            self.scopes.append(trio.CancelScope())
+            await self.restart(len(self.ports) - 1)
 
-            async def run(task_status=trio.TASK_STATUS_IGNORED, server=server, scope=scope, state=state):
-                with scope:
-                    try:
-                        await server.serve("127.0.0.1", 0, task_status=task_status)
-                    finally:
-                        with trio.CancelScope(shield=True):
-                            await state.aclose()
-            self.ports.append(await self.nursery.start(run))
-            self.servers.append(server)
-            self.scopes.append(scope)
+    async def restart(self, i: int) -> None:
+        """(Re)start replica i, on its old port if it had one."""
+        state = EtcdState(self.etcd.endpoints, prefix=self.prefix, options=EtcdOptions(timeout=5.0))
+        server = ControlServer(state, TOKEN, Config(ttl=TTL, heartbeat=HB))
+        scope = trio.CancelScope()
+
+        async def run(task_status=trio.TASK_STATUS_IGNORED):
+            with scope:
+                try:
+                    await server.serve("127.0.0.1", self.ports[i], task_status=task_status)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await state.aclose()
+        self.ports[i] = await self.nursery.start(run)
+        self.servers[i] = server
+        self.scopes[i] = scope
 
     def addr(self, i: int) -> str:
         return f"127.0.0.1:{self.ports[i]}"

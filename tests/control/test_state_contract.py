@@ -1,7 +1,8 @@
 """The state-store contract (control/state.py), held against both backends:
 SQLite and a real etcd (Debian's etcd-server) through its JSON gateway.
 
-Every test runs twice, `[sqlite]` and `[etcd]`; the server is written
+Every test runs for `[sqlite]`, `[etcd]` and `[memory]` (the tests'
+thread-free store, for MockClock tests); the server is written
 against this contract alone, so a backend that passes here can carry it.
 """
 from __future__ import annotations
@@ -16,11 +17,14 @@ import trio
 from control.etcd_state import EtcdState, parse_etcd_url
 from control.sqlite_state import SqliteState
 from control.state import ANY, NEW, CasConflict, Compacted, Op, open_state
+from tests.helpers.memstate import MemoryState
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
+@pytest.fixture(params=["sqlite", "etcd", "memory"])
 async def st(request, tmp_path):
-    if request.param == "sqlite":
+    if request.param == "memory":
+        s = MemoryState()               # the tests' thread-free store (tests/helpers/memstate.py)
+    elif request.param == "sqlite":
         s = SqliteState(tmp_path / "c.db")
     else:
         cluster = request.getfixturevalue("etcd1")
