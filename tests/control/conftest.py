@@ -21,6 +21,19 @@ class Running:
         return ControlClient(self.addr, token, **kw)
 
 
+@pytest.fixture(scope="session")
+def etcd3(tmp_path_factory):
+    """A three-member etcd cluster (Debian's etcd-server) for the replica tests; a
+    test that kills members leaves them to the next test's `ha` fixture to restart."""
+    from tests.helpers.etcd import EtcdCluster
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd3"), members=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @pytest.fixture
 async def control(nursery, tmp_path):
     """A control service with a short TTL (2 s, heartbeat 0.5 s) on a free port."""

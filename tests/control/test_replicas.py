@@ -30,16 +30,6 @@ pytestmark = pytest.mark.skipif(etcd_binary() is None, reason="etcd-server is no
 TTL, HB = 4.0, 1.0
 
 
-@pytest.fixture(scope="module")
-def etcd3(tmp_path_factory):
-    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd3"), members=3)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 class Replicas:
     def __init__(self, nursery: trio.Nursery, etcd: EtcdCluster, prefix: str):
         self.nursery = nursery

@@ -30,7 +30,7 @@ from control.client import ControlClient, ControlError, Unreachable
 from tests.helpers.etcd import etcd_binary
 
 from .conftest import TOKEN
-from .test_replicas import HB, TTL, Replicas, etcd3  # noqa: F401 - etcd3 is a fixture
+from .test_replicas import HB, TTL, Replicas
 
 pytestmark = pytest.mark.skipif(etcd_binary() is None, reason="etcd-server is not installed")
 
