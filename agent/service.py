@@ -34,6 +34,7 @@ from agent.fsd_proc import FsdError, FsdManager, Health
 from agent.http import serve_unix
 from agent.mounts import MountTable, UnknownMount
 from agent.removal_jobs import RemovalAborted, RemovalRunner
+from agent.store_jobs import StoreJobs
 from agent.statefile import StateFile
 from control import protocol
 from control.client import ControlClient, ControlError, Unreachable
@@ -84,6 +85,7 @@ class Agent:
         self._moving: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self.removals = RemovalRunner(self.host, cfg.store_url, self.control, self._lock, self.table_in_use)
+        self.jobs = StoreJobs(self.host, cfg.store_url, self.control, self.fsd)
         self._snap_seen = 0              # highest snapshot job number taken from host.watch
 
     # ================================================================ helpers
@@ -263,10 +265,22 @@ class Agent:
         except Unreachable as e:
             return f"cannot mount volume {name!r}: {e}"
         options = dict(vol.get("options") or {})
-        try:
-            res = await self._control_call(
+
+        async def acquire() -> Any:
+            return await self._control_call(
                 name, "mount", deadline, lambda: self.control.lease_acquire(
                     name, self.host, wait=max(1.0, min(self.cfg.acquire_wait, deadline - trio.current_time()))))
+        try:
+            try:
+                res = await acquire()
+            except ControlError as e:
+                if e.code != "not_found":
+                    raise
+                # The volume exists, so it is this host the service does not know (its state was
+                # lost or restored): register now rather than fail the Mount, then ask again.
+                await self.control.host_register(self.host, self.cfg.address, VERSION)
+                self.kick_heartbeat()
+                res = await acquire()
         except (ControlError, Unreachable) as e:
             return f"cannot mount volume {name!r}: {getattr(e, 'message', e)}"
         status, owner = res.get("status"), res.get("owner")
@@ -541,7 +555,7 @@ class Agent:
                 if isinstance(sj, dict) and isinstance(sj.get("seq"), int) and sj["seq"] > self._snap_seen:
                     self._snap_seen = sj["seq"]
                     if self._nursery is not None:
-                        self._nursery.start_soon(self._snapshot_job, sj)
+                        self._nursery.start_soon(self.jobs.run, sj)
             if moves and not new and not jobs:
                 await trio.sleep(0.2)        # moves in progress: don't spin on the long poll
 
@@ -550,96 +564,6 @@ class Agent:
             return
         self._moving.add(volume)
         self._nursery.start_soon(self._handle_move, volume, str(to))
-
-    async def _snapshot_job(self, job: dict[str, Any]) -> None:
-        """Create or remove a snapshot in the store for the control service
-        (control/snapshots.py). A volume mounted here is committed first."""
-        from fsd import snapshots as fsnap
-        from fsd.store import open_store
-        volume, snap, op = str(job["volume"]), str(job["snap"]), job.get("op")
-        if op == "resize":
-            await self._resize_job(job)
-            return
-
-        def run() -> list[int] | None:
-            store = open_store(self.cfg.store_url)
-            try:
-                if op == "clone":
-                    return self._make_clone(store, volume, snap, dict(job.get("options") or {}))
-                if op == "create":
-                    fsnap.flush_local_mount(self.cfg.store_url, volume)
-                    return list(fsnap.create(store, volume, snap).position)
-                try:
-                    fsnap.remove(store, volume, snap)
-                except fsnap.SnapshotError:
-                    pass                  # gone already: what was asked holds
-                return None
-            finally:
-                store.close()
-        error: str | None = None
-        position = None
-        try:
-            position = await trio.to_thread.run_sync(run)
-        except Exception as e:  # noqa: BLE001 - the message goes back to the requester
-            error = f"{type(e).__name__}: {e}" if not str(e) else str(e)
-            log.warning("host=%s volume=%s snapshot %s %s failed: %s", self.host, volume, op, snap, error)
-        else:
-            log.info("host=%s volume=%s snapshot %s %s done", self.host, volume, snap, op)
-        try:
-            await self.control.snapshot_done(volume, snap, self.host, job["seq"], error, position)
-        except (ControlError, Unreachable) as e:
-            log.warning("host=%s volume=%s cannot report snapshot %s: %s", self.host, volume, snap, e)
-
-    async def _resize_job(self, job: dict[str, Any]) -> None:
-        """Grow a block volume mounted here, online (control/resize.py): the
-        image, the loop device, the kernel filesystem. Not mounted here (any
-        more): nothing to do now, the recorded size applies at its next mount."""
-        from fsd import blockstack
-        volume = str(job["volume"])
-        size = int((job.get("options") or {}).get("size", 0))
-        target, fuse_mp = self.fsd.mountpoint(volume), blockstack.fuse_mountpoint(self.fsd.cache_dir(volume))
-
-        def run() -> str:
-            if not (blockstack.mounted(target) and blockstack.mounted(fuse_mp)):
-                return "not mounted on this host now: it takes the new size at its next mount"
-            old, new, now = blockstack.grow(fuse_mp, target, size, volume)
-            if not now:
-                return (f"the image grew from {old} to {new} bytes; ext4 takes it at the next mount (growing it "
-                        "while mounted needs CAP_SYS_RESOURCE, which this agent lacks)")
-            return f"grown online from {old} to {new} bytes"
-        error = note = None
-        try:
-            note = await trio.to_thread.run_sync(run)
-        except Exception as e:  # noqa: BLE001 - the message goes back to the requester
-            error = str(e) or type(e).__name__
-            log.warning("host=%s volume=%s resize to %d failed: %s", self.host, volume, size, error)
-        else:
-            log.info("host=%s volume=%s resize to %d: %s", self.host, volume, size, note)
-        try:
-            await self.control.snapshot_done(volume, str(job["snap"]), self.host, job["seq"], error, None, note)
-        except (ControlError, Unreachable) as e:
-            log.warning("host=%s volume=%s cannot report the resize: %s", self.host, volume, e)
-
-    def _make_clone(self, store: Any, new: str, source: str, options: dict[str, str]) -> list[int]:
-        """Worker thread: the store part of `volume create NEW -o from=SOURCE`.
-        A clone made by an earlier attempt whose answer was lost counts."""
-        from fsd import clones
-        from fsd import volume as vol_mod
-        from fsd.format import control_record
-        from fsd.format.superblock import mkfs_options
-        from fsd import snapshots as fsnap
-        src = clones.parse_source(source, 0)
-        ref = vol_mod.live_volume(store, new)
-        if ref is not None:
-            sb = vol_mod.read_superblock(store, ref)
-            if sb.origins and sb.origins[0].name == src.volume:
-                return list(sb.origins[0].position)
-        if src.snap is None:
-            fsnap.flush_local_mount(self.cfg.store_url, src.volume)   # "as last committed" includes this host's writes
-        ref, sb, _src = clones.create(store, new, src, mkfs_options(options))
-        store.put(control_record.key(ref.root), control_record.encode(options))     # for ferry control recover
-        log.info("host=%s volume=%s created as a clone of %s", self.host, new, src.describe())
-        return list(sb.origins[0].position)
 
     def _start_removal(self, name: str, root: str | None) -> None:
         if self._nursery is not None:
