@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fsd import clones, snapshots  # noqa: E402
 from fsd import volume as vol_mod  # noqa: E402
 from fsd.format import control_record  # noqa: E402
+from fsd.format.superblock import mkfs_options  # noqa: E402
 from fsd.store import open_store  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
@@ -78,7 +79,7 @@ def main() -> None:
                     ref, _sb, _ = clones.create(store, name, src, {})
                     opts = {"from": f"vol{i - 9:05d}@s1"}
                 else:
-                    ref, _sb = vol_mod.mkfs(store, name, opts)
+                    ref, _sb = vol_mod.mkfs(store, name, mkfs_options(opts))
                 store.put(control_record.key(ref.root), control_record.encode(opts))
                 if i % 10 == 0:
                     snapshots.create(store, name, "s1")
