@@ -41,6 +41,7 @@ from control.client import ControlClient, ControlError, Unreachable
 from fsd.format.superblock import DEFAULT_IMAGE_SIZE
 
 log = logging.getLogger("ferry.agent")
+STORE_ONLY_RECHECK = 3.0     # s: how long a create elsewhere may take to reach control (store first)
 VERSION = "0.1.0"
 
 
@@ -163,6 +164,17 @@ class Agent:
         except FsdError as e:
             return str(e)
         if not in_store:
+            return None
+        # Another node may be creating it right now (Swarm creates on every node;
+        # a clone is in the store before control records it): ask control again.
+        await trio.sleep(STORE_ONLY_RECHECK)
+        try:
+            await self.control.volume_get(name)
+            return None
+        except ControlError as e:
+            if e.code != "not_found":
+                return None
+        except Unreachable:
             return None
         log.error("host=%s volume=%s exists in the store but not at the control service: refusing to create "
                   "it (ferry control recover brings it back)", self.host, name)

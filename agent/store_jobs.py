@@ -62,10 +62,7 @@ class StoreJobs:
             log.warning("host=%s volume=%s snapshot %s %s failed: %s", self.host, volume, op, snap, error)
         else:
             log.info("host=%s volume=%s snapshot %s %s done", self.host, volume, snap, op)
-        try:
-            await self.control.snapshot_done(volume, snap, self.host, job["seq"], error, position)
-        except (ControlError, Unreachable) as e:
-            log.warning("host=%s volume=%s cannot report snapshot %s: %s", self.host, volume, snap, e)
+        await self._report(volume, snap, job["seq"], error, position, None)
 
     async def _resize_job(self, job: dict[str, Any]) -> None:
         """Grow a block volume mounted here, online (control/resize.py): the
@@ -92,10 +89,30 @@ class StoreJobs:
             log.warning("host=%s volume=%s resize to %d failed: %s", self.host, volume, size, error)
         else:
             log.info("host=%s volume=%s resize to %d: %s", self.host, volume, size, note)
-        try:
-            await self.control.snapshot_done(volume, str(job["snap"]), self.host, job["seq"], error, None, note)
-        except (ControlError, Unreachable) as e:
-            log.warning("host=%s volume=%s cannot report the resize: %s", self.host, volume, e)
+        await self._report(volume, str(job["snap"]), job["seq"], error, None, note)
+
+    async def _report(self, volume: str, snap: str, seq: int, error: str | None, position: list[int] | None,
+                      note: str | None) -> None:
+        """Answer the job, trying again for a while if the control service is down
+        (the requester waits up to its own deadline; a job never answered is
+        dropped by the control service)."""
+        delay = 1.0
+        for attempt in range(6):
+            try:
+                await self.control.snapshot_done(volume, snap, self.host, seq, error, position, note)
+                return
+            except ControlError as e:
+                if e.code != "unavailable":
+                    log.warning("host=%s volume=%s answer to job %s refused: %s", self.host, volume, seq, e)
+                    return
+                why = e.message
+            except Unreachable as e:
+                why = str(e)
+            if attempt == 5:
+                log.warning("host=%s volume=%s cannot answer job %s: %s", self.host, volume, seq, why)
+                return
+            await trio.sleep(delay)
+            delay *= 2
 
     def _make_clone(self, store: Any, new: str, source: str, options: dict[str, str]) -> list[int]:
         """Worker thread: the store part of `volume create NEW -o from=SOURCE`.

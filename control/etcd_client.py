@@ -183,6 +183,7 @@ class EtcdClient:
                 if not self._retryable(err):
                     raise err
                 last = err
+                self._rotate(i)            # a member without a leader (partitioned): ask another
             except (httpx.TransportError, trio.TooSlowError) as e:
                 last = e
                 self._rotate(i)
@@ -225,7 +226,9 @@ class EtcdClient:
         body = {"create_request": {"key": b64(key), "range_end": b64(range_end),
                                    "start_revision": str(start_revision)}}
         try:
-            headers = await self._headers()
+            # Only a member that has a leader may serve the watch: one cut off from the
+            # quorum would just stay quiet (etcd's "require leader" gRPC metadata).
+            headers = {**await self._headers(), "Grpc-Metadata-Hasleader": "true"}
             timeout = httpx.Timeout(self.options.timeout, read=idle_timeout)
             async with self._http.stream("POST", self.endpoints[i] + "/v3/watch", json=body, headers=headers,
                                          timeout=timeout) as r:
@@ -249,7 +252,8 @@ class EtcdClient:
                     if res.get("events"):
                         yield res
         except httpx.ReadTimeout:
-            return            # quiet for idle_timeout: the caller watches again, perhaps elsewhere
+            self._rotate(i)
+            return            # quiet for idle_timeout: the caller watches again, on another member
         except httpx.TransportError as e:
             self._rotate(i)
             raise EtcdUnavailable(f"etcd watch on {self.endpoints[i]} broke: {type(e).__name__}: {e}") from None

@@ -129,15 +129,22 @@ class Lease:
     generation: int
     epoch: int | None = None
     in_use: bool = False
+    # A grant that took the volume over from a dead host, until the new holder
+    # reports the epoch it claimed: an acquire it repeats (its answer was lost)
+    # must still say "take over", or its daemon would refuse the unsealed epoch.
+    takeover_from: str | None = None
+    previous_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"volume": self.volume, "host": self.host, "generation": self.generation,
-                "epoch": self.epoch, "in_use": self.in_use}
+                "epoch": self.epoch, "in_use": self.in_use, "takeover_from": self.takeover_from,
+                "previous_epoch": self.previous_epoch}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Lease":
         return cls(volume=d["volume"], host=d["host"], generation=int(d["generation"]),
-                   epoch=d["epoch"], in_use=bool(d["in_use"]))
+                   epoch=d["epoch"], in_use=bool(d["in_use"]), takeover_from=d.get("takeover_from"),
+                   previous_epoch=d.get("previous_epoch"))
 
 
 @dataclass(frozen=True)
@@ -415,7 +422,9 @@ def heartbeat(c: Cluster, host_id: str, reports: list[VolumeReport], now: float,
             continue
         if lease.in_use != r.in_use or (r.epoch is not None and lease.epoch != r.epoch):
             d.lazy_leases.append(replace(lease, in_use=r.in_use,
-                                        epoch=r.epoch if r.epoch is not None else lease.epoch))
+                                        epoch=r.epoch if r.epoch is not None else lease.epoch,
+                                        **({"takeover_from": None, "previous_epoch": None}
+                                           if r.epoch is not None else {})))
         d.lags[r.name] = r.upload_lag_s
         if r.last_gc is not None:
             d.last_gc[r.name] = r.last_gc
@@ -428,7 +437,9 @@ def heartbeat(c: Cluster, host_id: str, reports: list[VolumeReport], now: float,
 def _grant(c: Cluster, lease: Lease | None, volume: str, host_id: str, now: float,
            takeover: bool, previous: str | None) -> Decision:
     gen = (lease.generation if lease else 0) + 1
-    new = Lease(volume=volume, host=host_id, generation=gen, epoch=None, in_use=False)
+    new = Lease(volume=volume, host=host_id, generation=gen, epoch=None, in_use=False,
+                takeover_from=previous if takeover else None,
+                previous_epoch=lease.epoch if takeover and lease else None)
     d = Decision(put_leases=[new], heard={host_id: now}, silent=[previous] if takeover and previous else [])
     if volume in c.moves:
         d.del_moves.append(volume)
@@ -451,11 +462,14 @@ def acquire(c: Cluster, volume: str, host_id: str, now: float, wait: float = 0.0
     if lease is None or lease.host is None:
         return _grant(c, lease, volume, host_id, now, takeover=False, previous=None)
     if lease.host == host_id:
+        # Asked again (its answer was lost, or a retry on another replica): the same
+        # answer, a pending takeover included. A move away from us stays until we
+        # release or refuse it.
         d = Decision(heard={host_id: now})
-        if volume in c.moves and c.moves[volume].to != host_id:
-            pass    # a move away from us stays until we release or refuse it
-        d.result = {"status": "granted", "owner": host_id, "takeover": False, "epoch": lease.epoch,
-                    "previous_epoch": None, "previous_owner": None, "generation": lease.generation}
+        pending = lease.epoch is None and lease.takeover_from is not None
+        d.result = {"status": "granted", "owner": host_id, "takeover": pending, "epoch": lease.epoch,
+                    "previous_epoch": lease.previous_epoch if pending else None,
+                    "previous_owner": lease.takeover_from if pending else None, "generation": lease.generation}
         return d
     owner = lease.host
     if not c.alive(owner, now):
@@ -493,7 +507,7 @@ def release(c: Cluster, volume: str, host_id: str, epoch: int | None, now: float
     if epoch is not None and lease.epoch is not None and epoch != lease.epoch:
         raise Refused("conflict", f"volume {volume!r}: release names epoch {epoch} but the lease is at "
                                   f"epoch {lease.epoch}; nothing released")
-    d.put_leases.append(replace(lease, host=None, in_use=False))
+    d.put_leases.append(replace(lease, host=None, in_use=False, takeover_from=None, previous_epoch=None))
     d.lags[volume] = None
     # A pending move stays: its requester (waiting in acquire) now gets the lease.
     d.result = {"released": True}

@@ -76,20 +76,28 @@ class Listener:
         # Unauthenticated connections, oldest first: a new one pushes the oldest out
         # when they are all taken (a real client proves its token within
         # milliseconds of connecting, an attacker's idle sockets are the old ones).
-        self._waiting: dict[int, trio.CancelScope] = {}
+        self._waiting: dict[int, _Conn] = {}
         self._ids = 0
 
     def _admit(self) -> bool:
+        """Room for one more connection? When the unauthenticated ones are all taken,
+        the oldest that is not in the middle of a request makes room (a request in
+        progress may be a real client's first: never cut it); if every one is busy,
+        the new connection is closed."""
         lim = self.limits
-        if self.unauthenticated >= lim.max_unauthenticated and self._waiting:
-            oldest = next(iter(self._waiting))
-            self._waiting.pop(oldest).cancel()
-            self.refused_connections += 1
-            self._log_full("dropping the oldest unauthenticated connection for a new one")
         if self.connections >= lim.max_connections:
             self.refused_connections += 1
             self._log_full("closing new connections")
             return False
+        if self.unauthenticated >= lim.max_unauthenticated:
+            oldest = next((c for c in self._waiting.values() if not c.busy), None)
+            self.refused_connections += 1
+            if oldest is None:
+                self._log_full("closing new connections (every unauthenticated one has a request running)")
+                return False
+            del self._waiting[oldest.id]
+            oldest.scope.cancel()
+            self._log_full("dropping the oldest idle unauthenticated connection for a new one")
         return True
 
     def _log_full(self, what: str) -> None:
@@ -99,8 +107,10 @@ class Listener:
             log.warning("control service full (%d connections, %d not yet authenticated): %s; %d so far",
                         self.connections, self.unauthenticated, what, self.refused_connections)
 
-    async def serve_stream(self, stream: trio.abc.Stream, peer: str) -> None:
-        """Serve one connection until EOF, garbage, a limit, or a deadline."""
+    async def serve_stream(self, stream: trio.abc.Stream, peer: str,
+                           prepare: Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]] | None = None) -> None:
+        """Serve one connection until EOF, garbage, a limit, or a deadline. `prepare`
+        (a TLS handshake) runs first, counted and bounded like the rest."""
         if not self._admit():
             await trio.aclose_forcefully(stream)
             return
@@ -111,9 +121,15 @@ class Listener:
                                      else self.limits.max_unauth_frame))
         if not conn.authed:
             self.unauthenticated += 1
-            self._waiting[conn.id] = conn.scope
+            self._waiting[conn.id] = conn
         try:
             with conn.scope:
+                if prepare is not None:
+                    with trio.move_on_after(self.limits.auth_deadline) as handshake:
+                        stream = await prepare(stream)
+                    if handshake.cancelled_caught:
+                        log.info("control connection from %s closed: no TLS handshake in time", peer)
+                        return
                 await self._serve(stream, conn)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
             pass
@@ -163,7 +179,11 @@ class Listener:
                 buf.feed(data)
                 continue
             frame_started = None
-            resp, token_ok = await self.handle(body)
+            conn.busy = True
+            try:
+                resp, token_ok = await self.handle(body)
+            finally:
+                conn.busy = False
             try:
                 frame = protocol.encode_frame(resp)
             except (FrameError, TypeError, ValueError) as e:
@@ -196,3 +216,4 @@ class _Conn:
     authed: bool
     buf: FrameBuffer
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    busy: bool = False             # a request is being handled

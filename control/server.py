@@ -45,8 +45,10 @@ T = TypeVar("T")
 log = logging.getLogger("ferry.control")
 log.addFilter(protocol.EscapeArgs())       # callers' strings never forge a log line
 MAX_CONFLICT_RETRIES = 8     # decide again after a lost compare-and-swap, then answer `conflict`
+MAX_TXN_OPS = 100            # etcd's default --max-txn-ops is 128
 COMPACT_PERIOD = 300.0       # the store keeps this much history (seconds) for watches that fall behind
 UNREAD_ANSWER_TTL = 60.0     # a job's answer its requester never read (its replica died) is dropped
+JOB_TTL = protocol.MAX_WAIT + 60.0   # a job nobody can still be waiting for (requests wait at most MAX_WAIT)
 
 
 class _LiveBatch:
@@ -159,17 +161,22 @@ class ControlServer:
         for h in self.cluster.hosts:
             self.cluster.last_heard[h] = now
 
-    async def _caught_up(self, revision: int, timeout: float = 5.0) -> None:
-        """Wait until the copy has seen store revision `revision` (or give up)."""
-        with trio.move_on_after(timeout):
-            while self._watched < revision:
-                ev = self._changed
-                with trio.move_on_after(self.tick):
-                    await ev.wait()
-
-    async def _sync(self) -> None:
-        """Catch the copy up with everything the store holds right now."""
-        await self._caught_up(await self.state.revision())
+    async def _refresh(self, keys: list[str]) -> None:
+        """Read `keys` from the store and put what is newer than the copy's into it:
+        the copy catches up on exactly what a decision depends on, without waiting
+        for the watch (whose revisions, on an etcd shared with other prefixes, need
+        not reach the store's global revision soon)."""
+        for key in keys:
+            got = await self.state.get(key)
+            known = max(self._revs.get(key, 0), self._tombs.get(key, 0))
+            if got is None:
+                if key in self._revs:          # deleted since: the watch will say when; the copy follows now
+                    records.apply_row(self.cluster, key, None, self.clock())
+                    self._tombs[key] = self._revs.pop(key)
+            elif got[1] > known:
+                records.apply_row(self.cluster, key, got[0], self.clock())
+                self._revs[key] = got[1]
+        self._notify()
 
     def _notify(self) -> None:
         self._changed.set()
@@ -194,20 +201,29 @@ class ControlServer:
                     self._store_trouble()
                     raise
                 else:
-                    self._applied(ops, rev)
-                    return self._apply(d)
-            await self._caught_up(conflict.revision or self._watched + 1)
+                    newer = self._applied(ops, rev)
+                    result = self._apply(d)
+                    if newer:           # the watch brought later writes of these keys meanwhile: keep them
+                        await self._refresh(newer)
+                    return result
+                await self._refresh([conflict.key])
         raise Refused("conflict", "the control state kept changing during the request; retry it")
 
-    def _applied(self, ops: list[Op], rev: int) -> None:
+    def _applied(self, ops: list[Op], rev: int) -> list[str]:
+        """Note our own write at `rev`; never move a key's revision backwards. Returns
+        the keys the copy already holds a later write of (seen by the watch meanwhile)."""
+        newer = []
         for op in ops:
             if op.check:
                 continue
-            if op.delete:
+            if max(self._revs.get(op.key, 0), self._tombs.get(op.key, 0)) > rev:
+                newer.append(op.key)
+            elif op.delete:
                 self._revs.pop(op.key, None)
                 self._tombs[op.key] = rev
             else:
                 self._revs[op.key] = rev
+        return newer
 
     def _apply(self, d: Decision) -> Any:
         self.cluster.apply(d)
@@ -246,19 +262,23 @@ class ControlServer:
             ops = [Op(records.livekey(h), -1, v) for h, v in batch.records.items()]
             started = self.clock()
             try:
-                rev = await self.state.txn(ops)
-                self._applied(ops, rev)
+                for i in range(0, len(ops), MAX_TXN_OPS):     # etcd refuses more than 128 ops per txn
+                    chunk = ops[i:i + MAX_TXN_OPS]
+                    newer = self._applied(chunk, await self.state.txn(chunk))
+                    if newer:
+                        await self._refresh(newer)
                 if self.clock() - started > self.config.heartbeat:
                     # Heartbeats could not be recorded in time: other hosts' may not
                     # have been either, so silence seen meanwhile proves nothing.
                     log.warning("recording heartbeats took %.1fs; no host counts as silent meanwhile",
                                 self.clock() - started)
                     self._store_trouble()
-            except StateError as e:
-                batch.error = e
+            except Exception as e:  # noqa: BLE001 - every waiter must learn the outcome, whatever it is
+                batch.error = e if isinstance(e, StateError) else StateError(f"{type(e).__name__}: {e}")
                 self._store_trouble()
                 log.error("cannot record heartbeats of %d host(s): %s", len(ops), e)
-            batch.done.set()
+            finally:
+                batch.done.set()
 
     async def flush(self) -> None:
         """Persist leases changed by heartbeats (in_use, epoch): one transaction per batch.
@@ -267,16 +287,18 @@ class ControlServer:
         async with self._lock:
             dirty, self._dirty = self._dirty, set()
             current = [self.cluster.leases[v] for v in sorted(dirty) if v in self.cluster.leases]
-            if not current:
-                return
-            ops = records.ops_for(self.cluster, Decision(put_leases=current), self._revs, self.clock())
-            try:
-                self._applied(ops, await self.state.txn(ops))
-            except CasConflict as e:
-                log.info("lease reports crossed another writer (%s); the next heartbeats repeat them", e)
-            except StateError as e:
-                log.error("cannot persist lease reports (will retry): %s", e)
-                self._dirty |= dirty
+            for i in range(0, len(current), MAX_TXN_OPS // 2):    # a compare and a put per lease
+                chunk = current[i:i + MAX_TXN_OPS // 2]
+                ops = records.ops_for(self.cluster, Decision(put_leases=chunk), self._revs, self.clock())
+                try:
+                    newer = self._applied(ops, await self.state.txn(ops))
+                    if newer:
+                        await self._refresh(newer)
+                except CasConflict as e:
+                    log.info("lease reports crossed another writer (%s); the next heartbeats repeat them", e)
+                except StateError as e:
+                    log.error("cannot persist lease reports (will retry): %s", e)
+                    self._dirty |= {lease.volume for lease in chunk}
 
     async def flusher(self) -> None:
         while True:
@@ -332,6 +354,7 @@ class ControlServer:
         """Forget expired move requests and log hosts going silent, forever."""
         alive: set[str] = set(self.cluster.hosts)
         answers_seen: dict[int, float] = {}
+        jobs_seen: dict[int, float] = {}
         while True:
             await trio.sleep(self.tick)
             now = self.clock()
@@ -344,6 +367,18 @@ class ControlServer:
                 answers_seen.setdefault(seq, now)
             answers_seen = {s: t for s, t in answers_seen.items() if s in self.cluster.snap_results}
             stale = [s for s, t in answers_seen.items() if now - t > UNREAD_ANSWER_TTL]
+            for j in self.cluster.snap_jobs.values():
+                jobs_seen.setdefault(j.seq, now)
+            live_jobs = {j.seq: j for j in self.cluster.snap_jobs.values()}
+            jobs_seen = {s: t for s, t in jobs_seen.items() if s in live_jobs}
+            for s in [s for s, t in jobs_seen.items() if now - t > JOB_TTL]:
+                j = live_jobs[s]        # nobody waits for it any more (its requester's replica died)
+                try:
+                    await self._mutate(lambda c, now, j=j: snapshots.give_up(c, j.volume, j.snap, j.seq))
+                    log.warning("job %s of volume=%s (%s) dropped: unanswered for %gs", j.seq, j.volume, j.op,
+                                JOB_TTL)
+                except (Refused, StateError) as e:
+                    log.info("stale job not dropped yet: %s", e)
             if stale:
                 try:
                     await self._mutate(lambda c, now: Decision(del_results=stale))
@@ -549,12 +584,12 @@ class ControlServer:
         storage-level seal). This is what makes a Mount issued right after a
         host died succeed after the TTL instead of failing at once."""
         owner = busy["owner"]
-        heard_before = self.cluster.last_heard.get(owner)
+        beat_before = self._revs.get(records.livekey(owner), 0)
         logged = False
 
         def fate(c: Cluster, now: float) -> str | None:
             nonlocal logged
-            out = waits.owner_fate(c, vol, owner, heard_before, now)
+            out = waits.owner_fate(c, vol, owner, beat_before, self._revs.get(records.livekey(owner), 0), now)
             if out is None and not logged and c.suspect(owner, now):
                 log.info("volume=%s: owner %s is silent; host %s waits for its lease to expire", vol, owner, host)
                 logged = True
@@ -584,7 +619,7 @@ class ControlServer:
         if res["lost"]:
             # A lease granted through another replica may not have reached this
             # copy yet: never tell a host it lost a volume from a stale copy.
-            await self._sync()
+            await self._refresh([records.lkey(v) for v in res["lost"]])
             d = self._apply_soft(lambda c, now: leases.heartbeat(c, host, reports, now, progress))
             res = d.result
         await self._write_live(host, records.live_value(host, d))
@@ -693,18 +728,19 @@ class ControlServer:
                 peer = "%s:%s" % stream.socket.getpeername()[:2]
             except OSError:
                 peer = "?"
-            if ssl_context is not None:
-                tls = trio.SSLStream(stream, ssl_context, server_side=True)
-                try:
-                    with trio.fail_after(10):
-                        await tls.do_handshake()
-                except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as e:
-                    log.info("TLS handshake with %s failed: %s", peer, e)
-                    await trio.aclose_forcefully(stream)
-                    return
-                await self.listener.serve_stream(tls, peer)
-            else:
+            if ssl_context is None:
                 await self.listener.serve_stream(stream, peer)
+                return
+
+            async def handshake(raw: trio.abc.Stream) -> trio.abc.Stream:
+                tls = trio.SSLStream(raw, ssl_context, server_side=True)
+                try:
+                    await tls.do_handshake()
+                except (trio.BrokenResourceError, ssl.SSLError, OSError) as e:
+                    log.info("TLS handshake with %s failed: %s", peer, e)
+                    raise trio.ClosedResourceError from None
+                return tls
+            await self.listener.serve_stream(stream, peer, handshake)
 
         async with trio.open_nursery() as nursery:
             listeners = await trio.open_tcp_listeners(port, host=host or None)

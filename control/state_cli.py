@@ -228,9 +228,11 @@ def cmd_recover(args: argparse.Namespace) -> int:
 
 
 def _dry_status(known: dict[str, Any] | None, options: dict[str, str], snaps: dict[str, Any]) -> str:
+    """What `volume.recover` would answer (control/recover.py's rules, on the listed volume)."""
+    from control.recover import format_of
     if known is None:
         return "recovered"
-    if known.get("options") != options:
+    if known.get("state") == "removing" or format_of(known.get("options") or {}) != format_of(options):
         return "conflict"
     return "updated" if set(snaps) - set(known.get("snapshots") or {}) else "unchanged"
 

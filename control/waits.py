@@ -48,14 +48,16 @@ def pending_acquire_outcome(c: Cluster, vol: str, host: str, seq: int, now: floa
     return None
 
 
-def owner_fate(c: Cluster, vol: str, owner: str, heard_before: float | None, now: float) -> str | None:
+def owner_fate(c: Cluster, vol: str, owner: str, beat_before: int, beat_now: int, now: float) -> str | None:
     """`lease.acquire` of a volume in use on `owner`: ACQUIRE once the lease is gone
     or the owner is dead (its lease expired), "busy" once the owner proved it is
-    alive with a heartbeat after the request, None while it stays silent."""
+    alive with a heartbeat recorded after the request (its liveness record's
+    revision moved from `beat_before` to `beat_now`; a store hiccup that only
+    grants every host grace proves nothing), None while it stays silent."""
     lease = c.leases.get(vol)
     if lease is None or lease.host != owner or not c.alive(owner, now):
         return ACQUIRE
-    if c.last_heard.get(owner) != heard_before:
+    if beat_now != beat_before:
         return "busy"
     return None
 

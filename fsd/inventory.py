@@ -200,12 +200,40 @@ class _Listed:
         pass
 
 
+def _metadata_listing(store: ObjectStore) -> list[ObjectInfo]:
+    """Every key of the store except data objects, in one pass: a volume's data
+    (`ROOT/data/`, one object per block, millions in a big store) is stepped
+    over with one new LIST starting past it, so memory and requests grow with
+    the number of volumes and commits, not with the bytes stored."""
+    out: list[ObjectInfo] = []
+    after = ""
+    while True:
+        it = store.list_info("", after)
+        skip_to = None
+        try:
+            for o in it:
+                parts = o.key.split("/", 3)
+                at = 2 if len(parts) > 3 and parts[2] == "data" else 1 if len(parts) > 2 and parts[1] == "data" \
+                    else None
+                if at is not None:
+                    skip_to = "/".join(parts[:at + 1]) + "/" + _PAST_KEYS
+                    break
+                out.append(o)
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+        if skip_to is None:
+            return out
+        after = skip_to
+
+
 def read_inventory(store: ObjectStore, progress: Callable[[int, int], None] | None = None) -> Inventory:
     """Every live volume, every removal in progress, and notes on what could
     not be read. `progress(done, total)` is called with the number of names
     read so far (from the calling thread). One LIST of the whole store (see
     `_Listed`), then a few GETs per volume, 8 volumes at a time."""
-    store = _Listed(store, list(store.list_info("")))       # type: ignore[assignment]
+    store = _Listed(store, _metadata_listing(store))       # type: ignore[assignment]
     names = list_names(store)
     total = len(names)
     if progress:

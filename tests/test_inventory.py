@@ -376,3 +376,20 @@ def test_inventory_on_s3(s3_store_url):
         assert read_volume(store, "r1") is None and read_volume(store, "gone") is None
     finally:
         store.close()
+
+
+def test_data_objects_are_stepped_over_not_listed(file_store_url, file_store):
+    """The inventory never holds a listing of data objects (millions in a big
+    store): each volume's data/ range is skipped with one new listing."""
+    from fsd.inventory import _metadata_listing
+    for name in ("a", "b"):
+        assert run_ferry("fs", "mkfs", "--store", file_store_url, name).returncode == 0
+    ref = vol_mod.live_volume(file_store, "a")
+    for i in range(50):
+        file_store.put(f"{ref.root}/data/{i:02x}/{i:064x}.0000000000000001", b"x")
+    file_store.put("legacy/data/00/" + "0" * 64, b"x")          # a format-1 volume's data key
+    listed = [o.key for o in _metadata_listing(file_store)]
+    assert not [k for k in listed if "/data/" in k], listed
+    assert {k.split("/")[0] for k in listed} >= {"a", "b"}
+    inv = read_inventory(file_store)
+    assert [v.name for v in inv.volumes] == ["a", "b"]

@@ -222,3 +222,20 @@ def test_heartbeat_changes_are_lazy_not_synchronous():
     assert not d.persistent and [x.epoch for x in d.lazy_leases] == [5]
     c.apply(d)
     assert c.leases["v"].epoch == 5 and c.leases["v"].in_use
+
+
+def test_a_takeover_asked_again_before_the_new_epoch_is_reported_is_still_a_takeover():
+    """The answer to a takeover grant can be lost (a retried etcd write, a replica
+    that died before answering): the same acquire again must still say "take over",
+    until the new holder reports the epoch it claimed."""
+    c = fresh("a", "b")
+    r = run(c, [(0.0, "acquire", "v", "a"),
+                (0.5, "hb", "a", [("v", True, 4, 0.0)]),
+                (20.0, "acquire", "v", "b"),            # a is dead: b takes over
+                (20.1, "acquire", "v", "b"),            # asked again, the first answer lost
+                (21.0, "hb", "b", [("v", True, 5, 0.0)]),
+                (22.0, "acquire", "v", "b")])           # now the takeover is done
+    assert r[2]["takeover"] is True and r[2]["previous_owner"] == "a" and r[2]["previous_epoch"] == 4
+    assert r[3]["takeover"] is True and r[3]["previous_owner"] == "a" and r[3]["previous_epoch"] == 4
+    assert r[3]["generation"] == r[2]["generation"]
+    assert r[5]["takeover"] is False and r[5]["epoch"] == 5

@@ -61,14 +61,15 @@ def test_pending_acquire_outcome(c, now, want):
     assert (out["status"] if isinstance(out, dict) else out) == want
 
 
-@pytest.mark.parametrize("c, now, want", [
-    (cluster(in_use=True), 101.0, None),                                    # silent, lease still valid
-    (cluster(in_use=True, heard={"A": 100.5, "B": 100.0}), 101.0, "busy"),  # it heartbeated: alive
-    (cluster(in_use=True), 100.0 + TTL + 0.1, waits.ACQUIRE),               # lease expired
-    (cluster(lease_host=None), 101.0, waits.ACQUIRE),
+@pytest.mark.parametrize("c, beat, now, want", [
+    (cluster(in_use=True), 5, 101.0, None),                                 # silent, lease still valid
+    (cluster(in_use=True, heard={"A": 100.9, "B": 100.0}), 5, 101.0, None),  # grace after a store hiccup: no proof
+    (cluster(in_use=True), 6, 101.0, "busy"),                               # a heartbeat was recorded: alive
+    (cluster(in_use=True), 5, 100.0 + TTL + 0.1, waits.ACQUIRE),            # lease expired
+    (cluster(lease_host=None), 5, 101.0, waits.ACQUIRE),
 ])
-def test_owner_fate(c, now, want):
-    assert waits.owner_fate(c, "v", "A", 100.0, now) == want
+def test_owner_fate(c, beat, now, want):
+    assert waits.owner_fate(c, "v", "A", 5, beat, now) == want
 
 
 def test_removal_outcome_and_job_answer():
