@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import trio
 
@@ -30,6 +30,7 @@ from fsd.daemon import spawn_mount, unmount_and_wait
 from fsd.mount import registry_path
 from fsd.options import KNOWN as MOUNT_OPTIONS
 
+T = TypeVar("T")
 log = logging.getLogger("ferry.agent.fsd")
 
 
@@ -178,55 +179,53 @@ class FsdManager:
         return Health.HUNG
 
     # ------------------------------------------------------------ actions
-    async def exists_in_store(self, volume: str) -> bool:
-        """Whether the store holds a live (not removed) volume of that name."""
-        from fsd import volume as vol_mod
+    async def _with_store(self, what: str, fn: Callable[[Any], T]) -> T:
+        """`fn(store)` in a worker thread on a store opened for it; any failure
+        becomes FsdError("cannot WHAT on URL: why")."""
         from fsd.store import open_store
 
-        def run() -> bool:
+        def run() -> T:
             store = open_store(self.store_url)
             try:
-                return vol_mod.live_volume(store, volume) is not None
+                return fn(store)
             finally:
                 store.close()
         try:
             return await self._thread(run)
         except Exception as e:  # noqa: BLE001 - StoreError, VolumeError, ...: the message matters
-            raise FsdError(f"cannot read volume {volume!r} on {self.store_url}: {e}") from None
+            raise FsdError(f"cannot {what} on {self.store_url}: {e}") from None
+
+    async def exists_in_store(self, volume: str) -> bool:
+        """Whether the store holds a live (not removed) volume of that name."""
+        from fsd import volume as vol_mod
+        return await self._with_store(f"read volume {volume!r}",
+                                      lambda store: vol_mod.live_volume(store, volume) is not None)
 
     async def mkfs_if_missing(self, volume: str, options: dict[str, str]) -> bool:
         """Create the volume on the store unless it is there already. True if created."""
         from fsd import volume as vol_mod
         from fsd.format import control_record
         from fsd.format.superblock import mkfs_options
-        from fsd.store import open_store
 
         mkfs_opts = mkfs_options(options)
 
-        def run() -> bool:
-            store = open_store(self.store_url)
+        def run(store: Any) -> bool:
+            if vol_mod.live_volume(store, volume) is not None:
+                return False
+            if "from" in options:
+                raise vol_mod.VolumeError(f"it is a clone of {options['from']} that is missing from the "
+                                          "store (removed outside ferry?); remove it (docker volume rm) "
+                                          "and create it again")
             try:
-                if vol_mod.live_volume(store, volume) is not None:
-                    return False
-                if "from" in options:
-                    raise vol_mod.VolumeError(f"it is a clone of {options['from']} that is missing from the "
-                                              "store (removed outside ferry?); remove it (docker volume rm) "
-                                              "and create it again")
-                try:
-                    ref, _sb = vol_mod.mkfs(store, volume, mkfs_opts)
-                except vol_mod.VolumeError:
-                    if vol_mod.live_volume(store, volume) is None:     # not created concurrently
-                        raise
-                    return False
-                # Every option as the control service has it, for `ferry control recover`.
-                store.put(control_record.key(ref.root), control_record.encode(options))
-                return True
-            finally:
-                store.close()
-        try:
-            return await self._thread(run)
-        except Exception as e:  # noqa: BLE001 - StoreError, VolumeError, ...: the message matters
-            raise FsdError(f"cannot create volume {volume!r} on {self.store_url}: {e}") from None
+                ref, _sb = vol_mod.mkfs(store, volume, mkfs_opts)
+            except vol_mod.VolumeError:
+                if vol_mod.live_volume(store, volume) is None:     # not created concurrently
+                    raise
+                return False
+            # Every option as the control service has it, for `ferry control recover`.
+            store.put(control_record.key(ref.root), control_record.encode(options))
+            return True
+        return await self._with_store(f"create volume {volume!r}", run)
 
     async def start(self, volume: str, *, takeover: bool, options: dict[str, str]) -> FsdInfo:
         mp, cache = self.mountpoint(volume), self.cache_dir(volume)
