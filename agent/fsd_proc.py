@@ -19,12 +19,12 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import trio
 
+from agent.volumes import Health
 from fsd.blockstack import cleanup_dead, fuse_mountpoint, image_path, loops_backed_by
 from fsd.daemon import spawn_mount, unmount_and_wait
 from fsd.mount import registry_path
@@ -36,13 +36,6 @@ log = logging.getLogger("ferry.agent.fsd")
 
 class FsdError(Exception):
     """A daemon could not be started or stopped; the message says why and where the log is."""
-
-
-class Health(Enum):
-    RUNNING = "running"      # pid alive and mountpoint answering
-    DEAD = "dead"            # registered but pid gone, or mountpoint ENOTCONN
-    ABSENT = "absent"        # no daemon registered for this mountpoint
-    HUNG = "hung"            # mountpoint did not answer a stat in time (reported, not remounted)
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,11 @@ control client and the filesystem daemons are wired together.
 Why this shape: every Docker request and every background event that
 touches a volume (Mount, Unmount, a move request, a dead daemon) takes that
 volume's lock, so "is it mounted here, by whom, is fsd running" is always
-decided on a consistent view, and the mount table - the authoritative "in
-use here" - is saved before the request is answered.
+decided on a consistent view. What the agent knows of each volume is one
+record (agent/volumes.py) whose phase changes only through its transition
+table, and what to do is decided there, purely; this module does the I/O.
+The mount IDs - the authoritative "in use here" - are saved before the
+request is answered.
 
 Background tasks (docs/cluster.md):
   * heartbeat: renews every lease this host holds and reports, per served
@@ -30,12 +33,13 @@ from typing import Any, Awaitable, Callable
 import trio
 
 from agent import plugin
-from agent.fsd_proc import FsdError, FsdManager, Health
+from agent.fsd_proc import FsdError, FsdManager
 from agent.http import serve_unix
-from agent.mounts import MountTable, UnknownMount
 from agent.removal_jobs import RemovalAborted, RemovalRunner
 from agent.store_jobs import StoreJobs
 from agent.statefile import StateFile
+from agent.volumes import Action, Event, Health, Phase, UnknownMount, Volumes, on_last_unmount, on_lease_lost, \
+    on_monitor, on_mount, on_move, needs_probe, after_failed_start, allowed
 from control import protocol
 from control.client import ControlClient, ControlError, Unreachable
 from fsd.format.superblock import DEFAULT_IMAGE_SIZE
@@ -66,6 +70,16 @@ class AgentConfig:
     tls: ssl.SSLContext | None = None   # TLS to the control service (None: plain TCP)
 
 
+@dataclass(frozen=True)
+class _Start:
+    """How a lease acquire + fsd start ended."""
+
+    failure: str | None        # None: fsd runs under our lease
+    epoch: int | None          # its epoch, when it runs
+    acquired: bool             # control granted the lease (a failed start must give it back)
+    lease_elsewhere: bool      # control said another host holds it
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig, control: Any = None, fsd: FsdManager | None = None) -> None:
         self.cfg = cfg
@@ -74,16 +88,11 @@ class Agent:
         self.fsd = fsd or FsdManager(cfg.store_url, cfg.cache_dir, cfg.mount_root,
                                      mount_timeout=cfg.mount_timeout)
         self.statefile = StateFile(cfg.state_dir)
-        self.table = MountTable()
-        self.served: set[str] = set()           # volumes whose fsd we started or adopted
-        self.epochs: dict[str, int | None] = {}
-        self.lags: dict[str, float | None] = {}
-        self.to_release: dict[str, int | None] = {}   # releases the control service has not heard yet
+        self.volumes = Volumes()        # one record per volume: mount IDs, phase, epoch (agent/volumes.py)
         self.registered = trio.Event()
         self.heartbeat_period = cfg.heartbeat
         self._locks: dict[str, trio.Lock] = {}
         self._kick = trio.Event()
-        self._moving: set[str] = set()
         self._nursery: trio.Nursery | None = None
         self.removals = RemovalRunner(self.host, cfg.store_url, self.control, self._lock, self.table_in_use)
         self.jobs = StoreJobs(self.host, cfg.store_url, self.control, self.fsd)
@@ -94,11 +103,11 @@ class Agent:
         return self._locks.setdefault(volume, trio.Lock())
 
     def table_in_use(self, volume: str) -> bool:
-        return self.table.in_use(volume) or volume in self.served
+        return self.volumes.busy(volume)
 
     async def _save(self) -> None:
         try:
-            await trio.to_thread.run_sync(self.statefile.save, self.table)
+            await trio.to_thread.run_sync(self.statefile.save, self.volumes)
         except OSError as e:
             log.error("host=%s cannot save agent state %s: %s (mount IDs will be lost if the agent "
                       "restarts now)", self.host, self.statefile.path, e)
@@ -189,7 +198,7 @@ class Agent:
         the background (`ferry volume ls` shows the progress). control/removals.py."""
         name = req.name
         async with self._lock(name):
-            n = self.table.count(name)
+            n = self.volumes.count(name)
             if n:
                 return plugin.err(f"volume {name!r} is in use on this host ({self.host}) by {n} container(s); "
                                   "remove them first")
@@ -224,24 +233,29 @@ class Agent:
         name = req.name
         async with self._lock(name):
             mp = str(self.fsd.mountpoint(name))
-            if name in self.served or self.table.in_use(name):
-                health = await self.fsd.health(name)
-                if health is Health.RUNNING:
-                    self.served.add(name)
-                    if self.table.add(name, req.id).changed:
-                        await self._save()
-                        self.kick_heartbeat()
-                    log.info("host=%s volume=%s mount %s added (%d mount(s) here)", self.host, name,
-                             req.id[:12], self.table.count(name))
-                    return plugin.ok(Mountpoint=mp)
+            rec = self.volumes.get(name)
+            health = await self.fsd.health(name) if needs_probe(rec) else None
+            action = on_mount(rec, health)
+            if action is Action.REFUSE:
+                return plugin.err(f"volume {name!r} was taken over by another host after this host's lease "
+                                  f"expired; the {self.volumes.count(name)} container(s) still using it here get "
+                                  "I/O errors: stop them, then mount it again")
+            if action is Action.JOIN:
+                self.volumes.step(name, Event.ALIVE)
+                if self.volumes.add_id(name, req.id).changed:
+                    await self._save()
+                    self.kick_heartbeat()
+                log.info("host=%s volume=%s mount %s added (%d mount(s) here)", self.host, name,
+                         req.id[:12], self.volumes.count(name))
+                return plugin.ok(Mountpoint=mp)
             failure = await self._ensure_running(name)
             if failure:
                 return plugin.err(failure)
-            self.table.add(name, req.id)
+            self.volumes.add_id(name, req.id)
             await self._save()
             self.kick_heartbeat()
             log.info("host=%s volume=%s mounted on %s for %s (epoch %s)", self.host, name, mp, req.id[:12],
-                     self.epochs.get(name))
+                     self.volumes.get(name).epoch)
             return plugin.ok(Mountpoint=mp)
 
     async def _control_call(self, name: str, what: str, deadline: float, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -266,16 +280,40 @@ class Agent:
             await trio.sleep(1)
 
     async def _ensure_running(self, name: str) -> str | None:
-        """Acquire the lease and start fsd (volume lock held). None, or why it failed."""
+        """Acquire the lease and start fsd (volume lock held). None, or why it failed.
+        The record is STARTING meanwhile and leaves it whatever happens (cancellation too)."""
+        was_lost = self.volumes.get(name).phase is Phase.LOST
+        self.volumes.step(name, Event.START)
+        outcome = _Start("cancelled", None, False, False)
+        try:
+            outcome = await self._acquire_and_start(name)
+        finally:
+            failure = outcome.failure
+            if failure is None:
+                self.volumes.step(name, Event.STARTED, epoch=outcome.epoch)
+            else:
+                with trio.CancelScope(shield=True):
+                    health = await self.fsd.health(name)
+                    event = after_failed_start(health, lease_elsewhere=outcome.lease_elsewhere or was_lost)
+                    if event is Event.START_FAILED and health is Health.DEAD:
+                        await self.fsd.kill(name)     # a dead daemon of an epoch another host took over
+                self.volumes.step(name, event)
+        if failure and outcome.acquired and not self.volumes.busy(name):
+            await self._release(name, None)    # in use: keep the lease, the monitor retries the remount;
+        return failure                         # a daemon left dead: the monitor reseals, then releases
+
+    async def _acquire_and_start(self, name: str) -> "_Start":
+        """Acquire the lease and start fsd; what happened (see `_Start`)."""
         deadline = trio.current_time() + self.cfg.control_wait
         try:
             vol = await self._control_call(name, "mount", deadline, lambda: self.control.volume_get(name))
         except ControlError as e:
             if e.code == "not_found":
-                return f"volume {name!r} does not exist; create it with: docker volume create -d ferry {name}"
-            return f"cannot mount volume {name!r}: {e.message}"
+                return _Start(f"volume {name!r} does not exist; create it with: docker volume create -d ferry "
+                              f"{name}", None, False, False)
+            return _Start(f"cannot mount volume {name!r}: {e.message}", None, False, False)
         except Unreachable as e:
-            return f"cannot mount volume {name!r}: {e}"
+            return _Start(f"cannot mount volume {name!r}: {e}", None, False, False)
         options = dict(vol.get("options") or {})
 
         async def acquire() -> Any:
@@ -294,14 +332,14 @@ class Agent:
                 self.kick_heartbeat()
                 res = await acquire()
         except (ControlError, Unreachable) as e:
-            return f"cannot mount volume {name!r}: {getattr(e, 'message', e)}"
+            return _Start(f"cannot mount volume {name!r}: {getattr(e, 'message', e)}", None, False, False)
         status, owner = res.get("status"), res.get("owner")
         if status == "busy":
-            return (f"volume {name!r} is in use on host {owner}; stop its containers there first"
-                    + (f" ({res['message']})" if res.get("message") else ""))
+            return _Start(f"volume {name!r} is in use on host {owner}; stop its containers there first"
+                          + (f" ({res['message']})" if res.get("message") else ""), None, False, True)
         if status != "granted":
-            return (f"volume {name!r}: host {owner} did not release it within {self.cfg.acquire_wait:g}s; "
-                    "retry, or wait for its lease to expire if that host is down")
+            return _Start(f"volume {name!r}: host {owner} did not release it within {self.cfg.acquire_wait:g}s; "
+                          "retry, or wait for its lease to expire if that host is down", None, False, True)
         takeover = bool(res.get("takeover"))
         if takeover:
             log.warning("host=%s volume=%s taking over from host %s whose lease expired (its epoch is sealed)",
@@ -313,25 +351,28 @@ class Agent:
             await self.fsd.start(name, takeover=takeover, options=options)
         except FsdError as e:
             log.error("host=%s volume=%s %s", self.host, name, e)
-            if not self.table.in_use(name):
-                await self._release(name, None)
-            return str(e)
-        self.served.add(name)
-        self.epochs[name] = await self.fsd.wait_epoch(name)
-        return None
+            return _Start(str(e), None, True, False)
+        return _Start(None, await self.fsd.wait_epoch(name), True, False)
 
     async def unmount(self, req: plugin.Unmount) -> dict[str, Any]:
         name = req.name
         async with self._lock(name):
             try:
-                out = self.table.remove(name, req.id)
+                out = self.volumes.remove_id(name, req.id)
             except UnknownMount as e:
                 return plugin.err(str(e))
             await self._save()
             self.kick_heartbeat()
             if not out.stop:
                 log.info("host=%s volume=%s mount %s removed (%d left)", self.host, name, req.id[:12],
-                         self.table.count(name))
+                         self.volumes.count(name))
+                return plugin.ok()
+            action = on_last_unmount(self.volumes.get(name))
+            if action is Action.STOP_ONLY:
+                await self._stop_only(name)
+                return plugin.ok()
+            if action is Action.RELEASE:
+                await self._release(name, None)
                 return plugin.ok()
             failure = await self._stop_and_release(name)
             if failure:
@@ -340,21 +381,31 @@ class Agent:
 
     async def _stop_and_release(self, name: str) -> str | None:
         """Last user gone (volume lock held): unmount cleanly, then release the lease."""
-        epoch = self.epochs.get(name)
+        rec = self.volumes.step(name, Event.STOP)
+        epoch = rec.epoch
         try:
             await self.fsd.stop(name)
         except FsdError as e:
             log.error("host=%s volume=%s %s", self.host, name, e)
             if await self.fsd.health(name) in (Health.RUNNING, Health.HUNG):
+                self.volumes.step(name, Event.STOP_FAILED)
                 return str(e)           # still serving (busy mountpoint): retried by the monitor
             await self._reseal(name)    # the daemon died while stopping
             epoch = None
-        self.served.discard(name)
-        self.epochs.pop(name, None)
-        self.lags.pop(name, None)
+        self.volumes.step(name, Event.STOPPED, epoch=epoch)
         log.info("host=%s volume=%s unmounted: committed and released epoch %s", self.host, name, epoch)
         await self._release(name, epoch)
         return None
+
+    async def _stop_only(self, name: str) -> None:
+        """Stop the daemon of a volume whose lease another host holds now: nothing to release."""
+        try:
+            await self.fsd.stop(name)
+        except FsdError as e:
+            log.error("host=%s volume=%s %s", self.host, name, e)
+            await self.fsd.kill(name)
+        self.volumes.step(name, Event.FORGOTTEN)
+        log.info("host=%s volume=%s stopped its fenced daemon (the lease is another host's)", self.host, name)
 
     async def _reseal(self, name: str) -> bool:
         """A daemon died without releasing its epoch (volume lock held, lease still ours).
@@ -379,29 +430,34 @@ class Agent:
         return True
 
     async def _release(self, name: str, epoch: int | None) -> None:
+        """Tell control this host gives the lease up (volume lock held). Undelivered, the
+        record stays RELEASING and the heartbeat retries it."""
+        rec = self.volumes.get(name)
+        if rec.phase is not Phase.RELEASING:
+            rec = self.volumes.step(name, Event.RELEASE_DUE, epoch=epoch)
         try:
             await self.control.lease_release(name, self.host, epoch)
-            self.to_release.pop(name, None)
         except Unreachable as e:
             log.warning("host=%s volume=%s lease release not delivered (%s); retrying", self.host, name, e)
-            self.to_release[name] = epoch
+            rec.release_epoch = epoch
+            return
         except ControlError as e:
             if e.code == "conflict" and epoch is not None:
                 await self._release(name, None)     # epoch mismatch: still ours, release it
                 return
             log.warning("host=%s volume=%s lease release refused: %s", self.host, name, e.message)
-            self.to_release.pop(name, None)
+        self.volumes.step(name, Event.RELEASED)
 
     async def _flush_release(self, name: str) -> None:
-        if name in self.to_release:
-            await self._release(name, self.to_release[name])
+        rec = self.volumes.get(name)
+        if rec.phase is Phase.RELEASING:
+            await self._release(name, rec.release_epoch)
 
     async def path(self, req: plugin.Path) -> dict[str, Any]:
-        mp = str(self.fsd.mountpoint(req.name)) if self.table.in_use(req.name) else ""
-        return plugin.ok(Mountpoint=mp)
+        return plugin.ok(Mountpoint=self._mp_if_here(req.name))
 
     def _mp_if_here(self, name: str) -> str:
-        return str(self.fsd.mountpoint(name)) if self.table.in_use(name) else ""
+        return str(self.fsd.mountpoint(name)) if self.volumes.in_use(name) else ""
 
     async def get(self, req: plugin.Get) -> dict[str, Any]:
         name = req.name
@@ -412,7 +468,7 @@ class Agent:
                 return plugin.err(f"volume {name!r} does not exist")
             return plugin.err(f"cannot get volume {name!r}: {e.message}")
         except Unreachable as e:
-            if not self.table.in_use(name):
+            if not self.volumes.in_use(name):
                 return plugin.err(f"cannot get volume {name!r}: {e}")
             v = {"durability": None, "lease": {"host": self.host}}
         lease = v.get("lease") or {}
@@ -424,14 +480,14 @@ class Agent:
             status["clone_of"] = opts["from"]
         if opts.get("layout") == "block":
             status.update(layout="block", fs=opts.get("fs", "ext4"), size=opts.get("size", DEFAULT_IMAGE_SIZE))
-        if name in self.served:
+        if self.volumes.get(name).has_daemon:
             st = await self.fsd.status(name)
             if st is not None:
                 status.update(epoch=st.get("epoch"), upload_lag_s=st.get("upload_lag_s"),
                               durability=st.get("durability") or status["durability"])
                 if isinstance(st.get("image_size"), int):     # grown by `ferry fs resize` since creation
                     status["size"] = _gib(st["image_size"])
-            status["mounts_here"] = self.table.count(name)
+            status["mounts_here"] = self.volumes.count(name)
         return plugin.ok(Volume=plugin.volume_entry(name, self._mp_if_here(name), status))
 
     async def list(self, req: plugin.ListVolumes) -> dict[str, Any]:
@@ -444,7 +500,7 @@ class Agent:
                      if isinstance(v, dict) and isinstance(v.get("name"), str)}
         except (ControlError, Unreachable) as e:
             log.warning("host=%s List answered from local state only: %s", self.host, e)
-            names = self.table.names()
+            names = self.volumes.names()
         return plugin.ok(Volumes=[plugin.volume_entry(n, self._mp_if_here(n),
                                                       {"snapshots": snaps[n]} if n in snaps else None)
                                   for n in sorted(names)])
@@ -456,9 +512,9 @@ class Agent:
         log.info("host=%s registered with the control service at %s (holds %d lease(s))", self.host,
                  self.cfg.control, len(held))
         for name in held:
-            if name not in self.served and not self.table.in_use(name):
+            if not self.volumes.busy(name):
                 async with self._lock(name):
-                    if name not in self.served and not self.table.in_use(name):
+                    if not self.volumes.busy(name):
                         log.info("host=%s volume=%s lease held but not mounted here: releasing it",
                                  self.host, name)
                         await self._release(name, None)
@@ -466,19 +522,28 @@ class Agent:
 
     async def _reports(self) -> list[dict[str, Any]]:
         out = []
-        for name in sorted(self.served | set(self.table.names())):
+        for name in self.volumes.active():
             st = await self.fsd.status(name)
+            rec = self.volumes.get(name)
             last_gc = None
-            if st is not None:
+            if st is not None and rec.has_daemon:
                 if isinstance(st.get("epoch"), int):
-                    self.epochs[name] = st["epoch"]
-                self.lags[name] = st.get("upload_lag_s")
+                    rec.epoch = st["epoch"]
+                lag = st.get("upload_lag_s")
+                rec.lag = float(lag) if isinstance(lag, (int, float)) and lag >= 0 else None
                 last_gc = st.get("last_gc") if isinstance(st.get("last_gc"), dict) else None
-            lag = self.lags.get(name)
-            out.append({"name": name, "in_use": self.table.in_use(name), "epoch": self.epochs.get(name),
-                        "upload_lag_s": float(lag) if isinstance(lag, (int, float)) and lag >= 0 else None,
+            out.append({"name": name, "in_use": rec.in_use, "epoch": rec.epoch, "upload_lag_s": rec.lag,
                         "last_gc": last_gc})
         return out
+
+    async def _retry_releases(self) -> None:
+        """Releases control has not heard yet, each under its volume's lock and only
+        while still due (a Mount since then superseded it)."""
+        for name, _ in self.volumes.pending_releases():
+            async with self._lock(name):
+                rec = self.volumes.get(name)
+                if rec.phase is Phase.RELEASING:
+                    await self._release(name, rec.release_epoch)
 
     async def heartbeat_loop(self) -> None:
         failing = False
@@ -486,9 +551,7 @@ class Agent:
             try:
                 if not self.registered.is_set():
                     await self.register()
-                for name, epoch in list(self.to_release.items()):
-                    if name not in self.served:
-                        await self._release(name, epoch)
+                await self._retry_releases()
                 res = await self.control.host_heartbeat(self.host, await self._reports(),
                                                         self.removals.progress())
                 if failing:
@@ -522,20 +585,17 @@ class Agent:
     async def _lost(self, name: str) -> None:
         """The control service says we no longer hold `name` (taken over after our lease expired)."""
         async with self._lock(name):
-            if name not in self.served:
+            rec = self.volumes.get(name)
+            if not rec.has_daemon or rec.phase is Phase.LOST:
                 return
-            if self.table.in_use(name):
+            self.volumes.step(name, Event.LEASE_LOST)
+            if on_lease_lost(rec) is Action.NOTHING:
                 log.error("host=%s volume=%s lease lost: another host took the volume over; this host's "
                           "fsd is fenced at its next commit and its containers get I/O errors. Stop them.",
                           self.host, name)
                 return
             log.warning("host=%s volume=%s lease lost while unused here: stopping fsd", self.host, name)
-            try:
-                await self.fsd.stop(name)
-            except FsdError as e:
-                log.error("host=%s volume=%s %s", self.host, name, e)
-                await self.fsd.kill(name)
-            self.served.discard(name)
+            await self._stop_only(name)
 
     async def watch_loop(self) -> None:
         await self.registered.wait()
@@ -556,7 +616,7 @@ class Agent:
                 await trio.sleep(self.heartbeat_period)
                 continue
             moves = [m for m in res.get("moves", []) if isinstance(m, dict)]
-            new = [m for m in moves if m.get("volume") not in self._moving]
+            new = [m for m in moves if not self.volumes.get(str(m.get("volume"))).moving]
             for m in new:
                 self._start_move(m.get("volume"), m.get("to"))
             jobs = [j for j in res.get("removals", []) if isinstance(j, dict) and isinstance(j.get("name"), str)
@@ -572,9 +632,13 @@ class Agent:
                 await trio.sleep(0.2)        # moves in progress: don't spin on the long poll
 
     def _start_move(self, volume: Any, to: Any) -> None:
-        if not isinstance(volume, str) or volume in self._moving or self._nursery is None:
+        if not isinstance(volume, str) or self._nursery is None:
             return
-        self._moving.add(volume)
+        rec = self.volumes.get(volume)
+        if rec.moving:
+            return
+        rec.moving = True
+        self.volumes.keep(rec)
         self._nursery.start_soon(self._handle_move, volume, str(to))
 
     def _start_removal(self, name: str, root: str | None) -> None:
@@ -597,15 +661,16 @@ class Agent:
         """Another host asked for `name`: hand it over if no container uses it here."""
         try:
             async with self._lock(name):
-                if self.table.in_use(name):
+                action = on_move(self.volumes.get(name))
+                if action is Action.REFUSE:
                     log.info("host=%s volume=%s move to %s refused: in use here by %d container(s)",
-                             self.host, name, to, self.table.count(name))
+                             self.host, name, to, self.volumes.count(name))
                     try:
                         await self.control.lease_refuse_move(name, self.host)
                     except (ControlError, Unreachable) as e:
                         log.warning("host=%s volume=%s refuse_move failed: %s", self.host, name, e)
                     return
-                if name in self.served:
+                if action is Action.STOP_RELEASE:
                     failure = await self._stop_and_release(name)
                     if failure:
                         try:
@@ -613,67 +678,72 @@ class Agent:
                         except (ControlError, Unreachable):
                             pass
                         return
+                elif action is Action.STOP_ONLY:
+                    await self._stop_only(name)
                 else:
                     await self._release(name, None)
                 log.info("host=%s volume=%s handed over to host %s", self.host, name, to)
         finally:
-            self._moving.discard(name)
+            rec = self.volumes.get(name)
+            rec.moving = False
+            self.volumes.keep(rec)
 
     async def monitor_loop(self) -> None:
         while True:
-            for name in sorted(self.served | set(self.table.names())):
+            for name in self.volumes.active():
                 await self.check_volume(name)
             await trio.sleep(self.cfg.monitor_interval)
 
     async def check_volume(self, name: str) -> None:
-        """Remount a dead daemon still in use; stop a daemon nobody uses."""
+        """Remount a dead daemon still in use; stop a daemon nobody uses (agent/volumes.py decides)."""
         async with self._lock(name):
             health = await self.fsd.health(name)
-            if self.table.in_use(name):
-                if health is Health.RUNNING:
-                    self.served.add(name)
-                elif health is Health.HUNG:
-                    log.warning("host=%s volume=%s mountpoint does not answer (fsd pid hung?)", self.host, name)
+            rec = self.volumes.get(name)
+            action = on_monitor(rec, health)
+            if action is Action.NOTHING:
+                if rec.in_use and health is Health.RUNNING and allowed(rec.phase, Event.ALIVE):
+                    self.volumes.step(name, Event.ALIVE)
+            elif action is Action.WARN_HUNG:
+                log.warning("host=%s volume=%s mountpoint does not answer (fsd pid hung?)", self.host, name)
+            elif action is Action.REMOUNT:
+                log.error("host=%s volume=%s fsd is gone (%s) while %d container(s) use it: detaching the "
+                          "dead mount and remounting", self.host, name, health.value, len(rec.ids))
+                failure = await self._ensure_running(name)
+                if failure:
+                    log.error("host=%s volume=%s remount failed: %s (retrying)", self.host, name, failure)
                 else:
-                    log.error("host=%s volume=%s fsd is gone (%s) while %d container(s) use it: detaching the "
-                              "dead mount and remounting", self.host, name, health.value, self.table.count(name))
-                    self.served.discard(name)
-                    failure = await self._ensure_running(name)
-                    if failure:
-                        log.error("host=%s volume=%s remount failed: %s (retrying)", self.host, name, failure)
-                    else:
-                        log.warning("host=%s volume=%s remounted (epoch %s)", self.host, name,
-                                    self.epochs.get(name))
-                        self.kick_heartbeat()
-                return
-            if health is Health.RUNNING:
+                    log.warning("host=%s volume=%s remounted (epoch %s)", self.host, name,
+                                self.volumes.get(name).epoch)
+                    self.kick_heartbeat()
+            elif action is Action.STOP_RELEASE:
                 log.warning("host=%s volume=%s fsd runs with no mount ID: stopping it", self.host, name)
                 await self._stop_and_release(name)
-            elif health is Health.DEAD:
+            elif action is Action.RESEAL_RELEASE:
                 log.warning("host=%s volume=%s fsd died with no container using it", self.host, name)
                 await self._reseal(name)
-                self.served.discard(name)
+                self.volumes.step(name, Event.RESEALED)
                 await self._release(name, None)
-            elif health is Health.ABSENT:
-                self.served.discard(name)
+            elif action is Action.STOP_ONLY:
+                await self._stop_only(name)
+            elif action is Action.FORGET:
+                self.volumes.step(name, Event.GONE)
 
     async def adopt(self) -> None:
         """At start: take over the daemons a previous agent left running."""
-        self.table = await trio.to_thread.run_sync(self.statefile.load)
+        self.volumes = await trio.to_thread.run_sync(self.statefile.load)
         registered = await trio.to_thread.run_sync(self.fsd.registered_volumes)
-        for name in sorted(set(registered) | set(self.table.names())):
+        for name in sorted(set(registered) | set(self.volumes.names())):
             health = await self.fsd.health(name)
             if health is Health.RUNNING:
-                self.served.add(name)
                 info = await self.fsd.info(name)
-                self.epochs[name] = await self.fsd.wait_epoch(name, timeout=2.0)
+                rec = self.volumes.step(name, Event.ADOPTED, epoch=await self.fsd.wait_epoch(name, timeout=2.0))
                 log.info("host=%s volume=%s adopted fsd pid %s (epoch %s, %d mount ID(s))", self.host, name,
-                         info.pid if info else "?", self.epochs[name], self.table.count(name))
-            elif self.table.in_use(name):
+                         info.pid if info else "?", rec.epoch, len(rec.ids))
+            elif self.volumes.in_use(name):
                 log.error("host=%s volume=%s has %d mount ID(s) but its fsd is %s: it will be remounted",
-                          self.host, name, self.table.count(name), health.value)
+                          self.host, name, self.volumes.count(name), health.value)
             elif health is Health.DEAD:
-                self.served.add(name)       # the monitor detaches it
+                self.volumes.step(name, Event.FOUND_DEAD)      # the monitor reseals and releases it
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. Cancelling stops the agent only: mounts keep running."""

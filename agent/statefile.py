@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from agent.mounts import MountTable
+from agent.volumes import Volumes
 
 log = logging.getLogger("ferry.agent.state")
 VERSION = 1
@@ -25,26 +25,26 @@ class StateFile:
         self.dir = Path(state_dir)
         self.path = self.dir / "state.json"
 
-    def load(self) -> MountTable:
+    def load(self) -> Volumes:
         """The saved table; empty when there is none. An unreadable file is kept
         aside (state.json.bad) and reported, not silently overwritten."""
         try:
             raw = self.path.read_text()
         except FileNotFoundError:
-            return MountTable()
+            return Volumes()
         try:
             d = json.loads(raw)
             if not isinstance(d, dict) or d.get("version") != VERSION:
                 raise ValueError(f"unsupported state version {d.get('version') if isinstance(d, dict) else d!r}")
-            return MountTable.from_dict(d)
+            return Volumes.from_dict(d)
         except ValueError as e:
             bad = self.path.with_name("state.json.bad")
             os.replace(self.path, bad)
             log.error("agent state %s is unreadable (%s); moved it to %s and starting with no mount IDs",
                       self.path, e, bad)
-            return MountTable()
+            return Volumes()
 
-    def save(self, table: MountTable) -> None:
+    def save(self, table: Volumes) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         data = json.dumps({"version": VERSION, **table.to_dict()}, indent=1).encode()
         tmp = self.path.with_name("state.json.tmp")

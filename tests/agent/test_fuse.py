@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from agent.fsd_proc import in_proc_mounts
+from agent.volumes import Phase
 from fsd.mount import registry_path
 from tests.helpers.mount import write_fsync
 from tests.agent.harness import RunningAgent, agent_config, control_client, start_control
@@ -87,8 +88,9 @@ async def test_agent_restart_adopts_and_killed_fsd_is_remounted(nursery, tmp_pat
     assert not cfg.socket.exists() or True
     await in_thread(write_fsync, Path(mp) / "b", b"while the agent is down")
     agent = await ra.start()
-    assert "db" in agent.served and fsd_pid(mp) == pid and agent.table.ids("db") == {"c1"}
-    assert agent.epochs["db"] is not None
+    rec = agent.volumes.get("db")
+    assert rec.phase is Phase.SERVING and fsd_pid(mp) == pid and rec.ids == {"c1"}
+    assert rec.epoch is not None
     assert await in_thread((Path(mp) / "b").read_bytes) == b"while the agent is down"
     assert (await ra.call("/VolumeDriver.Path", {"Name": "db"}))["Mountpoint"] == mp
 
@@ -106,7 +108,7 @@ async def test_agent_restart_adopts_and_killed_fsd_is_remounted(nursery, tmp_pat
                 pass
     assert await in_thread((Path(mp) / "a").read_bytes) == b"before restart"
     assert await in_thread((Path(mp) / "b").read_bytes) == b"while the agent is down"
-    assert agent.table.ids("db") == {"c1"}
+    assert agent.volumes.ids("db") == {"c1"}
     assert (await ra.call("/VolumeDriver.Unmount", {"Name": "db", "ID": "c1"}))["Err"] == ""
     assert not in_proc_mounts(Path(mp))
 
@@ -173,7 +175,7 @@ async def test_fsd_dead_at_unmount_is_resealed_so_another_host_mounts(nursery, t
     os.kill(pid, signal.SIGKILL)
     await trio.sleep(0.3)
     assert (await a.call("/VolumeDriver.Unmount", {"Name": "crash", "ID": "x"}))["Err"] == ""
-    assert not in_proc_mounts(Path(mp)) and "crash" not in agent_a.served
+    assert not in_proc_mounts(Path(mp)) and not agent_a.volumes.get("crash").has_daemon
     r = await b.call("/VolumeDriver.Mount", {"Name": "crash", "ID": "y"})   # no takeover needed
     assert r["Err"] == "", r
     assert await in_thread((Path(r["Mountpoint"]) / "acked").read_bytes) == b"fsync-acknowledged"

@@ -1,31 +1,31 @@
-"""agent/mounts.py reference counting and agent/statefile.py persistence."""
+"""agent/volumes.py reference counting of mount IDs and agent/statefile.py persistence."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from agent.mounts import MountTable, Outcome, UnknownMount
+from agent.volumes import Outcome, UnknownMount, Volumes
 from agent.statefile import StateFile
 
 # (op, volume, id) -> expected Outcome or the exception
 STEPS = [
-    ("add", "v", "a", Outcome(start=True)),
-    ("add", "v", "a", Outcome(changed=False)),       # same ID twice: idempotent
-    ("add", "v", "b", Outcome()),
-    ("add", "w", "a", Outcome(start=True)),          # IDs are per volume
-    ("remove", "v", "zz", UnknownMount),
-    ("remove", "v", "a", Outcome()),
-    ("remove", "v", "a", UnknownMount),              # already gone
-    ("remove", "v", "b", Outcome(stop=True)),        # last one: stop fsd + release
-    ("remove", "v", "b", UnknownMount),
-    ("remove", "nope", "a", UnknownMount),
-    ("remove", "w", "a", Outcome(stop=True)),
+    ("add_id", "v", "a", Outcome(start=True)),
+    ("add_id", "v", "a", Outcome(changed=False)),       # same ID twice: idempotent
+    ("add_id", "v", "b", Outcome()),
+    ("add_id", "w", "a", Outcome(start=True)),          # IDs are per volume
+    ("remove_id", "v", "zz", UnknownMount),
+    ("remove_id", "v", "a", Outcome()),
+    ("remove_id", "v", "a", UnknownMount),              # already gone
+    ("remove_id", "v", "b", Outcome(stop=True)),        # last one: stop fsd + release
+    ("remove_id", "v", "b", UnknownMount),
+    ("remove_id", "nope", "a", UnknownMount),
+    ("remove_id", "w", "a", Outcome(stop=True)),
 ]
 
 
 def test_refcount_table():
-    t = MountTable()
+    t = Volumes()
     for op, vol, mid, want in STEPS:
         if isinstance(want, type):
             with pytest.raises(want):
@@ -36,35 +36,35 @@ def test_refcount_table():
 
 
 def test_unknown_unmount_message():
-    t = MountTable()
-    t.add("v", "a")
+    t = Volumes()
+    t.add_id("v", "a")
     with pytest.raises(UnknownMount, match="other container"):
-        t.remove("v", "b")
+        t.remove_id("v", "b")
     with pytest.raises(UnknownMount, match="not mounted here"):
-        t.remove("w", "b")
+        t.remove_id("w", "b")
 
 
 def test_roundtrip_and_bad_dicts():
-    t = MountTable()
-    t.add("v", "b")
-    t.add("v", "a")
-    t.add("w", "c")
+    t = Volumes()
+    t.add_id("v", "b")
+    t.add_id("v", "a")
+    t.add_id("w", "c")
     d = t.to_dict()
     assert d == {"volumes": {"v": ["a", "b"], "w": ["c"]}}
-    assert MountTable.from_dict(json.loads(json.dumps(d))).volumes == t.volumes
+    assert Volumes.from_dict(json.loads(json.dumps(d))).to_dict() == d
     for bad in ([], {"volumes": []}, {"volumes": {"v": "a"}}, {"volumes": {"v": [1]}}):
         with pytest.raises(ValueError):
-            MountTable.from_dict(bad)
+            Volumes.from_dict(bad)
 
 
 def test_statefile(tmp_path):
     sf = StateFile(tmp_path / "state")
-    assert sf.load().volumes == {}
-    t = MountTable()
-    t.add("v", "a")
+    assert sf.load().to_dict() == {"volumes": {}}
+    t = Volumes()
+    t.add_id("v", "a")
     sf.save(t)
-    assert sf.load().volumes == {"v": {"a"}}
+    assert sf.load().to_dict() == {"volumes": {"v": ["a"]}}
     assert not (tmp_path / "state" / "state.json.tmp").exists()
     (tmp_path / "state" / "state.json").write_text("{garbage")
-    assert sf.load().volumes == {}
+    assert sf.load().to_dict() == {"volumes": {}}
     assert (tmp_path / "state" / "state.json.bad").exists()
