@@ -134,3 +134,44 @@ def test_a_block_volume_grows_under_a_running_container_and_keeps_its_size(docke
     assert df_kib(db, "--volume-driver", "ferry") > 1.5 * grown
     out = db.run("--rm", "-v", "elastic:/data", dk.IMAGE, "sh", "-c", "cat /data/keep; ls -l /data/big").stdout
     assert out.startswith("before") and str(400 << 20) in out, out
+
+
+def test_control_state_lost_then_rebuilt_from_the_store(docker_cluster, cluster):
+    """Disaster recovery with real Docker: the control host's disk dies (a new,
+    empty SQLite file); `docker volume create` of a name the store holds is
+    refused with the recovery command; `ferry control recover --store` brings
+    back the volume, its options, its snapshot and its clone; containers on
+    another host read the data; a second recover changes nothing."""
+    import os
+
+    _, da = docker_cluster("a")
+    _, db = docker_cluster("b")
+    da.docker("volume", "create", "-d", "ferry", "-o", "durability=local", "pgdata")
+    da.run("--rm", "-v", "pgdata:/data", dk.IMAGE, "sh", "-c", "echo precious > /data/table")
+    r = cluster.ferry("snapshot", "create", "pgdata", "nightly")
+    assert r.returncode == 0, r.stdout + r.stderr
+    da.docker("volume", "create", "-d", "ferry", "-o", "from=pgdata@nightly", "pgtest")
+
+    cluster.kill_control()
+    for suffix in ("", "-wal", "-shm", ".lock"):
+        p = cluster.dir / f"control.db{suffix}"
+        if p.exists():
+            os.remove(p)
+    cluster.start_control()
+
+    refused = db.docker("volume", "create", "-d", "ferry", "pgdata", check=False)
+    assert refused.returncode != 0, refused.stdout
+    assert "exists in the store" in refused.stderr and "ferry control recover" in refused.stderr, refused.stderr
+
+    rec = cluster.ferry("control", "recover", "--store", cluster.store_url)
+    assert rec.returncode == 0, rec.stdout + rec.stderr
+    assert "recovered: volume pgdata" in rec.stdout and "recovered: volume pgtest" in rec.stdout, rec.stdout
+    inspect = cluster.ferry("volume", "inspect", "pgdata", "--json")
+    assert '"durability": "local"' in inspect.stdout and "nightly" in inspect.stdout, inspect.stdout
+
+    out = db.run("--rm", "--volume-driver", "ferry", "-v", "pgdata:/data", dk.IMAGE, "cat", "/data/table").stdout
+    assert out.strip() == "precious"
+    out = db.run("--rm", "--volume-driver", "ferry", "-v", "pgtest:/data", dk.IMAGE, "cat", "/data/table").stdout
+    assert out.strip() == "precious"
+    again = cluster.ferry("control", "recover", "--store", cluster.store_url)
+    assert again.returncode == 0 and "recovered:" not in again.stdout, again.stdout
