@@ -16,16 +16,17 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Awaitable, Callable, TypeVar
 
 import trio
 
-from fsd.data import DataLayer, merge_extents
+from fsd.commitplan import INLINE_MAX, PATCH_BUDGET, Batch, plan_commit, segment_records
+from fsd.data import DataLayer
 from fsd.fencing import WriterPosition
 from fsd.format import keys
 from fsd.format.segment import Segment
 from fsd.meta.ops import FsError, MetaOps
-from fsd.meta.records import PATCH
 from fsd.meta.state import BlockRef
 from fsd.store.aio import AsyncStore
 from fsd.store.base import NotFound, PreconditionFailed, StoreError
@@ -34,24 +35,10 @@ from fsd.blockio import BlockIO
 from fsd.localjournal import LocalEntry, LocalJournal
 
 log = logging.getLogger("ferry.commit")
+T = TypeVar("T")
 
 
-# Inline small writes (PATCH records in the segment) instead of uploading
-# their whole block: an fsync after a small write then costs one PUT.
-INLINE_MAX = 64 << 10            # bytes written into one block since its last commit
-PATCH_MAX_PER_BLOCK = 256 << 10  # inline bytes a block may accumulate before it is stored whole
-PATCH_BUDGET = 16 << 20          # inline bytes in the whole volume's metadata
 FOLD_PER_COMMIT = 8              # blocks folded back into objects per commit when over budget
-
-
-@dataclass
-class Batch:
-    id: int
-    records: list
-    blocks: dict[tuple[int, int], bytes]
-    nbytes: int
-    first_change_ns: int = 0
-    extents: dict = field(default_factory=dict)   # key -> merged written ranges, None: whole block
 
 
 @dataclass
@@ -177,13 +164,7 @@ class Committer:
                         await self._wait_for_work()
                         await self._cut_local(send)
         except Exception as e:  # noqa: BLE001 - see the docstring
-            log.exception("volume %s: the commit pipeline failed; this mount acknowledges nothing more and "
-                          "is now read-only. Unmount it and mount again to recover.", self.volume)
-            self.stats.last_error = f"commit pipeline failed: {e!r}"
-            self.pos.fence()
-            await self._notify()
-            async with self.data.space_freed:
-                self.data.space_freed.notify_all()
+            await self._fail(e)
         finally:
             self._stopped.set()
 
@@ -283,29 +264,6 @@ class Committer:
             except FsError:
                 pass   # unreadable base: reported by reads; keep the patches
 
-    def _plan_inline(self, batches: list[Batch], latest: dict) -> dict:
-        """Which blocks of the group go inline: key -> [(offset, bytes)]."""
-        st = self.data.state
-        budget = PATCH_BUDGET - st.patch_bytes
-        plan: dict[tuple[int, int], list[tuple[int, bytes]]] = {}
-        for key, i in latest.items():
-            ranges: list[tuple[int, int]] = []
-            for b in batches[: i + 1]:
-                if key in b.blocks:
-                    ext = b.extents.get(key, None)
-                    if ext is None:
-                        break
-                    ranges.extend(ext)
-            else:
-                raw = batches[i].blocks[key]
-                pieces = [(s, raw[s:min(e, len(raw))]) for s, e in merge_extents(ranges) if s < len(raw)]
-                n = sum(len(d) for _, d in pieces)
-                have = sum(len(d) for _, d in st.block_patches(*key) or ())
-                if n <= INLINE_MAX and have + n <= PATCH_MAX_PER_BLOCK and n <= budget:
-                    plan[key] = pieces
-                    budget -= n
-        return plan
-
     async def commit_once(self) -> bool:
         """One remote group-commit round. Returns False if there was nothing to do."""
         if self.pos.fenced:
@@ -341,61 +299,43 @@ class Committer:
             return await self._commit_batches_locked(batches)
 
     async def _commit_batches_locked(self, batches: list[Batch]) -> bool:
-        """Upload the batches' blocks, then ONE segment holding, batch by
-        batch, its records followed by BLOCK records for its blocks. A block
-        that a later batch in the group rewrites is skipped: the later BLOCK
-        record (placed after every record in between) gives the final state.
-        True once durable."""
-        latest: dict[tuple[int, int], int] = {}
-        for i, b in enumerate(batches):
-            for key in b.blocks:
-                latest[key] = i
-        results: list[dict[tuple[int, int], BlockRef]] = [{} for _ in batches]
-        inline = self._plan_inline(batches, latest)
-        inline_by_batch: list[dict] = [{} for _ in batches]
-        for key, pieces in inline.items():
-            inline_by_batch[latest[key]][key] = pieces
+        """Execute the group's plan (fsd/commitplan.py): upload its blocks, then
+        write ONE segment, then settle each batch. True once durable; False when
+        fenced (a newer owner sealed our epoch, before or during the round)."""
+        st = self.data.state
+        existing = {key: sum(len(d) for _, d in st.block_patches(*key) or ())
+                    for b in batches for key in b.blocks}
+        plan = plan_commit(batches, st.patch_bytes, existing)
+        uploaded: list[dict[tuple[int, int], BlockRef]] = [{} for _ in batches]
 
         async def up(i: int, key: tuple[int, int], raw: bytes) -> None:
-            results[i][key] = await self._retry(f"upload of inode {key[0]} block {key[1]}",
-                                                lambda: self.bio.upload(raw))
+            ref = await self._retry(f"upload of inode {key[0]} block {key[1]}", lambda: self.bio.upload(raw))
+            if ref is not None:
+                uploaded[i][key] = ref
 
         async with trio.open_nursery() as n:
-            for i, b in enumerate(batches):
-                for key, raw in b.blocks.items():
-                    if latest[key] == i and key not in inline:
-                        n.start_soon(up, i, key, raw)
+            for i, key in plan.uploads:
+                n.start_soon(up, i, key, batches[i].blocks[key])
+        if self.pos.fenced:
+            return await self._fenced_during(f"the uploads of segment {self.pos.next_seq}")
         failpoints.hit("after_blocks_uploaded")
-        records: list = []
-        for i, b in enumerate(batches):
-            records.extend(b.records)
-            for (ino, idx), ref in results[i].items():
-                records.append(ref.record(ino, idx))
-            for (ino, idx), pieces in inline_by_batch[i].items():
-                records.extend([PATCH, ino, idx, off, data] for off, data in pieces)
-        batch = batches[-1]
+        records = segment_records(batches, plan, uploaded)
         seq = self.pos.next_seq
         seg = Segment(kind="segment", epoch=self.pos.epoch, seq=seq, created_ns=time.time_ns(),
-                      records=records, reason=None, sealed_by=None, batch=batch.id)
+                      records=records, reason=None, sealed_by=None, batch=plan.batch_id)
         body = seg.encode()
         ok = await self._retry(f"journal segment {seq}", lambda: self._put_segment(seq, body))
         if not ok:
             self.pos.fence()
-            log.error("volume %s: FENCED: epoch %d was sealed by a newer owner before segment %d; "
-                      "this mount acknowledges nothing more and is now read-only "
-                      "(fsync returns EIO). Unmount it.", self.volume, self.pos.epoch, seq)
-            await self._notify()
-            async with self.data.space_freed:
-                self.data.space_freed.notify_all()
-            return False
+            return await self._fenced_during(f"segment {seq}")
         failpoints.hit("after_segment_written")
         for rec in self._recorders:
-            rec.update(ref.hash for res in results for ref in res.values())
+            rec.update(ref.hash for res in uploaded for ref in res.values())
         self.pos.committed(seq)
         for i, b in enumerate(batches):
-            await self.data.settle(b.id, b.blocks.keys(), results[i], b.nbytes, inline_by_batch[i])
+            await self.data.settle(b.id, b.blocks.keys(), uploaded[i], b.nbytes, plan.inline[i])
             self._queue_times.pop(b.id, None)
-        self._done = batch.id
+        self._done = plan.batch_id
         self.stats.commits += 1
         self.stats.segments_since_snapshot += 1
         self.stats.last_commit_ns = time.time_ns()
@@ -425,6 +365,7 @@ class Committer:
 
     async def _put_segment(self, seq: int, body: bytes) -> bool:
         key = keys.journal_key(self.root, self.pos.epoch, seq)
+        failpoints.bug("segment_put")
         try:
             await self.astore.put(key, body, if_none_match=True)
             return True
@@ -437,12 +378,27 @@ class Committer:
                 raise StoreError(f"segment {key} vanished after a conflict; retrying") from None
             return existing == body
 
-    async def _retry(self, what: str, fn):
-        """Run `fn` until it succeeds: an unreachable store makes fsync wait,
-        not fail (writers continue until the dirty limit)."""
+    async def _fenced_during(self, what: str) -> bool:
+        """The epoch was sealed by a newer owner: acknowledge nothing more, wake everyone."""
+        log.error("volume %s: FENCED: epoch %d was sealed by a newer owner before %s; "
+                  "this mount acknowledges nothing more and is now read-only "
+                  "(fsync returns EIO). Unmount it.", self.volume, self.pos.epoch, what)
+        await self._notify()
+        async with self.data.space_freed:
+            self.data.space_freed.notify_all()
+        return False
+
+    async def _retry(self, what: str, fn: Callable[[], Awaitable[T]]) -> T | None:
+        """Run `fn` until it succeeds, retrying store errors only: an unreachable
+        store makes fsync wait, not fail (writers continue until the dirty limit).
+        None once the epoch is fenced (checked before every attempt). Anything
+        but a store error is a bug: it propagates, and run() turns the mount
+        read-only (fsync EIO) instead of retrying it forever."""
         delay = 0.2
         attempt = 0
         while True:
+            if self.pos.fenced:
+                return None
             try:
                 return await fn()
             except StoreError as e:
@@ -450,14 +406,24 @@ class Committer:
                 self.stats.last_error = f"{what}: {e}"
                 if attempt == 1 or attempt % 10 == 0:
                     log.warning("volume %s: %s failed (attempt %d), retrying: %s", self.volume, what, attempt, e)
-            except Exception as e:  # never let an unexpected error kill the daemon mid-commit
-                attempt += 1
-                self.stats.last_error = f"{what}: {e!r}"
-                log.exception("volume %s: %s failed unexpectedly (attempt %d), retrying", self.volume, what, attempt)
             await trio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 10.0)
 
+    async def _fail(self, e: BaseException) -> None:
+        """A bug in the pipeline: stop committing, turn the mount read-only (see run())."""
+        log.error("volume %s: the commit pipeline failed; this mount acknowledges nothing more and "
+                  "is now read-only. Unmount it and mount again to recover.", self.volume, exc_info=e)
+        self.stats.last_error = f"commit pipeline failed: {e!r}"
+        self.pos.fence()
+        await self._notify()
+        async with self.data.space_freed:
+            self.data.space_freed.notify_all()
+
     async def drain(self) -> None:
-        """Commit until nothing is dirty or pending (clean unmount), after stop()."""
-        while self._pending_anything() and not self.pos.fenced:
-            await self.commit_once()
+        """Commit until nothing is dirty or pending (clean unmount), after stop().
+        A bug here leaves the epoch unsealed, like one in run()."""
+        try:
+            while self._pending_anything() and not self.pos.fenced:
+                await self.commit_once()
+        except Exception as e:  # noqa: BLE001 - see _fail
+            await self._fail(e)

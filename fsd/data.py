@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Iterator
 import trio
 
 from fsd.blockio import BlockIO
+from fsd.commitplan import merge_extents
 from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.records import PATCH
 from fsd.meta.state import BlockRef
@@ -40,18 +41,6 @@ Key = tuple[int, int]
 EAGER_BYTES = 32 << 20
 READAHEAD_BYTES = 16 << 20     # how far ahead of a sequential reader blocks are fetched, at most
 Extents = list[tuple[int, int]] | None     # written [start, end) ranges; None: the whole buffer
-
-
-def merge_extents(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted, non-overlapping, non-adjacent union of [start, end) ranges."""
-    out: list[tuple[int, int]] = []
-    for s, e in sorted(ranges):
-        if out and s <= out[-1][1]:
-            if e > out[-1][1]:
-                out[-1] = (out[-1][0], e)
-        else:
-            out.append((s, e))
-    return out
 
 
 def overlay(base: bytes, patches: list[tuple[int, bytes]]) -> bytes:

@@ -1,8 +1,11 @@
 """Named points where tests make the daemon die on purpose (kill -9 at a
 chosen moment). Inert unless FERRY_FAILPOINTS is set, e.g.
 `FERRY_FAILPOINTS=after_blocks_uploaded` or `...=before_snapshot:3` (the 3rd
-time the point is reached), and `FERRY_FAILPOINT_DELAYS=name=seconds` for
-points that only pause. Read once at import; costs one dict lookup.
+time the point is reached), `FERRY_FAILPOINT_DELAYS=name=seconds` for
+points that only pause, and `FERRY_FAILPOINT_BUGS=name[:n]` for points that
+raise an unexpected exception (a stand-in for a bug, to show it fails the
+mount cleanly rather than hanging it). Read once at import; costs one dict
+lookup.
 """
 from __future__ import annotations
 
@@ -15,6 +18,16 @@ _points: dict[str, int] = {}
 for _item in filter(None, os.environ.get("FERRY_FAILPOINTS", "").split(",")):
     _name, _, _nth = _item.partition(":")
     _points[_name.strip()] = int(_nth) if _nth else 1
+
+
+_bugs: dict[str, int] = {}
+for _item in filter(None, os.environ.get("FERRY_FAILPOINT_BUGS", "").split(",")):
+    _name, _, _nth = _item.partition(":")
+    _bugs[_name.strip()] = int(_nth) if _nth else 1
+
+
+class InjectedBug(RuntimeError):
+    """Raised by an armed `bug` point; deliberately not a store or filesystem error."""
 
 
 _delays: dict[str, float] = {}
@@ -38,3 +51,11 @@ def hit(name: str) -> None:
         _points[name] -= 1
         if _points[name] <= 0:
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def bug(name: str) -> None:
+    """Raise InjectedBug the n-th time `name` is reached (and every time after), if armed."""
+    if name in _bugs:
+        _bugs[name] -= 1
+        if _bugs[name] <= 0:
+            raise InjectedBug(f"failpoint {name}: injected bug")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+import sys
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -347,4 +348,58 @@ def test_full_cache_disk_never_takes_the_mount_down(file_store_url, new_mount, t
         assert (b.mountpoint / name).read_bytes() == data
     assert (b.mountpoint / "dir").is_dir()
     b.umount()
+    fsck_clean(file_store_url, VOL)
+
+
+_FSYNC_CHILD = """
+import errno, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, b"after the bug")
+try:
+    os.fsync(fd)
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e.errno))
+    sys.exit(0)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("durability", ["remote", "local"])
+def test_a_bug_in_the_commit_fails_fsync_with_eio_and_does_not_hang(file_store_url, new_mount, durability):
+    """Anything but a store error inside a commit round is a bug: it must not be
+    retried forever (fsync and unmount would hang). The round fails, fsync
+    returns EIO, the mount turns read-only, unmount completes, and the next
+    mount of the same cache dir has everything fsync acknowledged before."""
+    a = new_mount("a")
+    a.mkfs(file_store_url, VOL)
+    opts = [f"durability={durability}", "commit_interval=30"]
+    # the first commit round (the first fsync) works, the second meets the bug
+    a.mount(file_store_url, VOL, options=opts, extra_env={"FERRY_FAILPOINT_BUGS": "segment_put:2"})
+    write_fsync(a.mountpoint / "before", b"acknowledged")
+    child = subprocess.Popen([sys.executable, "-c", _FSYNC_CHILD, str(a.mountpoint / "after")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = child.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        log = a.log()[-3000:]
+        a.kill9()                      # aborts the FUSE connection: the stuck fsync returns, the child exits
+        child.kill()
+        child.communicate()
+        pytest.fail(f"fsync hung after an unexpected error in the commit:\n{log}")
+    if durability == "remote":
+        assert out.strip() == "EIO", out
+        with pytest.raises(OSError) as e:
+            (a.mountpoint / "later").write_bytes(b"x")
+        assert e.value.errno in (errno.EROFS, errno.EIO)
+    else:
+        # local durability acknowledges from the local journal before the upload round
+        assert out.strip() in ("ok", "EIO"), out
+    assert "injected bug" in a.log() and "read-only" in a.log(), a.log()[-3000:]
+    r = a.umount(expect_failure=True, timeout=60)           # completes, and says the mount had failed
+    assert "fenced" in r.stderr and not a.running, r.stdout + r.stderr
+    a.mount(file_store_url, VOL, options=opts)
+    assert (a.mountpoint / "before").read_bytes() == b"acknowledged"
+    if durability == "local" and out.strip() == "ok":
+        assert (a.mountpoint / "after").read_bytes() == b"after the bug"   # recovered from the local journal
+    a.umount()
     fsck_clean(file_store_url, VOL)

@@ -12,7 +12,7 @@ import os
 import random
 
 from fsd import volume as vol_mod
-from fsd.committer import PATCH_MAX_PER_BLOCK
+from fsd.commitplan import PATCH_MAX_PER_BLOCK
 from fsd.format import keys
 from fsd.meta.records import PATCH
 from fsd.store import open_store

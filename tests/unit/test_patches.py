@@ -7,7 +7,8 @@ import stat
 import pytest
 from hypothesis import given, strategies as st
 
-from fsd.data import merge_extents, overlay
+from fsd.commitplan import merge_extents
+from fsd.data import overlay
 from fsd.localdb import WorkingCopy
 from fsd.meta.check import check_state
 from fsd.meta.records import BLOCK, INODE, INODE_DEL, PATCH, TRUNC, RecordError, decode_records, encode_records
