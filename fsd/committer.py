@@ -33,6 +33,7 @@ from fsd.store.base import NotFound, PreconditionFailed, StoreError
 from fsd import failpoints
 from fsd.blockio import BlockIO
 from fsd.localjournal import LocalEntry, LocalJournal
+from fsd.tasks import Wakeup
 
 log = logging.getLogger("ferry.commit")
 T = TypeVar("T")
@@ -71,8 +72,10 @@ def _local_pieces(batch: Batch) -> list[tuple[int, int, int | None, bytes]]:
 class Committer:
     def __init__(self, *, volume: str, root: str, ops: MetaOps, data: DataLayer, bio: BlockIO,
                  astore: AsyncStore, position: WriterPosition, interval: float,
-                 snapshot_every: int = 512, local: LocalJournal | None = None,
+                 wakeup: Wakeup, snapshot_every: int = 512, local: LocalJournal | None = None,
                  working_copy=None) -> None:
+        """`wakeup`: what asks for a commit round now (fsync, the data layer's
+        dirty pressure, unmount); the data layer was built with its `set`."""
         self.volume = volume        # for log lines
         self.root = root            # key prefix of the volume's objects
         self.ops = ops
@@ -92,7 +95,7 @@ class Committer:
         self.local = local
         self.working_copy = working_copy    # fsd.localdb.WorkingCopy, kept equal to the journal
         self._wc_limiter = trio.CapacityLimiter(1)
-        self._wake = trio.Event()
+        self._wake = wakeup
         self._progress = trio.Condition()
         self._running = False
         # Background maintenance (fsd/gc/live.py) takes this lock to see the
@@ -101,8 +104,6 @@ class Committer:
         self.commit_lock = trio.Lock()
         self.snapshot_due = trio.Event()     # set once `snapshot_every` segments were committed
         self._recorders: list[set[bytes]] = []
-        data.on_pressure = self.request
-        data.is_fenced = lambda: self.pos.fenced
 
     # -------------------------------------------------------------- requests
     def request(self) -> None:
@@ -177,9 +178,7 @@ class Committer:
         await self._stopped.wait()
 
     async def _wait_for_work(self) -> None:
-        with trio.move_on_after(self.interval):
-            await self._wake.wait()
-        self._wake = trio.Event()
+        await self._wake.wait(self.interval)
 
     def _pending_anything(self) -> bool:
         return bool(self.ops.pending) or bool(self.ops.attr_dirty) or self.data.has_dirty

@@ -30,6 +30,7 @@ import trio
 
 from fsd.blockio import BlockIO
 from fsd.commitplan import merge_extents
+from fsd.tasks import Background
 from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.records import PATCH
 from fsd.meta.state import BlockRef
@@ -83,7 +84,13 @@ def punch_plan(off: int, length: int, size: int, bs: int) -> tuple[int, int, lis
 
 
 class DataLayer:
-    def __init__(self, ops: MetaOps, bio: BlockIO, block_size: int, dirty_limit: int) -> None:
+    def __init__(self, ops: MetaOps, bio: BlockIO, block_size: int, dirty_limit: int, *,
+                 request_commit: Callable[[], None] = lambda: None,
+                 is_fenced: Callable[[], bool] = lambda: False,
+                 background: Background | None = None) -> None:
+        """`request_commit`: start a commit now (dirty pressure); `is_fenced`: the
+        mount may acknowledge nothing more; `background`: where eager uploads and
+        read-ahead run (None: never, as in tools and tests that do not serve)."""
         self.ops = ops
         self.state = ops.state
         self.bio = bio
@@ -102,10 +109,10 @@ class DataLayer:
         self.dirty_bytes = 0
         self.inflight_bytes = 0
         self.space_freed = trio.Condition()
-        self.on_pressure = lambda: None   # set by the committer: start a commit now
-        self.is_fenced = lambda: False     # set by the committer
+        self.on_pressure = request_commit
+        self.is_fenced = is_fenced
         # nursery.start_soon, set by the mount once its nursery runs: read-ahead, eager uploads
-        self.spawn: Callable[..., None] | None = None
+        self.background = background
         # Read-ahead window in blocks, per inode: a sequential reader's window
         # starts at 2 blocks and doubles with each read that continues the
         # stream, up to READAHEAD_BYTES (measured on moto: 8 MiB ahead gave
@@ -163,15 +170,19 @@ class DataLayer:
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    @property
+    def _background_runs(self) -> bool:
+        return self.background is not None and self.background.running
+
     def _eager_upload(self, key: Key, snap: bytes) -> None:
         """Upload a full block now, from `snap` (its content as of now)."""
         try:
             self.eager_slots.acquire_nowait()
         except trio.WouldBlock:
             return   # enough in flight: the commit will upload this one
-        assert self.spawn is not None     # the caller checked
+        assert self.background is not None     # the caller checked it runs
         self.sealed[key] = snap
-        self.spawn(self._eager_task, snap)
+        self.background.start_soon(self._eager_task, snap)
 
     async def _eager_task(self, raw: bytes) -> None:
         try:
@@ -184,8 +195,9 @@ class DataLayer:
     def _read_ahead(self, ino: int, first: int, window: int, file_size: int) -> None:
         """Sequential reader: fetch the next blocks into the cache in the
         background, so cold sequential reads stream at store bandwidth."""
-        if self.spawn is None:
+        if not self._background_runs:
             return
+        assert self.background is not None
         blocks = self.state.blocks.get(ino)
         if not blocks:
             return
@@ -193,7 +205,7 @@ class DataLayer:
         for idx in range(first, last):
             ref = blocks.get(idx)
             if ref is not None:
-                self.bio.prefetch(ino, idx, ref, self.spawn)
+                self.bio.prefetch(ino, idx, ref, self.background.start_soon)
 
     async def committed_block(self, ino: int, idx: int) -> bytes:
         """The committed content of a block: its object (if any) with its
@@ -250,7 +262,7 @@ class DataLayer:
                 self.extents[key] = None
                 self.sealed.pop(key, None)
                 self.dirty_bytes += n - (len(old) if old is not None else 0)
-                if self.spawn is not None:
+                if self._background_runs:
                     self._eager_upload(key, data)
                 pos += n
                 continue
@@ -274,7 +286,7 @@ class DataLayer:
                     self.extents[key] = []
                     self.dirty_bytes += len(base)
             self._put(key, buf, boff, mv[pos:pos + n])
-            if boff + n == self.bs and self.spawn is not None:
+            if boff + n == self.bs and self._background_runs:
                 self._eager_upload(key, bytes(buf))
             pos += n
         self.ops.note_write(ino, off + len(data), now_ns)

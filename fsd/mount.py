@@ -52,6 +52,7 @@ from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.state import ROOT_INO, MetaState
 from fsd.options import DEFAULT_SIZE_LIMIT, MountOptions
 from fsd.store import open_store
+from fsd.tasks import Background, Wakeup
 from fsd.store.aio import AsyncStore
 from fsd.store.base import ObjectStore
 
@@ -155,6 +156,7 @@ class Parts:
     fsops: FerryOperations
     maintainer: Maintainer
     filler: CacheFiller
+    background: Background
 
 
 async def serve(cfg: MountConfig, on_ready: Callable[[], None] | None = None) -> int:
@@ -255,10 +257,12 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
                   filler=filler,
                   compress=sb.compression == "zstd", content_hash=sb.content_hash,
                   cpu_limiter=trio.CapacityLimiter(4), origin_roots=tuple(o.root for o in sb.origins))
-    data = DataLayer(ops, bio, sb.block_size, cfg.options.dirty_limit)
     pos = WriterPosition(epoch=epoch, next_seq=2)
+    wakeup, background = Wakeup(), Background()
+    data = DataLayer(ops, bio, sb.block_size, cfg.options.dirty_limit, request_commit=wakeup.set,
+                     is_fenced=lambda: pos.fenced, background=background)
     committer = Committer(volume=cfg.volume, root=opened.ref.root, ops=ops, data=data, bio=bio,
-                          astore=opened.astore, position=pos,
+                          astore=opened.astore, position=pos, wakeup=wakeup,
                           interval=cfg.options.commit_interval, snapshot_every=cfg.options.snapshot_every,
                           local=opened.ljournal if cfg.options.durability == "local" else None,
                           working_copy=wc)
@@ -275,7 +279,7 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
     fsops = FerryOperations(ops=ops, data=data, committer=committer, volume=cfg.volume,
                             size_limit=cfg.options.size or DEFAULT_SIZE_LIMIT, holes=sb.format >= BLOCK_FORMAT)
     return Parts(epoch=epoch, state=state, ops=ops, data=data, pos=pos, committer=committer, fsops=fsops,
-                 maintainer=maintainer, filler=filler)
+                 maintainer=maintainer, filler=filler, background=background)
 
 
 async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
@@ -312,7 +316,7 @@ async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
     try:
         async with trio.open_nursery() as n:
             n.start_soon(committer.run)
-            data.spawn = n.start_soon
+            await n.start(parts.background.run)
             n.start_soon(guarded, cfg.volume, "status writer", status.run)
             n.start_soon(guarded, cfg.volume, "signal handler", _on_signals, cfg, block)
             n.start_soon(guarded, cfg.volume, "kernel tuning", _tune_kernel, cfg, parts.fsops, fuse_mp)

@@ -37,6 +37,7 @@ from fsd.meta.records import INODE
 from fsd.meta.state import MetaState, new_volume_records
 from fsd.store.aio import AsyncStore
 from fsd.store.filestore import FileStore
+from fsd.tasks import Background
 
 ALGO = "blake3"   # the content hash new volumes use
 
@@ -98,7 +99,7 @@ def _bio(store, cache: BlockCache) -> BlockIO:
 def _layer(bio: BlockIO) -> DataLayer:
     state = MetaState.from_records(BS, new_volume_records(1) + [
         [INODE, INO, stat.S_IFREG | 0o644, 0, 0, 1, 0, 0, 0, 0, 0, None]])
-    return DataLayer(MetaOps(state), bio=bio, block_size=BS, dirty_limit=1 << 30)
+    return DataLayer(MetaOps(state), bio=bio, block_size=BS, dirty_limit=1 << 30, background=Background())
 
 
 async def test_cold_sequential_read_fetches_each_block_once_and_never_rereads_it(tmp_path):
@@ -117,7 +118,7 @@ async def test_cold_sequential_read_fetches_each_block_once_and_never_rereads_it
     data.bio = reader
     got = bytearray()
     async with trio.open_nursery() as n:
-        data.spawn = n.start_soon
+        await n.start(data.background.run)
         # Like the kernel: several reads of the stream in flight at once.
         for first in range(0, len(blocks), 3):
             parts: dict[int, bytes] = {}
@@ -128,6 +129,7 @@ async def test_cold_sequential_read_fetches_each_block_once_and_never_rereads_it
                 for i in range(first, min(first + 3, len(blocks))):
                     m.start_soon(read, i)
             got += b"".join(parts[i] for i in sorted(parts))
+        data.background.stop()
     assert bytes(got) == b"".join(blocks)
     assert store.calls["get"] == len(blocks), "every block is fetched from the store exactly once"
     assert cache.hits == 0, "a block fetched a moment ago is handed over from memory, not read back"
@@ -137,7 +139,7 @@ async def test_cold_sequential_read_fetches_each_block_once_and_never_rereads_it
     # Later reads (page cache dropped, memory copy gone) come from the cache, not the store.
     again = _bio(store, cache)
     data.bio = again
-    data.spawn = None
+    assert not data.background.running
     assert await data.read(INO, 5 * BS + 7, 100) == blocks[5][7:107]
     assert store.calls["get"] == len(blocks) and cache.hits == 1
 
@@ -155,11 +157,12 @@ async def test_eagerly_uploaded_block_is_encoded_and_put_once(tmp_path, monkeypa
     data = _layer(bio)
     full = [os.urandom(BS) for _ in range(4)]
     async with trio.open_nursery() as n:
-        data.spawn = n.start_soon
+        await n.start(data.background.run)
         for i, raw in enumerate(full):
             await data.write(INO, i * BS, raw, 1)
         await data.write(INO, 2 * BS + 10, b"changed", 2)   # block 2 changes after its eager upload
         await trio.testing.wait_all_tasks_blocked()
+        data.background.stop()
     assert store.calls["put"] == 4 and encodes["n"] == 4, "each full block went up eagerly"
     batch, _ = data.cut(1)
     expect2 = full[2][:10] + b"changed" + full[2][17:]
@@ -253,7 +256,7 @@ async def test_data_layer_matches_a_byte_model_with_eager_uploads_and_commits(tm
         await data.settle(batch_id, blocks.keys(), results, sum(map(len, blocks.values())))
 
     async with trio.open_nursery() as n:
-        data.spawn = n.start_soon
+        await n.start(data.background.run)
         for step in range(120):
             op = rnd.random()
             if op < 0.35:
@@ -292,6 +295,7 @@ async def test_data_layer_matches_a_byte_model_with_eager_uploads_and_commits(tm
             if rnd.random() < 0.3:
                 await trio.testing.wait_all_tasks_blocked()     # let eager uploads finish
         await commit()
+        data.background.stop()
     assert not data.dirty and not data.inflight
     assert data.state.inodes[INO].size == len(model)
     assert await data.read(INO, 0, len(model) + 10) == bytes(model)
