@@ -27,7 +27,7 @@ import trio
 from agent.volumes import Health
 from fsd.blockstack import cleanup_dead, fuse_mountpoint, image_path, loops_backed_by
 from fsd.daemon import spawn_mount, unmount_and_wait
-from fsd.mount import registry_path
+from fsd.rundir import registry_path
 from fsd.options import KNOWN as MOUNT_OPTIONS
 
 T = TypeVar("T")

@@ -31,7 +31,7 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fsd.mount import registry_path  # noqa: E402
+from fsd.rundir import registry_path  # noqa: E402
 from tests.agent.harness import TOKEN, RunningAgent, agent_config, cleanup_mounts  # noqa: E402
 from tests.helpers.etcd import EtcdCluster  # noqa: E402
 from tests.helpers.mount import write_fsync  # noqa: E402

@@ -71,7 +71,8 @@ def etcd_options(args: argparse.Namespace) -> Any:
 
 
 def open_state_from_args(args: argparse.Namespace, *, read_only: bool = False) -> Any:
-    from control.state import StateError, open_state
+    from control.state import StateError
+    from control.stores import open_state
     try:
         if read_only and args.state.startswith("sqlite:"):
             from control.sqlite_state import SqliteState

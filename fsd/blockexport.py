@@ -23,7 +23,7 @@ from fsd.blockstack import IMAGE_NAME
 from fsd.format.superblock import Superblock
 from fsd.meta.state import ROOT_INO, MetaState
 from fsd.store.base import ObjectStore
-from fsd.tarexport import BlockReader, ExportError, ExportStats, extents, pieces
+from fsd.exportread import BlockReader, ExportError, ExportStats, extents, pieces
 
 Progress = Callable[[int, int], None]
 

@@ -120,7 +120,7 @@ def cmd_mount(args) -> int:
 # -------------------------------------------------------------------- fs umount
 def cmd_umount(args) -> int:
     from fsd.daemon import unmount_and_wait
-    from fsd.mount import registry_path
+    from fsd.rundir import registry_path
     mp = Path(os.path.abspath(args.mountpoint))
     reg = registry_path(mp)
     info = json.loads(reg.read_text()) if reg.exists() else None
@@ -151,7 +151,7 @@ def cmd_umount(args) -> int:
 
 def cmd_resize(args) -> int:
     from fsd.blockstack import BlockStackError, grow
-    from fsd.mount import registry_path
+    from fsd.rundir import registry_path
     from fsd.options import parse_size
     mp = Path(os.path.abspath(args.mountpoint))
     reg = registry_path(mp)

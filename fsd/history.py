@@ -30,7 +30,7 @@ from fsd.format.snapshot import decode_snapshot
 from fsd.format.superblock import Superblock
 from fsd.gc.plan import history_base
 from fsd.meta.state import MetaState, own_refs_of_records
-from fsd.snapshots import snapshot_refs
+from fsd.volume import snapshot_refs
 from fsd.store.base import NotFound, ObjectInfo, ObjectStore
 
 _REL_RE = re.compile(r"-(\d+(?:\.\d+)?)(s|m|h|d)")

@@ -11,7 +11,7 @@ from fsd.store.base import ObjectStore
 
 
 def _live_status(volume: str) -> dict | None:
-    from fsd.mount import run_dir
+    from fsd.rundir import run_dir
     d = run_dir() / "mounts"
     if not d.is_dir():
         return None

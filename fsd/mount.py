@@ -18,7 +18,6 @@ mount correct:
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import secrets
 import logging
@@ -51,6 +50,7 @@ from fsd.localjournal import LocalJournal
 from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.state import ROOT_INO, MetaState
 from fsd.options import DEFAULT_SIZE_LIMIT, MountOptions
+from fsd.rundir import registry_path
 from fsd.store import open_store
 from fsd.tasks import Background, Wakeup
 from fsd.store.aio import AsyncStore
@@ -68,17 +68,6 @@ class MountConfig:
     options: MountOptions
     takeover: bool = False
     allow_unfenced: bool = False
-
-
-def run_dir() -> Path:
-    return Path(os.environ.get("FERRY_RUN_DIR", "/run/ferry"))
-
-
-def registry_path(mountpoint: Path) -> Path:
-    # abspath, not resolve(): resolving stats the mountpoint, which would
-    # deadlock when called by the daemon serving it.
-    h = hashlib.sha1(os.path.abspath(mountpoint).encode()).hexdigest()[:16]
-    return run_dir() / "mounts" / f"{h}.json"
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -25,12 +25,13 @@ from pathlib import Path
 
 from fsd import failpoints
 from fsd import volume as vol_mod
+from fsd.volume import snapshot_refs
 from fsd.format import keys
 from fsd.format.framing import CorruptObject
 from fsd.format.pin import PENDING, PENDING_TIMEOUT_NS, READY, Pin
 from fsd.format.snapshot import decode_snapshot
 from fsd.gc.plan import PinRoots, pin_roots
-from fsd.meta.state import MetaState, own_refs_of_records
+from fsd.meta.state import MetaState
 from fsd.store.base import NotFound, ObjectStore, PreconditionFailed
 
 log = logging.getLogger("ferry.snapshots")
@@ -61,13 +62,6 @@ def read_pins(store: ObjectStore, root: str) -> dict[str, Pin]:
         except NotFound:
             continue            # removed between the listing and the read
     return out
-
-
-def snapshot_refs(store: ObjectStore, root: str, position: tuple[int, int]) -> set[tuple[bytes, int]]:
-    """(hash, epoch) of every data object the metadata snapshot at `position` references."""
-    key = keys.snapshot_key(root, *position)
-    _e, _s, _n, records = decode_snapshot(store.get(key), key)
-    return own_refs_of_records(records)
 
 
 def gc_pins(store: ObjectStore, root: str, now_ns: int) -> tuple[PinRoots, set[tuple[bytes, int]]]:
@@ -268,7 +262,7 @@ def flush_local_mount(store_url: str, volume: str, *, timeout: float = 60.0) -> 
     upload (its status file is rewritten every second, so that wait costs
     up to a second; under durability=remote the fsync alone is enough).
     Returns the mountpoint, or None if it is not mounted here."""
-    from fsd.mount import run_dir
+    from fsd.rundir import run_dir
     reg_dir = run_dir() / "mounts"
     entries = []
     for p in reg_dir.glob("*.json") if reg_dir.exists() else []:

@@ -598,3 +598,10 @@ def write_snapshot(store: ObjectStore, root: str, epoch: int, seq: int, state: M
         store.put(keys.snapshot_key(root, epoch, seq), data, if_none_match=True)
     except PreconditionFailed:
         pass  # already there: snapshots are deterministic for a position
+
+
+def snapshot_refs(store: ObjectStore, root: str, position: tuple[int, int]) -> set[tuple[bytes, int]]:
+    """(hash, epoch) of every data object the metadata snapshot at `position` references."""
+    key = keys.snapshot_key(root, *position)
+    _e, _s, _n, records = decode_snapshot(store.get(key), key)
+    return own_refs_of_records(records)

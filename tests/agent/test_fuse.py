@@ -13,7 +13,7 @@ import trio
 
 from agent.fsd_proc import in_proc_mounts
 from agent.volumes import Phase
-from fsd.mount import registry_path
+from fsd.rundir import registry_path
 from tests.helpers.mount import write_fsync
 from tests.agent.harness import RunningAgent, agent_config, control_client, start_control
 

@@ -16,7 +16,8 @@ import trio
 
 from control.etcd_state import EtcdState, parse_etcd_url
 from control.sqlite_state import SqliteState
-from control.state import ANY, NEW, CasConflict, Compacted, Op, open_state
+from control.state import ANY, NEW, CasConflict, Compacted, Op
+from control.stores import open_state
 from tests.helpers.memstate import MemoryState
 
 
