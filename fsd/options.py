@@ -1,12 +1,16 @@
 """Mount options (`-o k=v`): parsing and validation, pure.
 
 Every option has a default a user would pick; unknown or malformed ones are
-refused with the list of known ones, before anything is touched.
+refused with the list of known ones, before anything is touched. The options
+are one table, `MountOptions`: each field carries its default, its parser and
+its help text, so the three cannot drift apart.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -45,50 +49,115 @@ def parse_duration(text: str) -> float:
 
 DEFAULT_SIZE_LIMIT = 1 << 50      # what df shows for a files volume without -o size=
 
+Parser = Callable[[str, str], Any]     # (option name, text) -> value; ValueError says what is wrong
+
+
+def _choice(*values: str) -> Parser:
+    def parse(name: str, text: str) -> str:
+        if text not in values:
+            raise ValueError(f"{name} must be " + " or ".join(repr(v) for v in values) + f", not {text!r}")
+        return text
+    return parse
+
+
+def _on_off(name: str, text: str) -> bool:
+    if text not in ("on", "off"):
+        raise ValueError(f"{name} must be 'on' or 'off', not {text!r}")
+    return text == "on"
+
+
+def _seconds(lo: float, hi: float) -> Parser:
+    def parse(name: str, text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise ValueError(f"{name} must be a number of seconds, not {text!r}") from None
+        if not lo <= v <= hi:
+            raise ValueError(f"{name} must be between {lo:g} and {hi:g} seconds")
+        return v
+    return parse
+
+
+def _size(lo: int = 0, hi: int | None = None, *, hi_text: str = "") -> Parser:
+    def parse(name: str, text: str) -> int:
+        v = parse_size(text)
+        if v < lo:
+            raise ValueError(f"{name} must be at least 1M")
+        if hi is not None and v > hi:
+            raise ValueError(f"{name} must be at most {hi_text}")
+        return v
+    return parse
+
+
+def _count(lo: int) -> Parser:
+    def parse(name: str, text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise ValueError(f"{name} must be a whole number") from None
+        if n < lo:
+            raise ValueError(f"{name} must be at least {lo}")
+        return n
+    return parse
+
+
+def _duration(lo: float) -> Parser:
+    def parse(name: str, text: str) -> float:
+        try:
+            d = parse_duration(text)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        if not lo <= d <= 30 * 86400:
+            raise ValueError(f"{name} must be between {lo:g}s and 30d, not {text!r}")
+        return d
+    return parse
+
+
+def _opt(default: Any, parse: Parser, help: str) -> Any:
+    """One option: its default, how `-o name=text` is parsed and checked, its help."""
+    return field(default=default, metadata={"parse": parse, "help": help})
+
 
 @dataclass(frozen=True)
 class MountOptions:
-    durability: str = "remote"        # remote | local  (SPEC §2.1)
-    commit_interval: float = 5.0      # seconds between background commits
-    cache_size: int = 10 << 30        # bytes of clean blocks kept in the cache dir
-    dirty_limit: int = 256 << 20      # dirty + in-flight bytes at which writers wait
+    """The one table of mount options: each field is an option, with its default,
+    its parser and its help text; KNOWN and parse_mount_options come from it."""
+
+    durability: str = _opt("remote", _choice("remote", "local"),
+                           "remote|local (default remote: fsync returns once data is in object storage)")
+    commit_interval: float = _opt(5.0, _seconds(0.01, 3600), "seconds between background commits (default 5)")
+    cache_size: int = _opt(10 << 30, _size(1 << 20), "size of the local block cache (default 10G)")
+    dirty_limit: int = _opt(256 << 20, _size(1 << 20), "unuploaded data at which writers wait (default 256M)")
     # files: the size limit statfs reports (None: DEFAULT_SIZE_LIMIT); layout=block:
     # the image is grown to this at mount when it is smaller (`ferry volume resize`)
-    size: int | None = None
-    snapshot_every: int = 512         # segments between metadata snapshots
-    readahead: int = 4 << 20          # kernel read-ahead window of the mount (0: kernel default)
-    gc: bool = True                   # the owner collects garbage in the background
-    gc_interval: float = 600.0        # seconds between background GC passes
-    gc_grace: float = 300.0           # unreferenced objects younger than this survive a pass
-    image_only: bool = False          # block volumes: mount ferry's filesystem (holding `image`) only
-    trim_interval: float = 3600.0     # block volumes: seconds between fstrim runs (0: never)
-    discard: bool = False             # block volumes: mount the kernel filesystem with -o discard
-    loop_direct_io: bool = False      # block volumes: the loop device bypasses the ferry mount's page cache
+    size: int | None = _opt(None, _size(1 << 20),
+                            "volume size limit reported by df (default 1P); for a layout=block volume, the image "
+                            "size: a larger size than the image's grows it (and its filesystem) at mount")
+    snapshot_every: int = _opt(512, _count(1), "journal segments between metadata snapshots (default 512)")
+    readahead: int = _opt(4 << 20, _size(0, 256 << 20, hi_text="256M"),
+                          "kernel read-ahead window for sequential reads (default 4M; 0 keeps the kernel's 128k)")
+    gc: bool = _opt(True, _on_off, "on|off: the owning daemon deletes garbage in the background (default on)")
+    gc_interval: float = _opt(600.0, _duration(0.1), "time between background GC passes (default 10m)")
+    gc_grace: float = _opt(300.0, _duration(0.0),
+                           "unreferenced objects younger than this are kept by GC (default 5m)")
+    image_only: bool = _opt(False, _on_off,
+                            "on|off: for a layout=block volume, mount only ferry's filesystem holding the file "
+                            "`image` (to check it with e2fsck/xfs_repair or copy it); the kernel filesystem is not "
+                            "mounted (default off)")
+    trim_interval: float = _opt(3600.0, _duration(0.0),
+                                "for a layout=block volume, how often the daemon runs fstrim so deleted files' "
+                                "space becomes garbage GC frees (default 1h; 0: never)")
+    discard: bool = _opt(False, _on_off,
+                         "on|off: for a layout=block volume, mount the kernel filesystem with -o discard (every "
+                         "delete punches at once; costs a commit per delete) (default off: fstrim every "
+                         "trim_interval)")
+    loop_direct_io: bool = _opt(False, _on_off,
+                                "on|off: for a layout=block volume, attach the image with direct I/O: one copy of "
+                                "the data in memory instead of two, but every page ext4 writes becomes its own "
+                                "ferry write (4 KiB random writes ~6x slower, sequential writes ~2x) (default off)")
 
 
-KNOWN = {
-    "durability": "remote|local (default remote: fsync returns once data is in object storage)",
-    "commit_interval": "seconds between background commits (default 5)",
-    "cache_size": "size of the local block cache (default 10G)",
-    "dirty_limit": "unuploaded data at which writers wait (default 256M)",
-    "size": "volume size limit reported by df (default 1P); for a layout=block volume, the image size: a "
-            "larger size than the image's grows it (and its filesystem) at mount",
-    "snapshot_every": "journal segments between metadata snapshots (default 512)",
-    "readahead": "kernel read-ahead window for sequential reads (default 4M; 0 keeps the kernel's 128k)",
-    "gc": "on|off: the owning daemon deletes garbage in the background (default on)",
-    "gc_interval": "time between background GC passes (default 10m)",
-    "gc_grace": "unreferenced objects younger than this are kept by GC (default 5m)",
-    "image_only": "on|off: for a layout=block volume, mount only ferry's filesystem holding the file `image` "
-                  "(to check it with e2fsck/xfs_repair or copy it); the kernel filesystem is not mounted "
-                  "(default off)",
-    "trim_interval": "for a layout=block volume, how often the daemon runs fstrim so deleted files' space "
-                     "becomes garbage GC frees (default 1h; 0: never)",
-    "discard": "on|off: for a layout=block volume, mount the kernel filesystem with -o discard (every delete "
-               "punches at once; costs a commit per delete) (default off: fstrim every trim_interval)",
-    "loop_direct_io": "on|off: for a layout=block volume, attach the image with direct I/O: one copy of the "
-                      "data in memory instead of two, but every page ext4 writes becomes its own ferry write "
-                      "(4 KiB random writes ~6x slower, sequential writes ~2x) (default off)",
-}
+KNOWN = {f.name: f.metadata["help"] for f in fields(MountOptions)}
 
 
 def known_options_text() -> str:
@@ -113,51 +182,5 @@ def parse_mount_options(kv: dict[str, str]) -> MountOptions:
     unknown = sorted(set(kv) - set(KNOWN))
     if unknown:
         raise ValueError(f"unknown mount option(s) {', '.join(unknown)}; known: {known_options_text()}")
-    o = MountOptions()
-    vals: dict[str, object] = {}
-    if "durability" in kv:
-        if kv["durability"] not in ("remote", "local"):
-            raise ValueError(f"durability must be 'remote' or 'local', not {kv['durability']!r}")
-        vals["durability"] = kv["durability"]
-    if "commit_interval" in kv:
-        try:
-            ci = float(kv["commit_interval"])
-        except ValueError:
-            raise ValueError(f"commit_interval must be a number of seconds, not {kv['commit_interval']!r}") from None
-        if not 0.01 <= ci <= 3600:
-            raise ValueError("commit_interval must be between 0.01 and 3600 seconds")
-        vals["commit_interval"] = ci
-    for k in ("cache_size", "dirty_limit", "size"):
-        if k in kv:
-            v = parse_size(kv[k])
-            if v < (1 << 20):
-                raise ValueError(f"{k} must be at least 1M")
-            vals[k] = v
-    if "readahead" in kv:
-        ra = parse_size(kv["readahead"])
-        if ra > (256 << 20):
-            raise ValueError("readahead must be at most 256M")
-        vals["readahead"] = ra
-    if "snapshot_every" in kv:
-        try:
-            n = int(kv["snapshot_every"])
-        except ValueError:
-            raise ValueError("snapshot_every must be a whole number") from None
-        if n < 1:
-            raise ValueError("snapshot_every must be at least 1")
-        vals["snapshot_every"] = n
-    for k in ("gc", "image_only", "discard", "loop_direct_io"):
-        if k in kv:
-            if kv[k] not in ("on", "off"):
-                raise ValueError(f"{k} must be 'on' or 'off', not {kv[k]!r}")
-            vals[k] = kv[k] == "on"
-    for k, lo in (("gc_interval", 0.1), ("gc_grace", 0.0), ("trim_interval", 0.0)):
-        if k in kv:
-            try:
-                d = parse_duration(kv[k])
-            except ValueError as e:
-                raise ValueError(f"{k}: {e}") from None
-            if not lo <= d <= 30 * 86400:
-                raise ValueError(f"{k} must be between {lo:g}s and 30d, not {kv[k]!r}")
-            vals[k] = d
-    return MountOptions(**{**o.__dict__, **vals})
+    vals = {f.name: f.metadata["parse"](f.name, kv[f.name]) for f in fields(MountOptions) if f.name in kv}
+    return MountOptions(**vals)

@@ -51,3 +51,17 @@ def test_readahead_option():
     assert parse_mount_options({"readahead": "16M"}).readahead == 16 << 20
     with pytest.raises(ValueError, match="at most 256M"):
         parse_mount_options({"readahead": "1G"})
+
+
+def test_every_option_comes_from_the_one_table():
+    """Defaults, parsers and help are one table (the dataclass's fields): nothing to keep in step by hand."""
+    from dataclasses import fields
+
+    from fsd.options import KNOWN, MountOptions, parse_mount_options
+    names = [f.name for f in fields(MountOptions)]
+    assert list(KNOWN) == names
+    for f in fields(MountOptions):
+        assert callable(f.metadata["parse"]) and "default" in f.metadata["help"], f.name
+    assert parse_mount_options({}) == MountOptions()
+    assert parse_mount_options({"gc": "off", "gc_interval": "2m", "readahead": "0"}) == MountOptions(
+        gc=False, gc_interval=120.0, readahead=0)
