@@ -132,10 +132,11 @@ class Agent:
             return plugin.activate_reply()
         if isinstance(req, plugin.Capabilities):
             return plugin.capabilities_reply()
-        handler = {plugin.Create: self.create, plugin.Remove: self.remove, plugin.Mount: self.mount,
-                   plugin.Unmount: self.unmount, plugin.Path: self.path, plugin.Get: self.get,
-                   plugin.ListVolumes: self.list}[type(req)]
-        return await handler(req)
+        handlers: dict[type, Callable[[Any], Awaitable[dict[str, Any]]]] = {
+            plugin.Create: self.create, plugin.Remove: self.remove, plugin.Mount: self.mount,
+            plugin.Unmount: self.unmount, plugin.Path: self.path, plugin.Get: self.get,
+            plugin.ListVolumes: self.list_volumes}
+        return await handlers[type(req)](req)
 
     async def create(self, req: plugin.Create) -> dict[str, Any]:
         """Docker's `volume create`. With `-o from=VOLUME@SNAP|@TIME` the
@@ -490,7 +491,7 @@ class Agent:
             status["mounts_here"] = self.volumes.count(name)
         return plugin.ok(Volume=plugin.volume_entry(name, self._mp_if_here(name), status))
 
-    async def list(self, req: plugin.ListVolumes) -> dict[str, Any]:
+    async def list_volumes(self, req: plugin.ListVolumes) -> dict[str, Any]:
         snaps: dict[str, list[str]] = {}
         try:
             vols = await self.control.volume_list()

@@ -72,13 +72,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def etcd1(tmp_path_factory):
-    from tests.helpers.etcd import EtcdCluster
-    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd1"), members=1)
-    try:
-        cluster.start()
+    from tests.helpers.etcd import running_cluster
+    with running_cluster(tmp_path_factory.mktemp("etcd1"), members=1) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def _moto_binary() -> str:

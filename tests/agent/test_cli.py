@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from agent.fsd_proc import in_proc_mounts
 from tests.agent.harness import TOKEN, post
 from tests.conftest import free_port
 from tests.helpers.mount import ferry_cmd, run_ferry
+from tests.helpers.net import wait_listening
 
 
 def test_usage_errors(tmp_path):
@@ -83,14 +82,7 @@ def control_proc(tmp_path):
                                            "--heartbeat", "1"],
                             stdout=log, stderr=log, env={**os.environ, "FERRY_TOKEN": TOKEN})
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "control.log").read_text()
-                time.sleep(0.1)
+        wait_listening("127.0.0.1", port, proc, tmp_path / "control.log", timeout=20)
         yield f"127.0.0.1:{port}"
     finally:
         proc.kill()

@@ -25,13 +25,9 @@ class Running:
 def etcd3(tmp_path_factory):
     """A three-member etcd cluster (Debian's etcd-server) for the replica tests; a
     test that kills members leaves them to the next test's `ha` fixture to restart."""
-    from tests.helpers.etcd import EtcdCluster
-    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd3"), members=3)
-    try:
-        cluster.start()
+    from tests.helpers.etcd import running_cluster
+    with running_cluster(tmp_path_factory.mktemp("etcd3"), members=3) as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 @pytest.fixture

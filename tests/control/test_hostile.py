@@ -25,6 +25,7 @@ from control.leases import Config
 from control.listener import Limits
 from control.server import ControlServer
 from control.sqlite_state import SqliteState
+from tests.helpers.net import wait_listening
 
 from .conftest import TOKEN, Running
 from .test_server import raw_call, req
@@ -169,14 +170,7 @@ def test_a_real_service_keeps_its_memory_and_latency_under_attack(tmp_path):
                             cwd=Path(__file__).parents[2])
     socks: list[pysocket.socket] = []
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                pysocket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "control.log").read_text()
-                time.sleep(0.05)
+        wait_listening("127.0.0.1", port, proc, tmp_path / "control.log", timeout=20)
         rss0 = _rss_kib(proc.pid)
 
         async def attack_and_measure() -> list[float]:

@@ -36,6 +36,7 @@ import trio
 
 from control.client import ControlClient, ControlError, Unreachable
 from tests.helpers.etcd import etcd_binary
+from tests.helpers.net import wait_listening
 
 from .conftest import TOKEN
 
@@ -70,15 +71,7 @@ class Processes:
                  "--lease-ttl", str(TTL), "--heartbeat", str(HB)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True))
         for i, port in enumerate(self.ports):
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if self.procs[i].poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"replica {i} did not start; see {self.tmp}/replica{i}.log")
-                    time.sleep(0.05)
+            wait_listening("127.0.0.1", port, self.procs[i], self.tmp / f"replica{i}.log")
 
     def kill(self, i: int) -> None:
         p = self.procs[i]

@@ -18,6 +18,8 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _live: set["EtcdCluster"] = set()
@@ -151,3 +153,14 @@ class EtcdCluster:
         for i in range(self.n):
             self.kill(i)
         _live.discard(self)
+
+
+@contextmanager
+def running_cluster(base: Path, members: int) -> Iterator[EtcdCluster]:
+    """An EtcdCluster of `members`, started, and stopped whatever happens."""
+    cluster = EtcdCluster(base, members=members)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
