@@ -1,1 +1,4 @@
-"""ferry agent: per-host Docker volume plugin (not implemented yet, see issue 3)."""
+"""ferry agent: the per-host Docker volume plugin. It serves the plugin
+protocol (`plugin`, `http`), keeps one record per volume (`volumes`, pure),
+runs one fsd per mounted volume (`fsd_proc`) and holds leases from the
+control service (`service`)."""

@@ -25,8 +25,8 @@ from typing import Any, Callable, TypeVar
 import trio
 
 from agent.volumes import Health
-from fsd.blockstack import cleanup_dead, fuse_mountpoint, image_path, loops_backed_by
-from fsd.daemon import spawn_mount, unmount_and_wait
+from fsd.block.stack import cleanup_dead, fuse_mountpoint, image_path, loops_backed_by
+from fsd.lifecycle.daemon import spawn_mount, unmount_and_wait
 from fsd.rundir import registry_path
 from fsd.options import KNOWN as MOUNT_OPTIONS
 
@@ -190,13 +190,13 @@ class FsdManager:
 
     async def exists_in_store(self, volume: str) -> bool:
         """Whether the store holds a live (not removed) volume of that name."""
-        from fsd import volume as vol_mod
+        from fsd.volume import objects as vol_mod
         return await self._with_store(f"read volume {volume!r}",
                                       lambda store: vol_mod.live_volume(store, volume) is not None)
 
     async def mkfs_if_missing(self, volume: str, options: dict[str, str]) -> bool:
         """Create the volume on the store unless it is there already. True if created."""
-        from fsd import volume as vol_mod
+        from fsd.volume import objects as vol_mod
         from fsd.format import control_record
         from fsd.format.superblock import mkfs_options
 

@@ -6,7 +6,7 @@ Why in the agent: the control service does not reach the object store
 that, the deletion of the objects under `root` runs in the background,
 its progress reported in heartbeats, and a job that fails (store or
 control unreachable) is handed out again by a `host.watch` after a pause.
-Both store steps (fsd/removal.py) are idempotent, so resuming after an
+Both store steps (fsd/lifecycle/removal.py) are idempotent, so resuming after an
 agent crash, or another host taking a job over, is safe.
 """
 from __future__ import annotations
@@ -125,8 +125,8 @@ class RemovalRunner:
         """Worker thread. Force is right here: the control service granted the
         removal because no live host holds the lease, so an unsealed newest epoch
         belongs to a dead or fenced owner, which the removal seals like a takeover."""
-        from fsd import removal
-        from fsd import volume as vol_mod
+        from fsd.lifecycle import removal
+        from fsd.volume import objects as vol_mod
         from fsd.store import open_store
         store = open_store(self.store_url)
         try:
@@ -151,7 +151,7 @@ class RemovalRunner:
 
     def _delete_sync(self, name: str, root: str) -> Any:
         """Worker thread: delete what is left under `root` (None if nothing was)."""
-        from fsd import removal
+        from fsd.lifecycle import removal
         from fsd.store import open_store
 
         def report(done: int, total: int, nbytes: int) -> None:

@@ -31,7 +31,7 @@ class StoreJobs:
         """Do job `job` from host.watch and answer it with snapshot.done: create or
         remove a snapshot (a volume mounted here is committed first), make a
         clone, or grow a block volume. Never raises: failures are the answer."""
-        from fsd import snapshots as fsnap
+        from fsd.backup import snapshots as fsnap
         from fsd.store import open_store
         volume, snap, op = str(job["volume"]), str(job["snap"]), job.get("op")
         if op == "resize":
@@ -68,7 +68,7 @@ class StoreJobs:
         """Grow a block volume mounted here, online (control/resize.py): the
         image, the loop device, the kernel filesystem. Not mounted here (any
         more): nothing to do now, the recorded size applies at its next mount."""
-        from fsd import blockstack
+        from fsd.block import stack as blockstack
         volume = str(job["volume"])
         size = int((job.get("options") or {}).get("size", 0))
         target, fuse_mp = self.fsd.mountpoint(volume), blockstack.fuse_mountpoint(self.fsd.cache_dir(volume))
@@ -117,11 +117,11 @@ class StoreJobs:
     def _make_clone(self, store: Any, new: str, source: str, options: dict[str, str]) -> list[int]:
         """Worker thread: the store part of `volume create NEW -o from=SOURCE`.
         A clone made by an earlier attempt whose answer was lost counts."""
-        from fsd import clones
-        from fsd import volume as vol_mod
+        from fsd.backup import clones
+        from fsd.volume import objects as vol_mod
         from fsd.format import control_record
         from fsd.format.superblock import mkfs_options
-        from fsd import snapshots as fsnap
+        from fsd.backup import snapshots as fsnap
         src = clones.parse_source(source, 0)
         ref = vol_mod.live_volume(store, new)
         if ref is not None:

@@ -59,7 +59,9 @@ class RefInstall:
         # Plain path lines (not site dirs): this venv's editable install of ferry is not loaded, the ref's tree is.
         (site / "_ferry_ab.pth").write_text(f"{self.wt}\n{ours}\n")
         self.ferry = self.venv / "bin" / "ferry"
-        self.ferry.write_text(f"#!{self.venv / 'bin' / 'python'}\nimport sys\nfrom fsd.cli import main\n"
+        # The entry point moved from fsd.cli to cli.main (issue 20): a ref has one or the other.
+        self.ferry.write_text(f"#!{self.venv / 'bin' / 'python'}\nimport sys\n"
+                              f"try:\n    from cli.main import main\nexcept ImportError:\n    from fsd.cli import main\n"
                               f"sys.exit(main())\n")
         self.ferry.chmod(0o755)
         check = subprocess.run([str(self.venv / "bin" / "python"), "-c", "import fsd; print(fsd.__file__)"],
@@ -80,7 +82,7 @@ def ferry_at(install: RefInstall, name: str) -> type[R.Ferry]:
             self.name = name
             super().__init__(h)
             self.ferry = str(install.ferry)
-            # -m fsd.cli in the daemon must not pick ferry up from the current directory
+            # the daemon's `-m cli` (`-m fsd.cli` in older refs) must not pick ferry up from the current directory
             self.env = dict(self.env, PYTHONSAFEPATH="1")
     return FerryAt
 

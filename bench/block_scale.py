@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-FERRY = [sys.executable, "-m", "fsd.cli"]
+FERRY = [sys.executable, "-m", "cli"]
 
 
 def rss_mib(pid: int) -> float:

@@ -60,7 +60,7 @@ def start_service(state_dir: Path, name: str, state_url: str, port: int, ttl: fl
     (state_dir / "token").write_text(TOKEN)
     (state_dir / "token").chmod(0o600)
     log = open(state_dir / f"{name}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "fsd.cli", "control", "serve", "--listen", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "control", "serve", "--listen", f"127.0.0.1:{port}",
                              "--state", state_url, "--token-file", str(state_dir / "token"),
                              "--lease-ttl", str(ttl), "--heartbeat", str(heartbeat)],
                             stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[1],

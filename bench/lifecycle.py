@@ -39,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fsd import volume as vol_mod  # noqa: E402
+from fsd.volume import objects as vol_mod  # noqa: E402
 from fsd.format import keys  # noqa: E402
 from fsd.format.segment import Segment  # noqa: E402
 from fsd.gc.run import read_report  # noqa: E402

@@ -49,7 +49,7 @@ def main() -> int:
     env = {**os.environ, "FERRY_RUN_DIR": str(work / "run")}
     if args.src:
         env["PYTHONPATH"] = str(Path(args.src).resolve())
-    ferry = [sys.executable, "-m", "fsd.cli"]
+    ferry = [sys.executable, "-m", "cli"]
     srv = _started_moto(work)
     proxy = TcpProxy("127.0.0.1", srv.port)
     mnt, cache = work / "mnt", work / "cache"

@@ -3,11 +3,11 @@
 
     python bench/nullfs.py MOUNTPOINT [--stats FILE]
 
-Mounted with the same FUSE options and capabilities as ferry (fsd/mount.py,
-fsd/fuse_ops.py): writeback_cache, default_permissions, allow_other, noatime,
+Mounted with the same FUSE options and capabilities as ferry (fsd/lifecycle/mount.py,
+fsd/datapath/fuse_ops.py): writeback_cache, default_permissions, allow_other, noatime,
 the same entry/attr timeouts, negative lookup entries, keep_cache on open,
 pyfuse3.main(min_tasks=4), and the same per-mount kernel (bdi) tuning after
-INIT (fsd/kernel_tuning.py). Everything else is as cheap as it can be: file
+INIT (fsd/lifecycle/kernel_tuning.py). Everything else is as cheap as it can be: file
 contents are bytearrays in a dict, there is no storage, no journal, no
 locking. What it measures is the cost of the kernel <-> /dev/fuse <->
 libfuse <-> pyfuse3 <-> trio round trip per request, i.e. the best any
@@ -37,8 +37,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The same values and the same tuning ferry uses, not copies of them.
-from fsd.fuse_ops import ATTR_TIMEOUT, ENTRY_TIMEOUT  # noqa: E402
-from fsd.kernel_tuning import tune_bdi  # noqa: E402
+from fsd.datapath.fuse_ops import ATTR_TIMEOUT, ENTRY_TIMEOUT  # noqa: E402
+from fsd.lifecycle.kernel_tuning import tune_bdi  # noqa: E402
 from fsd.options import MountOptions  # noqa: E402
 
 ROOT = pyfuse3.ROOT_INODE

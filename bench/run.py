@@ -531,7 +531,7 @@ class FerryBlock(Ferry):
                 timeout=120, env=self.env, what="ferry fs mkfs")
 
     def teardown(self):
-        from fsd.blockstack import cleanup_dead, fuse_mountpoint
+        from fsd.block.stack import cleanup_dead, fuse_mountpoint
         if self.cache is not None:
             cleanup_dead(self.mnt, fuse_mountpoint(self.cache))
         force_unmount(self.mnt)

@@ -3,7 +3,7 @@
 Why: the control service records which volumes exist, their options,
 snapshots, clone links and deletions in progress; the store holds every
 byte of them. When the control state is lost (a new SQLite file, an empty
-etcd), `ferry control recover --store URL` reads the store (fsd/inventory.py)
+etcd), `ferry control recover --store URL` reads the store (fsd/tools/inventory.py)
 and hands each volume and each half-done deletion to the control service,
 which records what it lacks with the rules below. Running it again changes
 nothing.

@@ -3,7 +3,7 @@
 A layout=block volume's size is the size of its image. The control service
 records the size in the volume's options (`size`), which every agent passes
 to `ferry fs mount -o size=`: a mount grows a smaller image, then its
-filesystem, before anything uses it (fsd/blockstack.py). So the size
+filesystem, before anything uses it (fsd/block/stack.py). So the size
 belongs to the volume, whichever host mounts it next.
 
 If a live host holds the volume, it grows it online now, as a job of the

@@ -1,6 +1,6 @@
 """Snapshots at the control service (`ferry snapshot create|ls|rm`): pure.
 
-The snapshot itself lives in the store (fsd/snapshots.py); the control
+The snapshot itself lives in the store (fsd/backup/snapshots.py); the control
 service records its name and position on the volume (persistent, shown by
 `ferry volume inspect`, `ferry snapshot ls` and Docker's Get) and hands the
 store part to an agent: the volume's live holder, whose `create` first
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from control.leases import Cluster, Decision, Refused, Volume, need_host, need_volume
-from fsd.clones import parse_source
+from fsd.backup.clones import parse_source
 from fsd.format.keys import validate_snapshot_name
 
 CREATE, REMOVE, CLONE, RESIZE = "create", "rm", "clone", "resize"      # RESIZE: control/resize.py
@@ -76,7 +76,7 @@ def request_clone(c: Cluster, new: str, source: str, options: dict[str, str], la
 
 
 def _iso(ns: int) -> str:
-    from fsd.history import format_ns
+    from fsd.backup.history import format_ns
     return format_ns(ns, precise=True)
 
 

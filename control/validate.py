@@ -40,7 +40,7 @@ def validate_volume_options(name: str, options: dict[str, str]) -> dict[str, str
                          + "; ".join(f"{k}={v}" for k, v in known.items()))
     make_superblock(name, mkfs_options(options), 0)
     if "from" in options:
-        from fsd.clones import parse_source
+        from fsd.backup.clones import parse_source
         try:
             parse_source(options["from"], 0)
         except ValueError as e:

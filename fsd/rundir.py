@@ -1,7 +1,7 @@
 """Where a host's running mounts are listed: `$FERRY_RUN_DIR` (default
 /run/ferry), one `mounts/<hash>.json` per mountpoint.
 
-Why a module of its own: the daemon writes its entry (fsd/mount.py), and the
+Why a module of its own: the daemon writes its entry (fsd/lifecycle/mount.py), and the
 CLI, the agent, `inspect` and snapshots read them to find the daemon serving
 a mountpoint; none of those readers should need the mount machinery.
 """

@@ -335,7 +335,7 @@ def test_block_discard_lets_gc_free_the_store(fs, how, file_store_url, new_mount
     discards arrive (fstrim by hand, -o discard, or the daemon's periodic
     fstrim): the image gets holes, GC deletes their objects, and both the
     volume and the kernel filesystem check clean."""
-    from fsd.blockstack import fallocate_supported
+    from fsd.block.stack import fallocate_supported
     assert fallocate_supported(), "pyfuse3 without fallocate: run deploy/pyfuse3/install.sh (scripts/install.sh does)"
     m = new_mount("a")
     m.mkfs(file_store_url, "trim", [f"layout=block,fs={fs},size={SIZES[fs]},history=0"])
@@ -446,7 +446,7 @@ def _abort_fuse(mountpoint: Path) -> None:
 
 
 def _io_flusher_allowed() -> bool:
-    r = subprocess.run([sys.executable, "-c", "import sys; from fsd.kernel_tuning import set_io_flusher; "
+    r = subprocess.run([sys.executable, "-c", "import sys; from fsd.lifecycle.kernel_tuning import set_io_flusher; "
                         "sys.exit(set_io_flusher() is not None)"], cwd=str(Path(__file__).resolve().parents[1]))
     return r.returncode == 0
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd.cache.blockcache import BlockCache, CacheFull
+from fsd.datapath.cache.blockcache import BlockCache, CacheFull
 from fsd.format.dataobj import block_hash
 
 ALGO = "blake3"   # the content hash new volumes use

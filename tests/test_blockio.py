@@ -25,12 +25,12 @@ import pytest
 import trio
 import trio.testing
 
-import fsd.blockio as blockio_mod
-from fsd.blockio import BlockIO
-from fsd.cache.blockcache import BlockCache
-from fsd.cache.directio import ALIGN, CacheFileIO
-from fsd.cache.filler import CacheFiller
-from fsd.data import DataLayer
+import fsd.datapath.blockio as blockio_mod
+from fsd.datapath.blockio import BlockIO
+from fsd.datapath.cache.blockcache import BlockCache
+from fsd.datapath.cache.directio import ALIGN, CacheFileIO
+from fsd.datapath.cache.filler import CacheFiller
+from fsd.datapath.data import DataLayer
 from fsd.format.dataobj import block_hash
 from fsd.meta.ops import MetaOps
 from fsd.meta.records import INODE

@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from fsd import volume as vol_mod
+from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.format.pin import PENDING_TIMEOUT_NS, Pin
 from fsd.store import open_store
@@ -252,7 +252,7 @@ def _versions_over_time(mp, n: int) -> list[tuple[int, bytes]]:
 
 
 def test_point_in_time_clones_hold_exactly_the_version_of_their_moment(store_url, new_mount):
-    from fsd.history import format_ns
+    from fsd.backup.history import format_ns
     a, b = new_mount("a"), new_mount("b")
     a.mkfs(store_url, "orig")                              # the default history window (1h)
     # The owner snapshots and collects garbage all the time meanwhile.
@@ -277,7 +277,7 @@ def test_point_in_time_clones_hold_exactly_the_version_of_their_moment(store_url
 
 
 def test_without_a_history_window_gc_frees_the_past_and_restores_are_refused(file_store_url, new_mount):
-    from fsd.history import format_ns
+    from fsd.backup.history import format_ns
     a = new_mount("a")
     a.mkfs(file_store_url, "orig", options=["history=0"])
     a.mount(file_store_url, "orig", options=["gc=off"])
@@ -301,7 +301,7 @@ def _random_history(store_url: str, new_mount, seed: int, steps: int, picks: int
     noted moments must equal the model at that moment exactly."""
     import random
     import time
-    from fsd.history import format_ns
+    from fsd.backup.history import format_ns
     from tests.helpers.mount import fsync_dir
     rnd = random.Random(seed)
     a, b = new_mount("a"), new_mount("b")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fsd import creating
-from fsd import volume as vol_mod
+from fsd.volume import creating
+from fsd.volume import objects as vol_mod
 from fsd.store import open_store
 from tests.helpers.mount import fsck_clean, run_ferry, snapshot_diff, tree_snapshot, write_fsync
 
@@ -103,7 +103,7 @@ def test_export_import_round_trip_keeps_everything(store_url, new_mount, tmp_pat
 
 
 def test_export_reads_a_snapshot_or_a_moment_while_the_volume_is_in_use(file_store_url, new_mount, tmp_path):
-    from fsd.history import format_ns
+    from fsd.backup.history import format_ns
     a = new_mount("a")
     a.mkfs(file_store_url, "src")
     a.mount(file_store_url, "src")

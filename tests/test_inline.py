@@ -11,8 +11,8 @@ import hashlib
 import os
 import random
 
-from fsd import volume as vol_mod
-from fsd.commitplan import PATCH_MAX_PER_BLOCK
+from fsd.volume import objects as vol_mod
+from fsd.datapath.commitplan import PATCH_MAX_PER_BLOCK
 from fsd.format import keys
 from fsd.meta.records import PATCH
 from fsd.store import open_store

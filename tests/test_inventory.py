@@ -1,4 +1,4 @@
-"""fsd/inventory.py: what a store holds, read back as the control service
+"""fsd/tools/inventory.py: what a store holds, read back as the control service
 records it (volumes, options, snapshots, clone links, removals in progress),
 without writing a byte. Volumes are made with the real CLI on a real
 `file://` store (and on moto's S3); removals are left half done with the
@@ -12,14 +12,15 @@ import time
 import pytest
 
 from control.validate import validate_volume_options
-from fsd import history, removal
-from fsd import volume as vol_mod
-from fsd.clones import parse_source
+from fsd.backup import history
+from fsd.lifecycle import removal
+from fsd.volume import objects as vol_mod
+from fsd.backup.clones import parse_source
 from fsd.format import keys
 from fsd.format.pin import Pin
 from fsd.format.segment import Segment
 from fsd.format.superblock import Superblock, make_superblock
-from fsd.inventory import (
+from fsd.tools.inventory import (
     Inventory,
     InventoryError,
     RemovalInfo,
@@ -381,7 +382,7 @@ def test_inventory_on_s3(s3_store_url):
 def test_data_objects_are_stepped_over_not_listed(file_store_url, file_store):
     """The inventory never holds a listing of data objects (millions in a big
     store): each volume's data/ range is skipped with one new listing."""
-    from fsd.inventory import _metadata_listing
+    from fsd.tools.inventory import _metadata_listing
     for name in ("a", "b"):
         assert run_ferry("fs", "mkfs", "--store", file_store_url, name).returncode == 0
     ref = vol_mod.live_volume(file_store, "a")

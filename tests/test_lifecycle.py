@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fsd import volume as vol_mod
+from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.gc.run import collect
 from fsd.store import open_store
@@ -94,7 +94,7 @@ def test_a_name_reused_while_its_removal_is_pending_never_sees_the_old_volume(st
     a.umount()
     store = open_store(store_url)
     try:
-        from fsd.removal import begin_removal
+        from fsd.lifecycle.removal import begin_removal
         old = begin_removal(store, VOL)          # fenced and marked, nothing deleted yet
     finally:
         store.close()

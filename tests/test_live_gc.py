@@ -12,7 +12,7 @@ import re
 import threading
 import time
 
-from fsd import volume as vol_mod
+from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.gc.run import read_report
 from fsd.store import open_store

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from fsd import volume as vol_mod
+from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.format.segment import Segment
 

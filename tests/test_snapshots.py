@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from fsd import snapshots
-from fsd import volume as vol_mod
+from fsd.backup import snapshots
+from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.format.pin import PENDING, PENDING_TIMEOUT_NS, Pin
 from fsd.store import open_store

@@ -6,7 +6,7 @@ what survives. The superblock keeps only what the filesystem needs (block
 size, compression, layout, ...); mount options given at creation
 (`durability=local`, cache and GC settings) live only at control. Writing
 them here when an agent formats a volume lets `ferry control recover`
-(fsd/inventory.py) bring the volume back exactly as it was created instead
+(fsd/tools/inventory.py) bring the volume back exactly as it was created instead
 of with default mount options. Optional: volumes made before it, or by
 `ferry fs mkfs` alone, have none, and recovery then rebuilds the options
 from the superblock.

@@ -2,8 +2,8 @@
 
 `ROOT/pins/snap/NAME` is a user snapshot; `ROOT/pins/clone/UUID` keeps
 what the clone with that uuid shares with this volume (its `holder` is the
-clone's root). A pin is written twice by its creator (`fsd.snapshots.create`,
-`fsd.clones.create`):
+clone's root). A pin is written twice by its creator (`fsd.backup.snapshots.create`,
+`fsd.backup.clones.create`):
 
 1. `pending`, create-only, *before* the state is read, with `position`
    the journal position then committed. While a pending pin is younger

@@ -42,14 +42,20 @@ from pathlib import Path
 
 import trio
 
-from fsd import creating, failpoints, history, snapshots
-from fsd import volume as vol_mod
-from fsd.blockio import BlockIO
-from fsd.committer import Committer
+from fsd import failpoints
+
+from fsd.volume import creating
+
+from fsd.backup import history
+
+from fsd.backup import snapshots
+from fsd.volume import objects as vol_mod
+from fsd.datapath.blockio import BlockIO
+from fsd.datapath.committer import Committer
 from fsd.format import keys
-from fsd.gc.plan import DATA, Deletion, GcPlan, PinRoots, Roots, Writers, plan
+from fsd.volume.retention import DATA, Deletion, GcPlan, PinRoots, Roots, Writers, plan
 from fsd.gc.run import GcReport, observe_writers
-from fsd.localdb import read_committed
+from fsd.datapath.localdb import read_committed
 from fsd.meta.state import MetaState, own_refs
 from fsd.store.base import ObjectInfo, ObjectStore
 
@@ -183,7 +189,7 @@ class Maintainer:
     # ------------------------------------------------------------------- GC
     def _gather(self) -> tuple[Writers, PinRoots, set[tuple[bytes, int]], list[ObjectInfo]]:
         """Worker thread: seals first, then the pins (after the base: see
-        fsd.gc.plan.pin_roots), then the listing (the order that makes an
+        fsd.volume.retention.pin_roots), then the listing (the order that makes an
         epoch seen sealed unable to add objects after the listing)."""
         failpoints.delay("gc_before_listing")
         writers, _ = observe_writers(self.store, self.root)

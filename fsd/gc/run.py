@@ -1,5 +1,5 @@
 """One garbage-collection pass over a volume in the store (blocking: run it
-in a worker thread from trio). The rules are `fsd.gc.plan`'s; this module
+in a worker thread from trio). The rules are `fsd.volume.retention`'s; this module
 only gathers what they need, in the order that makes them safe:
 
 1. observe which epochs are sealed (their writers can never commit again);
@@ -22,11 +22,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from fsd import creating, failpoints, history, snapshots
-from fsd import volume as vol_mod
+from fsd import failpoints
+
+from fsd.volume import creating
+
+from fsd.backup import history
+
+from fsd.backup import snapshots
+from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.format.framing import CorruptObject, frame, unframe
-from fsd.gc.plan import GcPlan, Roots, Writers, plan, sealed_epochs
+from fsd.volume.retention import GcPlan, Roots, Writers, plan, sealed_epochs
 from fsd.meta.state import own_refs
 from fsd.store.base import NotFound, ObjectInfo, ObjectStore
 
@@ -104,7 +110,7 @@ def gather(store: ObjectStore, name: str, *, compact: bool, dry_run: bool,
         vol_mod.write_snapshot(store, root, *loaded.last, loaded.state)
         base, compacted = loaded.last, loaded.replayed
         failpoints.hit("gc_after_snapshot")
-    # Pins are read only now that the base is established (fsd.gc.plan.pin_roots).
+    # Pins are read only now that the base is established (fsd.volume.retention.pin_roots).
     pins, pinned_refs = snapshots.gc_pins(store, root, time.time_ns())
     objects: list[ObjectInfo] = []
     for prefix in (keys.journal_prefix(root), keys.snapshots_prefix(root), keys.data_prefix(root)):

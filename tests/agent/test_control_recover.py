@@ -22,8 +22,8 @@ import trio
 from control.leases import Config
 from control.server import ControlServer
 from control.sqlite_state import SqliteState
-from fsd import removal
-from fsd import volume as vol_mod
+from fsd.lifecycle import removal
+from fsd.volume import objects as vol_mod
 from fsd.format import control_record
 from fsd.store import open_store
 from tests.agent.harness import TOKEN, RunningAgent, agent_config, control_client
@@ -62,7 +62,7 @@ class Control:
 
 
 def recover(addr: str, store_url: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd.cli", "control", "recover", "--store", store_url,
+    return subprocess.run([sys.executable, "-m", "cli", "control", "recover", "--store", store_url,
                            "--control", addr, *extra], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "FERRY_TOKEN": TOKEN}, cwd=Path(__file__).parents[2])
 

@@ -106,7 +106,7 @@ def agent_process(tmp: Path, control: str, host: str, store_url: str, failpoints
     cfg = agent_config(tmp, control, host, store_url)
     env = {**os.environ, "FERRY_TOKEN": TOKEN, "FERRY_FAILPOINTS": failpoints}
     return subprocess.Popen(
-        [sys.executable, "-m", "fsd.cli", "agent", "serve", "--control", control, "--host-id", host,
+        [sys.executable, "-m", "cli", "agent", "serve", "--control", control, "--host-id", host,
          "--store", store_url, "--cache-dir", str(cfg.cache_dir), "--socket", str(cfg.socket),
          "--mount-root", str(cfg.mount_root), "--state-dir", str(cfg.state_dir)],
         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / f"{host}-agent.log", "ab"))
@@ -124,7 +124,7 @@ async def test_agent_killed_mid_deletion_resumes_and_cli_rm_waits(nursery, tmp_p
     try:
         env = {**os.environ, "FERRY_CONTROL": control, "FERRY_TOKEN": TOKEN}
         r = await trio.to_thread.run_sync(lambda: subprocess.run(
-            [sys.executable, "-m", "fsd.cli", "volume", "rm", "demo", "--timeout", "30"], env=env,
+            [sys.executable, "-m", "cli", "volume", "rm", "demo", "--timeout", "30"], env=env,
             capture_output=True, text=True, timeout=60))
         assert r.returncode == 0, r.stderr
         assert "removed: fenced in the store" in r.stdout
@@ -197,7 +197,7 @@ async def test_volume_inspect_shows_the_owners_last_gc(nursery, tmp_path, contro
     assert gc["freed_bytes"] >= 200_000 and gc["error"] is None
     env = {**os.environ, "FERRY_CONTROL": control, "FERRY_TOKEN": TOKEN}
     out = await trio.to_thread.run_sync(lambda: subprocess.run(
-        [sys.executable, "-m", "fsd.cli", "volume", "inspect", "demo"], env=env, capture_output=True, text=True))
+        [sys.executable, "-m", "cli", "volume", "inspect", "demo"], env=env, capture_output=True, text=True))
     assert "last GC" in out.stdout and "freed" in out.stdout, out.stdout + out.stderr
     assert (await ra.call("/VolumeDriver.Unmount", {"Name": "demo", "ID": "c1"}))["Err"] == ""
 
@@ -205,8 +205,8 @@ async def test_volume_inspect_shows_the_owners_last_gc(nursery, tmp_path, contro
 async def test_snapshot_through_the_control_service(nursery, tmp_path, control, file_store_url):
     """`ferry snapshot create` runs on the host that has the volume mounted (which
     commits first), is recorded at the control service and shows in Docker's Get."""
-    from fsd import snapshots as fsnap
-    from fsd import volume as fvol
+    from fsd.backup import snapshots as fsnap
+    from fsd.volume import objects as fvol
     ra = RunningAgent(nursery, agent_config(tmp_path, control, "h1", file_store_url))
     await ra.start()
     assert (await ra.call("/VolumeDriver.Create", {"Name": "demo"}))["Err"] == ""
@@ -216,7 +216,7 @@ async def test_snapshot_through_the_control_service(nursery, tmp_path, control, 
     env = {**os.environ, "FERRY_CONTROL": control, "FERRY_TOKEN": TOKEN}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fsd.cli", "snapshot", *args], env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "cli", "snapshot", *args], env=env, capture_output=True,
                               text=True, timeout=120)
     out = await trio.to_thread.run_sync(cli, "create", "demo", "s1")
     assert out.returncode == 0 and "created by host h1" in out.stdout, out.stdout + out.stderr
@@ -246,7 +246,7 @@ async def test_snapshot_through_the_control_service(nursery, tmp_path, control, 
     out = await trio.to_thread.run_sync(cli, "ls", "demo")
     assert "s1" not in out.stdout and "s2" in out.stdout
     out = await trio.to_thread.run_sync(lambda: subprocess.run(
-        [sys.executable, "-m", "fsd.cli", "volume", "inspect", "demo"], env=env, capture_output=True, text=True))
+        [sys.executable, "-m", "cli", "volume", "inspect", "demo"], env=env, capture_output=True, text=True))
     assert "snapshots     s2" in out.stdout, out.stdout
     store = open_store(file_store_url)
     try:
@@ -267,7 +267,7 @@ async def test_volume_export_import_and_clone_through_the_control_service(nurser
     env = {**os.environ, "FERRY_CONTROL": control, "FERRY_TOKEN": TOKEN, "FERRY_STORE": file_store_url}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "fsd.cli", "volume", *args], env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "cli", "volume", *args], env=env, capture_output=True,
                               text=True, timeout=120)
     tar = tmp_path / "demo.tar"
     out = await trio.to_thread.run_sync(cli, "export", "demo", "-o", str(tar))

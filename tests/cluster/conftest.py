@@ -30,7 +30,7 @@ def _need_root_tools() -> None:
 
 
 def _ferry() -> list[str]:
-    return [sys.executable, "-m", "fsd.cli"]
+    return [sys.executable, "-m", "cli"]
 
 
 class Agent:

@@ -24,7 +24,7 @@ def free_port() -> int:
 
 def ferry(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     e = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "fsd.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                           env=e, timeout=timeout, cwd=Path(__file__).parents[2])
 
 
@@ -43,7 +43,7 @@ class Service:
     def start(self) -> None:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fsd.cli", "control", "serve", "--listen", self.addr,
+                [sys.executable, "-m", "cli", "control", "serve", "--listen", self.addr,
                  "--state", f"sqlite:{self.tmp / 'control.db'}", "--token-file", str(self.token_file),
                  "--lease-ttl", "4", "--heartbeat", "1", *self.extra],
                 stdout=logf, stderr=logf, cwd=Path(__file__).parents[2], start_new_session=True)
@@ -138,7 +138,7 @@ def test_cli_errors_unauthorized_unreachable_usage(service, tmp_path):
     r = ferry("volume", "ls", env={"FERRY_CONTROL": f"127.0.0.1:{free_port()}", "FERRY_TOKEN": TOKEN})
     assert r.returncode == 1 and "cannot reach the control service" in r.stderr and "--control" in r.stderr
     env = {k: v for k, v in os.environ.items() if k != "FERRY_TOKEN"}
-    r = subprocess.run([sys.executable, "-m", "fsd.cli", "volume", "ls", "--control", service.addr],
+    r = subprocess.run([sys.executable, "-m", "cli", "volume", "ls", "--control", service.addr],
                        capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2])
     assert r.returncode == 2 and "FERRY_TOKEN" in r.stderr
     r = ferry("volume", "ls", "--control", "host:notaport", env={"FERRY_TOKEN": TOKEN})
@@ -194,7 +194,7 @@ def test_mutual_tls_without_token(tmp_path):
     # No --token-file and no FERRY_TOKEN: mutual TLS authenticates.
     with open(s.log, "ab") as logf:
         s.proc = subprocess.Popen(
-            [sys.executable, "-m", "fsd.cli", "control", "serve", "--listen", s.addr,
+            [sys.executable, "-m", "cli", "control", "serve", "--listen", s.addr,
              "--state", f"sqlite:{tmp_path / 'control.db'}", *s.extra],
             stdout=logf, stderr=logf, cwd=Path(__file__).parents[2], env=env, start_new_session=True)
     try:
@@ -207,7 +207,7 @@ def test_mutual_tls_without_token(tmp_path):
             except OSError:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-        base = [sys.executable, "-m", "fsd.cli", "status", "--control", s.addr, "--tls-ca", str(tmp_path / "ca.pem")]
+        base = [sys.executable, "-m", "cli", "status", "--control", s.addr, "--tls-ca", str(tmp_path / "ca.pem")]
         r = subprocess.run(base + ["--tls-cert", str(tmp_path / "cli.pem"), "--tls-key", str(tmp_path / "cli.key")],
                            capture_output=True, text=True, env=env, cwd=Path(__file__).parents[2])
         assert r.returncode == 0, r.stderr

@@ -164,7 +164,7 @@ def test_a_real_service_keeps_its_memory_and_latency_under_attack(tmp_path):
     with pysocket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "fsd.cli", "control", "serve", "--listen", f"127.0.0.1:{port}",
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "control", "serve", "--listen", f"127.0.0.1:{port}",
                              "--state", f"sqlite:{tmp_path / 'c.db'}", "--token-file", str(token)],
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "control.log", "wb"),
                             cwd=Path(__file__).parents[2])

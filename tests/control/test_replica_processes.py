@@ -66,7 +66,7 @@ class Processes:
         for i, port in enumerate(self.ports):
             log = open(self.tmp / f"replica{i}.log", "ab")
             self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "fsd.cli", "control", "serve", "--listen", f"127.0.0.1:{port}",
+                [sys.executable, "-m", "cli", "control", "serve", "--listen", f"127.0.0.1:{port}",
                  "--state", self.url, "--token-file", str(self.tmp / "token"),
                  "--lease-ttl", str(TTL), "--heartbeat", str(HB)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True))

@@ -17,7 +17,7 @@ from .conftest import TOKEN, Running
 
 
 def ferry(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fsd.cli", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).parents[2])
 
 

@@ -557,7 +557,7 @@ def test_everything_persists_across_remount(mnt, remount):
 
 def test_mount_gets_a_large_kernel_readahead_window(volume, mnt):
     """The kernel's 128 KiB default would split sequential reads into many small requests."""
-    from fsd.kernel_tuning import mount_device
+    from fsd.lifecycle.kernel_tuning import mount_device
     if volume.mount is None:
         pytest.skip("not a ferry mount")
     dev = mount_device(str(volume.root))

@@ -25,7 +25,7 @@ FSTYPE = "fuse.ferry"
 def ferry_cmd() -> list[str]:
     """The installed `ferry` script next to this interpreter, else the module."""
     script = Path(sys.executable).parent / "ferry"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "fsd.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
 
 
 def run_ferry(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -169,7 +169,7 @@ class FerryMount:
     @property
     def fuse_mountpoint(self) -> Path:
         """Where a layout=block volume's ferry filesystem (holding `image`) is mounted."""
-        from fsd.blockstack import fuse_mountpoint
+        from fsd.block.stack import fuse_mountpoint
         return fuse_mountpoint(self.cache_dir)
 
     def kill9(self) -> None:
@@ -189,7 +189,7 @@ class FerryMount:
 
     def cleanup_dead_mount(self) -> None:
         if is_mounted(self.fuse_mountpoint) or any(t in ("ext4", "xfs") for t in mount_fstypes(self.mountpoint)):
-            from fsd.blockstack import cleanup_dead   # a block volume's kernel fs, loop device, ferry
+            from fsd.block.stack import cleanup_dead   # a block volume's kernel fs, loop device, ferry
             cleanup_dead(self.mountpoint, self.fuse_mountpoint)
         for _ in range(8):                       # stacked mounts: one layer per call
             if not any(t.startswith("fuse") for t in mount_fstypes(self.mountpoint)):

@@ -1,11 +1,11 @@
-"""The pure parts of fsd/blockstack.py: the commands it runs and what it reads back."""
+"""The pure parts of fsd/block/stack.py: the commands it runs and what it reads back."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from fsd.blockstack import ext4_bytes, grow_argv, losetup_argv
+from fsd.block.stack import ext4_bytes, grow_argv, losetup_argv
 
 DUMPE2FS = """dumpe2fs 1.47.0 (5-Feb-2023)
 Filesystem volume name:   <none>

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fsd.cache.policy import CachePolicy, DirtyBudget
+from fsd.datapath.cache.policy import CachePolicy, DirtyBudget
 
 
 def H(i: int) -> bytes:

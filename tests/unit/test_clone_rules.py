@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from fsd.clones import Source, parse_source, remap
+from fsd.backup.clones import Source, parse_source, remap
 from fsd.format import keys
-from fsd.gc.plan import Roots, Writers, history_base, plan
-from fsd.history import format_ns, parse_moment
+from fsd.volume.retention import Roots, Writers, history_base, plan
+from fsd.backup.history import format_ns, parse_moment
 from fsd.meta.records import BLOCK, DENT, INODE
 from fsd.meta.state import BlockRef, MetaState, own_refs
-from fsd.removal import held_keys
+from fsd.lifecycle.removal import held_keys
 from fsd.store.base import ObjectInfo
 
 NOW = 1_800_000_000 * 10**9

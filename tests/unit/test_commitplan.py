@@ -1,9 +1,9 @@
-"""fsd/commitplan.py: what one commit round uploads, carries inline, writes and settles, as tables."""
+"""fsd/datapath/commitplan.py: what one commit round uploads, carries inline, writes and settles, as tables."""
 from __future__ import annotations
 
 import pytest
 
-from fsd.commitplan import Batch, CommitPlan, Limits, plan_commit, segment_records
+from fsd.datapath.commitplan import Batch, CommitPlan, Limits, plan_commit, segment_records
 from fsd.meta.records import BLOCK, PATCH
 from fsd.meta.state import BlockRef
 

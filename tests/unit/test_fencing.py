@@ -1,7 +1,7 @@
 """Pure fencing rules: where seals go, what replay reads, who may mount."""
 import pytest
 
-from fsd import fencing
+from fsd.volume import fencing
 
 
 @pytest.mark.parametrize("seqs,gap", [([], 1), ([1], 2), ([1, 2, 3], 4), ([2, 3], 1), ([1, 3], 2)])

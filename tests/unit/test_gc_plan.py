@@ -1,10 +1,10 @@
-"""GC's pure rules (fsd.gc.plan): each test breaks one safety rule's
+"""GC's pure rules (fsd.volume.retention): each test breaks one safety rule's
 precondition and checks the plan keeps the object."""
 from __future__ import annotations
 
 from fsd.format import keys
-from fsd.gc.plan import DATA, SEGMENT, SNAPSHOT, Roots, Writers, plan, sealed_epochs
-from fsd.removal import deletion_phases
+from fsd.volume.retention import DATA, SEGMENT, SNAPSHOT, Roots, Writers, plan, sealed_epochs
+from fsd.lifecycle.removal import deletion_phases
 from fsd.store.base import ObjectInfo
 
 ROOT = "v/" + "ab" * 16
@@ -83,7 +83,7 @@ def test_removal_deletes_seals_and_the_removal_claim_last():
 
 def test_pins_keep_their_snapshot_and_a_pending_pin_defers_data_and_snapshots():
     from fsd.format.pin import PENDING, PENDING_TIMEOUT_NS, READY, Pin
-    from fsd.gc.plan import pin_roots
+    from fsd.volume.retention import pin_roots
     pins = {"k1": Pin("snap", "a", READY, (1, 3), NOW), "k2": Pin("snap", "b", PENDING, (2, 2), NOW - 10**9),
             "k3": Pin("snap", "c", PENDING, (2, 1), NOW - PENDING_TIMEOUT_NS - 1)}
     pr = pin_roots(pins, NOW)

@@ -1,7 +1,7 @@
 """The per-mount kernel knobs: finding the mount's device and writing its bdi settings."""
 from pathlib import Path
 
-from fsd.kernel_tuning import DIRTY_MAX_RATIO, mount_device, tune_bdi
+from fsd.lifecycle.kernel_tuning import DIRTY_MAX_RATIO, mount_device, tune_bdi
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -24,7 +24,7 @@ def test_tune_bdi_writes_readahead_and_dirty_share(tmp_path: Path, monkeypatch):
     mi.write_text(MOUNTINFO)
     bdi = tmp_path / "bdi" / "0:42"
     bdi.mkdir(parents=True)
-    import fsd.kernel_tuning as kt
+    import fsd.lifecycle.kernel_tuning as kt
     monkeypatch.setattr(kt, "mount_device", lambda mp: mount_device(mp, str(mi)))
     done = tune_bdi("/mnt/other", 4 << 20, bdi_root=tmp_path / "bdi")
     assert done == {"max_ratio": DIRTY_MAX_RATIO, "read_ahead_kb": 4096}
@@ -33,6 +33,6 @@ def test_tune_bdi_writes_readahead_and_dirty_share(tmp_path: Path, monkeypatch):
 
 
 def test_tune_bdi_without_permission_sets_nothing_and_does_not_raise(tmp_path: Path, monkeypatch):
-    import fsd.kernel_tuning as kt
+    import fsd.lifecycle.kernel_tuning as kt
     monkeypatch.setattr(kt, "mount_device", lambda mp: "0:77")   # no such bdi dir
     assert tune_bdi("/mnt/x", 1 << 20, bdi_root=tmp_path) == {}

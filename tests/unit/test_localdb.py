@@ -7,7 +7,7 @@ import stat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsd.localdb import WorkingCopy
+from fsd.datapath.localdb import WorkingCopy
 from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.records import PATCH
 from fsd.meta.state import BlockRef, MetaState, new_volume_records

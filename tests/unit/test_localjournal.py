@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 
-import fsd.localjournal as lj
+import fsd.datapath.localjournal as lj
 from fsd.format.framing import frame
-from fsd.localjournal import MAGIC, LocalEntry, LocalJournal
+from fsd.datapath.localjournal import MAGIC, LocalEntry, LocalJournal
 
 
 def _e(batch: int, payload: bytes = b"x" * 100) -> LocalEntry:

@@ -1,6 +1,6 @@
 import pytest
 
-from fsd.data import split_range
+from fsd.datapath.data import split_range
 from fsd.options import MountOptions, parse_kv, parse_mount_options, parse_size
 
 

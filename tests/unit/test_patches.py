@@ -7,9 +7,9 @@ import stat
 import pytest
 from hypothesis import given, strategies as st
 
-from fsd.commitplan import merge_extents
-from fsd.data import overlay
-from fsd.localdb import WorkingCopy
+from fsd.datapath.commitplan import merge_extents
+from fsd.datapath.data import overlay
+from fsd.datapath.localdb import WorkingCopy
 from fsd.meta.check import check_state
 from fsd.meta.records import BLOCK, INODE, INODE_DEL, PATCH, TRUNC, RecordError, decode_records, encode_records
 from fsd.meta.state import MetaState, new_volume_records

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from fsd.data import punch_plan
+from fsd.datapath.data import punch_plan
 from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.records import HOLE, RecordError, validate_record
 from fsd.meta.state import BlockRef, MetaState, new_volume_records

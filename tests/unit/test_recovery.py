@@ -1,15 +1,15 @@
-"""The pure recovery planner (fsd.recovery): which locally acknowledged
+"""The pure recovery planner (fsd.datapath.recovery): which locally acknowledged
 batches are appended to the crashed epoch, which are already in the store,
 which can no longer apply; and how they become segments."""
 from __future__ import annotations
 
 import stat
 
-from fsd.data import overlay
-from fsd.localjournal import LocalEntry
+from fsd.datapath.data import overlay
+from fsd.datapath.localjournal import LocalEntry
 from fsd.meta.records import BLOCK, INODE, PATCH, TRUNC
 from fsd.meta.state import MetaState, new_volume_records
-from fsd.recovery import EpochTail, WholeBlock, entry_items, plan_recovery, plan_segments, segment_records
+from fsd.datapath.recovery import EpochTail, WholeBlock, entry_items, plan_recovery, plan_segments, segment_records
 
 BS = 4096
 

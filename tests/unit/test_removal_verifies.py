@@ -3,8 +3,8 @@ listing racing a concurrent writer or remover) is found by listing again
 and deleted, so it never reports an empty root it has not seen."""
 from __future__ import annotations
 
-from fsd import removal
-from fsd import volume as vol_mod
+from fsd.lifecycle import removal
+from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.store.filestore import FileStore
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import stat
 
-from fsd.data import DataLayer, overlay
+from fsd.datapath.data import DataLayer, overlay
 from fsd.meta.ops import MetaOps
 from fsd.meta.records import BLOCK, INODE, PATCH
 from fsd.meta.state import BlockRef, MetaState, new_volume_records

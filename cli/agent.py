@@ -1,0 +1,91 @@
+"""`ferry agent` subcommands: `ferry agent serve` runs the per-host agent."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from cli.common import ENV_CONTROL, add_tls_client_args, client_tls, read_token
+from cli.errors import Failure, UsageError
+
+EXAMPLE = """\
+example (one host of a cluster; token shared with `ferry control serve`):
+  ferry agent serve --control 10.0.0.1:7450 --host-id node-a --token-file /etc/ferry/token \\
+      --store 's3://ferry-volumes?endpoint=http://10.0.0.9:9000&region=us-east-1' \\
+      --cache-dir /var/cache/ferry
+  docker volume create -d ferry pgdata
+  docker run --rm -v pgdata:/var/lib/postgresql/data postgres
+
+The agent serves Docker's volume plugin API on --socket, starts one `ferry fs mount`
+daemon per mounted volume (<mount-root>/<volume>, cache <cache-dir>/<volume>), and keeps
+its mount IDs in <state-dir>/state.json. Restarting the agent does not unmount anything:
+the daemons run on and are adopted by the next agent.
+The cluster token comes from --token-file or the FERRY_TOKEN environment variable.
+"""
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from agent.service import Agent, AgentConfig
+    from control.client import parse_addrs
+    from control.leases import validate_host_id, Refused
+    from fsd.store import open_store
+
+    args.control = args.control or os.environ.get(ENV_CONTROL)
+    if not args.control:
+        raise UsageError("--control: give the control service's HOST:PORT (every replica's, comma-separated), "
+                         "or set FERRY_CONTROL")
+    tls = client_tls(args)
+    try:
+        parse_addrs(args.control)
+        validate_host_id(args.host_id)
+    except ValueError as e:
+        raise UsageError(f"--control: {e}") from None
+    except Refused as e:
+        raise UsageError(f"--host-id: {e.message}") from None
+    token = read_token(args.token_file)      # the same rules as every control client
+    try:
+        open_store(args.store).close()
+    except Exception as e:  # noqa: BLE001 - bad URL or unusable store
+        raise UsageError(f"--store: {e}") from None
+    cfg = AgentConfig(control=args.control, host_id=args.host_id, store_url=args.store,
+                      cache_dir=Path(args.cache_dir).absolute(), socket=Path(args.socket).absolute(),
+                      mount_root=Path(args.mount_root).absolute(), state_dir=Path(args.state_dir).absolute(),
+                      token=token, address=args.address or "", tls=tls)
+    try:
+        trio.run(Agent(cfg).run)
+    except OSError as e:
+        raise Failure(f"agent cannot start: {e}") from None
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Register the agent subcommands on the top-level `ferry` parser."""
+    ag = sub.add_parser("agent", help="per-host agent: Docker volume plugin and filesystem daemons",
+                        description="The per-host ferry agent.", epilog=EXAMPLE,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ags = ag.add_subparsers(dest="agentcmd", required=True, parser_class=type(ag))
+    s = ags.add_parser("serve", help="serve the Docker volume plugin API on this host",
+                       description="Register with the control service, heartbeat, and serve Docker's "
+                                   "volume plugin protocol; start, stop and adopt filesystem daemons.",
+                       epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--control", metavar="ADDR",
+                   help="control service HOST:PORT, or every replica's: HOST:PORT,HOST:PORT,... (the agent fails "
+                        "over between them; default $FERRY_CONTROL)")
+    s.add_argument("--host-id", required=True, metavar="ID", help="this host's unique name in the cluster")
+    s.add_argument("--store", required=True, metavar="URL",
+                   help="file:///PATH or s3://BUCKET[/PREFIX]?endpoint=URL&region=R (same on every host)")
+    s.add_argument("--cache-dir", required=True, metavar="DIR", help="local cache root (one subdirectory per volume)")
+    s.add_argument("--socket", default="/run/docker/plugins/ferry.sock", metavar="PATH",
+                   help="plugin socket (default /run/docker/plugins/ferry.sock)")
+    s.add_argument("--mount-root", default="/var/lib/ferry/mounts", metavar="DIR",
+                   help="where volumes are mounted (default /var/lib/ferry/mounts)")
+    s.add_argument("--state-dir", default="/var/lib/ferry/agent", metavar="DIR",
+                   help="agent state (default /var/lib/ferry/agent)")
+    s.add_argument("--token-file", metavar="FILE", help="file holding the cluster token (else $FERRY_TOKEN)")
+    add_tls_client_args(s.add_argument_group("TLS to the control service"))
+    s.add_argument("--address", metavar="ADDR", help="address other hosts see for this host (informational)")
+    s.set_defaults(fn=cmd_serve)
