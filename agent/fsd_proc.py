@@ -18,17 +18,18 @@ import errno
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
 from agent.volumes import Health
 from fsd.block.stack import cleanup_dead, fuse_mountpoint, image_path, loops_backed_by
 from fsd.lifecycle.daemon import spawn_mount, unmount_and_wait
-from fsd.rundir import registry_path
 from fsd.options import KNOWN as MOUNT_OPTIONS
+from fsd.rundir import registry_path
 
 T = TypeVar("T")
 log = logging.getLogger("ferry.agent.fsd")
@@ -196,9 +197,9 @@ class FsdManager:
 
     async def mkfs_if_missing(self, volume: str, options: dict[str, str]) -> bool:
         """Create the volume on the store unless it is there already. True if created."""
-        from fsd.volume import objects as vol_mod
         from fsd.format import control_record
         from fsd.format.superblock import mkfs_options
+        from fsd.volume import objects as vol_mod
 
         mkfs_opts = mkfs_options(options)
 

@@ -12,14 +12,16 @@ so protocol-level refusals (`Err` set) are still sent with status 200.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import socket
 import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import h11
 import trio
@@ -64,7 +66,7 @@ async def serve_connection(stream: trio.abc.Stream, handler: Handler) -> None:
                         data = await stream.receive_some(65536)
                     if cs.cancelled_caught:
                         return
-                    conn.receive_data(data)     # b"" = EOF
+                    conn.receive_data(bytes(data))     # b"" = EOF
                     continue
                 if isinstance(ev, h11.ConnectionClosed):
                     return
@@ -102,11 +104,10 @@ async def serve_connection(stream: trio.abc.Stream, handler: Handler) -> None:
             conn.start_next_cycle()
     except h11.RemoteProtocolError as e:
         if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            try:
+            with contextlib.suppress(h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError,
+                                     OSError):
                 await _send(stream, conn, e.error_status_hint or 400,
                             {"Err": f"malformed HTTP request: {e}"}, keep_alive=False)
-            except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
@@ -147,13 +148,14 @@ async def serve_unix(path: Path, handler: Handler, *, task_status=trio.TASK_STAT
     raw = await trio.to_thread.run_sync(bind_unix_socket, path)
     listener = trio.SocketListener(trio.socket.from_stdlib_socket(raw))
     log.info("serving the Docker volume plugin API on %s", path)
+
+    async def serve_one(s: trio.SocketStream) -> None:
+        await serve_connection(s, handler)
+
     try:
         async with trio.open_nursery() as n:
             task_status.started(path)
-            await trio.serve_listeners(lambda s: serve_connection(s, handler), [listener],
-                                       handler_nursery=n)
+            await trio.serve_listeners(serve_one, [listener], handler_nursery=n)
     finally:
-        try:
+        with contextlib.suppress(OSError):
             path.unlink()
-        except OSError:
-            pass

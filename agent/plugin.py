@@ -14,8 +14,10 @@ List|Capabilities, JSON bodies, `Err` is "" on success).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from datetime import UTC, datetime
+from typing import Any
 
 from control.validate import validate_volume_name, validate_volume_options
 
@@ -76,10 +78,10 @@ class Unmount:
     id: str
 
 
-Request = Union[Activate, Capabilities, ListVolumes, Create, Remove, Path, Get, Mount, Unmount]
+Request = Activate | Capabilities | ListVolumes | Create | Remove | Path | Get | Mount | Unmount
 
 # endpoint -> (request type, fields it needs beyond nothing)
-ENDPOINTS: dict[str, type] = {
+ENDPOINTS: dict[str, Callable[..., Request]] = {
     "/Plugin.Activate": Activate,
     "/VolumeDriver.Capabilities": Capabilities,
     "/VolumeDriver.List": ListVolumes,
@@ -192,8 +194,19 @@ def capabilities_reply() -> dict[str, Any]:
     return {"Capabilities": {"Scope": "global"}}
 
 
-def volume_entry(name: str, mountpoint: str | None, status: dict[str, Any] | None = None) -> dict[str, Any]:
+def rfc3339(ts: float) -> str:
+    """A wall-clock time as Docker reads a volume's CreatedAt (Go's time.Time in JSON)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def volume_entry(name: str, mountpoint: str | None, status: dict[str, Any] | None = None,
+                 created: float | None = None) -> dict[str, Any]:
+    """One volume in a Get or List answer. Without `created`, Docker shows
+    CreatedAt as 0001-01-01T00:00:00Z; `status` is what `docker volume
+    inspect` shows under Status."""
     v: dict[str, Any] = {"Name": name, "Mountpoint": mountpoint or ""}
+    if created is not None:
+        v["CreatedAt"] = rfc3339(created)
     if status is not None:
         v["Status"] = status
     return v

@@ -126,8 +126,8 @@ class RemovalRunner:
         removal because no live host holds the lease, so an unsealed newest epoch
         belongs to a dead or fenced owner, which the removal seals like a takeover."""
         from fsd.lifecycle import removal
-        from fsd.volume import objects as vol_mod
         from fsd.store import open_store
+        from fsd.volume import objects as vol_mod
         store = open_store(self.store_url)
         try:
             if vol_mod.find_volume(store, name) is None:

@@ -24,11 +24,13 @@ registry lists under its mount root; nothing running is unmounted by a restart.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -36,10 +38,24 @@ from agent import plugin
 from agent.fsd_proc import FsdError, FsdManager
 from agent.http import serve_unix
 from agent.removal_jobs import RemovalAborted, RemovalRunner
-from agent.store_jobs import StoreJobs
 from agent.statefile import StateFile
-from agent.volumes import Action, Event, Health, Phase, UnknownMount, Volumes, on_last_unmount, on_lease_lost, \
-    on_monitor, on_mount, on_move, needs_probe, after_failed_start, allowed
+from agent.store_jobs import StoreJobs
+from agent.volumes import (
+    Action,
+    Event,
+    Health,
+    Phase,
+    UnknownMount,
+    Volumes,
+    after_failed_start,
+    allowed,
+    needs_probe,
+    on_last_unmount,
+    on_lease_lost,
+    on_monitor,
+    on_mount,
+    on_move,
+)
 from control import protocol
 from control.client import ControlClient, ControlError, Unreachable
 from fsd.format.superblock import DEFAULT_IMAGE_SIZE
@@ -303,7 +319,7 @@ class Agent:
             await self._release(name, None)    # in use: keep the lease, the monitor retries the remount;
         return failure                         # a daemon left dead: the monitor reseals, then releases
 
-    async def _acquire_and_start(self, name: str) -> "_Start":
+    async def _acquire_and_start(self, name: str) -> _Start:
         """Acquire the lease and start fsd; what happened (see `_Start`)."""
         deadline = trio.current_time() + self.cfg.control_wait
         try:
@@ -476,6 +492,8 @@ class Agent:
         status = {"owner": lease.get("host"), "epoch": lease.get("epoch"),
                   "durability": v.get("durability"), "upload_lag_s": lease.get("upload_lag_s"),
                   "snapshots": sorted(v.get("snapshots") or {})}
+        if v.get("labels"):
+            status["labels"] = dict(v["labels"])     # given to `ferry volume create --label`
         opts = v.get("options") or {}
         if opts.get("from"):
             status["clone_of"] = opts["from"]
@@ -489,21 +507,25 @@ class Agent:
                 if isinstance(st.get("image_size"), int):     # grown by `ferry fs resize` since creation
                     status["size"] = _gib(st["image_size"])
             status["mounts_here"] = self.volumes.count(name)
-        return plugin.ok(Volume=plugin.volume_entry(name, self._mp_if_here(name), status))
+        created = v.get("created")
+        return plugin.ok(Volume=plugin.volume_entry(name, self._mp_if_here(name), status,
+                                                    created if isinstance(created, (int, float)) else None))
 
     async def list_volumes(self, req: plugin.ListVolumes) -> dict[str, Any]:
         snaps: dict[str, list[str]] = {}
+        created: dict[str, float] = {}
         try:
-            vols = await self.control.volume_list()
-            names = [v["name"] for v in vols if isinstance(v, dict) and isinstance(v.get("name"), str)
-                     and v.get("state") != "removing"]
-            snaps = {v["name"]: sorted(v.get("snapshots") or {}) for v in vols
-                     if isinstance(v, dict) and isinstance(v.get("name"), str)}
+            vols = [v for v in await self.control.volume_list()
+                    if isinstance(v, dict) and isinstance(v.get("name"), str)]
+            names = [v["name"] for v in vols if v.get("state") != "removing"]
+            snaps = {v["name"]: sorted(v.get("snapshots") or {}) for v in vols}
+            created = {v["name"]: v["created"] for v in vols if isinstance(v.get("created"), (int, float))}
         except (ControlError, Unreachable) as e:
             log.warning("host=%s List answered from local state only: %s", self.host, e)
             names = self.volumes.names()
         return plugin.ok(Volumes=[plugin.volume_entry(n, self._mp_if_here(n),
-                                                      {"snapshots": snaps[n]} if n in snaps else None)
+                                                      {"snapshots": snaps[n]} if n in snaps else None,
+                                                      created.get(n))
                                   for n in sorted(names)])
 
     # ================================================================ background
@@ -674,10 +696,8 @@ class Agent:
                 if action is Action.STOP_RELEASE:
                     failure = await self._stop_and_release(name)
                     if failure:
-                        try:
+                        with contextlib.suppress(ControlError, Unreachable):
                             await self.control.lease_refuse_move(name, self.host)
-                        except (ControlError, Unreachable):
-                            pass
                         return
                 elif action is Action.STOP_ONLY:
                     await self._stop_only(name)

@@ -9,6 +9,7 @@ lives beside the agent the way removals do (agent/removal_jobs.py).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -46,10 +47,9 @@ class StoreJobs:
                 if op == "create":
                     fsnap.flush_local_mount(self.store_url, volume)
                     return list(fsnap.create(store, volume, snap).position)
-                try:
+                # gone already: what was asked holds
+                with contextlib.suppress(fsnap.SnapshotError):
                     fsnap.remove(store, volume, snap)
-                except fsnap.SnapshotError:
-                    pass                  # gone already: what was asked holds
                 return None
             finally:
                 store.close()
@@ -118,10 +118,10 @@ class StoreJobs:
         """Worker thread: the store part of `volume create NEW -o from=SOURCE`.
         A clone made by an earlier attempt whose answer was lost counts."""
         from fsd.backup import clones
-        from fsd.volume import objects as vol_mod
+        from fsd.backup import snapshots as fsnap
         from fsd.format import control_record
         from fsd.format.superblock import mkfs_options
-        from fsd.backup import snapshots as fsnap
+        from fsd.volume import objects as vol_mod
         src = clones.parse_source(source, 0)
         ref = vol_mod.live_volume(store, new)
         if ref is not None:

@@ -367,7 +367,7 @@ class Volumes:
         return {"volumes": {n: sorted(r.ids) for n, r in sorted(self.records.items()) if r.ids}}
 
     @classmethod
-    def from_dict(cls, d: Any) -> "Volumes":
+    def from_dict(cls, d: Any) -> Volumes:
         """ValueError for anything that is not a table we wrote."""
         if not isinstance(d, dict) or not isinstance(d.get("volumes", {}), dict):
             raise ValueError("mount table must be an object with a 'volumes' object")

@@ -61,8 +61,9 @@ class RefInstall:
         self.ferry = self.venv / "bin" / "ferry"
         # The entry point moved from fsd.cli to cli.main (issue 20): a ref has one or the other.
         self.ferry.write_text(f"#!{self.venv / 'bin' / 'python'}\nimport sys\n"
-                              f"try:\n    from cli.main import main\nexcept ImportError:\n    from fsd.cli import main\n"
-                              f"sys.exit(main())\n")
+                              "try:\n    from cli.main import main\n"
+                              "except ImportError:\n    from fsd.cli import main\n"
+                              "sys.exit(main())\n")
         self.ferry.chmod(0o755)
         check = subprocess.run([str(self.venv / "bin" / "python"), "-c", "import fsd; print(fsd.__file__)"],
                                capture_output=True, text=True, env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd="/")

@@ -31,10 +31,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fsd.volume import objects as vol_mod  # noqa: E402
 from fsd.format import keys  # noqa: E402
 from fsd.options import parse_size  # noqa: E402
 from fsd.store import open_store  # noqa: E402
+from fsd.volume import objects as vol_mod  # noqa: E402
 from tests.conftest import _started_moto, make_bucket  # noqa: E402
 from tests.helpers.mount import FerryMount, run_ferry  # noqa: E402
 

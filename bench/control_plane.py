@@ -59,12 +59,12 @@ def start_service(state_dir: Path, name: str, state_url: str, port: int, ttl: fl
                   heartbeat: float) -> subprocess.Popen:
     (state_dir / "token").write_text(TOKEN)
     (state_dir / "token").chmod(0o600)
-    log = open(state_dir / f"{name}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "control", "serve", "--listen", f"127.0.0.1:{port}",
-                             "--state", state_url, "--token-file", str(state_dir / "token"),
-                             "--lease-ttl", str(ttl), "--heartbeat", str(heartbeat)],
-                            stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[1],
-                            start_new_session=True)
+    with open(state_dir / f"{name}.log", "wb") as log:   # the child has its own copy of the descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "control", "serve", "--listen", f"127.0.0.1:{port}",
+                                 "--state", state_url, "--token-file", str(state_dir / "token"),
+                                 "--lease-ttl", str(ttl), "--heartbeat", str(heartbeat)],
+                                stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[1],
+                                start_new_session=True)
     for _ in range(400):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()

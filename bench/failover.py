@@ -50,12 +50,12 @@ def start_replicas(d: Path, etcd: EtcdCluster, ttl: float) -> tuple[list[subproc
     procs, addrs = [], []
     for i in range(3):
         port = free_port()
-        log = open(d / f"replica{i}.log", "wb")
-        procs.append(subprocess.Popen([sys.executable, "-m", "cli", "control", "serve", "--listen",
-                                       f"127.0.0.1:{port}", "--state", etcd.url(), "--token-file", str(token),
-                                       "--lease-ttl", str(ttl), "--heartbeat", str(ttl / 5)],
-                                      stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[1],
-                                      start_new_session=True))
+        with open(d / f"replica{i}.log", "wb") as log:   # the child has its own copy of the descriptor
+            procs.append(subprocess.Popen([sys.executable, "-m", "cli", "control", "serve", "--listen",
+                                           f"127.0.0.1:{port}", "--state", etcd.url(), "--token-file", str(token),
+                                           "--lease-ttl", str(ttl), "--heartbeat", str(ttl / 5)],
+                                          stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[1],
+                                          start_new_session=True))
         addrs.append(f"127.0.0.1:{port}")
     for a in addrs:
         host, port = a.split(":")

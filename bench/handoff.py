@@ -160,9 +160,10 @@ def main() -> int:
         "# ferry handoff times", "",
         "Written by `bench/handoff.py` (two simulated hosts in network + mount namespaces, real agents,",
         "one moto_server, requests on the agents' plugin sockets as Docker sends them).", "",
-        f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         f"- machine: {os.cpu_count()} CPUs, kernel {platform.release()}, python {platform.python_version()}",
-        "", "| data | files | Unmount on A | Unmount(A) -> Mount(B) returned | stat every file on B | read one file on B | target |",
+        "", "| data | files | Unmount on A | Unmount(A) -> Mount(B) returned | stat every file on B "
+            "| read one file on B | target |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for size_s, files, r in rows:

@@ -39,11 +39,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fsd.volume import objects as vol_mod  # noqa: E402
 from fsd.format import keys  # noqa: E402
 from fsd.format.segment import Segment  # noqa: E402
 from fsd.gc.run import read_report  # noqa: E402
 from fsd.store import open_store  # noqa: E402
+from fsd.volume import objects as vol_mod  # noqa: E402
 from tests.conftest import _started_moto, make_bucket  # noqa: E402
 from tests.helpers.mount import FerryMount, fsync_dir  # noqa: E402
 
@@ -261,7 +261,7 @@ def main() -> int:
     finally:
         moto.stop()
         shutil.rmtree(work, ignore_errors=True)
-    lines = [f"# Lifecycle figures ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+    lines = [f"# Lifecycle figures ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
              f"{os.cpu_count()} cores, {platform.node()}, one moto_server)", "",
              "`python bench/lifecycle.py` (issue 8). Ratios are within this run.", "",
              "| churn: 32 MiB file, random 256 KiB rewrites + fsync | rounds | written | store data | live data "

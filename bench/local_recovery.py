@@ -60,10 +60,10 @@ def main() -> int:
         subprocess.run(ferry + ["fs", "mkfs", "--store", url, "v"], check=True, env=env, cwd=work)
 
         def mount() -> subprocess.Popen:
-            log = open(work / "fsd.log", "ab")
-            p = subprocess.Popen(ferry + ["fs", "mount", "--store", url, "--cache-dir", str(cache), "v", str(mnt),
-                                          "--foreground", "-o", "durability=local"],
-                                 stdout=log, stderr=log, env=env, cwd=work, start_new_session=True)
+            with open(work / "fsd.log", "ab") as log:   # the child has its own copy of the descriptor
+                p = subprocess.Popen(ferry + ["fs", "mount", "--store", url, "--cache-dir", str(cache), "v", str(mnt),
+                                              "--foreground", "-o", "durability=local"],
+                                     stdout=log, stderr=log, env=env, cwd=work, start_new_session=True)
             while not is_mounted(mnt, FSTYPE):
                 if p.poll() is not None:
                     raise SystemExit(f"mount failed; see {work / 'fsd.log'}")

@@ -25,12 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fsd.backup import clones
-from fsd.backup import snapshots  # noqa: E402
-from fsd.volume import objects as vol_mod  # noqa: E402
+from fsd.backup import (
+    clones,
+    snapshots,  # noqa: E402
+)
 from fsd.format import control_record  # noqa: E402
 from fsd.format.superblock import mkfs_options  # noqa: E402
 from fsd.store import open_store  # noqa: E402
+from fsd.volume import objects as vol_mod  # noqa: E402
 
 TOKEN = "bench-token-0123456789"
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,10 +94,11 @@ def main() -> None:
 
             (d / "token").write_text(TOKEN)
             (d / "token").chmod(0o600)
-            procs.append(subprocess.Popen([sys.executable, "-m", "cli", "control", "serve", "--listen",
-                                           f"127.0.0.1:{cport}", "--state", f"sqlite:{d / 'control.db'}",
-                                           "--token-file", str(d / "token")], cwd=ROOT, start_new_session=True,
-                                          stdout=subprocess.DEVNULL, stderr=open(d / "control.log", "wb")))
+            with open(d / "control.log", "wb") as log:   # the child has its own copy of the descriptor
+                procs.append(subprocess.Popen([sys.executable, "-m", "cli", "control", "serve", "--listen",
+                                               f"127.0.0.1:{cport}", "--state", f"sqlite:{d / 'control.db'}",
+                                               "--token-file", str(d / "token")], cwd=ROOT, start_new_session=True,
+                                              stdout=subprocess.DEVNULL, stderr=log))
             wait_port(cport)
             env = {**os.environ, "FERRY_TOKEN": TOKEN}
             cmd = [sys.executable, "-m", "cli", "control", "recover", "--store", url, "--control",

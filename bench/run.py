@@ -16,6 +16,7 @@ removed when it ends, also on failure or Ctrl-C. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -33,6 +34,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
@@ -120,10 +122,8 @@ def clean_env() -> dict[str, str]:
 
 
 def killpg(p: subprocess.Popen, sig=signal.SIGKILL) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(p.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def run_cmd(argv: list[str], timeout: float, env: dict | None = None, check: bool = True,
@@ -137,10 +137,8 @@ def run_cmd(argv: list[str], timeout: float, env: dict | None = None, check: boo
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         killpg(p)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             p.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
         raise BenchTimeout(f"{what} did not finish within {timeout:.0f}s") from None
     except BaseException:
         killpg(p)
@@ -170,19 +168,17 @@ def stop_proc(p: subprocess.Popen | None, grace: float = 10.0) -> None:
             p.wait(grace)
         except subprocess.TimeoutExpired:
             killpg(p, signal.SIGKILL)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
     T.untrack(p)
 
 
 def log_tail(path: Path, n: int = 6) -> str:
     try:
-        lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
-    return " | ".join(l.strip()[:200] for l in lines[-n:])
+    return " | ".join(line.strip()[:200] for line in lines[-n:])
 
 
 def _unescape(s: str) -> str:
@@ -237,10 +233,8 @@ def force_unmount(path: Path) -> None:
         except subprocess.TimeoutExpired:
             break
     fuse_abort(path)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=10, env=ENV)
-    except subprocess.TimeoutExpired:
-        pass
     if is_mounted(path):
         log(f"WARNING: {path} is still mounted")
 
@@ -406,7 +400,7 @@ class System:
     fuse = True
     workloads: set[str] | None = None    # the workload keys that make sense for it (None: all)
 
-    def __init__(self, h: "Harness"):
+    def __init__(self, h: Harness):
         self.h = h
         self.dir = h.root / self.name
         self.mnt = self.dir / "mnt"
@@ -630,10 +624,10 @@ class Rclone(System):
                     return time.monotonic() - t0
             except (OSError, ValueError, KeyError):
                 if self.proc.poll() is not None:
-                    raise BenchError(f"rclone exited: {log_tail(self.dir / 'rclone.log')}")
+                    raise BenchError(f"rclone exited: {log_tail(self.dir / 'rclone.log')}") from None
             if time.monotonic() - t0 > timeout:
                 self.upload_stuck = True
-                err = [l for l in log_tail(self.dir / "rclone.log", 40).split(" | ") if "ERROR" in l][-1:]
+                err = [line for line in log_tail(self.dir / "rclone.log", 40).split(" | ") if "ERROR" in line][-1:]
                 raise BenchTimeout(f"rclone's upload queue not empty after {timeout:.0f}s"
                                    + (f" ({err[0][:200]})" if err else ""))
             time.sleep(0.1)
@@ -731,16 +725,12 @@ class S3backer(System):
 
     def teardown(self):
         if is_mounted(self.mnt):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 subprocess.run(["umount", str(self.mnt)], capture_output=True, timeout=30)
-            except subprocess.TimeoutExpired:
-                pass
         if is_mounted(self.mnt):
             fuse_abort(self.sbdir)   # makes the loop device's pending I/O fail instead of hang
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True, timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
         self._detach_loops()
         force_unmount(self.sbdir)
         stop_proc(self.proc)
@@ -858,7 +848,7 @@ class Harness:
         self.extra: dict[str, dict[str, str]] = {}
         self.notes: list[str] = []
         self.durations: dict[str, float] = {}
-        self.started = datetime.datetime.now(datetime.timezone.utc)
+        self.started = datetime.datetime.now(datetime.UTC)
 
     # --------------------------------------------------------------- moto + probe
     def start_moto(self):
@@ -875,7 +865,7 @@ class Harness:
                     break
             except OSError:
                 if self.moto.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"moto_server did not start: {log_tail(self.root / 'moto.log')}")
+                    raise SystemExit(f"moto_server did not start: {log_tail(self.root / 'moto.log')}") from None
                 time.sleep(0.2)
         import boto3
         from botocore.config import Config
@@ -1045,7 +1035,8 @@ class Harness:
         def check_size(path, size):
             r = run_cmd(["stat", "-c", "%s", path], timeout=60, check=False, what="stat")
             if r.returncode != 0 or int(r.stdout.strip() or -1) != size:
-                raise BenchError(f"{path.name} is missing or has the wrong size ({r.stdout.strip() or r.stderr.strip()})")
+                raise BenchError(f"{path.name} is missing or has the wrong size "
+                                 f"({r.stdout.strip() or r.stderr.strip()})")
 
         def ensure_seq():
             """The sequential file: written by the seqwrite row, or laid out here (untimed) if that row is not run."""
@@ -1285,8 +1276,10 @@ def build_rows(h: Harness) -> tuple[list[str], list[list[str]]]:
     R = h.results
     P = h.probe
     local = R.get("local", {})
-    get = lambda sysname, key: (None if key not in h.workloads else
-                                R.get(sysname, {}).get(key, Fail("skipped", "not run") if sysname in R else None))
+    def get(sysname: str, key: str) -> Any:
+        if key not in h.workloads:
+            return None
+        return R.get(sysname, {}).get(key, Fail("skipped", "not run") if sysname in R else None)
 
     def best_peer(key):
         vals = [(num(get(p, key)), p) for p in PEERS if num(get(p, key)) is not None]
@@ -1333,7 +1326,7 @@ def build_rows(h: Harness) -> tuple[list[str], list[list[str]]]:
         else:
             return "—"
         out = []
-        for (text, ok), kn in zip(checks, known):
+        for (text, ok), kn in zip(checks, known, strict=False):
             mark = "?" if (fv is None or not kn) else ("✓" if ok else "✗")
             out.append(f"{mark} {text}")
         return ", ".join(out)
@@ -1386,10 +1379,10 @@ def print_table(h: Harness, header, rows):
     except ImportError:
         widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
         print(title)
-        print("  ".join(c.ljust(w) for c, w in zip(header, widths)))
+        print("  ".join(c.ljust(w) for c, w in zip(header, widths, strict=False)))
         print("  ".join("-" * w for w in widths))
         for r in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)))
         return
     t = Table(title=title, show_lines=False)
     for i, c in enumerate(header):
@@ -1445,7 +1438,8 @@ def write_results(h: Harness, header, rows, argv: list[str]):
         "ferry": pkg_version("ferry"),
         "python": platform.python_version(),
     }
-    esc = lambda s: s.replace("|", "\\|")
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
     L = [
         "# ferry benchmark results",
         "",

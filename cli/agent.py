@@ -29,7 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from agent.service import Agent, AgentConfig
     from control.client import parse_addrs
-    from control.leases import validate_host_id, Refused
+    from control.leases import Refused, validate_host_id
     from fsd.store import open_store
 
     args.control = args.control or os.environ.get(ENV_CONTROL)
@@ -62,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the agent subcommands on the top-level `ferry` parser."""
     ag = sub.add_parser("agent", help="per-host agent: Docker volume plugin and filesystem daemons",
                         description="The per-host ferry agent.", epilog=EXAMPLE,

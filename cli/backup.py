@@ -69,8 +69,8 @@ def cmd_volume_export(args: argparse.Namespace) -> int:
 def cmd_volume_import(args: argparse.Namespace) -> int:
     from control.client import ControlError
     from control.validate import validate_volume_name, validate_volume_options
-    from fsd.lifecycle import removal
     from fsd.backup import tarimport
+    from fsd.lifecycle import removal
     from fsd.store import open_store
     url = store_url(args)
     options = kv_list(args.option, "-o")
@@ -128,7 +128,7 @@ def cmd_volume_import(args: argparse.Namespace) -> int:
     return run_client(args, go)
 
 
-def register(vs: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(vs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `export` and `import` to `ferry volume`'s subcommands."""
     raw = argparse.RawDescriptionHelpFormatter
     ex = vs.add_parser("export", help="write a volume (or a snapshot, or a past moment) as a tar",

@@ -10,7 +10,8 @@ import os
 import socket
 import ssl
 import sys
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from cli.errors import Failure, UsageError
 
@@ -53,8 +54,7 @@ def byte_progress(what: str):
     if not sys.stderr.isatty():
         return None, lambda: None
     from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
     bar = Progress(TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
                    console=Console(stderr=True), transient=True)
     task = bar.add_task(what, total=None)
@@ -163,6 +163,7 @@ def client_args(p: argparse.ArgumentParser) -> None:
 def run_client(args: argparse.Namespace, fn: Callable[[Any], Awaitable[int]]) -> int:
     """Run `fn(client)` on a ControlClient built from the common arguments."""
     import trio
+
     from control.client import DEFAULT_ADDR, ControlClient, ControlError, Unreachable
     addr = args.control or os.environ.get(ENV_CONTROL) or DEFAULT_ADDR
     tls = client_tls(args)
@@ -191,9 +192,9 @@ def print_json(obj: Any) -> None:
 
 
 def table(rows: list[list[str]], header: list[str]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for r in [header, *rows]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=False)).rstrip())
 
 
 def lag(v: float | None) -> str:

@@ -10,14 +10,23 @@ Why a thin layer: every client command is one call of `control.client`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ssl
 import time
 
 from cli import backup, state
-from cli.common import (ENV_TOKEN, client_args, kv_list, lag, print_json, progress_reporter, read_token,
-                        run_client, table)
+from cli.common import (
+    ENV_TOKEN,
+    client_args,
+    kv_list,
+    lag,
+    print_json,
+    progress_reporter,
+    read_token,
+    run_client,
+    table,
+)
 from cli.errors import Failure, UsageError
-
 
 EXAMPLES_SERVE = """\
 examples:
@@ -64,14 +73,13 @@ def _raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
     if soft != resource.RLIM_INFINITY and soft < want:
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            pass
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
+
     from control.client import parse_addr
     from control.leases import Config
     from control.server import ControlServer, server_ssl_context
@@ -352,7 +360,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
-def register(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `control`, `volume`, `snapshot`, `hosts` and `status` to the top-level parser's subcommands."""
     raw = argparse.RawDescriptionHelpFormatter
     ctl = sub.add_parser("control", help="run the control service",

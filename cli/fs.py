@@ -32,10 +32,10 @@ store URLs:
 
 # ---------------------------------------------------------------------- fs mkfs
 def cmd_mkfs(args) -> int:
-    from fsd.volume import objects as volume
+    from fsd.format import keys
     from fsd.options import parse_kv
     from fsd.store import open_store
-    from fsd.format import keys
+    from fsd.volume import objects as volume
     try:
         keys.validate_volume_name(args.volume)
         opts = parse_kv(args.option or [])
@@ -63,9 +63,9 @@ def cmd_mkfs(args) -> int:
 
 # --------------------------------------------------------------------- fs mount
 def _mount_config(args):
+    from fsd.format import keys
     from fsd.lifecycle.mount import MountConfig
     from fsd.options import parse_kv, parse_mount_options
-    from fsd.format import keys
     try:
         keys.validate_volume_name(args.volume)
         opts = parse_mount_options(parse_kv(args.option or []))
@@ -85,6 +85,7 @@ def cmd_mount(args) -> int:
     cfg = _mount_config(args)
     if args.foreground:
         import trio
+
         from fsd.lifecycle.mount import serve
         setup_logging(args.verbose, cfg.volume)
         return trio.run(serve, cfg)
@@ -134,8 +135,8 @@ def cmd_umount(args) -> int:
 
 def cmd_resize(args) -> int:
     from fsd.block.stack import BlockStackError, grow
-    from fsd.rundir import registry_path
     from fsd.options import parse_size
+    from fsd.rundir import registry_path
     mp = Path(os.path.abspath(args.mountpoint))
     reg = registry_path(mp)
     info = json.loads(reg.read_text()) if reg.exists() else None
@@ -168,8 +169,8 @@ def cmd_resize(args) -> int:
 
 # ---------------------------------------------------------------------- fs fsck
 def cmd_fsck(args) -> int:
-    from fsd.tools.fsck import fsck
     from fsd.store import open_store
+    from fsd.tools.fsck import fsck
     store = open_store(args.store)
     try:
         report = fsck(store, args.volume, verify_data=args.verify_data)
@@ -178,18 +179,18 @@ def cmd_fsck(args) -> int:
     for line in report.info:
         print(line)
     if report.problems:
-        print(f"{len(report.problems)} problem(s):")
+        print(f"{report.verdict()}:")
         for p in report.problems:
             print(f"  - {p}")
         return 1
-    print("clean")
+    print(report.verdict())
     return 0
 
 
 # ------------------------------------------------------------------- fs inspect
 def cmd_inspect(args) -> int:
-    from fsd.tools.inspect import inspect_volume
     from fsd.store import open_store
+    from fsd.tools.inspect import inspect_volume
     store = open_store(args.store)
     try:
         info = inspect_volume(store, args.volume)
@@ -207,10 +208,10 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_rm(args) -> int:
-    from fsd.lifecycle import removal
-    from fsd.volume.objects import VolumeError
     from fsd.format import keys
+    from fsd.lifecycle import removal
     from fsd.store import open_store
+    from fsd.volume.objects import VolumeError
     try:
         keys.validate_volume_name(args.volume)
     except ValueError as e:
@@ -325,8 +326,8 @@ def cmd_snapshot(args) -> int:
 # ----------------------------------------------------------------- fs history
 def cmd_history(args) -> int:
     from fsd.backup import history
-    from fsd.volume import objects as volume
     from fsd.store import open_store
+    from fsd.volume import objects as volume
     store = open_store(args.store)
     try:
         ref, sb = volume.locate(store, args.volume)
@@ -410,7 +411,7 @@ def cmd_import(args) -> int:
 
 
 # ------------------------------------------------------------------------ main
-def register(sub: "argparse._SubParsersAction[Parser]") -> None:
+def register(sub: argparse._SubParsersAction[Parser]) -> None:
     """Add `ferry fs` and its subcommands to the top-level parser's subcommands."""
     fs = sub.add_parser("fs", help="standalone filesystem commands (no control service)",
                         description="Create, mount, check and inspect a volume directly on a store.",

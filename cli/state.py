@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -61,7 +62,7 @@ def etcd_options(args: argparse.Namespace) -> Any:
     password = None
     if args.etcd_password_file:
         try:
-            password = open(args.etcd_password_file, encoding="utf-8").read().strip()
+            password = Path(args.etcd_password_file).read_text(encoding="utf-8").strip()
         except OSError as e:
             raise UsageError(f"cannot read --etcd-password-file {args.etcd_password_file}: {e.strerror}") from None
     for f in (args.etcd_ca, args.etcd_cert, args.etcd_key):
@@ -129,7 +130,7 @@ def _counts(rows: list) -> str:
 
 def read_backup(path: str) -> list[list[Any]]:
     try:
-        data = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except OSError as e:
         raise UsageError(f"cannot read {path}: {e.strerror}") from None
     try:
@@ -151,7 +152,7 @@ def read_backup(path: str) -> list[list[Any]]:
 def cmd_restore(args: argparse.Namespace) -> int:
     import trio
 
-    from control.state import NEW, ANY, Op, StateError
+    from control.state import ANY, NEW, Op, StateError
     rows = read_backup(args.file)
     state = open_state_from_args(args)
 
@@ -179,8 +180,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     """Rebuild control's records from the store (control/recover.py)."""
     from cli.common import store_url
-    from fsd.tools import inventory
     from fsd.store import open_store
+    from fsd.tools import inventory
     url = store_url(args)
     try:
         store = open_store(url)
@@ -237,7 +238,7 @@ def _dry_status(known: dict[str, Any] | None, options: dict[str, str], snaps: di
     return "updated" if set(snaps) - set(known.get("snapshots") or {}) else "unchanged"
 
 
-def register(cs: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def register(cs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `backup`, `restore` and `recover` to `ferry control`'s subcommands."""
     raw = argparse.RawDescriptionHelpFormatter
     b = cs.add_parser("backup", help="write the control state (volumes, hosts, leases, jobs) to a file",

@@ -114,7 +114,7 @@ class ControlClient:
         self._ids = itertools.count(1)
         self._closed = False
 
-    async def __aenter__(self) -> "ControlClient":
+    async def __aenter__(self) -> ControlClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

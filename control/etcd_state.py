@@ -107,7 +107,7 @@ class EtcdState:
             return int(res["header"]["revision"])
         checked = [op for op in ops if op.expected != ANY]
         at = int(res["header"]["revision"])
-        for op, r in zip(checked, res.get("responses") or []):
+        for op, r in zip(checked, res.get("responses") or [], strict=False):
             kvs = (r.get("response_range") or {}).get("kvs") or []
             actual = int(kvs[0]["mod_revision"]) if kvs else 0
             if actual != op.expected:

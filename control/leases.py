@@ -64,7 +64,7 @@ class Volume:
                 "created": self.created, "removing": self.removing, "snapshots": dict(self.snapshots)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Volume":
+    def from_dict(cls, d: dict[str, Any]) -> Volume:
         return cls(name=d["name"], options=dict(d["options"]), labels=dict(d["labels"]),
                    created=float(d["created"]), removing=d.get("removing"),
                    snapshots=dict(d.get("snapshots") or {}))
@@ -86,7 +86,7 @@ class Removal:
         return {"root": self.root, "name": self.name, "host": self.host, "requested": self.requested}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Removal":
+    def from_dict(cls, d: dict[str, Any]) -> Removal:
         return cls(root=d["root"], name=d["name"], host=d["host"], requested=float(d["requested"]))
 
 
@@ -112,7 +112,7 @@ class Host:
                 "registered": self.registered}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Host":
+    def from_dict(cls, d: dict[str, Any]) -> Host:
         return cls(host_id=d["host_id"], address=d["address"], version=d["version"],
                    registered=float(d["registered"]))
 
@@ -141,7 +141,7 @@ class Lease:
                 "previous_epoch": self.previous_epoch}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Lease":
+    def from_dict(cls, d: dict[str, Any]) -> Lease:
         return cls(volume=d["volume"], host=d["host"], generation=int(d["generation"]),
                    epoch=d["epoch"], in_use=bool(d["in_use"]), takeover_from=d.get("takeover_from"),
                    previous_epoch=d.get("previous_epoch"))
@@ -236,7 +236,7 @@ class Cluster:
 
     @classmethod
     def loaded(cls, config: Config, volumes: list[Volume], hosts: list[Host], leases: list[Lease],
-               now: float, removals: Iterable[Removal] = ()) -> "Cluster":
+               now: float, removals: Iterable[Removal] = ()) -> Cluster:
         """The cluster after a restart: every host counts as heard from now (grace of one TTL)."""
         c = cls(config=config, volumes={v.name: v for v in volumes}, hosts={h.host_id: h for h in hosts},
                 leases={lease.volume: lease for lease in leases},
@@ -421,10 +421,11 @@ def heartbeat(c: Cluster, host_id: str, reports: list[VolumeReport], now: float,
             lost.append(r.name)
             continue
         if lease.in_use != r.in_use or (r.epoch is not None and lease.epoch != r.epoch):
-            d.lazy_leases.append(replace(lease, in_use=r.in_use,
-                                        epoch=r.epoch if r.epoch is not None else lease.epoch,
-                                        **({"takeover_from": None, "previous_epoch": None}
-                                           if r.epoch is not None else {})))
+            if r.epoch is None:
+                d.lazy_leases.append(replace(lease, in_use=r.in_use))
+            else:   # a new epoch: the takeover that led to it is over
+                d.lazy_leases.append(replace(lease, in_use=r.in_use, epoch=r.epoch, takeover_from=None,
+                                             previous_epoch=None))
         d.lags[r.name] = r.upload_lag_s
         if r.last_gc is not None:
             d.last_gc[r.name] = r.last_gc

@@ -141,7 +141,7 @@ class Listener:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await stream.aclose()
 
-    async def _serve(self, stream: trio.abc.Stream, conn: "_Conn") -> None:
+    async def _serve(self, stream: trio.abc.Stream, conn: _Conn) -> None:
         lim = self.limits
         buf = conn.buf
         deadline = trio.current_time() + lim.auth_deadline

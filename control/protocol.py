@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,7 @@ class FrameError(Exception):
 
 # ---------------------------------------------------------------------- frames
 def encode_frame(obj: Any) -> bytes:
-    body = msgpack.packb(obj, use_bin_type=True)
+    body: bytes = msgpack.packb(obj, use_bin_type=True)
     if len(body) > MAX_FRAME:
         raise FrameError(f"frame of {len(body)} bytes is over the {MAX_FRAME}-byte limit")
     return HEADER.pack(len(body)) + body
@@ -240,7 +241,10 @@ def _any_map(name: str, v: Any) -> dict[str, Any]:
     return v
 
 
-def _req(f):
+Checker = Callable[[str, Any], Any]   # (argument name, value) -> the value checked, or ValueError
+
+
+def _req(f: Checker) -> Checker:
     def check(name: str, v: Any) -> Any:
         if v is None:
             raise ValueError(f"argument {name!r} is required")
@@ -248,8 +252,10 @@ def _req(f):
     return check
 
 
-def _default(f, default):
-    return lambda name, v: default if v is None else f(name, v)
+def _default(f: Checker, default: Any) -> Checker:
+    def check(name: str, v: Any) -> Any:
+        return default if v is None else f(name, v)
+    return check
 
 
 # op -> {arg: checker(name, value)}; a missing arg arrives as None.

@@ -63,7 +63,7 @@ def format_of(options: dict[str, str]) -> tuple[Any, ...]:
         return ("clone", options["from"].partition("@")[0])
     layout = options.get("layout", "files")
     try:
-        block_size = parse_size(options.get("block_size", "1M"))
+        block_size: int | str | None = parse_size(options.get("block_size", "1M"))
     except ValueError:
         block_size = options.get("block_size")
     return (layout, options.get("fs", "ext4") if layout == "block" else None, block_size,

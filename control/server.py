@@ -26,11 +26,13 @@ over "re-check, then sleep until the state changes or a short tick passes"
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import logging
 import ssl
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import trio
 
@@ -58,6 +60,16 @@ class _LiveBatch:
         self.records: dict[str, Any] = {}
         self.done = trio.Event()
         self.error: StateError | None = None
+
+
+def _give_up(volume: str, snap: str, seq: int, c: Cluster, now: float) -> Decision:
+    """Decider (with the job bound first): drop a snapshot job nobody waits for any more."""
+    return snapshots.give_up(c, volume, snap, seq)
+
+
+def _drop_answers(seqs: list[int], c: Cluster, now: float) -> Decision:
+    """Decider (with the answers bound first): drop job answers nobody read."""
+    return Decision(del_results=seqs)
 
 
 class ControlServer:
@@ -374,14 +386,14 @@ class ControlServer:
             for s in [s for s, t in jobs_seen.items() if now - t > JOB_TTL]:
                 j = live_jobs[s]        # nobody waits for it any more (its requester's replica died)
                 try:
-                    await self._mutate(lambda c, now, j=j: snapshots.give_up(c, j.volume, j.snap, j.seq))
+                    await self._mutate(functools.partial(_give_up, j.volume, j.snap, j.seq))
                     log.warning("job %s of volume=%s (%s) dropped: unanswered for %gs", j.seq, j.volume, j.op,
                                 JOB_TTL)
                 except (Refused, StateError) as e:
                     log.info("stale job not dropped yet: %s", e)
             if stale:
                 try:
-                    await self._mutate(lambda c, now: Decision(del_results=stale))
+                    await self._mutate(functools.partial(_drop_answers, stale))
                 except (Refused, StateError) as e:
                     log.info("unread job answers not dropped yet: %s", e)
             c = self.cluster
@@ -439,10 +451,10 @@ class ControlServer:
             return {**res, "status": "removing", "host": v.removing or None,
                     "message": f"host {v.removing or '(none alive)'} has not fenced the volume in the "
                                f"store yet; it stays marked for removal and is finished by a live host"}
-        v = self.cluster.volumes.get(name)
-        if v is not None and v.removing is None:
+        left = self.cluster.volumes.get(name)
+        if left is not None and left.removing is None:
             raise Refused("busy", f"volume {name!r} is in use on host {res['host']}; nothing was removed")
-        if v is not None:
+        if left is not None:
             return res
         jobs = [r for r in self.cluster.removals.values() if r.name == name]
         return {"status": "removed", "host": jobs[-1].host if jobs else res["host"],
@@ -725,7 +737,7 @@ class ControlServer:
 
         async def handler(stream: trio.SocketStream) -> None:
             try:
-                peer = "%s:%s" % stream.socket.getpeername()[:2]
+                peer = "{}:{}".format(*stream.socket.getpeername()[:2])
             except OSError:
                 peer = "?"
             if ssl_context is None:

@@ -21,7 +21,7 @@ def open_state(url: str, etcd_options: Any = None) -> StateStore:
             path = path[2:]
         if not path:
             raise ValueError("--state sqlite:PATH needs a path, e.g. sqlite:/var/lib/ferry/control.db")
-        from control.sqlite_state import SqliteState     # each backend only when asked for
+        from control.sqlite_state import SqliteState  # each backend only when asked for
         return SqliteState(path)
     if url.startswith("etcd://"):
         from control.etcd_state import EtcdState, parse_etcd_url

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from fsd.format import keys
-from fsd.format.superblock import KNOWN_OPTIONS as MKFS_OPTIONS, make_superblock, mkfs_options
-from fsd.options import KNOWN as MOUNT_OPTIONS, parse_mount_options
-
+from fsd.format.superblock import KNOWN_OPTIONS as MKFS_OPTIONS
+from fsd.format.superblock import make_superblock, mkfs_options
+from fsd.options import KNOWN as MOUNT_OPTIONS
+from fsd.options import parse_mount_options
 
 CREATE_OPTIONS = {
     "from": "VOLUME@SNAP, VOLUME@2026-11-29T10:15:00Z, VOLUME@-15m or VOLUME: create the volume as a clone of "

@@ -3,15 +3,16 @@
 # apt: fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc patch attr fio psmisc util-linux e2fsprogs
 # xfsprogs (block volumes: losetup, mkfs.ext4, mkfs.xfs); with --tests also
 # iproute2 util-linux docker.io busybox-static (multi-host and Docker tests) etcd-server (the etcd state
-# backend's tests: a real etcd cluster on loopback); with --slow also postgresql
-# (the slow crash tests run PostgreSQL on a ferry volume); virtualenv at ${FERRY_VENV:-.venv}.
+# backend's tests: a real etcd cluster on loopback) postgresql (PostgreSQL under kill -9 on a ferry
+# volume: a short round in every run, long ones under -m slow); virtualenv at ${FERRY_VENV:-.venv}.
+# --slow is kept for old callers and adds nothing now.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc patch attr fio psmisc util-linux e2fsprogs xfsprogs"
 for arg in "$@"; do
   case "$arg" in
-    --tests) PKGS="$PKGS iproute2 util-linux docker.io busybox-static etcd-server" ;;
-    --slow) PKGS="$PKGS postgresql postgresql-contrib" ;;
+    --tests) PKGS="$PKGS iproute2 util-linux docker.io busybox-static etcd-server postgresql postgresql-contrib" ;;
+    --slow) ;;
     *) echo "install.sh: unknown option $arg (known: --tests, --slow)" >&2; exit 2 ;;
   esac
 done

@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
 # THE test command (README, CI): on a fresh Debian 12 machine, as root, with no
 # manual steps. Installs what the tests need (Debian packages, a virtualenv at
-# ${FERRY_VENV:-.venv} with ferry and its test extras), then runs pytest over
-# the whole suite: real FUSE mounts, moto_server as S3, the file:// store.
+# ${FERRY_VENV:-.venv} with ferry and its test extras), runs ruff and mypy,
+# then pytest over the whole suite: real FUSE mounts, moto_server as S3, the
+# file:// store.
 #
 #   bash scripts/test.sh                  # everything
 #   bash scripts/test.sh -k posix -x      # extra arguments go to pytest
+#   FERRY_SKIP_CHECKS=1 bash scripts/test.sh -k posix    # without ruff and mypy
 #
-# Exits with pytest's exit code. Test files and daemon logs of a failed run are
+# Exits 1 if ruff or mypy find anything, else with pytest's exit code. Test files and daemon logs of a failed run are
 # kept (the path is printed); a passing run removes them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# --- Debian packages, Python >= 3.11, the virtualenv with ferry[test], /dev/fuse
-# (PostgreSQL too when the slow tests are asked for: -m slow, --run-slow, FERRY_RUN_SLOW=1)
-extra=""
-case " $* ${FERRY_RUN_SLOW:+--run-slow} " in *slow*) extra="--slow" ;; esac
-bash scripts/install.sh --tests $extra
+# --- Debian packages (PostgreSQL included), Python >= 3.11, the virtualenv with ferry[test], /dev/fuse
+bash scripts/install.sh --tests
 VENV=${FERRY_VENV:-.venv}
+
+# --- checks first: lint (ruff) and types (mypy; --strict rules for the pure cores),
+# both configured in pyproject.toml. FERRY_SKIP_CHECKS=1 skips them while iterating.
+if [ -z "${FERRY_SKIP_CHECKS:-}" ]; then
+  "$VENV/bin/ruff" check . || { echo "test.sh: ruff found the problems above (ruff check --fix . repairs many)" >&2; exit 1; }
+  "$VENV/bin/mypy" || { echo "test.sh: mypy found the problems above" >&2; exit 1; }
+fi
 
 # --- run pytest with a private temp dir, and never leave a mount behind
 RUN_TMP=$(mktemp -d "${TMPDIR:-/tmp}/ferry-tests.XXXXXX")
@@ -55,7 +61,7 @@ abort_fuse_of_run() {
     while read -r minor; do echo 1 > "/sys/fs/fuse/connections/$minor/abort" 2>/dev/null || true; done
 }
 set +e
-TMPDIR="$RUN_TMP" "$VENV/bin/python" -m pytest "$@" &
+TMPDIR="$RUN_TMP" "$VENV/bin/python" -m pytest -rs "$@" &     # -rs: say why each skipped test was skipped
 pytest_pid=$!
 ( trap 'kill "$nap" 2>/dev/null; exit 0' TERM       # leave no sleeping child behind when the suite ends
   sleep "${FERRY_TEST_TIMEOUT:-4500}" & nap=$!

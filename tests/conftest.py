@@ -18,6 +18,7 @@ Fixtures:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import secrets
 import shutil
@@ -88,7 +89,7 @@ def _moto_binary() -> str:
     return found
 
 
-_live: set["MotoServer"] = set()
+_live: set[MotoServer] = set()
 
 
 @atexit.register
@@ -151,10 +152,8 @@ class MotoServer:
     def stop(self) -> None:
         """Kill the server and everything it spawned; idempotent."""
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait()
         _live.discard(self)
 

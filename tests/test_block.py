@@ -8,6 +8,7 @@ read-only loop device while it is frozen (consistent on disk).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -422,10 +423,8 @@ class MemoryCgroup:
     def remove(self) -> None:
         parent = self.path.parent / "cgroup.procs"
         for pid in (self.path / "cgroup.procs").read_text().split():
-            try:
+            with contextlib.suppress(OSError):
                 parent.write_text(pid)
-            except OSError:
-                pass
         for _ in range(50):
             try:
                 self.path.rmdir()

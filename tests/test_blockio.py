@@ -123,7 +123,7 @@ async def test_cold_sequential_read_fetches_each_block_once_and_never_rereads_it
         for first in range(0, len(blocks), 3):
             parts: dict[int, bytes] = {}
 
-            async def read(i: int) -> None:
+            async def read(i: int, parts: dict[int, bytes] = parts) -> None:
                 parts[i] = await data.read(INO, i * BS, BS)
             async with trio.open_nursery() as m:
                 for i in range(first, min(first + 3, len(blocks))):
@@ -217,7 +217,7 @@ def test_cache_filler_drops_copies_it_cannot_keep_up_with_and_drains_on_close(tm
     filler = CacheFiller(cache, "t", queue_bytes=4 * BS)
     blocks = [os.urandom(BS) for _ in range(10)]
     hashes = [block_hash(b, ALGO) for b in blocks]
-    offered = [filler.offer(h, b) for h, b in zip(hashes, blocks)]
+    offered = [filler.offer(h, b) for h, b in zip(hashes, blocks, strict=False)]
     # The first is taken by the thread at once (or queued); 4 fit the queue.
     assert offered.count(True) in (4, 5) and filler.dropped == 10 - offered.count(True)
     assert filler.offer(hashes[0], blocks[0]), "a block already queued counts as cached"
@@ -225,8 +225,9 @@ def test_cache_filler_drops_copies_it_cannot_keep_up_with_and_drains_on_close(tm
     gate.set()
     filler.close()
     assert not filler.pending(hashes[0])
-    assert sorted(h for h, ok in zip(hashes, offered) if ok) == sorted(h for h in hashes if cache.contains(h))
-    for h, b in zip(hashes, blocks):
+    assert (sorted(h for h, ok in zip(hashes, offered, strict=False) if ok)
+            == sorted(h for h in hashes if cache.contains(h)))
+    for h, b in zip(hashes, blocks, strict=False):
         if cache.contains(h):
             assert cache.get(h) == b
     assert not filler.offer(hashes[-1], blocks[-1]), "nothing is queued after close"

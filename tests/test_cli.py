@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -73,3 +74,49 @@ def test_inspect_after_clean_unmount(file_store_url, new_mount):
     info = json.loads(r.stdout)
     assert info["sealed"] is True and info["seal_reason"] == "release" and info["epoch"] == 2
     assert info["latest_snapshot"] is not None
+
+
+def test_fsck_verdict_says_what_it_did_not_read_and_verify_data_finds_a_flipped_byte(file_store_url, new_mount):
+    from fsd.format import keys
+    from fsd.store import open_store
+    from fsd.volume.objects import locate
+    m = new_mount("a")
+    m.mkfs(file_store_url, "v")
+    m.mount(file_store_url, "v")
+    (m.mountpoint / "f").write_bytes(os.urandom(2 << 20))      # 2 MiB: two different data objects
+    m.umount()
+    r = run_ferry("fs", "fsck", "--store", file_store_url, "v")
+    assert r.returncode == 0 and "NOT read" in r.stdout and "--verify-data" in r.stdout, r.stdout
+    r = run_ferry("fs", "fsck", "--store", file_store_url, "v", "--verify-data")
+    assert r.returncode == 0 and r.stdout.splitlines()[-1].startswith("clean: ") and "verified" in r.stdout
+
+    store = open_store(file_store_url)
+    ref, _ = locate(store, "v")
+    key = next(iter(store.list(keys.data_prefix(ref.root))))
+    body = bytearray(store.get(key))
+    body[len(body) // 2] ^= 0x01
+    store.put(key, bytes(body))
+    store.close()
+    r = run_ferry("fs", "fsck", "--store", file_store_url, "v")
+    assert r.returncode == 0 and "NOT read" in r.stdout, r.stdout      # presence only: cannot see it
+    r = run_ferry("fs", "fsck", "--store", file_store_url, "v", "--verify-data")
+    assert r.returncode == 1 and "1 problem(s)" in r.stdout and "damaged" in r.stdout, r.stdout
+
+
+def test_mount_from_a_directory_holding_a_cli_package_runs_ferrys_daemon(file_store_url, new_mount, tmp_path):
+    """The daemon is `python -m cli`: a `cli` in the user's current directory must not be what runs."""
+    decoy = tmp_path / "work"
+    (decoy / "cli").mkdir(parents=True)
+    (decoy / "cli" / "__init__.py").write_text("")
+    (decoy / "cli" / "__main__.py").write_text("import sys; print('decoy ran'); sys.exit(3)\n")
+    (decoy / "cli.py").write_text("import sys; sys.exit(4)\n")
+    m = new_mount("a")
+    m.mkfs(file_store_url, "v")
+    m.cache_dir.mkdir(parents=True, exist_ok=True)
+    r = run_ferry("fs", "mount", "--store", file_store_url, "--cache-dir", str(m.cache_dir), "v",
+                  str(m.mountpoint), cwd=decoy)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (m.mountpoint / "f").write_bytes(b"served by ferry")
+    r = run_ferry("fs", "umount", str(m.mountpoint))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "decoy ran" not in (m.cache_dir / "fsd.log").read_text()

@@ -11,10 +11,10 @@ import signal
 
 import pytest
 
-from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.format.pin import PENDING_TIMEOUT_NS, Pin
 from fsd.store import open_store
+from fsd.volume import objects as vol_mod
 from tests.helpers.mount import fsck_clean, run_ferry, tree_snapshot, write_fsync
 
 BIG = 3 * (1 << 20) + 12345          # several blocks, a partial last one
@@ -141,7 +141,8 @@ def test_a_blake2b_volume_mounts_clones_and_exports_under_format_5(file_store_ur
     finally:
         store.close()
     for vol in ("old", "copy"):
-        assert ferry_ok("fs", "fsck", "--store", file_store_url, "--verify-data", vol).rstrip().endswith("clean")
+        verdict = ferry_ok("fs", "fsck", "--store", file_store_url, "--verify-data", vol).splitlines()[-1]
+        assert verdict.startswith("clean"), verdict
 
 
 def test_removing_the_origin_and_running_gc_never_breaks_a_clone(store_url, new_mount):
@@ -301,6 +302,7 @@ def _random_history(store_url: str, new_mount, seed: int, steps: int, picks: int
     noted moments must equal the model at that moment exactly."""
     import random
     import time
+
     from fsd.backup.history import format_ns
     from tests.helpers.mount import fsync_dir
     rnd = random.Random(seed)

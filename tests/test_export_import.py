@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from fsd.store import open_store
 from fsd.volume import creating
 from fsd.volume import objects as vol_mod
-from fsd.store import open_store
 from tests.helpers.mount import fsck_clean, run_ferry, snapshot_diff, tree_snapshot, write_fsync
 
 SPARSE = 5 << 30                 # 5 GiB, a few KiB of it data

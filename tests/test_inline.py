@@ -11,11 +11,11 @@ import hashlib
 import os
 import random
 
-from fsd.volume import objects as vol_mod
 from fsd.datapath.commitplan import PATCH_MAX_PER_BLOCK
 from fsd.format import keys
 from fsd.meta.records import PATCH
 from fsd.store import open_store
+from fsd.volume import objects as vol_mod
 from tests.helpers.mount import fsck_clean, write_fsync
 
 VOL = "vol"

@@ -13,13 +13,15 @@ import pytest
 
 from control.validate import validate_volume_options
 from fsd.backup import history
-from fsd.lifecycle import removal
-from fsd.volume import objects as vol_mod
 from fsd.backup.clones import parse_source
 from fsd.format import keys
 from fsd.format.pin import Pin
 from fsd.format.segment import Segment
 from fsd.format.superblock import Superblock, make_superblock
+from fsd.lifecycle import removal
+from fsd.meta.records import DENT, INODE
+from fsd.meta.state import new_volume_records
+from fsd.store import open_store
 from fsd.tools.inventory import (
     Inventory,
     InventoryError,
@@ -30,9 +32,7 @@ from fsd.tools.inventory import (
     read_inventory,
     read_volume,
 )
-from fsd.meta.records import DENT, INODE
-from fsd.meta.state import new_volume_records
-from fsd.store import open_store
+from fsd.volume import objects as vol_mod
 from tests.helpers.mount import run_ferry
 
 

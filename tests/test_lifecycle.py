@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.gc.run import collect
 from fsd.store import open_store
 from fsd.store.base import StoreUnavailable
+from fsd.volume import objects as vol_mod
 from tests.helpers.mount import MountError, fsck_clean, fsync_dir, run_ferry, write_fsync
 
 VOL = "vol"
@@ -141,7 +141,7 @@ def test_gc_frees_overwritten_data_and_folded_journal(store_url, new_mount):
     a.mkfs(store_url, VOL, options=["history=0"])
     a.mount(store_url, VOL)
     final = b""
-    for i in range(4):
+    for _ in range(4):
         final = os.urandom(2 << 20)
         write_fsync(a.mountpoint / "f", final)
     for i in range(30):
@@ -172,8 +172,8 @@ def test_writer_keeps_every_acknowledged_byte_through_many_gc_rounds(store_url, 
     a.mount(store_url, VOL, options=["commit_interval=0.2", "snapshot_every=8"])
     acked: dict[str, bytes] = {}
     rnd = __import__("random").Random(7)
-    for rnd_i in range(6):
-        for i in range(8):
+    for _rnd_i in range(6):
+        for _i in range(8):
             name = f"f{rnd.randrange(6)}"
             data = os.urandom(rnd.choice([100, 70_000, 1_300_000]))
             write_fsync(a.mountpoint / name, data)
@@ -202,7 +202,7 @@ def test_kill9_during_gc_loses_nothing(file_store_url, new_mount, point):
     a = new_mount("a")
     a.mkfs(file_store_url, VOL, options=["history=0"])
     a.mount(file_store_url, VOL)
-    for i in range(3):
+    for _ in range(3):
         write_fsync(a.mountpoint / "f", os.urandom(1200 * 1024))
     for i in range(40):
         write_fsync(a.mountpoint / f"s{i}", b"x")
@@ -260,7 +260,7 @@ def test_gc_with_a_failing_store_deletes_nothing(store_url, new_mount, op):
     a = new_mount("a")
     a.mkfs(store_url, VOL, options=["history=0"])
     a.mount(store_url, VOL)
-    for i in range(3):
+    for _i in range(3):
         write_fsync(a.mountpoint / "f", os.urandom(1200 * 1024))
     a.umount()
     store = open_store(store_url)

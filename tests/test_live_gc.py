@@ -12,10 +12,10 @@ import re
 import threading
 import time
 
-from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.gc.run import read_report
 from fsd.store import open_store
+from fsd.volume import objects as vol_mod
 from tests.helpers.mount import fsck_clean, fsync_dir, write_fsync
 
 VOL = "vol"
@@ -81,9 +81,9 @@ def test_live_gc_frees_garbage_while_a_writer_never_stops(store_url, new_mount):
     acked: dict[str, bytes] = {}
     rnd = random.Random(11)
     try:
-        for round_ in range(8):
+        for _round in range(8):
             t0 = time.time_ns()
-            for i in range(10):
+            for _i in range(10):
                 name = f"f{rnd.randrange(5)}"
                 data = os.urandom(rnd.choice([3000, 200_000, 1_100_000]))
                 write_fsync(a.mountpoint / name, data)

@@ -12,11 +12,15 @@ daemon together; recovery alternates between the same cache dir and a
   - every acknowledged row is there (with durability=local on a fresh
     cache: every row acknowledged before the upload horizon).
 
+Every CI run has one short round per durability mode (one crash on the
+same cache); the slow form runs several, alternating same cache and takeover:
+
     bash scripts/test.sh -m slow -k postgres
-    FERRY_PG_TRIALS=N   crash/recovery rounds per durability mode (default 4)
+    FERRY_PG_TRIALS=N   crash/recovery rounds per durability mode in the slow form (default 4)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -35,13 +39,17 @@ COMMIT_INTERVAL = 0.5
 UPLOAD_SLACK = 2.5
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = [pytest.mark.timeout(3600)]
+
+# (durability, crash rounds): one short round of each mode in every run, several under -m slow
+CASES = [pytest.param(d, 1, id=f"{d}-short") for d in ("remote", "local")] + \
+        [pytest.param(d, None, id=f"{d}-slow", marks=pytest.mark.slow) for d in ("remote", "local")]
 
 
 def _need_postgres() -> None:
     if not (PG_BIN / "postgres").exists() or shutil.which("runuser") is None:
-        pytest.skip("PostgreSQL 15 (Debian) is not installed: run the slow tests through "
-                    "`bash scripts/test.sh -m slow`, which installs it")
+        pytest.skip("PostgreSQL 15 (Debian) is not installed: run the tests through `bash scripts/test.sh`, "
+                    "which installs it")
 
 
 def as_postgres(*cmd: str, check: bool = True, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
@@ -80,10 +88,8 @@ class Postgres:
                 except (OSError, ValueError, IndexError):
                     pass
         for v in victims:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(v, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         # Postgres refuses to start while the pid in postmaster.pid exists, and
         # a zombie exists until its parent reaps it. The postmaster's parent is
         # PID 1; on a host it reaps at once, in some sandboxes only after a few
@@ -165,10 +171,10 @@ def open_dir():
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.parametrize("durability", ["remote", "local"])
-def test_postgres_survives_kill9_with_every_acknowledged_row(tmp_path, open_dir, s3_store_url, durability):
+@pytest.mark.parametrize("durability,rounds", CASES)
+def test_postgres_survives_kill9_with_every_acknowledged_row(tmp_path, open_dir, s3_store_url, durability, rounds):
     _need_postgres()
-    trials = int(os.environ.get("FERRY_PG_TRIALS", "4"))
+    trials = rounds if rounds is not None else int(os.environ.get("FERRY_PG_TRIALS", "4"))
     seed = int(os.environ.get("FERRY_TORTURE_SEED", random.randrange(1 << 30)))
     rnd = random.Random(seed)
     print(f"postgres crash test ({durability}): seed {seed}")

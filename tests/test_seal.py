@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
-from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.format.segment import Segment
+from fsd.volume import objects as vol_mod
 
 VOL = "sealvol"
 

@@ -12,10 +12,10 @@ import time
 import pytest
 
 from fsd.backup import snapshots
-from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.format.pin import PENDING, PENDING_TIMEOUT_NS, Pin
 from fsd.store import open_store
+from fsd.volume import objects as vol_mod
 from tests.helpers.mount import fsck_clean, run_ferry, write_fsync
 
 VOL = "vol"

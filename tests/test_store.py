@@ -16,8 +16,7 @@ import urllib3
 
 from fsd.store import open_store
 from fsd.store.aio import AsyncStore
-from fsd.store.base import (NotFound, PreconditionFailed, StoreAuthError, StoreConfigError, StoreError,
-                            StoreUnavailable)
+from fsd.store.base import NotFound, PreconditionFailed, StoreAuthError, StoreConfigError, StoreError, StoreUnavailable
 from fsd.store.filestore import FileStore
 from fsd.store.probe import probe_conditional_writes
 from fsd.store.s3store import S3Store, map_client_error

@@ -16,14 +16,15 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
+from fsd.backup.exportread import BlockReader, ExportError, ExportStats, extents, pieces
 from fsd.block.stack import IMAGE_NAME
 from fsd.format.superblock import Superblock
 from fsd.meta.state import ROOT_INO, MetaState
 from fsd.store.base import ObjectStore
-from fsd.backup.exportread import BlockReader, ExportError, ExportStats, extents, pieces
 
 Progress = Callable[[int, int], None]
 

@@ -31,22 +31,20 @@ Blocking (store I/O): run it in a worker thread from trio.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from fsd import failpoints
-
-from fsd.backup import history
-
-from fsd.backup import snapshots
-from fsd.volume import objects as vol_mod
+from fsd.backup import history, snapshots
 from fsd.format import keys
 from fsd.format.pin import PENDING, PENDING_TIMEOUT_NS, READY, Pin
 from fsd.format.superblock import Origin, Superblock, make_superblock
 from fsd.meta.records import BLOCK, MAX_ORIGINS
 from fsd.store.base import NotFound, ObjectStore
+from fsd.volume import objects as vol_mod
 
 log = logging.getLogger("ferry.clones")
 KIND = "clone"
@@ -225,8 +223,6 @@ def drop_pin(store: ObjectStore, sb: Superblock) -> vol_mod.VolumeRef | None:
     if not sb.origins:
         return None
     o = sb.origins[0]
-    try:
+    with contextlib.suppress(NotFound):
         store.delete(o.pin)
-    except NotFound:
-        pass
     return vol_mod.ref_of_root(store, o.root)

@@ -20,18 +20,18 @@ import re
 from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from fsd.volume import fencing
-from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.format.framing import CorruptObject
 from fsd.format.snapshot import decode_snapshot
 from fsd.format.superblock import Superblock
-from fsd.volume.retention import history_base
 from fsd.meta.state import MetaState, own_refs_of_records
-from fsd.volume.objects import snapshot_refs
 from fsd.store.base import NotFound, ObjectInfo, ObjectStore
+from fsd.volume import fencing
+from fsd.volume import objects as vol_mod
+from fsd.volume.objects import snapshot_refs
+from fsd.volume.retention import history_base
 
 _REL_RE = re.compile(r"-(\d+(?:\.\d+)?)(s|m|h|d)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -67,7 +67,7 @@ def parse_moment(text: str, now_ns: int) -> int:
 def format_ns(ns: int, *, precise: bool = False) -> str:
     """UTC ISO 8601 with a Z: milliseconds to show, microseconds (`precise`)
     to hand a moment on without moving it before a commit."""
-    dt = datetime.fromtimestamp(ns // 1000 / 1e6, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ns // 1000 / 1e6, tz=UTC)
     return dt.isoformat(timespec="microseconds" if precise else "milliseconds").replace("+00:00", "Z")
 
 
@@ -117,7 +117,7 @@ def state_at(store: ObjectStore, root: str, sb: Superblock, at_ns: int
     base = max((p for p in view.snapshots if start <= p <= target
                 and fencing.chain_breaks(p, view.seqs, view.epochs, view.latest_epoch) is None), default=start)
     state, next_ino = _snapshot_state(store, root, sb, base)
-    for pos, seg in _until(vol_mod.replayable_after(store, root, view, base), target):
+    for _pos, seg in _until(vol_mod.replayable_after(store, root, view, base), target):
         state.apply_all(seg.records)
     return target, state, max(state.next_ino, next_ino)
 

@@ -14,6 +14,7 @@ everything written before the call.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -24,15 +25,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fsd import failpoints
-from fsd.volume import objects as vol_mod
-from fsd.volume.objects import snapshot_refs
 from fsd.format import keys
 from fsd.format.framing import CorruptObject
 from fsd.format.pin import PENDING, PENDING_TIMEOUT_NS, READY, Pin
 from fsd.format.snapshot import decode_snapshot
-from fsd.volume.retention import PinRoots, pin_roots
 from fsd.meta.state import MetaState
 from fsd.store.base import NotFound, ObjectStore, PreconditionFailed
+from fsd.volume import objects as vol_mod
+from fsd.volume.objects import snapshot_refs
+from fsd.volume.retention import PinRoots, pin_roots
 
 log = logging.getLogger("ferry.snapshots")
 KIND = "snap"
@@ -83,9 +84,8 @@ def stale_pins(store: ObjectStore, pins: dict[str, Pin], now_ns: int) -> tuple[t
     creator died just before; fsd/backup/clones.py)."""
     out: list[tuple[str, str | None]] = []
     for k, p in sorted(pins.items()):
-        if p.abandoned(now_ns):
-            out.append((k, p.holder))
-        elif (p.kind == "clone" and p.state == READY and p.holder and now_ns - p.created_ns > PENDING_TIMEOUT_NS
+        if p.abandoned(now_ns) or (p.kind == "clone" and p.state == READY and p.holder
+                                   and now_ns - p.created_ns > PENDING_TIMEOUT_NS
               and not vol_mod.holder_exists(store, p.holder)):
             out.append((k, p.holder))
     return tuple(out)
@@ -150,10 +150,9 @@ def create(store: ObjectStore, volume: str, snap: str, *, at_ns: int | None = No
         ready = Pin(kind=KIND, name=snap, state=READY, position=last, created_ns=started)
         store.put(key, ready.encode())
     except BaseException:
-        try:
+        # an abandoned pending pin is cleaned by GC later
+        with contextlib.suppress(Exception):
             store.delete(key)
-        except Exception:  # noqa: BLE001 - an abandoned pending pin is cleaned by GC later
-            pass
         raise
     log.info("volume %s: snapshot %s at segment %s", volume, snap, last)
     return SnapshotInfo(snap, READY, last, started)
@@ -170,7 +169,7 @@ def list_all(store: ObjectStore, volume: str, *, now_ns: int | None = None) -> l
     ref, _sb = vol_mod.locate(store, volume)
     now = now_ns if now_ns is not None else time.time_ns()
     out = []
-    for k, p in sorted(read_pins(store, ref.root).items()):
+    for _k, p in sorted(read_pins(store, ref.root).items()):
         if p.kind == KIND:
             state = "abandoned" if p.abandoned(now) else p.state
             out.append(SnapshotInfo(p.name, state, p.position, p.created_ns))

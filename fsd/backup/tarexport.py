@@ -24,6 +24,7 @@ import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from typing import BinaryIO
 
 from fsd.backup.exportread import BlockReader, ExportError, ExportStats, extents, pieces
@@ -193,8 +194,8 @@ def temp_snapshot_name(now_ns: int) -> str:
     """A snapshot that exists for the length of one export (a visible leftover,
     `ferry fs snapshot rm` it, if the export was killed)."""
     import secrets
-    from datetime import datetime, timezone
-    t = datetime.fromtimestamp(now_ns / 1e9, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    from datetime import datetime
+    t = datetime.fromtimestamp(now_ns / 1e9, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"export-{t}-{secrets.token_hex(2)}"
 
 
@@ -205,9 +206,7 @@ def export_volume(store: ObjectStore, spec: str, out: BinaryIO, *, progress: Pro
     removed after it: every byte comes from one consistent, GC-pinned state."""
     import time
 
-    from fsd.backup import clones
-
-    from fsd.backup import snapshots
+    from fsd.backup import clones, snapshots
     from fsd.volume import objects as vol_mod
     now = now_ns if now_ns is not None else time.time_ns()
     try:

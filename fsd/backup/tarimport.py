@@ -21,6 +21,7 @@ Blocking (store I/O): a CLI command, or a worker thread.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import os
 import posixpath
@@ -29,17 +30,14 @@ import tarfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import BinaryIO
 
 from fsd import failpoints
-
-from fsd.volume import creating
-from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.format.dataobj import encode_block
 from fsd.format.superblock import make_superblock
@@ -47,6 +45,8 @@ from fsd.meta.check import check_state
 from fsd.meta.records import BLOCK, DENT, INODE, NAME_MAX, XATTR, XATTR_SIZE_MAX
 from fsd.meta.state import MetaState
 from fsd.store.base import ObjectStore, PreconditionFailed
+from fsd.volume import creating
+from fsd.volume import objects as vol_mod
 
 log = logging.getLogger("ferry.import")
 
@@ -273,10 +273,8 @@ def _read(store: ObjectStore, root: str, bs: int, compress: bool, content_hash: 
         with lock:
             if h in uploaded:
                 return h
-        try:
+        with contextlib.suppress(PreconditionFailed):
             store.put(keys.data_key(root, h, EPOCH), obj, if_none_match=True)
-        except PreconditionFailed:
-            pass
         with lock:
             if h not in uploaded:
                 uploaded.add(h)
@@ -387,7 +385,7 @@ class _HeaderWatch:
 
         class _Info(tarfile.TarInfo):
             @classmethod
-            def frombuf(cls, buf, encoding, errors):  # type: ignore[override]
+            def frombuf(cls, buf, encoding, errors):
                 watch.last = bytes(buf)
                 return super().frombuf(buf, encoding, errors)
         return _Info

@@ -5,10 +5,11 @@ capacity limits; the trio loop only awaits.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import trio
 
@@ -148,10 +149,9 @@ class BlockIO:
         spawn(self._prefetch_task, ino, idx, ref)
 
     async def _prefetch_task(self, ino: int, idx: int, ref: BlockRef) -> None:
-        try:
+        # logged; a foreground read will try again and report it
+        with contextlib.suppress(FsError):
             await self._from_store(ino, idx, ref)
-        except FsError:
-            pass   # logged; a foreground read will try again and report it
 
     async def _from_store(self, ino: int, idx: int, ref: BlockRef) -> bytes:
         """GET a block whose fetch the caller registered in `_fetching`;
@@ -229,10 +229,8 @@ class BlockIO:
             while h in self.deleting:
                 await self._deletions_done.wait()
             if h not in self.uploaded:
-                try:
+                with contextlib.suppress(PreconditionFailed):
                     await self.astore.put(keys.data_key(self.root, h, self.epoch), obj, if_none_match=True)
-                except PreconditionFailed:
-                    pass
                 self.uploaded.add(h)
                 self.bytes_uploaded += len(obj)
         finally:

@@ -11,29 +11,31 @@ acknowledge nothing more and the mount turns read-only.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 import trio
 
+from fsd import failpoints
+from fsd.datapath.blockio import BlockIO
 from fsd.datapath.commitplan import INLINE_MAX, PATCH_BUDGET, Batch, plan_commit, segment_records
 from fsd.datapath.data import DataLayer
-from fsd.volume.fencing import WriterPosition
+from fsd.datapath.localjournal import LocalEntry, LocalJournal
 from fsd.format import keys
 from fsd.format.segment import Segment
 from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.state import BlockRef
 from fsd.store.aio import AsyncStore
 from fsd.store.base import NotFound, PreconditionFailed, StoreError
-from fsd import failpoints
-from fsd.datapath.blockio import BlockIO
-from fsd.datapath.localjournal import LocalEntry, LocalJournal
 from fsd.tasks import Wakeup
+from fsd.volume.fencing import WriterPosition
 
 log = logging.getLogger("ferry.commit")
 T = TypeVar("T")
@@ -258,10 +260,9 @@ class Committer:
         sizes = sorted(((sum(len(d) for _, d in pl), ino, idx) for ino, pm in st.patches.items()
                         for idx, pl in pm.items()), reverse=True)
         for _, ino, idx in sizes[:FOLD_PER_COMMIT]:
-            try:
+            # unreadable base: reported by reads; keep the patches
+            with contextlib.suppress(FsError):
                 await self.data.fold(ino, idx)
-            except FsError:
-                pass   # unreadable base: reported by reads; keep the patches
 
     async def commit_once(self) -> bool:
         """One remote group-commit round. Returns False if there was nothing to do."""

@@ -24,16 +24,16 @@ the whole block, so an fsync after a small write costs one PUT, not two.
 from __future__ import annotations
 
 import errno
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import trio
 
 from fsd.datapath.blockio import BlockIO
 from fsd.datapath.commitplan import merge_extents
-from fsd.tasks import Background
 from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.records import PATCH
 from fsd.meta.state import BlockRef
+from fsd.tasks import Background
 
 Key = tuple[int, int]
 # Full blocks being uploaded ahead of their commit, at most this many bytes:
@@ -438,10 +438,12 @@ class DataLayer:
             snap = self.sealed.get(key)
             if isinstance(buf, bytes):
                 frozen = buf     # a whole-block write, never changed since: immutable already
-            else:
+            elif snap is not None and snap == buf:
                 # (The comparison is cheap next to a copy and a second upload,
                 # and makes the reuse safe whatever changed the buffer since.)
-                frozen = snap if snap is not None and snap == buf else bytes(buf)
+                frozen = snap
+            else:
+                frozen = bytes(buf)
             batch[key] = frozen
             ext = self.extents.get(key)
             extents[key] = None if ext is None else merge_extents(ext)

@@ -10,7 +10,7 @@ import logging
 import os
 import stat
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import pyfuse3
 import trio

@@ -29,9 +29,10 @@ release. Why this is correct (docs/architecture.md, "Local recovery"):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from fsd.datapath.localjournal import LocalEntry
-from fsd.meta.records import BLOCK, PATCH
+from fsd.meta.records import BLOCK, PATCH, Record
 
 SEGMENT_BYTES = 8 << 20     # payload bytes per recovery segment (few, large PUTs)
 SEGMENT_ENTRIES = 4096      # and at most this many batches in one
@@ -102,15 +103,15 @@ class WholeBlock:
 
 @dataclass
 class PlannedSegment:
-    items: list            # journal records, and WholeBlock placeholders for BLOCK records
+    items: list[Any]           # journal records, and WholeBlock placeholders for BLOCK records
     last_batch: int        # the segment's `batch`: its last entry's batch number
 
 
-def entry_items(entry: LocalEntry) -> list:
+def entry_items(entry: LocalEntry) -> list[Any]:
     """An entry as segment content: its records, then per block written a
     PATCH record (a range, laid over the block as of those records: the
     same meaning the entry has) or a WholeBlock placeholder."""
-    items: list = list(entry.records)
+    items: list[Any] = list(entry.records)
     for ino, idx, off, raw in entry.blocks:
         if off is None:
             items.append(WholeBlock(ino, idx, raw))
@@ -140,10 +141,10 @@ def plan_segments(todo: list[LocalEntry], *, max_bytes: int = SEGMENT_BYTES,
     return out
 
 
-def segment_records(items: list, refs: dict[int, tuple[bytes, int, int]]) -> list:
+def segment_records(items: list[Any], refs: dict[int, tuple[bytes, int, int]]) -> list[Record]:
     """The segment's records once every WholeBlock is uploaded: `refs` maps
     id(placeholder) to the stored object's (hash, length, epoch)."""
-    out: list = []
+    out: list[Record] = []
     for it in items:
         if isinstance(it, WholeBlock):
             h, n, e = refs[id(it)]

@@ -34,7 +34,7 @@ class EpochClaim:
         return frame(MAGIC, asdict(self))
 
     @classmethod
-    def decode(cls, data: bytes, key: str) -> "EpochClaim":
+    def decode(cls, data: bytes, key: str) -> EpochClaim:
         b = require(unframe(MAGIC, data, key), key, {
             "epoch": int, "host": str, "pid": int, "token": str, "claimed_ns": int, "takeover": bool})
         if b["epoch"] < 1:

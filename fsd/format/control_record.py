@@ -31,7 +31,8 @@ def key(root: str) -> str:
 
 
 def encode(options: dict[str, str]) -> bytes:
-    return msgpack.packb({"format": FORMAT, "v": VERSION, "options": dict(options)}, use_bin_type=True)
+    data: bytes = msgpack.packb({"format": FORMAT, "v": VERSION, "options": dict(options)}, use_bin_type=True)
+    return data
 
 
 def decode(blob: bytes) -> dict[str, str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 import blake3
 import zstandard

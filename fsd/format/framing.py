@@ -82,7 +82,7 @@ def _is(value: Any, typ: type | tuple[type, ...]) -> bool:
     return isinstance(value, typ)
 
 
-def require(body: Any, key: str, fields: dict[str, type | tuple[type, ...]]) -> dict:
+def require(body: Any, key: str, fields: dict[str, type | tuple[type, ...]]) -> dict[str, Any]:
     """Check a decoded body is a map holding `fields` with those types.
 
     Returns the map; raises CorruptObject naming the key and the field."""
@@ -97,7 +97,7 @@ def require(body: Any, key: str, fields: dict[str, type | tuple[type, ...]]) -> 
     return body
 
 
-def optional(body: dict, key: str, name: str, typ: type | tuple[type, ...]) -> Any:
+def optional(body: dict[str, Any], key: str, name: str, typ: type | tuple[type, ...]) -> Any:
     """body[name] if present and not nil (checked against `typ`), else None."""
     value = body.get(name)
     if value is not None and not _is(value, typ):

@@ -28,7 +28,7 @@ class Incarnation:
         return frame(MAGIC, asdict(self))
 
     @classmethod
-    def decode(cls, data: bytes, key: str) -> "Incarnation":
+    def decode(cls, data: bytes, key: str) -> Incarnation:
         b = require(unframe(MAGIC, data, key), key, {"name": str, "n": int, "uuid": str, "created_ns": int})
         if not _UUID_RE.fullmatch(b["uuid"]):
             raise CorruptObject(f"{key}: uuid {b['uuid']!r} is not 32 lower-case hex digits")

@@ -44,7 +44,7 @@ class Pin:
         return frame(MAGIC, d)
 
     @classmethod
-    def decode(cls, data: bytes, key: str) -> "Pin":
+    def decode(cls, data: bytes, key: str) -> Pin:
         b = require(unframe(MAGIC, data, key), key, {"kind": str, "name": str, "state": str, "position": list,
                                                       "created_ns": int})
         if b["state"] not in (PENDING, READY):

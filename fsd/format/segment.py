@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fsd.format.framing import CorruptObject, frame, optional, require, unframe
+from fsd.meta.records import Record
 
 MAGIC = b"FRYJ"
 KINDS = ("begin", "segment", "seal")
@@ -21,7 +22,7 @@ class Segment:
     epoch: int
     seq: int
     created_ns: int
-    records: list
+    records: list[Record]
     reason: str | None = None      # seals: "release" or "takeover"
     sealed_by: int | None = None   # seals: the sealing epoch
     batch: int | None = None       # commits: the mount's batch number (durability=local)
@@ -33,7 +34,7 @@ class Segment:
                              "sealed_by": self.sealed_by, "batch": self.batch})
 
     @classmethod
-    def decode(cls, data: bytes, key: str) -> "Segment":
+    def decode(cls, data: bytes, key: str) -> Segment:
         b = require(unframe(MAGIC, data, key), key, {
             "kind": str, "epoch": int, "seq": int, "created_ns": int, "records": list})
         kind, records = b["kind"], b["records"]

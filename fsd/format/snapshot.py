@@ -9,24 +9,25 @@ records" - same content, the three small ints just sit outside `z`).
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import msgpack
 import zstandard
 
 from fsd.format.framing import CorruptObject, frame, require, unframe
+from fsd.meta.records import Record
 
 MAGIC = b"FRYS"
 _LEVEL = 3
 
 
-def encode_snapshot(epoch: int, seq: int, next_ino: int, records_iterable: Iterable[list]) -> bytes:
+def encode_snapshot(epoch: int, seq: int, next_ino: int, records_iterable: Iterable[Record]) -> bytes:
     records = records_iterable if isinstance(records_iterable, list) else list(records_iterable)
     z = zstandard.ZstdCompressor(level=_LEVEL).compress(msgpack.packb(records, use_bin_type=True))
     return frame(MAGIC, {"epoch": epoch, "seq": seq, "next_ino": next_ino, "z": z})
 
 
-def decode_snapshot(data: bytes, key: str) -> tuple[int, int, int, list]:
+def decode_snapshot(data: bytes, key: str) -> tuple[int, int, int, list[Record]]:
     """(epoch, seq, next_ino, records); CorruptObject naming `key` otherwise."""
     b = require(unframe(MAGIC, data, key), key, {"epoch": int, "seq": int, "next_ino": int, "z": bytes})
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from fsd.format.framing import CorruptObject, frame, require, unframe
 from fsd.format.keys import validate_volume_name
@@ -64,11 +65,11 @@ class Origin:
     position: tuple[int, int]
     pin: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "root": self.root, "position": list(self.position), "pin": self.pin}
 
     @classmethod
-    def from_dict(cls, d: object, key: str) -> "Origin":
+    def from_dict(cls, d: object, key: str) -> Origin:
         ok = (isinstance(d, dict) and isinstance(d.get("name"), str) and isinstance(d.get("root"), str)
               and isinstance(d.get("pin"), str) and isinstance(d.get("position"), list)
               and len(d["position"]) == 2 and all(type(x) is int and x >= 0 for x in d["position"]))
@@ -87,7 +88,7 @@ class Superblock:
     compression: str
     created_ns: int
     fencing: str = "conditional"
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     origins: tuple[Origin, ...] = ()
 
     def encode(self) -> bytes:
@@ -125,7 +126,7 @@ class Superblock:
         return [root, *(o.root for o in self.origins)]
 
     @classmethod
-    def decode(cls, data: bytes, key: str) -> "Superblock":
+    def decode(cls, data: bytes, key: str) -> Superblock:
         b = require(unframe(MAGIC, data, key), key, {
             "volume": str, "uuid": str, "format": int, "block_size": int, "compression": str,
             "created_ns": int, "fencing": str, "options": dict})

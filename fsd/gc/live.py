@@ -43,21 +43,17 @@ from pathlib import Path
 import trio
 
 from fsd import failpoints
-
-from fsd.volume import creating
-
-from fsd.backup import history
-
-from fsd.backup import snapshots
-from fsd.volume import objects as vol_mod
+from fsd.backup import history, snapshots
 from fsd.datapath.blockio import BlockIO
 from fsd.datapath.committer import Committer
-from fsd.format import keys
-from fsd.volume.retention import DATA, Deletion, GcPlan, PinRoots, Roots, Writers, plan
-from fsd.gc.run import GcReport, observe_writers
 from fsd.datapath.localdb import read_committed
+from fsd.format import keys
+from fsd.gc.run import GcReport, observe_writers
 from fsd.meta.state import MetaState, own_refs
 from fsd.store.base import ObjectInfo, ObjectStore
+from fsd.volume import creating
+from fsd.volume import objects as vol_mod
+from fsd.volume.retention import DATA, Deletion, GcPlan, PinRoots, Roots, Writers, plan
 
 log = logging.getLogger("ferry.gc")
 

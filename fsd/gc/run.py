@@ -23,18 +23,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from fsd import failpoints
-
-from fsd.volume import creating
-
-from fsd.backup import history
-
-from fsd.backup import snapshots
-from fsd.volume import objects as vol_mod
+from fsd.backup import history, snapshots
 from fsd.format import keys
 from fsd.format.framing import CorruptObject, frame, unframe
-from fsd.volume.retention import GcPlan, Roots, Writers, plan, sealed_epochs
 from fsd.meta.state import own_refs
 from fsd.store.base import NotFound, ObjectInfo, ObjectStore
+from fsd.volume import creating
+from fsd.volume import objects as vol_mod
+from fsd.volume.retention import GcPlan, Roots, Writers, plan, sealed_epochs
 
 log = logging.getLogger("ferry.gc")
 
@@ -93,7 +89,8 @@ def observe_writers(store: ObjectStore, root: str) -> tuple[Writers, vol_mod.Jou
 
 def gather(store: ObjectStore, name: str, *, compact: bool, dry_run: bool,
            writers_hook: Callable[[Writers], Writers] | None = None
-           ) -> tuple[vol_mod.VolumeRef, Roots, Writers, list[ObjectInfo], int, tuple[str, ...]]:
+           ) -> tuple[vol_mod.VolumeRef, Roots, Writers, list[ObjectInfo], int,
+                      tuple[tuple[str, str | None], ...]]:
     """Steps 1 and 2 and the listing of step 3: everything `plan` needs.
     Returns (ref, roots, writers, objects, segments compacted, pins to sweep)."""
     ref, sb = vol_mod.locate(store, name)

@@ -12,9 +12,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 def is_mounted(mp: Path | str) -> bool:
@@ -50,7 +50,13 @@ def spawn_mount(cli_args: list[str], cache_dir: Path, mountpoint: Path, *,
     once `mountpoint` is mounted, or the daemon exited (or `timeout`)."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     logpath = cache_dir / "fsd.log"
-    argv = [sys.executable, "-m", "cli", *cli_args, "--foreground"]
+    # The daemon runs the very code this process runs, whatever the current
+    # directory holds: -P keeps a `cli` there (or a cli.py) from shadowing
+    # ferry's, and the tree that holds this fsd comes first on the path.
+    env = dict(os.environ if env is None else env)
+    tree = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = tree + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    argv = [sys.executable, "-P", "-m", "cli", *cli_args, "--foreground"]
     with open(logpath, "ab") as logf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                 start_new_session=True, env=env)

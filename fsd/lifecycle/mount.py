@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import fcntl
 import json
-import secrets
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -35,28 +35,27 @@ import pyfuse3
 import trio
 
 from fsd.block import stack as blockstack
-
-from fsd.lifecycle import resume
-from fsd.volume import objects as vol_mod
 from fsd.datapath.blockio import BlockIO
 from fsd.datapath.cache.blockcache import BlockCache
 from fsd.datapath.cache.filler import CacheFiller
 from fsd.datapath.committer import Committer
 from fsd.datapath.data import DataLayer
-from fsd.volume.fencing import WriterPosition
 from fsd.datapath.fuse_ops import FerryOperations
-from fsd.gc.live import MaintenanceConfig, Maintainer
-from fsd.lifecycle.kernel_tuning import set_io_flusher, tune_bdi
-from fsd.format.superblock import BLOCK_FORMAT, Superblock
 from fsd.datapath.localjournal import LocalJournal
+from fsd.format.superblock import BLOCK_FORMAT, Superblock
+from fsd.gc.live import Maintainer, MaintenanceConfig
+from fsd.lifecycle import resume
+from fsd.lifecycle.kernel_tuning import set_io_flusher, tune_bdi
 from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.state import ROOT_INO, MetaState
 from fsd.options import DEFAULT_SIZE_LIMIT, MountOptions
 from fsd.rundir import registry_path
 from fsd.store import open_store
-from fsd.tasks import Background, Wakeup
 from fsd.store.aio import AsyncStore
 from fsd.store.base import ObjectStore
+from fsd.tasks import Background, Wakeup
+from fsd.volume import objects as vol_mod
+from fsd.volume.fencing import WriterPosition
 
 log = logging.getLogger("ferry.mount")
 
@@ -274,7 +273,7 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
 
 
 async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
-                     on_ready: Callable[[], None] | None, block: "BlockStack | None" = None) -> bool:
+                     on_ready: Callable[[], None] | None, block: BlockStack | None = None) -> bool:
     """Serve FUSE until the kernel detaches, then commit everything.
     Returns False if this mount was fenced (nothing more to release).
     A block volume's ferry filesystem is mounted in the cache dir and the

@@ -24,14 +24,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from fsd import failpoints
-
-from fsd.backup import clones
-
-from fsd.backup import snapshots
-from fsd.volume import objects as vol_mod
+from fsd.backup import clones, snapshots
 from fsd.format import keys
 from fsd.format.framing import CorruptObject
 from fsd.store.base import NotFound, ObjectStore
+from fsd.volume import objects as vol_mod
 
 log = logging.getLogger("ferry.removal")
 

@@ -6,6 +6,7 @@ worker thread, before it claims its own epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -13,12 +14,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fsd import failpoints
+from fsd.datapath.localjournal import LocalEntry
+from fsd.datapath.recovery import (
+    EpochTail,
+    PlannedSegment,
+    RecoveryPlan,
+    WholeBlock,
+    plan_recovery,
+    plan_segments,
+    segment_records,
+)
 from fsd.format import keys
 from fsd.format.dataobj import encode_block
 from fsd.format.segment import Segment
-from fsd.datapath.localjournal import LocalEntry
-from fsd.datapath.recovery import (EpochTail, PlannedSegment, RecoveryPlan, WholeBlock, plan_recovery, plan_segments,
-                          segment_records)
 from fsd.store.base import NotFound, ObjectStore, PreconditionFailed
 from fsd.volume.fencing import journal_run
 from fsd.volume.objects import epoch_seal, list_epoch_seqs, list_journal, read_segment, seal_epoch
@@ -94,10 +102,9 @@ def _append(store: ObjectStore, root: str, epoch: int, seq: int, seg: PlannedSeg
 
     def upload(b: WholeBlock) -> None:
         h, obj = encode_block(b.raw, compress, content_hash)
-        try:
+        # content addressed: already there (we are still the epoch's only writer)
+        with contextlib.suppress(PreconditionFailed):
             store.put(keys.data_key(root, h, epoch), obj, if_none_match=True)
-        except PreconditionFailed:
-            pass            # content addressed: already there (we are still the epoch's only writer)
         refs[id(b)] = (h, len(b.raw), epoch)
 
     if blocks:

@@ -78,31 +78,31 @@ def check_state(state: MetaState) -> list[str]:
 
     bs = state.block_size
     for ino, bm in state.blocks.items():
-        n = inodes.get(ino)
-        if n is None:
+        owner = inodes.get(ino)
+        if owner is None:
             if bm:
                 problems.append(f"blocks of missing inode {ino}")
             continue
-        if n.mode & S_FMT != S_IFREG:
+        if owner.mode & S_FMT != S_IFREG:
             if bm:
                 problems.append(f"inode {ino} has blocks but is not a regular file")
             continue
         for idx, ref in bm.items():
             if not 0 <= ref.length <= bs:
                 problems.append(f"inode {ino} block {idx}: length {ref.length} outside 0..{bs}")
-            elif idx * bs + ref.length > n.size:
+            elif idx * bs + ref.length > owner.size:
                 problems.append(f"inode {ino} block {idx}: ends at {idx * bs + ref.length}, "
-                                f"beyond size {n.size}")
+                                f"beyond size {owner.size}")
 
     for ino, pm in state.patches.items():
-        n = inodes.get(ino)
-        if n is None or n.mode & S_FMT != S_IFREG:
+        owner = inodes.get(ino)
+        if owner is None or owner.mode & S_FMT != S_IFREG:
             problems.append(f"inline data (PATCH) of inode {ino}, which is not a regular file")
             continue
         for idx in pm:
             end = idx * bs + state.block_length(ino, idx)
-            if end > n.size:
-                problems.append(f"inode {ino} block {idx}: inline data ends at {end}, beyond size {n.size}")
+            if end > owner.size:
+                problems.append(f"inode {ino} block {idx}: inline data ends at {end}, beyond size {owner.size}")
 
     problems.extend(_cycles(parent_of))
     reachable = _reachable(state)

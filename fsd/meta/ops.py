@@ -15,13 +15,30 @@ from __future__ import annotations
 
 import errno
 from bisect import bisect_right
-from stat import (S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK,
-                  S_ISGID)
-from typing import Iterable
+from collections.abc import Iterable
+from stat import S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFREG, S_IFSOCK, S_ISGID
 
-from fsd.meta.records import (DENT, DENT_DEL, HOLE, I_ATIME, I_CTIME, I_GID, I_MODE, I_MTIME,
-                              I_NLINK, I_SIZE, I_UID, INODE, INODE_DEL, NAME_MAX, TRUNC, XATTR,
-                              XATTR_DEL, XATTR_SIZE_MAX)
+from fsd.meta.records import (
+    DENT,
+    DENT_DEL,
+    HOLE,
+    I_ATIME,
+    I_CTIME,
+    I_GID,
+    I_MODE,
+    I_MTIME,
+    I_NLINK,
+    I_SIZE,
+    I_UID,
+    INODE,
+    INODE_DEL,
+    NAME_MAX,
+    TRUNC,
+    XATTR,
+    XATTR_DEL,
+    XATTR_SIZE_MAX,
+    Record,
+)
 from fsd.meta.state import ROOT_INO, S_FMT, BlockRef, Inode, MetaState, in_range
 
 RENAME_NOREPLACE = 1
@@ -64,7 +81,7 @@ class MetaOps:
 
     def __init__(self, state: MetaState) -> None:
         self.state = state
-        self.pending: list[list] = []
+        self.pending: list[Record] = []
         self.attr_dirty: set[int] = set()
         # directory -> (sorted cookies, [(cookie, name)]): FUSE reads a large
         # directory in many small readdir calls; sorting it for each would be
@@ -73,24 +90,24 @@ class MetaOps:
         self._listings: dict[int, tuple[list[int], list[tuple[int, bytes]]]] = {}
 
     # ------------------------------------------------------------ plumbing
-    def _emit(self, rec: list) -> None:
+    def _emit(self, rec: Record) -> None:
         self.state.apply(rec)
         self.pending.append(rec)
         t = rec[0]
-        if t == INODE or t == INODE_DEL:
+        if t in (INODE, INODE_DEL):
             # An INODE record is built from the current attributes (or
             # replaces them), and a deleted inode is owed nothing.
             self.attr_dirty.discard(rec[1])
-        if (t == DENT or t == DENT_DEL or t == INODE_DEL) and self._listings:
+        if (t in (DENT, DENT_DEL, INODE_DEL)) and self._listings:
             self._listings.pop(rec[1], None)
 
-    def reapply(self, recs: Iterable[list]) -> None:
+    def reapply(self, recs: Iterable[Record]) -> None:
         """Re-emit records recorded earlier (local journal recovery): they
         become pending again, exactly as if the operations had just run."""
         for rec in recs:
             self._emit(rec)
 
-    def take_pending(self) -> list[list]:
+    def take_pending(self) -> list[Record]:
         """The records to commit now, ending with the INODE records owed by
         `note_write`; clears both."""
         out = self.pending

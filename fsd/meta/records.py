@@ -11,7 +11,8 @@ malformed input into `RecordError` so that callers have one thing to catch.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 
@@ -34,6 +35,9 @@ NAMES = {INODE: "INODE", INODE_DEL: "INODE_DEL", DENT: "DENT", DENT_DEL: "DENT_D
 # from `Inode.to_record()` does not scatter magic numbers.
 I_INO, I_MODE, I_UID, I_GID, I_NLINK, I_SIZE = 1, 2, 3, 4, 5, 6
 I_ATIME, I_MTIME, I_CTIME, I_RDEV, I_TARGET = 7, 8, 9, 10, 11
+
+# A journal record as msgpack carries it: [type, field, ...] (docs/format.md).
+Record = list[Any]
 
 HASH_LEN = 32          # blake2b-256
 NAME_MAX = 255         # directory entry and xattr name length limit
@@ -154,9 +158,9 @@ def validate_record(rec: Any) -> None:
         expected = f"{n}" if not optional else f"{n} to {n + len(optional)}"
         raise RecordError(f"{name} record has {len(rec)} elements, expected {expected}")
     for i, (field, check) in enumerate((fields + optional)[:len(rec) - 1], 1):
-        expected = check(rec[i])
-        if expected is not None:
-            raise RecordError(f"{name} record: element {i} ({field}) must be {expected}, "
+        wanted = check(rec[i])
+        if wanted is not None:
+            raise RecordError(f"{name} record: element {i} ({field}) must be {wanted}, "
                               f"got {_show(rec[i])}")
 
 
@@ -165,15 +169,16 @@ def _show(x: Any) -> str:
     return f"{type(x).__name__} {r if len(r) <= 40 else r[:37] + '...'}"
 
 
-def encode_records(recs: list) -> bytes:
+def encode_records(recs: list[Record]) -> bytes:
     """msgpack of a list of records (not validated: we only encode our own)."""
     try:
-        return msgpack.packb(recs, use_bin_type=True)
+        data: bytes = msgpack.packb(recs, use_bin_type=True)
+        return data
     except (TypeError, ValueError, OverflowError) as e:
         raise RecordError(f"cannot encode records: {e}") from None
 
 
-def decode_records(data: bytes) -> list:
+def decode_records(data: bytes) -> list[Record]:
     """Parse and validate a msgpack list of records; any flaw is RecordError."""
     try:
         recs = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=False)

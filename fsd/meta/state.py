@@ -13,12 +13,25 @@ maintained by `apply` so that lookups of ".." and statfs do not scan.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from stat import S_IFDIR, S_IFREG
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any
 
-from fsd.meta.records import (BLOCK, DENT, DENT_DEL, HOLE, INODE, INODE_DEL, PATCH, TRUNC, XATTR, XATTR_DEL,
-                              RecordError)
+from fsd.meta.records import (
+    BLOCK,
+    DENT,
+    DENT_DEL,
+    HOLE,
+    INODE,
+    INODE_DEL,
+    PATCH,
+    TRUNC,
+    XATTR,
+    XATTR_DEL,
+    Record,
+    RecordError,
+)
 
 ROOT_INO = 1
 S_FMT = 0o170000   # file type bits of st_mode (stat.S_IFMT is a function, not this mask)
@@ -55,7 +68,7 @@ class Inode:
     def is_reg(self) -> bool:
         return self.mode & S_FMT == S_IFREG
 
-    def to_record(self) -> list:
+    def to_record(self) -> Record:
         """The INODE record that recreates these attributes (not the xattrs)."""
         return [INODE, self.ino, self.mode, self.uid, self.gid, self.nlink, self.size,
                 self.atime_ns, self.mtime_ns, self.ctime_ns, self.rdev, self.target]
@@ -78,7 +91,7 @@ class BlockRef:
     epoch: int = 0
     src: int = 0
 
-    def record(self, ino: int, idx: int) -> list:
+    def record(self, ino: int, idx: int) -> Record:
         """The BLOCK record that points block `idx` of `ino` here."""
         if self.src:
             return [BLOCK, ino, idx, self.hash, self.length, self.epoch, self.src]
@@ -87,13 +100,13 @@ class BlockRef:
         return [BLOCK, ino, idx, self.hash, self.length]
 
 
-def block_record_ref(r: list) -> tuple[bytes, int, int]:
+def block_record_ref(r: Record) -> tuple[bytes, int, int]:
     """(hash, epoch, src) of the object a BLOCK record points at."""
     n = len(r)
     return r[3], r[5] if n > 5 else 0, r[6] if n > 6 else 0
 
 
-def own_refs_of_records(records) -> set[tuple[bytes, int]]:
+def own_refs_of_records(records: Iterable[Record]) -> set[tuple[bytes, int]]:
     """(hash, epoch) of the objects under the volume's own root that these
     records reference (what its GC must keep; shared origin objects are
     kept by the origin's pins)."""
@@ -104,12 +117,12 @@ def own_refs_of_records(records) -> set[tuple[bytes, int]]:
     return out
 
 
-def own_refs(state: "MetaState") -> set[tuple[bytes, int]]:
+def own_refs(state: MetaState) -> set[tuple[bytes, int]]:
     """(hash, epoch) of every data object under the volume's own root that `state` references."""
     return {(r.hash, r.epoch) for bm in state.blocks.values() for r in bm.values() if not r.src}
 
 
-def new_volume_records(now_ns: int, uid: int = 0, gid: int = 0, mode: int = 0o755) -> list:
+def new_volume_records(now_ns: int, uid: int = 0, gid: int = 0, mode: int = 0o755) -> list[Record]:
     """Records of an empty volume: the root directory, written by mkfs."""
     return [[INODE, ROOT_INO, S_IFDIR | (mode & 0o7777), uid, gid, 2, 0, now_ns, now_ns, now_ns, 0, None]]
 
@@ -139,19 +152,19 @@ class MetaState:
         self.reg_bytes = 0                         # sum of sizes of regular files
 
     @classmethod
-    def from_records(cls, block_size: int, recs: Iterable[list]) -> MetaState:
+    def from_records(cls, block_size: int, recs: Iterable[Record]) -> MetaState:
         s = cls(block_size)
         s.apply_all(recs)
         return s
 
     # ------------------------------------------------------------ applying
-    def apply(self, rec: list) -> None:
+    def apply(self, rec: Record) -> None:
         fn = _APPLY.get(rec[0])
         if fn is None:
             raise RecordError(f"unknown record type {rec[0]!r}")
         fn(self, rec)
 
-    def apply_all(self, recs: Iterable[list]) -> None:
+    def apply_all(self, recs: Iterable[Record]) -> None:
         get = _APPLY.get
         for rec in recs:
             fn = get(rec[0])
@@ -159,7 +172,7 @@ class MetaState:
                 raise RecordError(f"unknown record type {rec[0]!r}")
             fn(self, rec)
 
-    def _inode(self, r: list) -> None:
+    def _inode(self, r: Record) -> None:
         ino, mode, size = r[1], r[2], r[6]
         is_dir = mode & S_FMT == S_IFDIR
         n = self.inodes.get(ino)
@@ -185,7 +198,7 @@ class MetaState:
         elif is_dir and ino not in self.entries:
             self.entries[ino] = {}
 
-    def _inode_del(self, r: list) -> None:
+    def _inode_del(self, r: Record) -> None:
         ino = r[1]
         n = self.inodes.pop(ino, None)
         if n is None:
@@ -198,7 +211,7 @@ class MetaState:
         self._drop_patches(ino)
         self.dir_parent.pop(ino, None)
 
-    def _dent(self, r: list) -> None:
+    def _dent(self, r: Record) -> None:
         parent, name, child, cookie = r[1], r[2], r[3], r[4]
         m = self.entries.get(parent)
         if m is None:
@@ -210,7 +223,7 @@ class MetaState:
         if c is not None and c.mode & S_FMT == S_IFDIR:
             self.dir_parent[child] = parent
 
-    def _dent_del(self, r: list) -> None:
+    def _dent_del(self, r: Record) -> None:
         parent = r[1]
         m = self.entries.get(parent)
         if m:
@@ -220,7 +233,7 @@ class MetaState:
             if e is not None and self.dir_parent.get(e[0]) == parent:
                 del self.dir_parent[e[0]]
 
-    def _block(self, r: list) -> None:
+    def _block(self, r: Record) -> None:
         ino = r[1]
         if ino not in self.inodes:      # data of a deleted inode settling late
             return
@@ -230,7 +243,7 @@ class MetaState:
         bm[r[2]] = BlockRef(r[3], r[4], r[5] if len(r) > 5 else 0, r[6] if len(r) > 6 else 0)
         self._drop_patches(ino, r[2])
 
-    def _patch(self, r: list) -> None:
+    def _patch(self, r: Record) -> None:
         ino, idx, off, data = r[1], r[2], r[3], r[4]
         if off + len(data) > self.block_size:
             raise RecordError(f"PATCH of inode {ino} block {idx} ends at {off + len(data)}, past the "
@@ -270,7 +283,7 @@ class MetaState:
             n = max(n, off + len(data))
         return n
 
-    def _trunc(self, r: list) -> None:
+    def _trunc(self, r: Record) -> None:
         ino, size = r[1], r[2]
         self._trunc_patches(ino, size)
         bm = self.blocks.get(ino)
@@ -286,7 +299,7 @@ class MetaState:
         if not bm:
             del self.blocks[ino]
 
-    def _hole(self, r: list) -> None:
+    def _hole(self, r: Record) -> None:
         """Blocks [index, index+count) read as zeros again (a punched range);
         the file's size is unchanged."""
         ino, first, count = r[1], r[2], r[3]
@@ -319,18 +332,18 @@ class MetaState:
         if not pm:
             self.patches.pop(ino, None)
 
-    def _xattr(self, r: list) -> None:
+    def _xattr(self, r: Record) -> None:
         n = self.inodes.get(r[1])
         if n is not None:
             n.xattrs[r[2]] = r[3]
 
-    def _xattr_del(self, r: list) -> None:
+    def _xattr_del(self, r: Record) -> None:
         n = self.inodes.get(r[1])
         if n is not None:
             n.xattrs.pop(r[2], None)
 
     # ------------------------------------------------------------ snapshot
-    def snapshot_records(self) -> Iterator[list]:
+    def snapshot_records(self) -> Iterator[Record]:
         """INODE, XATTR, DENT and BLOCK records that rebuild this state.
         INODEs come first so that DENTs find their children's types."""
         for n in self.inodes.values():
@@ -403,7 +416,7 @@ def in_range(m: Mapping[int, object], first: int, count: int) -> list[int]:
     return [i for i in m if first <= i < first + count]
 
 
-_APPLY: dict[int, Callable[[MetaState, list], None]] = {
+_APPLY: dict[int, Callable[[MetaState, Record], None]] = {
     INODE: MetaState._inode,
     INODE_DEL: MetaState._inode_del,
     DENT: MetaState._dent,

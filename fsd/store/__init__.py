@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from fsd.store.base import (NotFound, ObjectStore, PreconditionFailed, StoreAuthError, StoreConfigError,
-                            StoreError, StoreUnavailable)
+from fsd.store.base import (
+    NotFound,
+    ObjectStore,
+    PreconditionFailed,
+    StoreAuthError,
+    StoreConfigError,
+    StoreError,
+    StoreUnavailable,
+)
 from fsd.store.url import StoreSpec, parse_store_url
 
 __all__ = ["open_store", "ObjectStore", "StoreError", "NotFound", "PreconditionFailed", "StoreUnavailable",

@@ -8,7 +8,8 @@ Calls are not abandoned on cancellation: a PUT that was started completes
 whether it happened."""
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import trio
 

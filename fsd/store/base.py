@@ -6,8 +6,10 @@ under a capacity limit (no blocking call on the trio loop).
 """
 from __future__ import annotations
 
+import builtins
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,7 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None:
         """Remove key; deleting a missing key is not an error."""
 
-    def delete_many(self, keys: list[str]) -> None:
+    def delete_many(self, keys: builtins.list[str]) -> None:  # `list` is the method here
         """Remove every key (missing ones are no error), in as few requests as
         the store allows: GC and removal delete one key per committed segment,
         and one request per key would double the store's request load."""

@@ -12,15 +12,23 @@ concurrent put creating a file inside.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-from fsd.store.base import (NotFound, ObjectInfo, PreconditionFailed, StoreAuthError, StoreConfigError, StoreError,
-                            StoreUnavailable)
+from fsd.store.base import (
+    NotFound,
+    ObjectInfo,
+    PreconditionFailed,
+    StoreAuthError,
+    StoreConfigError,
+    StoreError,
+    StoreUnavailable,
+)
 from fsd.store.url import StoreSpec
 
 TMP = ".tmp-"
@@ -121,10 +129,9 @@ class FileStore:
                 else:
                     os.replace(tmp, path)
             finally:
-                try:
+                # gone once renamed into place
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
-                except FileNotFoundError:
-                    pass     # renamed into place
             self._fsync_dir(path.parent)
         except IsADirectoryError:
             raise StoreError(f"cannot write {key}: keys below it exist (a key cannot be both an object "
@@ -172,10 +179,9 @@ class FileStore:
             return
         except OSError as e:
             raise self._oserror(f"DELETE {key}", e) from None
-        try:
+        # best effort: a resurrected deleted object is harmless (idempotent delete)
+        with contextlib.suppress(OSError):
             self._fsync_dir(path.parent)
-        except OSError:
-            pass     # best effort: a resurrected deleted object is harmless (idempotent delete)
         # Prune directories left empty, so a removed volume leaves nothing
         # behind. A put racing with this re-creates its directory (see put).
         for d in path.parents:

@@ -6,8 +6,14 @@ from __future__ import annotations
 import logging
 import secrets
 
-from fsd.store.base import (ObjectStore, PreconditionFailed, StoreAuthError, StoreConfigError, StoreError,
-                            StoreUnavailable)
+from fsd.store.base import (
+    ObjectStore,
+    PreconditionFailed,
+    StoreAuthError,
+    StoreConfigError,
+    StoreError,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 

@@ -10,17 +10,26 @@ correctly (see `put`). Errors are mapped to ferry's store errors with advice.
 """
 from __future__ import annotations
 
+import functools
 import random
 import time
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import boto3
 import botocore.config
 import botocore.exceptions
 
 from fsd.store import s3data
-from fsd.store.base import (NotFound, ObjectInfo, PreconditionFailed, StoreAuthError, StoreConfigError, StoreError,
-                            StoreUnavailable)
+from fsd.store.base import (
+    NotFound,
+    ObjectInfo,
+    PreconditionFailed,
+    StoreAuthError,
+    StoreConfigError,
+    StoreError,
+    StoreUnavailable,
+)
 from fsd.store.url import StoreSpec
 
 T = TypeVar("T")
@@ -250,8 +259,8 @@ class S3Store:
         for i in range(0, len(keys), 1000):
             chunk = keys[i:i + 1000]
             objs = [{"Key": self.prefix + k} for k in chunk]
-            r = self._call(f"DELETE {len(chunk)} objects from {chunk[0]}", lambda: self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": objs, "Quiet": True}))
+            r = self._call(f"DELETE {len(chunk)} objects from {chunk[0]}", functools.partial(
+                self.client.delete_objects, Bucket=self.bucket, Delete={"Objects": objs, "Quiet": True}))
             errors = [e for e in r.get("Errors", []) if e.get("Code") != "NoSuchKey"]
             if errors:
                 e = errors[0]
@@ -272,7 +281,7 @@ class S3Store:
                 kw["ContinuationToken"] = token
             elif start_after:
                 kw["StartAfter"] = self.prefix + start_after
-            r = self._call(f"LIST {prefix}", lambda: self.client.list_objects_v2(**kw))
+            r = self._call(f"LIST {prefix}", functools.partial(self.client.list_objects_v2, **kw))
             for o in r.get("Contents", []):
                 mtime = o.get("LastModified")
                 yield ObjectInfo(o["Key"][n:], int(o.get("Size", 0)),

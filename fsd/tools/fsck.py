@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fsd.volume import objects as vol_mod
 from fsd.format import keys
 from fsd.format.dataobj import decode_block
 from fsd.format.framing import CorruptObject
 from fsd.meta.check import check_state, find_orphans
 from fsd.meta.state import own_refs
 from fsd.store.base import NotFound, ObjectStore
+from fsd.volume import objects as vol_mod
 
 
 @dataclass
@@ -20,6 +20,21 @@ class FsckReport:
     info: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    # What this check covered, for the verdict: a "clean" must not claim
+    # more than was looked at (without --verify-data no block is read).
+    blocks_referenced: int = 0
+    data_verified: bool = False
+
+    def verdict(self) -> str:
+        """One line: the outcome and what it rests on."""
+        if self.problems:
+            return f"{len(self.problems)} problem(s)"
+        if self.data_verified:
+            return (f"clean: metadata checked, and all {self.blocks_referenced} referenced data blocks read "
+                    f"and their checksums verified")
+        return (f"clean: metadata checked and all {self.blocks_referenced} referenced data objects present; "
+                f"their contents were NOT read (a damaged object would be found only by a reader): "
+                f"run with --verify-data to read and verify every block")
 
 
 def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False) -> FsckReport:
@@ -63,6 +78,7 @@ def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False) -> FsckR
                     decode_block(store.get(key), bref.hash, key, sb.content_hash)
                 except (CorruptObject, NotFound) as e:
                     rep.problems.append(f"inode {ino} block {idx}: {e}")
+    rep.blocks_referenced, rep.data_verified = referenced, verify_data
     used = own_refs(state)
     used |= check_pins(store, root, present, rep)
     rep.info.append(f"{referenced} block references, {len(present)} data objects, "
@@ -95,7 +111,7 @@ def check_pins(store: ObjectStore, root: str, present: dict[tuple[bytes, int], i
     except CorruptObject as e:
         rep.problems.append(f"a pin is unreadable: {e}")
         return used
-    for key, pin in sorted(pins.items()):
+    for _key, pin in sorted(pins.items()):
         what = f"snapshot {pin.name}" if pin.kind == "snap" else f"clone {pin.holder or pin.name}"
         if pin.state != READY:
             rep.info.append(f"{what}: {pin.state} (being created, or its creator died)")

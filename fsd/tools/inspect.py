@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from fsd.volume import objects as vol_mod
 from fsd.store.base import ObjectStore
+from fsd.volume import objects as vol_mod
 
 
 def _live_status(volume: str) -> dict | None:
@@ -67,7 +67,7 @@ def inspect_volume(store: ObjectStore, volume: str) -> dict:
         "journal_position": f"{latest}/{gap - 1}",
         "epochs": len(view.epochs),
         "segments": sum(len(v) for v in view.seqs.values()),
-        "latest_snapshot": "%d/%d" % view.snapshots[-1] if view.snapshots else None,
+        "latest_snapshot": "{}/{}".format(*view.snapshots[-1]) if view.snapshots else None,
         "last_gc": _gc_summary(store, root),
     }
     live = _live_status(volume)

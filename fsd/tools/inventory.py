@@ -41,7 +41,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from fsd.volume import objects as vol_mod
 from fsd.format import control_record, keys
 from fsd.format.framing import CorruptObject
 from fsd.format.incarnation import Incarnation
@@ -49,6 +48,7 @@ from fsd.format.pin import READY, Pin
 from fsd.format.superblock import DEFAULT_BLOCK_SIZE, Superblock
 from fsd.options import parse_duration
 from fsd.store.base import NotFound, ObjectInfo, ObjectStore, StoreError
+from fsd.volume import objects as vol_mod
 
 __all__ = [
     "Inventory",
@@ -233,7 +233,7 @@ def read_inventory(store: ObjectStore, progress: Callable[[int, int], None] | No
     not be read. `progress(done, total)` is called with the number of names
     read so far (from the calling thread). One LIST of the whole store (see
     `_Listed`), then a few GETs per volume, 8 volumes at a time."""
-    store = _Listed(store, _metadata_listing(store))       # type: ignore[assignment]
+    store = _Listed(store, _metadata_listing(store))
     names = list_names(store)
     total = len(names)
     if progress:
@@ -304,7 +304,7 @@ def _read_name(store: ObjectStore, name: str, *, removals: bool = True) -> _Name
     try:
         incs, out.unreadable = _incarnations(store, name, out.notes)
         refs = [vol_mod.VolumeRef(name, keys.volume_root(name, inc.uuid), inc.n) for inc in incs]
-        created = {ref.root: inc.created_ns for ref, inc in zip(refs, incs)}
+        created = {ref.root: inc.created_ns for ref, inc in zip(refs, incs, strict=False)}
         # The name's current volume (`fsd.volume.objects.find_volume`): its highest
         # incarnation, or a format-1 volume (root: the bare name) if it has none.
         f1 = vol_mod.VolumeRef(name, name, 0)

@@ -20,9 +20,9 @@ import os
 import socket
 import time
 
-from fsd.volume import objects as vol_mod
 from fsd.format.framing import frame
 from fsd.store.base import ObjectInfo, ObjectStore
+from fsd.volume import objects as vol_mod
 
 log = logging.getLogger("ferry.creating")
 

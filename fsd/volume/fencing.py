@@ -9,8 +9,8 @@ a `seal` at the first free seq ends an epoch for good.
 """
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Collection, Iterable, Mapping
 
 
 def first_gap(seqs: Iterable[int]) -> int:
@@ -59,7 +59,7 @@ def chain_breaks(start: tuple[int, int], seqs: Mapping[int, Iterable[int]], clai
         present = {s for s in seqs.get(e, ()) if e > e0 or s > s0}
         first = s0 + 1 if e == e0 else 1
         if not present:
-            if e == latest or e == e0:
+            if e in (latest, e0):
                 continue          # the newest epoch may not have begun; the start epoch may end at start
             return f"epoch {e} has no journal left (compacted by GC)"
         if min(present) != first:

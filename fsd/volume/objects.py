@@ -7,6 +7,7 @@ act on live in the pure module `fsd.volume.fencing`.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -17,18 +18,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from fsd import failpoints
-
-from fsd.volume import fencing
 from fsd.format import keys
 from fsd.format.claim import EpochClaim
-from fsd.format.incarnation import Incarnation
 from fsd.format.framing import CorruptObject
+from fsd.format.incarnation import Incarnation
 from fsd.format.segment import Segment
 from fsd.format.snapshot import decode_snapshot, encode_snapshot
 from fsd.format.superblock import Superblock, make_superblock
 from fsd.meta.state import MetaState, new_volume_records, own_refs_of_records
 from fsd.store import probe
 from fsd.store.base import NotFound, ObjectStore, PreconditionFailed
+from fsd.volume import fencing
 
 log = logging.getLogger("ferry.volume")
 
@@ -582,7 +582,7 @@ def _read_segments(store: ObjectStore, root: str, epoch: int, seqs: list[int],
     with ThreadPoolExecutor(max_workers=16) as pool:
         for i in range(0, len(seqs), window):
             chunk = seqs[i:i + window]
-            yield from zip(chunk, pool.map(get, chunk))
+            yield from zip(chunk, pool.map(get, chunk), strict=False)
 
 
 def write_snapshot(store: ObjectStore, root: str, epoch: int, seq: int, state: MetaState,
@@ -596,10 +596,9 @@ def write_snapshot(store: ObjectStore, root: str, epoch: int, seq: int, state: M
     recs = records if records is not None else list(state.snapshot_records())
     data = encode_snapshot(epoch, seq, max(state.next_ino, next_ino or 0), recs)
     failpoints.hit("before_snapshot_put")
-    try:
+    # already there: snapshots are deterministic for a position
+    with contextlib.suppress(PreconditionFailed):
         store.put(keys.snapshot_key(root, epoch, seq), data, if_none_match=True)
-    except PreconditionFailed:
-        pass  # already there: snapshots are deterministic for a position
 
 
 def snapshot_refs(store: ObjectStore, root: str, position: tuple[int, int]) -> set[tuple[bytes, int]]:

@@ -3,6 +3,7 @@ agents, a tiny HTTP client for the plugin socket, and cleanup that leaves no
 mount and no daemon behind even when a test fails."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -90,6 +91,7 @@ class RunningAgent:
         self.nursery = nursery
         self.cfg = cfg
         self.scope: trio.CancelScope | None = None
+        self.stopped = trio.Event()
         self.agent: Agent | None = None
 
     @property
@@ -98,21 +100,27 @@ class RunningAgent:
 
     async def start(self) -> Agent:
         self.agent = Agent(self.cfg)
+        self.stopped = stopped = trio.Event()
 
         async def run(task_status=trio.TASK_STATUS_IGNORED):
-            with trio.CancelScope() as scope:
-                self.scope = scope
-                await self.agent.run(task_status=task_status)
+            try:
+                with trio.CancelScope() as scope:
+                    self.scope = scope
+                    await self.agent.run(task_status=task_status)
+            finally:
+                stopped.set()
         await self.nursery.start(run)
         with trio.fail_after(10):
             await self.agent.registered.wait()
         return self.agent
 
     async def stop(self) -> None:
+        """Cancel the agent and return once it has finished (its cleanup done)."""
         if self.scope is not None:
             self.scope.cancel()
             self.scope = None
-            await trio.sleep(0.05)
+            with trio.fail_after(30):
+                await self.stopped.wait()
 
     async def call(self, path: str, obj: Any = None, **kw) -> dict[str, Any]:
         status, reply = await post(self.sock, path, obj, **kw)
@@ -128,20 +136,17 @@ def cleanup_mounts(root: Path, run_dir: Path) -> None:
     """Kill every daemon registered in run_dir and detach every FUSE mount under root. Never raises."""
     pids = []
     for p in (run_dir / "mounts").glob("*.json") if (run_dir / "mounts").exists() else []:
-        try:
+        # noqa: BLE001
+        with contextlib.suppress(Exception):
             pids.append(json.loads(p.read_text())["pid"])
-        except Exception:  # noqa: BLE001
-            pass
     root_s = os.path.abspath(root)
     with open("/proc/mounts") as f:
         mps = [line.split()[1] for line in f if line.split()[1].startswith(root_s + "/")]
     for mp in mps:
         subprocess.run(["fusermount3", "-u", "-z", mp], capture_output=True)
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-        except OSError:
-            pass
     deadline = time.monotonic() + 5
     for pid in pids:
         while time.monotonic() < deadline:

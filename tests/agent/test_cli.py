@@ -45,8 +45,8 @@ class AgentProc:
 
     async def start(self) -> None:
         self.n += 1
-        log = open(self.tmp / f"agent{self.n}.log", "wb")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, env={**os.environ, "FERRY_TOKEN": TOKEN})
+        with open(self.tmp / f"agent{self.n}.log", "wb") as log:   # the child has its own copy of the descriptor
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=log, env={**os.environ, "FERRY_TOKEN": TOKEN})
         with trio.fail_after(20):
             while True:
                 try:
@@ -76,11 +76,11 @@ class AgentProc:
 def control_proc(tmp_path):
     """`ferry control serve` as a real process on a free port, SQLite state in tmp."""
     port = free_port()
-    log = open(tmp_path / "control.log", "wb")
-    proc = subprocess.Popen(ferry_cmd() + ["control", "serve", "--listen", f"127.0.0.1:{port}", "--state",
-                                           f"sqlite:{tmp_path / 'control.db'}", "--lease-ttl", "6",
-                                           "--heartbeat", "1"],
-                            stdout=log, stderr=log, env={**os.environ, "FERRY_TOKEN": TOKEN})
+    with open(tmp_path / "control.log", "wb") as log:   # the child has its own copy of the descriptor
+        proc = subprocess.Popen(ferry_cmd() + ["control", "serve", "--listen", f"127.0.0.1:{port}", "--state",
+                                               f"sqlite:{tmp_path / 'control.db'}", "--lease-ttl", "6",
+                                               "--heartbeat", "1"],
+                                stdout=log, stderr=log, env={**os.environ, "FERRY_TOKEN": TOKEN})
     try:
         wait_listening("127.0.0.1", port, proc, tmp_path / "control.log", timeout=20)
         yield f"127.0.0.1:{port}"

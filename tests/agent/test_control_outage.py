@@ -48,8 +48,9 @@ async def _run(nursery, tmp_path, store_url, new_mount, outage: float) -> None:
         r = await ra.call("/VolumeDriver.Mount", {"Name": "v", "ID": "c1"})
         assert r["Err"] == "", r
         log = tmp_path / "writer.log"
-        writer = subprocess.Popen([sys.executable, "-m", "tests.helpers.fsync_writer", r["Mountpoint"], str(log), "7"],
-                                  cwd=Path(__file__).parents[2], stderr=open(tmp_path / "writer.err", "wb"))
+        with open(tmp_path / "writer.err", "wb") as err:   # the child has its own copy of the descriptor
+            writer = subprocess.Popen([sys.executable, "-m", "tests.helpers.fsync_writer", r["Mountpoint"], str(log),
+                                       "7"], cwd=Path(__file__).parents[2], stderr=err)
 
         async def acks() -> int:
             return acked_model(log).acks if log.exists() else 0

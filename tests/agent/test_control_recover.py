@@ -22,10 +22,10 @@ import trio
 from control.leases import Config
 from control.server import ControlServer
 from control.sqlite_state import SqliteState
-from fsd.lifecycle import removal
-from fsd.volume import objects as vol_mod
 from fsd.format import control_record
+from fsd.lifecycle import removal
 from fsd.store import open_store
+from fsd.volume import objects as vol_mod
 from tests.agent.harness import TOKEN, RunningAgent, agent_config, control_client
 from tests.helpers.mount import write_fsync
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
+from datetime import UTC, datetime
 
 import pytest
 import trio
@@ -58,6 +60,14 @@ async def test_create_refuses_bad_input_and_changes_nothing(env, file_store_url)
     assert [f for _, _, fs in os.walk(store_dir) for f in fs] == []      # nothing formatted
 
 
+async def test_get_shows_the_labels_given_at_ferry_volume_create(env):
+    ra, addr = env
+    async with control_client(addr) as c:
+        await c.volume_create("labelled", {"durability": "local"}, {"app": "postgres", "tier": "<b>db</b>"})
+    r = await ra.call("/VolumeDriver.Get", {"Name": "labelled"})
+    assert r["Err"] == "" and r["Volume"]["Status"]["labels"] == {"app": "postgres", "tier": "<b>db</b>"}, r
+
+
 async def test_other_endpoints_refuse_bad_input(env):
     ra, _ = env
     for ep in ("Remove", "Mount", "Unmount", "Path", "Get"):
@@ -88,12 +98,17 @@ async def test_create_get_list_path_remove(env, file_store_url):
     assert r["Volume"]["Mountpoint"] == ""
     st = r["Volume"]["Status"]
     assert st["durability"] == "local" and st["owner"] is None and "epoch" in st and "upload_lag_s" in st
+    assert r["Volume"]["CreatedAt"].endswith("Z") and "labels" not in st
     r = await ra.call("/VolumeDriver.Get", {"Name": "nope"})
     assert "does not exist" in r["Err"]
 
     r = await ra.call("/VolumeDriver.List", {})
+    created = {v["Name"]: v.pop("CreatedAt") for v in r["Volumes"]}
     assert r == {"Volumes": [{"Name": "v1", "Mountpoint": "", "Status": {"snapshots": []}},
                              {"Name": "v2", "Mountpoint": "", "Status": {"snapshots": []}}], "Err": ""}
+    for name, at in created.items():      # when the control service recorded it: just now
+        age = time.time() - datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+        assert -2 < age < 120, (name, at)
     assert await ra.call("/VolumeDriver.Path", {"Name": "v1"}) == {"Mountpoint": "", "Err": ""}
 
     r = await ra.call("/VolumeDriver.Unmount", {"Name": "v1", "ID": "never-mounted"})

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from agent.volumes import Outcome, UnknownMount, Volumes
 from agent.statefile import StateFile
+from agent.volumes import Outcome, UnknownMount, Volumes
 
 # (op, volume, id) -> expected Outcome or the exception
 STEPS = [

@@ -88,3 +88,6 @@ def test_replies():
     assert p.err("x") == {"Err": "x"}
     assert p.err("")["Err"]
     assert p.volume_entry("v", None) == {"Name": "v", "Mountpoint": ""}
+    # Docker parses CreatedAt as RFC 3339; without it `docker volume inspect` says 0001-01-01T00:00:00Z
+    assert p.volume_entry("v", "/m", {"a": 1}, created=1796630400.7) == {
+        "Name": "v", "Mountpoint": "/m", "CreatedAt": "2026-12-07T08:00:00Z", "Status": {"a": 1}}

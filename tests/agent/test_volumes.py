@@ -6,8 +6,8 @@ lost track of, a lease nobody will release, or two writers."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 

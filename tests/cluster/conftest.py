@@ -36,7 +36,7 @@ def _ferry() -> list[str]:
 class Agent:
     """`ferry agent serve` on one simulated host."""
 
-    def __init__(self, cluster: "Cluster", host: SimHost, sock: Path | None = None) -> None:
+    def __init__(self, cluster: Cluster, host: SimHost, sock: Path | None = None) -> None:
         self.cluster = cluster
         self.host = host
         self.sock = sock or host.dir / "ferry.sock"     # a path inside the host's mount namespace
@@ -168,7 +168,7 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
             return
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{url} did not answer")
+                raise RuntimeError(f"{url} did not answer") from None
             time.sleep(0.05)
 
 
@@ -181,7 +181,7 @@ def _wait_tcp(host: str, port: int, proc: subprocess.Popen, timeout: float = 30)
             return
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"control service on {host}:{port} did not start")
+                raise RuntimeError(f"control service on {host}:{port} did not start") from None
             time.sleep(0.05)
 
 

@@ -21,6 +21,7 @@ longer alive) are swept first.
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -66,10 +67,8 @@ def _owner_alive(name: str) -> bool:
 
 
 def _kill(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 class Bridge:
@@ -180,20 +179,16 @@ class SimHost:
                 _kill(pid)
             time.sleep(0.1)
         for p in self.procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
 
     def destroy(self) -> None:
         self.kill_all()
         # FUSE mounts die with the namespace's last process; abort any that a
         # stuck daemon still holds so nothing can hang.
         _kill(self.anchor.pid)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.anchor.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
         sh("ip", "link", "del", self.veth_root, check=False)
         sh("ip", "netns", "del", self.ns, check=False)
 

@@ -44,6 +44,7 @@ def test_container_moves_to_another_host_and_finds_its_data(docker_cluster, layo
     inspect = db.docker("volume", "inspect", "appdata").stdout
     assert '"Driver": "ferry"' in inspect and '"durability": "remote"' in inspect, inspect
     assert ('"layout": "block"' in inspect) == (layout == "block"), inspect
+    assert '"CreatedAt": "0001-01-01' not in inspect and '"CreatedAt": "20' in inspect, inspect
 
 
 def test_two_containers_share_a_volume_and_rm_in_use_is_refused(docker_cluster):

@@ -96,6 +96,7 @@ def test_cli_end_to_end_and_restart(service):
 
     # A host takes the lease through the shared client, as an agent would.
     import trio
+
     from control.client import ControlClient
 
     async def agent():

@@ -64,12 +64,12 @@ class Processes:
 
     def start(self) -> None:
         for i, port in enumerate(self.ports):
-            log = open(self.tmp / f"replica{i}.log", "ab")
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "cli", "control", "serve", "--listen", f"127.0.0.1:{port}",
-                 "--state", self.url, "--token-file", str(self.tmp / "token"),
-                 "--lease-ttl", str(TTL), "--heartbeat", str(HB)],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True))
+            with open(self.tmp / f"replica{i}.log", "ab") as log:   # the child has its own copy of the descriptor
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "cli", "control", "serve", "--listen", f"127.0.0.1:{port}",
+                     "--state", self.url, "--token-file", str(self.tmp / "token"),
+                     "--lease-ttl", str(TTL), "--heartbeat", str(HB)],
+                    stdout=log, stderr=log, stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True))
         for i, port in enumerate(self.ports):
             wait_listening("127.0.0.1", port, self.procs[i], self.tmp / f"replica{i}.log")
 
@@ -145,29 +145,28 @@ async def _story(replicas: Processes, etcd3, victim: str, seed: int) -> None:
 
     async def host_a(task_status=trio.TASK_STATUS_IGNORED):
         """A: heartbeats, and hands `moving` over when asked (its agent's watch loop)."""
-        async with replicas.client(0) as hb, replicas.client(0) as w:
-            async with trio.open_nursery() as n:
-                n.start_soon(_heartbeats, hb, "A", a_vols, a_stop, lost_a)
-                task_status.started()
-                while True:
-                    try:
-                        res = await w.host_watch("A", timeout=5)
-                    except (ControlError, Unreachable):
-                        await trio.sleep(0.2)
-                        continue
-                    if any(m.get("volume") == "moving" for m in res.get("moves", [])):
-                        break
-                await trio.sleep(rng.uniform(0.0, 1.5))   # the agent unmounts: fsd commits what is left
-                while "released" not in out:
-                    try:
-                        await w.lease_release("moving", "A", 1)
-                        out["released"] = time.monotonic()
-                    except Unreachable:
-                        await trio.sleep(0.2)
-                    except ControlError as e:
-                        out["released"] = e       # refused: B had it already, or A's lease was gone
-                a_vols.clear()
-                a_stop.set()
+        async with replicas.client(0) as hb, replicas.client(0) as w, trio.open_nursery() as n:
+            n.start_soon(_heartbeats, hb, "A", a_vols, a_stop, lost_a)
+            task_status.started()
+            while True:
+                try:
+                    res = await w.host_watch("A", timeout=5)
+                except (ControlError, Unreachable):
+                    await trio.sleep(0.2)
+                    continue
+                if any(m.get("volume") == "moving" for m in res.get("moves", [])):
+                    break
+            await trio.sleep(rng.uniform(0.0, 1.5))   # the agent unmounts: fsd commits what is left
+            while "released" not in out:
+                try:
+                    await w.lease_release("moving", "A", 1)
+                    out["released"] = time.monotonic()
+                except Unreachable:
+                    await trio.sleep(0.2)
+                except ControlError as e:
+                    out["released"] = e       # refused: B had it already, or A's lease was gone
+            a_vols.clear()
+            a_stop.set()
 
     async def want(key: str, vol: str, host: str) -> None:
         async with replicas.client(0) as cl:
@@ -182,27 +181,26 @@ async def _story(replicas: Processes, etcd3, victim: str, seed: int) -> None:
                     out[key] = (time.monotonic(), r)
                     return
 
-    async with trio.open_nursery() as n:
-        async with replicas.client(0) as ce:
-            n.start_soon(_heartbeats, ce, "E", [{"name": "steady", "in_use": True, "epoch": 1,
-                                                 "upload_lag_s": 0.0}], stop, lost_e)
-            for h in "BD":   # the waiting hosts are alive too
-                n.start_soon(_heartbeats, replicas.client(1), h, [], stop, [])
-            await n.start(host_a)
-            n.start_soon(want, "B", "moving", "B")
-            n.start_soon(want, "D", "orphan", "D")
-            await trio.sleep(rng.uniform(0.05, 1.5))
-            if victim == "replica":
-                replicas.kill(0)
-            else:
-                leader = etcd3.leader()
-                await trio.to_thread.run_sync(etcd3.kill, leader)
-            with trio.fail_after(60):
-                while "B" not in out or "D" not in out:
-                    await trio.sleep(0.1)
-            await trio.sleep(2 * TTL)        # E must keep its lease well past a TTL after the kill
-            stop.set()
-            a_stop.set()
+    async with trio.open_nursery() as n, replicas.client(0) as ce:
+        n.start_soon(_heartbeats, ce, "E", [{"name": "steady", "in_use": True, "epoch": 1,
+                                             "upload_lag_s": 0.0}], stop, lost_e)
+        for h in "BD":   # the waiting hosts are alive too
+            n.start_soon(_heartbeats, replicas.client(1), h, [], stop, [])
+        await n.start(host_a)
+        n.start_soon(want, "B", "moving", "B")
+        n.start_soon(want, "D", "orphan", "D")
+        await trio.sleep(rng.uniform(0.05, 1.5))
+        if victim == "replica":
+            replicas.kill(0)
+        else:
+            leader = etcd3.leader()
+            await trio.to_thread.run_sync(etcd3.kill, leader)
+        with trio.fail_after(60):
+            while "B" not in out or "D" not in out:
+                await trio.sleep(0.1)
+        await trio.sleep(2 * TTL)        # E must keep its lease well past a TTL after the kill
+        stop.set()
+        a_stop.set()
     if victim == "etcd-leader":
         await trio.to_thread.run_sync(etcd3.start, leader)
 

@@ -344,7 +344,7 @@ async def test_fuzzed_args_with_valid_token_get_clear_errors(control):
     async with control.client() as c:
         await c.host_register("h")
         await c.volume_create("v")
-        for i in range(300):
+        for _i in range(300):
             op = rng.choice([o for o in P.OPS if o not in ("host.watch",)])
             args = _random_value(rng)
             if not isinstance(args, dict):

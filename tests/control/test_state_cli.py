@@ -84,7 +84,7 @@ async def test_a_damaged_or_foreign_backup_restores_nothing(tmp_path):
     for name, blob in (("empty", b""), ("json", b'{"rows": []}'), ("garbage", b"\x93\x01\x02")):
         f = tmp_path / name
         f.write_bytes(blob)
-        out = await trio.to_thread.run_sync(lambda: ferry("control", "restore", "--state",
-                                                          f"sqlite:{tmp_path}/x.db", str(f)))
+        out = await trio.to_thread.run_sync(lambda f=f: ferry("control", "restore", "--state",
+                                                              f"sqlite:{tmp_path}/x.db", str(f)))
         assert out.returncode == 2 and "not a ferry control backup" in out.stderr, out.stderr
     assert not (tmp_path / "x.db").exists()               # nothing was even opened

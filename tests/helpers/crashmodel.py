@@ -50,7 +50,7 @@ class State:
     ns: dict[str, object]
     data: dict[int, bytes]
 
-    def copy(self) -> "State":
+    def copy(self) -> State:
         return State(dict(self.ns), dict(self.data))
 
 
@@ -346,7 +346,7 @@ def _story(h: History, errors: list[str], horizon: float) -> str:
     the horizon, and the acknowledgements around them: what a reader needs."""
     paths = {e.split(":", 1)[0] for e in errors}
     lines = []
-    for i, (op, t) in enumerate(zip(h.ops, h.times), start=1):
+    for i, (op, t) in enumerate(zip(h.ops, h.times, strict=False), start=1):
         if any(p in op for p in paths):
             acked = [a.t - horizon for a in h.acks if a.index >= i][:1]
             lines.append(f"  op #{i} at {t - horizon:+.3f} s: {op}; first ack covering it at "

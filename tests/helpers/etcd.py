@@ -19,10 +19,10 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-_live: set["EtcdCluster"] = set()
+_live: set[EtcdCluster] = set()
 
 
 @atexit.register
@@ -143,10 +143,8 @@ class EtcdCluster:
         """SIGKILL member i (an outage; its data stays for start(i))."""
         p = self.procs[i]
         if p is not None and p.poll() is None:
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             p.wait()
 
     def stop(self) -> None:

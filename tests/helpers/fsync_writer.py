@@ -29,7 +29,7 @@ def _sha(data: bytes) -> str:
 def run(root: Path, log_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     files: dict[str, bytes] = {}
-    log = open(log_path, "a")
+    log = open(log_path, "a")  # noqa: SIM115 - open for the life of the process, which ends by kill -9
 
     def note(**entry: object) -> None:
         log.write(json.dumps(entry) + "\n")

@@ -9,6 +9,7 @@ no mount and no daemon survives a test, even a failing one.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -28,9 +29,10 @@ def ferry_cmd() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
 
 
-def run_ferry(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_ferry(*args: str, env: dict | None = None, timeout: float = 120,
+              cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(ferry_cmd() + [str(a) for a in args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd)
 
 
 def _unescape(field: str) -> str:
@@ -85,7 +87,7 @@ class FerryMount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
 
     # -- context manager: always leaves nothing behind
-    def __enter__(self) -> "FerryMount":
+    def __enter__(self) -> FerryMount:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -176,10 +178,8 @@ class FerryMount:
         """Simulate the loss of the daemon (or the host): SIGKILL its process
         group, then have the kernel drop the dead mount."""
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait()
         self.cleanup_dead_mount()
 
@@ -189,7 +189,7 @@ class FerryMount:
 
     def cleanup_dead_mount(self) -> None:
         if is_mounted(self.fuse_mountpoint) or any(t in ("ext4", "xfs") for t in mount_fstypes(self.mountpoint)):
-            from fsd.block.stack import cleanup_dead   # a block volume's kernel fs, loop device, ferry
+            from fsd.block.stack import cleanup_dead  # a block volume's kernel fs, loop device, ferry
             cleanup_dead(self.mountpoint, self.fuse_mountpoint)
         for _ in range(8):                       # stacked mounts: one layer per call
             if not any(t.startswith("fuse") for t in mount_fstypes(self.mountpoint)):
@@ -204,10 +204,8 @@ class FerryMount:
                 self.umount(expect_failure=True, timeout=timeout)
         except Exception:
             pass
-        try:
+        with contextlib.suppress(Exception):
             self.kill9()
-        except Exception:
-            pass
 
 
 def fsck(store_url: str, volume: str) -> str:

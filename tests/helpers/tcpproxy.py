@@ -3,6 +3,7 @@ store "down" without losing its data (moto_server forgets everything when
 restarted)."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -30,10 +31,8 @@ class TcpProxy:
         with self._lock:
             self._up = False
             for c in list(self._conns):
-                try:
+                with contextlib.suppress(OSError):
                     c.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 c.close()
             self._conns.clear()
 
@@ -80,10 +79,8 @@ class TcpProxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.close()
-                except OSError:
-                    pass
             with self._lock:
                 self._conns.discard(src)
                 self._conns.discard(dst)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from fsd.backup.clones import Source, parse_source, remap
-from fsd.format import keys
-from fsd.volume.retention import Roots, Writers, history_base, plan
 from fsd.backup.history import format_ns, parse_moment
+from fsd.format import keys
+from fsd.lifecycle.removal import held_keys
 from fsd.meta.records import BLOCK, DENT, INODE
 from fsd.meta.state import BlockRef, MetaState, own_refs
-from fsd.lifecycle.removal import held_keys
 from fsd.store.base import ObjectInfo
+from fsd.volume.retention import Roots, Writers, history_base, plan
 
 NOW = 1_800_000_000 * 10**9
 H = b"h" * 32

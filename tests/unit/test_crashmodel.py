@@ -127,6 +127,6 @@ def test_writer_threads_share_nothing(tmp_path):
         w.stop.set()
     for t in ts:
         t.join()
-    for w, h in zip(ws, hs):
+    for w, h in zip(ws, hs, strict=False):
         assert w.error is None, w.error
         check_tree(h, time.monotonic())

@@ -3,9 +3,9 @@ precondition and checks the plan keeps the object."""
 from __future__ import annotations
 
 from fsd.format import keys
-from fsd.volume.retention import DATA, SEGMENT, SNAPSHOT, Roots, Writers, plan, sealed_epochs
 from fsd.lifecycle.removal import deletion_phases
 from fsd.store.base import ObjectInfo
+from fsd.volume.retention import DATA, SEGMENT, SNAPSHOT, Roots, Writers, plan, sealed_epochs
 
 ROOT = "v/" + "ab" * 16
 H1, H2, H3 = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 import fsd.datapath.localjournal as lj
-from fsd.format.framing import frame
 from fsd.datapath.localjournal import MAGIC, LocalEntry, LocalJournal
+from fsd.format.framing import frame
 
 
 def _e(batch: int, payload: bytes = b"x" * 100) -> LocalEntry:

@@ -5,8 +5,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsd.meta.records import (BLOCK, DENT, DENT_DEL, INODE, INODE_DEL, TRUNC, XATTR, XATTR_DEL,
-                              RecordError, decode_records, encode_records, validate_record)
+from fsd.meta.records import (
+    BLOCK,
+    DENT,
+    DENT_DEL,
+    INODE,
+    INODE_DEL,
+    TRUNC,
+    XATTR,
+    XATTR_DEL,
+    RecordError,
+    decode_records,
+    encode_records,
+    validate_record,
+)
 
 H = bytes(range(32))
 GOOD = [
@@ -23,7 +35,7 @@ GOOD = [
 
 
 def test_type_numbers_are_the_format():
-    assert (INODE, INODE_DEL, DENT, DENT_DEL, BLOCK, TRUNC, XATTR, XATTR_DEL) == tuple(range(1, 9))
+    assert tuple(range(1, 9)) == (INODE, INODE_DEL, DENT, DENT_DEL, BLOCK, TRUNC, XATTR, XATTR_DEL)
 
 
 def test_round_trip_every_type():

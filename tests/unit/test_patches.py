@@ -5,7 +5,8 @@ from __future__ import annotations
 import stat
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fsd.datapath.commitplan import merge_extents
 from fsd.datapath.data import overlay
@@ -124,6 +125,6 @@ def test_patch_pieces_stay_canonical_and_read_as_laid_in_order(pieces):
         s.apply([PATCH, 2, 0, off, data])
     pl = s.block_patches(2, 0) or []
     assert overlay(b"", pl) == overlay(b"", pieces)
-    assert all(a[0] + len(a[1]) < b[0] for a, b in zip(pl, pl[1:])), pl
+    assert all(a[0] + len(a[1]) < b[0] for a, b in zip(pl, pl[1:], strict=False)), pl
     assert s.patch_bytes == sum(len(d) for _, d in pl)
     assert s.block_length(2, 0) == len(overlay(b"", pieces))

@@ -7,9 +7,9 @@ import stat
 
 from fsd.datapath.data import overlay
 from fsd.datapath.localjournal import LocalEntry
+from fsd.datapath.recovery import EpochTail, WholeBlock, entry_items, plan_recovery, plan_segments, segment_records
 from fsd.meta.records import BLOCK, INODE, PATCH, TRUNC
 from fsd.meta.state import MetaState, new_volume_records
-from fsd.datapath.recovery import EpochTail, WholeBlock, entry_items, plan_recovery, plan_segments, segment_records
 
 BS = 4096
 

@@ -3,10 +3,10 @@ listing racing a concurrent writer or remover) is found by listing again
 and deleted, so it never reports an empty root it has not seen."""
 from __future__ import annotations
 
-from fsd.lifecycle import removal
-from fsd.volume import objects as vol_mod
 from fsd.format import keys
+from fsd.lifecycle import removal
 from fsd.store.filestore import FileStore
+from fsd.volume import objects as vol_mod
 
 
 class HidesOnce(FileStore):

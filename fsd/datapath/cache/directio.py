@@ -68,7 +68,7 @@ class CacheFileIO:
         self._pool = _BufferPool()
 
     @classmethod
-    def for_directory(cls, directory: Path) -> "CacheFileIO":
+    def for_directory(cls, directory: Path) -> CacheFileIO:
         """Direct I/O if the filesystem of `directory` takes an aligned
         O_DIRECT write and read, buffered otherwise."""
         if not _DIRECT:

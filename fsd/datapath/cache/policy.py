@@ -8,7 +8,7 @@ milliseconds.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterator
+from collections.abc import Iterator
 
 
 class CachePolicy:
