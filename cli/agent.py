@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--host-id: {e.message}") from None
     token = read_token(args.token_file)      # the same rules as every control client
     try:
-        open_store(args.store).close()
+        open_store(args.store, create=True).close()     # a new file:// directory is made here
     except Exception as e:  # noqa: BLE001 - bad URL or unusable store
         raise UsageError(f"--store: {e}") from None
     cfg = AgentConfig(control=args.control, host_id=args.host_id, store_url=args.store,

@@ -15,8 +15,7 @@ from cli.errors import Failure, UsageError
 
 EXAMPLES_FS = """\
 examples:
-  mkdir -p /srv/ferry-store
-  ferry fs mkfs  --store file:///srv/ferry-store myvol
+  ferry fs mkfs  --store file:///srv/ferry-store myvol     # creates /srv/ferry-store if missing
   ferry fs mount --store file:///srv/ferry-store --cache-dir /var/cache/ferry/myvol myvol /mnt/myvol
   ferry fs umount /mnt/myvol
   ferry fs fsck  --store file:///srv/ferry-store myvol
@@ -41,7 +40,7 @@ def cmd_mkfs(args) -> int:
         opts = parse_kv(args.option or [])
     except ValueError as e:
         raise UsageError(str(e)) from None
-    store = open_store(args.store)
+    store = open_store(args.store, create=True)
     try:
         if args.source:
             from fsd.backup import clones
@@ -390,7 +389,7 @@ def cmd_import(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     src, total, close = open_input(args.file)
-    store = open_store(args.store)
+    store = open_store(args.store, create=True)
     t0 = time.monotonic()
     update, stop = byte_progress(f"importing {args.volume}")
     try:

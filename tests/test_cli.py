@@ -120,3 +120,13 @@ def test_mount_from_a_directory_holding_a_cli_package_runs_ferrys_daemon(file_st
     r = run_ferry("fs", "umount", str(m.mountpoint))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "decoy ran" not in (m.cache_dir / "fsd.log").read_text()
+
+
+def test_mkfs_creates_a_missing_store_directory_and_fsck_does_not(tmp_path):
+    store = tmp_path / "srv" / "ferry-store"
+    r = run_ferry("fs", "fsck", "--store", f"file://{store}", "v")
+    assert r.returncode == 1 and "does not exist; create it with: mkdir -p" in r.stderr, r.stderr
+    assert not store.exists()
+    r = run_ferry("fs", "mkfs", "--store", f"file://{store}", "v")
+    assert r.returncode == 0 and store.is_dir(), r.stdout + r.stderr
+    assert f"store directory {store} did not exist: created it" in r.stderr, r.stderr

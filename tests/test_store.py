@@ -630,3 +630,21 @@ def test_s3_data_path_addresses_aws_buckets_like_boto3():
     assert s.data is not None and s.data.base_url == "https://my-bucket.s3.eu-west-1.amazonaws.com/"
     s = S3Store(parse_store_url("s3://my.dotted.bucket?region=eu-west-1"))
     assert s.data is not None and s.data.base_url == "https://s3.eu-west-1.amazonaws.com/my.dotted.bucket/"
+
+
+def test_a_missing_file_store_directory_is_created_only_by_commands_that_set_one_up(tmp_path, caplog):
+    missing = tmp_path / "nfs-share" / "ferry-store"
+    with pytest.raises(StoreConfigError, match="does not exist; create it with: mkdir -p"):
+        open_store(f"file://{missing}")                 # fsck, gc, mount: a typo or an unmounted share
+    assert not missing.exists()
+    with caplog.at_level("WARNING", logger="ferry.store"):
+        store = open_store(f"file://{missing}", create=True)
+    assert missing.is_dir() and (missing.stat().st_mode & 0o777) == 0o700
+    assert any("did not exist: created it" in r.getMessage() and str(missing) in r.getMessage()
+               for r in caplog.records), caplog.text
+    store.put("k", b"v")
+    assert open_store(f"file://{missing}").get("k") == b"v"
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ferry.store"):
+        open_store(f"file://{missing}", create=True)      # there now: nothing to say
+    assert not caplog.records

@@ -19,16 +19,18 @@ __all__ = ["open_store", "ObjectStore", "StoreError", "NotFound", "PreconditionF
            "StoreAuthError", "StoreConfigError", "StoreSpec", "parse_store_url"]
 
 
-def open_store(url: str, *, check: bool = True, **s3_options: Any) -> ObjectStore:
+def open_store(url: str, *, check: bool = True, create: bool = False, **s3_options: Any) -> ObjectStore:
     """Open the store a URL names. For s3://, `s3_options` go to S3Store
     (attempts, base_delay, connect_timeout, ...) and, with `check`, the bucket
     is checked right away, so a wrong URL or refused credentials fail here
-    with advice rather than at the first write. Blocking: from trio, call it
-    in a worker thread."""
+    with advice rather than at the first write. With `create`, a file://
+    directory that does not exist is created (with a log line): for the
+    commands that set a store up. Blocking: from trio, call it in a worker
+    thread."""
     spec = parse_store_url(url)
     if spec.scheme == "file":
         from fsd.store.filestore import FileStore
-        return FileStore(spec.path)
+        return FileStore(spec.path, create=create)
     from fsd.store.s3store import S3Store
     store = S3Store(spec, **s3_options)
     if check:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import secrets
 import stat
@@ -31,6 +32,8 @@ from fsd.store.base import (
 )
 from fsd.store.url import StoreSpec
 
+log = logging.getLogger("ferry.store")
+
 TMP = ".tmp-"
 # Local errors that may clear up by themselves (or by an admin freeing
 # space): callers retry these like an unreachable S3 endpoint.
@@ -38,11 +41,23 @@ _TRANSIENT = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ESTALE, errno.ETIMEDO
 
 
 class FileStore:
-    """ObjectStore on a local (or NFS) directory that must already exist."""
+    """ObjectStore on a local (or NFS) directory.
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    A missing directory is created only when the caller says so (`create`):
+    the commands that set a store up (agent serve, fs mkfs, fs import). A
+    command that reads (fsck, gc, mount) refuses instead, since a missing
+    directory there is a typo or an NFS share that is not mounted, and
+    creating it would hide that."""
+
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
         self.root = Path(root)
         self.url = StoreSpec("file", path=str(root)).to_url()
+        if not self.root.exists() and create:
+            try:
+                self.root.mkdir(parents=True, mode=0o700)
+            except OSError as e:
+                raise StoreConfigError(f"cannot create store directory {root}: {e.strerror}") from None
+            log.warning("store directory %s did not exist: created it (mode 0700)", root)
         if not self.root.exists():
             raise StoreConfigError(f"store directory {root} does not exist; create it with: mkdir -p {root}")
         if not self.root.is_dir():
