@@ -39,6 +39,7 @@ import trio
 from control import leases, protocol, records, recover, removals, resize, snapshots, waits
 from control.leases import Cluster, Config, Decision, Refused
 from control.listener import Limits, Listener
+from control.metrics import ClusterGauges, ControlMetrics, cluster_gauges
 from control.protocol import ProtocolError
 from control.state import CasConflict, Compacted, Event, Op, StateError, StateStore
 from control.validate import validate_volume_name, validate_volume_options
@@ -93,6 +94,8 @@ class ControlServer:
         self._dirty: set[str] = set()      # leases changed by heartbeats, not yet persisted
         self.flush_interval = 0.5
         self.listener = Listener(self.handle, limits, open_access=self._token is None)
+        self._trio_token: trio.lowlevel.TrioToken | None = None      # set while serving
+        self.metrics = ControlMetrics(self._gauges_any_thread)
         self._live_next = _LiveBatch()
         self._live_wake = trio.Event()
         self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
@@ -208,6 +211,7 @@ class ControlServer:
                     rev = await self.state.txn(ops)
                 except CasConflict as e:
                     log.info("control state changed by another writer (%s); deciding again", e)
+                    self.metrics.cas_conflicts.inc()
                     conflict = e
                 except StateError:
                     self._store_trouble()
@@ -683,6 +687,8 @@ class ControlServer:
         return res
 
     def _log_acquire(self, vol: str, host: str, res: dict[str, Any]) -> None:
+        if res["status"] == "granted":
+            self.metrics.lease_grants.labels("takeover" if res.get("takeover") else "normal").inc()
         log.info("lease %s volume=%s host=%s owner=%s takeover=%s generation=%s", res["status"], vol, host,
                  res.get("owner"), res.get("takeover"), res.get("generation"))
 
@@ -700,40 +706,71 @@ class ControlServer:
     async def op_status(self, a: dict[str, Any]) -> Any:
         return leases.status_view(self.cluster, self.clock())
 
+    # --------------------------------------------------------- metrics
+    def _gauges_now(self) -> ClusterGauges:
+        return cluster_gauges(self.cluster, self.clock())
+
+    def _gauges_any_thread(self) -> ClusterGauges:
+        """The cluster gauges, computed on the trio thread whichever thread asks
+        (a scrape comes from prometheus-client's HTTP thread)."""
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:        # not on the trio thread
+            if self._trio_token is None:
+                return ClusterGauges()
+            try:
+                return trio.from_thread.run_sync(self._gauges_now, trio_token=self._trio_token)
+            except trio.RunFinishedError:
+                return ClusterGauges()
+        return self._gauges_now()
+
     # --------------------------------------------------------- requests
     async def handle(self, body: bytes) -> tuple[dict[str, Any], bool]:
         """One frame body -> (response, token_ok). Never raises. token_ok is True only
         when the request carried the cluster token (or none is needed): what
         control/listener.py needs to tell an authenticated peer from one that is not."""
+        started = self.clock()
+        response, token_ok, op = await self._handle(body)
+        outcome = "ok" if response["ok"] else str(response["error"]["code"])
+        self.metrics.request(op, outcome, self.clock() - started)
+        return response, token_ok
+
+    async def _handle(self, body: bytes) -> tuple[dict[str, Any], bool, str]:
+        """handle()'s work; also returns the operation's name for the metrics: a
+        known operation's, else "invalid", never what a peer sent."""
+        op = "invalid"
         rid = None
         token_ok = False
         try:
             req = protocol.parse_request(body)
             rid = req.id
+            if req.op in self.ops:
+                op = req.op
             if self._token is not None and not hmac.compare_digest(req.token.encode(), self._token):
                 raise ProtocolError("unauthorized", "wrong or missing cluster token: pass the cluster's token "
                                     "with --token-file or FERRY_TOKEN", rid)
             token_ok = True
             args = protocol.check_args(req)
             result = await self.ops[req.op](args)
-            return protocol.ok_response(rid, result), True
+            return protocol.ok_response(rid, result), True, op
         except ProtocolError as e:
-            return protocol.error_response(e.id, e.code, e.message), token_ok
+            return protocol.error_response(e.id, e.code, e.message), token_ok, op
         except Refused as e:
-            return protocol.error_response(rid, e.code, e.message), token_ok
+            return protocol.error_response(rid, e.code, e.message), token_ok, op
         except StateError as e:
             log.error("state store failure: %s", e)
             return protocol.error_response(rid, "unavailable", f"{protocol.STORE_UNAVAILABLE} ({e}); nothing "
-                                           "was changed: retry (another replica may reach it)"), token_ok
+                                           "was changed: retry (another replica may reach it)"), token_ok, op
         except Exception as e:  # a bug: answer and log, never crash the service
             log.exception("internal error handling a request")
             return (protocol.error_response(rid, "internal", f"internal error: {type(e).__name__}: {e}"),
-                    token_ok)
+                    token_ok, op)
 
     async def serve(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None,
                     *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Load state, listen, serve forever. task_status.started(port)."""
         await self.load()
+        self._trio_token = trio.lowlevel.current_trio_token()
 
         async def handler(stream: trio.SocketStream) -> None:
             try:
