@@ -1,6 +1,6 @@
 """`ferry volume export` and `ferry volume import`: backup and restore of a
 cluster's volumes, from any machine that can reach the store and the
-control service (docs/operations.md, "Backup and restore").
+control service (docs/backup.md).
 
 Why the CLI reaches the store itself: a tar can be large, and streaming it
 through an agent and the control service would copy it twice more. The

@@ -1,7 +1,7 @@
 """Exceptions every `ferry` subcommand may raise; `cli.main.main` maps them to exit codes.
 
-Shared by the fsd, control and agent command lines so that all of them fail
-the same way: a message on stderr, exit 2 for usage errors, 1 for failures.
+Shared by every area's commands (fs, control, state, backup, agent) so that all
+of them fail the same way: a message on stderr, exit 2 for usage errors, 1 for failures.
 """
 
 

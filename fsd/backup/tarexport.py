@@ -1,6 +1,6 @@
 """`ferry fs export`: a volume's snapshot as a POSIX (pax) tar stream, read
 straight from the store: no mount, no container, on any host, while the
-volume is in use elsewhere (docs/operations.md, "Backup and restore").
+volume is in use elsewhere (docs/backup.md).
 
 What the tar holds: every directory, regular file, symlink, FIFO and device
 node with its mode, numeric owner and times to the nanosecond (pax `mtime`,

@@ -2,9 +2,10 @@
 
 A `layout=block` volume holds one sparse file, `image`, at the root of its
 ferry filesystem. The daemon mounts ferry in a private place (the cache
-dir's `fuse/`), attaches the image to a loop device with direct I/O (so the
-kernel's page cache sits above ext4/XFS only, and a flush of the kernel
-filesystem reaches ferry as an fsync of the image = one durable commit),
+dir's `fuse/`), attaches the image to a loop device (buffered by default,
+direct I/O with -o loop_direct_io=on: docs/block.md, "Buffered or direct
+loop"; either way a flush of the kernel filesystem reaches ferry as an
+fsync of the image = one durable commit),
 makes the kernel filesystem on first use and mounts it where the user asked.
 Everything ferry guarantees (epochs, fencing, durable fsync, lazy fetch,
 crash recovery, GC, snapshots) applies to that one file unchanged.

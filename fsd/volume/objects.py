@@ -77,7 +77,7 @@ def read_incarnation(store: ObjectStore, name: str, n: int) -> Incarnation | Non
 def find_volume(store: ObjectStore, name: str) -> VolumeRef | None:
     """The current volume of `name`: its highest incarnation, or a format-1
     volume if the name has no incarnation. None if there is neither. The
-    volume may be removed or being removed (see `volume_state`)."""
+    volume may be removed or being removed (see `is_removed`)."""
     for n in reversed(list_incarnations(store, name)):
         inc = read_incarnation(store, name, n)
         if inc is not None:
