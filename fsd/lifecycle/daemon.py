@@ -58,6 +58,7 @@ def spawn_mount(cli_args: list[str], cache_dir: Path, mountpoint: Path, *,
     env["PYTHONPATH"] = tree + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     argv = [sys.executable, "-P", "-m", "cli", *cli_args, "--foreground"]
     with open(logpath, "ab") as logf:
+        ours = logf.tell()          # the log is kept across mounts: show only what this daemon writes
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                                 start_new_session=True, env=env)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -66,7 +67,9 @@ def spawn_mount(cli_args: list[str], cache_dir: Path, mountpoint: Path, *,
             return Started(True, proc.pid, "")
         rc = proc.poll()
         if rc is not None:
-            tail = logpath.read_text(errors="replace").splitlines()[-15:]
+            with open(logpath, "rb") as f:
+                f.seek(ours)
+                tail = f.read().decode(errors="replace").splitlines()[-15:]
             return Started(False, proc.pid, "\n".join(tail) + f"\ndaemon exited with {rc}; see {logpath}")
         if deadline is not None and time.monotonic() > deadline:
             return Started(False, proc.pid, f"not mounted after {timeout:g}s; see {logpath}")
