@@ -37,6 +37,7 @@ import trio
 from agent import plugin
 from agent.fsd_proc import FsdError, FsdManager
 from agent.http import serve_unix
+from agent.metrics import AgentMetrics, VolumeHere
 from agent.removal_jobs import RemovalAborted, RemovalRunner
 from agent.statefile import StateFile
 from agent.store_jobs import StoreJobs
@@ -113,6 +114,8 @@ class Agent:
         self.removals = RemovalRunner(self.host, cfg.store_url, self.control, self._lock, self.table_in_use)
         self.jobs = StoreJobs(self.host, cfg.store_url, self.control, self.fsd)
         self._snap_seen = 0              # highest snapshot job number taken from host.watch
+        self._trio_token: trio.lowlevel.TrioToken | None = None     # set while running
+        self.metrics = AgentMetrics(self._volumes_any_thread, self.removals.progress)
 
     # ================================================================ helpers
     def _lock(self, volume: str) -> trio.Lock:
@@ -135,6 +138,26 @@ class Agent:
         if isinstance(e, Unreachable):
             return plugin.err(f"{what}: {e}")
         return plugin.err(f"{what}: {getattr(e, 'message', str(e))}")
+
+    # ================================================================ metrics
+    def _volumes_here(self) -> list[VolumeHere]:
+        return [VolumeHere(name, rec.phase.value, len(rec.ids),
+                           self.fsd.cache_dir(name) / "status.json" if rec.has_daemon else None)
+                for name, rec in sorted(self.volumes.records.items())]
+
+    def _volumes_any_thread(self) -> list[VolumeHere]:
+        """The records, read on the trio thread whichever thread asks (a scrape
+        comes from prometheus-client's HTTP thread)."""
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:        # not on the trio thread
+            if self._trio_token is None:
+                return []
+            try:
+                return trio.from_thread.run_sync(self._volumes_here, trio_token=self._trio_token)
+            except trio.RunFinishedError:
+                return []
+        return self._volumes_here()
 
     # ================================================================ plugin API
     async def handle(self, path: str, body: bytes) -> dict[str, Any]:
@@ -768,6 +791,7 @@ class Agent:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. Cancelling stops the agent only: mounts keep running."""
+        self._trio_token = trio.lowlevel.current_trio_token()
         await self.adopt()
         try:
             async with trio.open_nursery() as n:

@@ -5,7 +5,15 @@ import argparse
 import os
 from pathlib import Path
 
-from cli.common import ENV_CONTROL, add_tls_client_args, client_tls, read_token
+from cli.common import (
+    ENV_CONTROL,
+    add_metrics_arg,
+    add_tls_client_args,
+    client_tls,
+    metrics_addr,
+    read_token,
+    serve_metrics,
+)
 from cli.errors import Failure, UsageError
 
 EXAMPLE = """\
@@ -45,6 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except Refused as e:
         raise UsageError(f"--host-id: {e.message}") from None
     token = read_token(args.token_file)      # the same rules as every control client
+    metrics_at = metrics_addr(args.metrics)
     try:
         open_store(args.store, create=True).close()     # a new file:// directory is made here
     except Exception as e:  # noqa: BLE001 - bad URL or unusable store
@@ -53,8 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       cache_dir=Path(args.cache_dir).absolute(), socket=Path(args.socket).absolute(),
                       mount_root=Path(args.mount_root).absolute(), state_dir=Path(args.state_dir).absolute(),
                       token=token, address=args.address or "", tls=tls)
+    agent = Agent(cfg)
+    serve_metrics(metrics_at, agent.metrics.registry, f"agent {args.host_id}")
     try:
-        trio.run(Agent(cfg).run)
+        trio.run(agent.run)
     except OSError as e:
         raise Failure(f"agent cannot start: {e}") from None
     except KeyboardInterrupt:
@@ -88,4 +99,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--token-file", metavar="FILE", help="file holding the cluster token (else $FERRY_TOKEN)")
     add_tls_client_args(s.add_argument_group("TLS to the control service"))
     s.add_argument("--address", metavar="ADDR", help="address other hosts see for this host (informational)")
+    add_metrics_arg(s)
     s.set_defaults(fn=cmd_serve)

@@ -219,3 +219,36 @@ def store_url(args: argparse.Namespace) -> str:
                          "s3://bucket?endpoint=https://...)")
     return url
 
+
+
+METRICS_PORT = 9450
+
+
+def metrics_addr(value: str | None) -> tuple[str, int] | None:
+    """--metrics HOST[:PORT] (default port 9450), checked before anything starts."""
+    if value is None:
+        return None
+    from control.client import parse_addr
+    try:
+        return parse_addr(value, default_port=METRICS_PORT)
+    except ValueError as e:
+        raise UsageError(f"--metrics: {e}") from None
+
+
+def serve_metrics(at: tuple[str, int] | None, registry: Any, what: str) -> None:
+    """Serve `registry` at http://HOST:PORT/metrics from prometheus-client's own
+    thread (a scrape never blocks the trio loop; what it needs from trio it asks for)."""
+    if at is None:
+        return
+    from prometheus_client import start_http_server
+    try:
+        start_http_server(at[1], addr=at[0], registry=registry)
+    except OSError as e:
+        raise Failure(f"--metrics: cannot listen on {at[0]}:{at[1]}: {e.strerror or e}") from None
+    logging.getLogger("ferry").info("%s: Prometheus metrics on http://%s:%d/metrics", what, *at)
+
+
+def add_metrics_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", metavar="ADDR",
+                   help=f"serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:{METRICS_PORT} "
+                        "(names: docs/metrics.md)")

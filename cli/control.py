@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import ssl
 import time
 
 from cli import backup, state
 from cli.common import (
     ENV_TOKEN,
+    add_metrics_arg,
     client_args,
     kv_list,
     lag,
+    metrics_addr,
     print_json,
     progress_reporter,
     read_token,
     run_client,
+    serve_metrics,
     table,
 )
 from cli.errors import Failure, UsageError
@@ -90,10 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = Config(ttl=args.lease_ttl, heartbeat=args.heartbeat)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    try:
-        metrics_at = None if args.metrics is None else parse_addr(args.metrics, default_port=9450)
-    except ValueError as e:
-        raise UsageError(f"--metrics: {e}") from None
+    metrics_at = metrics_addr(args.metrics)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise UsageError("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
@@ -108,13 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     state_store = state.open_state_from_args(args)
     _raise_fd_limit()
     server = ControlServer(state_store, token, config)
-    if metrics_at is not None:
-        from prometheus_client import start_http_server
-        try:       # its own thread: a scrape asks the trio loop for the cluster gauges, never blocks it
-            start_http_server(metrics_at[1], addr=metrics_at[0], registry=server.metrics.registry)
-        except OSError as e:
-            raise Failure(f"--metrics: cannot listen on {args.metrics}: {e.strerror or e}") from None
-        logging.getLogger("ferry.control").info("Prometheus metrics on http://%s:%d/metrics", *metrics_at)
+    serve_metrics(metrics_at, server.metrics.registry, "control service")
 
     async def serve() -> None:
         try:
@@ -393,9 +386,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="seconds without heartbeat after which a host's leases expire (default 10)")
     s.add_argument("--heartbeat", type=float, default=2.0, metavar="S",
                    help="heartbeat period agents are told to use (default 2)")
-    s.add_argument("--metrics", metavar="ADDR",
-                   help="serve Prometheus metrics at http://ADDR/metrics, e.g. 127.0.0.1:9450 "
-                        "(names: docs/metrics.md)")
+    add_metrics_arg(s)
     s.set_defaults(fn=cmd_serve)
     state.register(cs)
 

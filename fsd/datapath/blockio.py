@@ -20,6 +20,7 @@ from fsd.format.dataobj import decode_block, encode_block
 from fsd.format.framing import CorruptObject
 from fsd.meta.ops import FsError
 from fsd.meta.state import BlockRef
+from fsd.stats import ReadStats
 from fsd.store.aio import AsyncStore
 from fsd.store.base import NotFound, PreconditionFailed, StoreError
 
@@ -49,6 +50,7 @@ class BlockIO:
                  origin_roots: tuple[str, ...] = (), recent_bytes: int = 32 << 20) -> None:
         self.volume = volume        # for log lines
         self.root = root            # key prefix of the volume's objects
+        self.reads = ReadStats()    # where committed blocks were read from (metrics)
         # Where a block with `src` k is read from: our root (0), then the
         # roots of the volumes we were cloned from. We only ever write under ours.
         self.read_roots = (root, *origin_roots)
@@ -108,10 +110,12 @@ class BlockIO:
             return b""
         raw = self._recent_get(ref.hash)
         if raw is not None:
+            self.reads.memory += 1
             return raw[start:end]
         if ref.hash not in self._fetching:
             data = await self._cache_call(self.cache.get_range, ref.hash, start, end)
             if data is not None:
+                self.reads.cache += 1
                 return data
         raw = await self.fetch(ino, idx, ref)
         return raw[start:end]
@@ -124,6 +128,7 @@ class BlockIO:
         while True:
             raw = self._recent_get(h)
             if raw is not None:
+                self.reads.memory += 1
                 return raw[: ref.length]
             ev = self._fetching.get(h)
             if ev is not None:
@@ -134,8 +139,10 @@ class BlockIO:
             looked_in_cache = True
             raw = await self._cache_call(self.cache.get, h)
             if raw is not None:
+                self.reads.cache += 1
                 return raw[: ref.length]
         self._fetching[h] = trio.Event()
+        self.reads.store += 1
         return await self._from_store(ino, idx, ref)
 
     def prefetch(self, ino: int, idx: int, ref: BlockRef, spawn: Callable[..., None]) -> None:

@@ -18,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import trio
@@ -32,6 +32,7 @@ from fsd.format import keys
 from fsd.format.segment import Segment
 from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.state import BlockRef
+from fsd.stats import Histogram
 from fsd.store.aio import AsyncStore
 from fsd.store.base import NotFound, PreconditionFailed, StoreError
 from fsd.tasks import Wakeup
@@ -47,6 +48,8 @@ FOLD_PER_COMMIT = 8              # blocks folded back into objects per commit wh
 @dataclass
 class CommitStats:
     commits: int = 0
+    fsync: Histogram = field(default_factory=Histogram)   # seconds an fsync waited (acknowledged ones)
+    fsync_errors: int = 0                                   # fsyncs answered EIO (fenced, or failed)
     segments_since_snapshot: int = 0
     last_commit_ns: int = 0
     oldest_uncommitted_ns: int | None = None   # when the first uncommitted change was made
@@ -91,7 +94,10 @@ class Committer:
         self._next_cut = 1          # id the next batch will get
         self._done = 0              # highest batch id durable in the store
         self._local_done = 0        # highest batch id durable locally (durability=local)
-        self._queue_times: dict[int, int] = {}   # local mode: batch id -> first change, until in the store
+        # batch id -> its first change, from the cut until it is in the store
+        # (both modes: a batch retrying through a store outage is what the
+        # upload lag must show, even when nothing changed since)
+        self._queue_times: dict[int, int] = {}
         self._stopping = False
         self._stopped = trio.Event()
         self.local = local
@@ -127,6 +133,15 @@ class Committer:
 
     async def sync(self) -> None:
         """Return once everything changed before the call is durable in the store."""
+        started = trio.current_time()
+        try:
+            await self._sync()
+        except FsError:
+            self.stats.fsync_errors += 1
+            raise
+        self.stats.fsync.observe(trio.current_time() - started)
+
+    async def _sync(self) -> None:
         if self.pos.fenced:
             raise FsError(errno.EIO)
         target = self._next_cut
@@ -275,6 +290,7 @@ class Committer:
             self._done = self._local_done = self._next_cut - 1
             await self._notify()
             return False
+        self._queue_times[batch.id] = batch.first_change_ns
         ok = await self._commit_batch(batch)
         if ok:
             self._local_done = max(self._local_done, batch.id)

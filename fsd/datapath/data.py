@@ -108,6 +108,7 @@ class DataLayer:
         self.unsettled: dict[Key, set[int]] = {}
         self.dirty_bytes = 0
         self.inflight_bytes = 0
+        self.bytes_written = 0          # by write(), since the mount (metrics)
         self.space_freed = trio.Condition()
         self.on_pressure = request_commit
         self.is_fenced = is_fenced
@@ -290,6 +291,7 @@ class DataLayer:
                 self._eager_upload(key, bytes(buf))
             pos += n
         self.ops.note_write(ino, off + len(data), now_ns)
+        self.bytes_written += len(data)
         if self.dirty_bytes >= self.commit_trigger:
             self.on_pressure()
         return len(data)

@@ -107,6 +107,7 @@ class Maintainer:
         self.wall_ns = wall_ns
         self.passes = 0
         self.last_report: GcReport | None = None
+        self.freed_bytes = 0                 # by every pass since the mount (metrics)
         # History window: refs of each segment read so far (segments never
         # change), and the last pass's (history base, refs to keep).
         self._history_refs: dict[tuple[int, int], frozenset] = {}
@@ -177,6 +178,7 @@ class Maintainer:
             if collect:
                 out.report = await self._collect(pos, marked, recorded)
                 self.last_report = out.report
+                self.freed_bytes += out.report.freed_bytes
             self.passes += 1
             return out
         finally:

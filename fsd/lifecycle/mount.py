@@ -52,7 +52,7 @@ from fsd.options import DEFAULT_SIZE_LIMIT, MountOptions
 from fsd.rundir import registry_path
 from fsd.store import open_store
 from fsd.store.aio import AsyncStore
-from fsd.store.base import ObjectStore
+from fsd.store.metered import MeteredStore
 from fsd.tasks import Background, Wakeup
 from fsd.volume import objects as vol_mod
 from fsd.volume.fencing import WriterPosition
@@ -122,7 +122,7 @@ class CacheDir:
 class Opened:
     """Step 1: the store, the volume's superblock, our locked cache dir."""
 
-    store: ObjectStore
+    store: MeteredStore          # every request timed, its errors counted (the agent's metrics)
     astore: AsyncStore
     ref: vol_mod.VolumeRef       # name and root (key prefix) of the volume
     sb: Superblock
@@ -173,7 +173,7 @@ async def serve(cfg: MountConfig, on_ready: Callable[[], None] | None = None) ->
 async def open_volume(cfg: MountConfig) -> Opened:
     """Read the superblock, re-check conditional writes, lock the cache dir."""
     t = trio.to_thread.run_sync
-    store = await t(open_store, cfg.store_url)
+    store = MeteredStore(await t(open_store, cfg.store_url))
     ref, sb = await t(vol_mod.locate, store, cfg.volume)
     if sb.fencing == "conditional" or not cfg.allow_unfenced:
         await t(vol_mod.check_fencing_support, store, cfg.allow_unfenced)
@@ -280,7 +280,7 @@ async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
     kernel filesystem on its image where the user asked (`BlockStack`)."""
     t = trio.to_thread.run_sync
     committer, data, pos = parts.committer, parts.data, parts.pos
-    status = StatusReporter(cfg, opened.cache_dir, parts, block=opened.sb.layout == "block")
+    status = StatusReporter(cfg, opened.cache_dir, parts, opened.store, block=opened.sb.layout == "block")
     fuse_opts = {"fsname=ferry:" + cfg.volume, "subtype=ferry", "default_permissions", "allow_other",
                  "noatime"}
     fuse_mp = block.fuse_mp if block is not None else cfg.mountpoint
@@ -357,7 +357,8 @@ async def release(cfg: MountConfig, opened: Opened, parts: Parts) -> int:
                                                     reason="release", next_seq=pos.next_seq))
     if sealed_at != pos.next_seq:
         log.error("volume %s: epoch %d was sealed by someone else before release", cfg.volume, parts.epoch)
-    await StatusReporter(cfg, opened.cache_dir, parts, block=opened.sb.layout == "block").write("released")
+    await StatusReporter(cfg, opened.cache_dir, parts, opened.store,
+                         block=opened.sb.layout == "block").write("released")
     log.info("volume %s: released epoch %d cleanly", cfg.volume, parts.epoch)
     await t(opened.store.close)
     return 0
@@ -384,8 +385,9 @@ class StatusReporter:
     full or failing cache disk makes a write fail: that is logged (once per
     kind of error) and never stops the mount."""
 
-    def __init__(self, cfg: MountConfig, cache_dir: CacheDir, parts: Parts, *, block: bool = False) -> None:
-        self.cfg, self.cache_dir, self.parts = cfg, cache_dir, parts
+    def __init__(self, cfg: MountConfig, cache_dir: CacheDir, parts: Parts, store: MeteredStore, *,
+                 block: bool = False) -> None:
+        self.cfg, self.cache_dir, self.parts, self.store = cfg, cache_dir, parts, store
         self.block = block     # a block volume: report its image's current size (`ferry fs resize` grows it)
         self._last_error: str | None = None
         self.base = {"volume": cfg.volume, "epoch": parts.epoch, "pid": os.getpid(), "host": socket.gethostname(),
@@ -399,7 +401,15 @@ class StatusReporter:
                 "dirty_bytes": p.data.dirty_bytes, "inflight_bytes": p.data.inflight_bytes,
                 "upload_lag_s": round(c.upload_lag_s(), 3), "commits": c.stats.commits,
                 "last_error": c.stats.last_error, "last_gc": p.maintainer.summary(), "updated_ns": time.time_ns(),
+                "metrics": self.metrics(),
                 **({"image_size": self._image_size()} if self.block else {})}
+
+    def metrics(self) -> dict:
+        """Counts since this daemon started, for the agent's /metrics (docs/metrics.md)."""
+        p = self.parts
+        return {"fsync_seconds": p.committer.stats.fsync.to_dict(), "fsync_errors": p.committer.stats.fsync_errors,
+                "bytes_written": p.data.bytes_written, "reads": p.data.bio.reads.to_dict(),
+                "gc_freed_bytes": p.maintainer.freed_bytes, "store": self.store.snapshot()}
 
     def _image_size(self) -> int | None:
         try:

@@ -6,10 +6,12 @@ import json
 import os
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
 from agent.fsd_proc import in_proc_mounts
 from tests.agent.harness import TOKEN, post
@@ -40,6 +42,8 @@ class AgentProc:
         self.argv = ferry_cmd() + ["agent", "serve", "--control", control, "--host-id", "h1", "--store", store,
                                    "--cache-dir", str(tmp / "h1" / "cache"), "--socket", str(self.sock),
                                    "--mount-root", str(tmp / "h1" / "mnt"), "--state-dir", str(tmp / "h1" / "state")]
+        self.metrics_port = free_port()
+        self.argv += ["--metrics", f"127.0.0.1:{self.metrics_port}"]
         self.proc: subprocess.Popen | None = None
         self.n = 0
 
@@ -118,6 +122,17 @@ async def test_agent_process_killed_and_restarted(agent_proc):
     await ap.start()                                          # stale socket replaced, fsd adopted
     assert "adopted fsd" in ap.log()
     assert (await ap.call("/VolumeDriver.Path", {"Name": "v"}))["Mountpoint"] == str(mp)
+    # --metrics: the adopted daemon's counts (both fsyncs) reach Prometheus through the new agent
+    url = f"http://127.0.0.1:{ap.metrics_port}/metrics"
+
+    def scrape() -> dict[tuple[str, str], float]:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        return {(s.name, s.labels.get("volume", "")): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+    with trio.fail_after(20):
+        while (await trio.to_thread.run_sync(scrape)).get(("ferry_volume_fsync_seconds_count", "v"), 0) < 2:
+            await trio.sleep(0.2)
+    assert (await trio.to_thread.run_sync(scrape))[("ferry_volume_mounts", "v")] == 1
     assert (await ap.call("/VolumeDriver.Unmount", {"Name": "v", "ID": "c1"}))["Err"] == ""
     assert not in_proc_mounts(mp)
     st = json.loads((ap.tmp / "h1" / "cache" / "v" / "status.json").read_text())
