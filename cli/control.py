@@ -80,6 +80,25 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+def _web_args(args: argparse.Namespace, token: str | None) -> tuple[tuple[str, int] | None, list[str]]:
+    """--http ADDR and the tokens its page accepts (the cluster token, the read-only one)."""
+    from control.client import parse_addr
+    if args.http is None:
+        if args.http_read_token_file:
+            raise UsageError("--http-read-token-file goes with --http ADDR")
+        return None, []
+    try:
+        at = parse_addr(args.http, default_port=7451)
+    except ValueError as e:
+        raise UsageError(f"--http: {e}") from None
+    tokens = [t for t in (token, read_token(args.http_read_token_file, optional=True)
+                          if args.http_read_token_file else None) if t]
+    if not tokens:
+        raise UsageError("--http: the page needs a token to check: the cluster token (--token-file), or a "
+                         "read-only one (--http-read-token-file)")
+    return at, tokens
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
@@ -87,6 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from control.leases import Config
     from control.server import ControlServer, server_ssl_context
     from control.state import StateError
+    from control.web import WebApp, serve_web
     try:
         host, port = parse_addr(args.listen)
         config = Config(ttl=args.lease_ttl, heartbeat=args.heartbeat)
@@ -104,6 +124,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ctx = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
         except (OSError, ssl.SSLError) as e:
             raise UsageError(f"cannot load TLS certificate/key: {e}") from None
+    web_at, web_tokens = _web_args(args, token)
     state_store = state.open_state_from_args(args)
     _raise_fd_limit()
     server = ControlServer(state_store, token, config)
@@ -111,7 +132,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         try:
-            await server.serve(host, port, ctx)
+            async with trio.open_nursery() as n:
+                await n.start(server.serve, host, port, ctx)
+                if web_at is not None:
+                    web_tls = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+                    await n.start(serve_web, WebApp(server.web_status, web_tokens), *web_at, web_tls)
         finally:
             with trio.CancelScope(shield=True):
                 await state_store.aclose()
@@ -387,6 +412,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--heartbeat", type=float, default=2.0, metavar="S",
                    help="heartbeat period agents are told to use (default 2)")
     add_metrics_arg(s)
+    s.add_argument("--http", metavar="ADDR",
+                   help="serve the live status page at http://ADDR/ (https with --tls-cert), e.g. "
+                        "127.0.0.1:7451; it shows the cluster only to those holding the token")
+    s.add_argument("--http-read-token-file", metavar="FILE",
+                   help="a read-only token the status page also accepts (it can read status, nothing else)")
     s.set_defaults(fn=cmd_serve)
     state.register(cs)
 

@@ -43,6 +43,7 @@ from control.metrics import ClusterGauges, ControlMetrics, cluster_gauges
 from control.protocol import ProtocolError
 from control.state import CasConflict, Compacted, Event, Op, StateError, StateStore
 from control.validate import validate_volume_name, validate_volume_options
+from control.web import status_document
 
 T = TypeVar("T")
 log = logging.getLogger("ferry.control")
@@ -705,6 +706,11 @@ class ControlServer:
 
     async def op_status(self, a: dict[str, Any]) -> Any:
         return leases.status_view(self.cluster, self.clock())
+
+    # --------------------------------------------------------- status page
+    def web_status(self) -> dict[str, Any]:
+        """What the status page shows (control/web.py), from this replica's copy."""
+        return status_document(self.cluster, self.clock(), self.wall())
 
     # --------------------------------------------------------- metrics
     def _gauges_now(self) -> ClusterGauges:

@@ -4,14 +4,15 @@
 # xfsprogs (block volumes: losetup, mkfs.ext4, mkfs.xfs); with --tests also
 # iproute2 util-linux docker.io busybox-static (multi-host and Docker tests) etcd-server (the etcd state
 # backend's tests: a real etcd cluster on loopback) postgresql (PostgreSQL under kill -9 on a ferry
-# volume: a short round in every run, long ones under -m slow); virtualenv at ${FERRY_VENV:-.venv}.
+# volume: a short round in every run, long ones under -m slow) chromium (the status page is tested in a
+# real headless browser); virtualenv at ${FERRY_VENV:-.venv}.
 # --slow is kept for old callers and adds nothing now.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc patch attr fio psmisc util-linux e2fsprogs xfsprogs"
 for arg in "$@"; do
   case "$arg" in
-    --tests) PKGS="$PKGS iproute2 util-linux docker.io busybox-static etcd-server postgresql postgresql-contrib" ;;
+    --tests) PKGS="$PKGS iproute2 util-linux docker.io busybox-static etcd-server postgresql postgresql-contrib chromium" ;;
     --slow) ;;
     *) echo "install.sh: unknown option $arg (known: --tests, --slow)" >&2; exit 2 ;;
   esac

@@ -1,0 +1,1 @@
+"""The status page's HTML, script and style (control/web.py serves them)."""
