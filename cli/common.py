@@ -10,6 +10,7 @@ import os
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,11 +32,39 @@ def setup_logging(verbose: bool, volume: str | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def progress_reporter(what: str):
-    """A progress callback (done, total, ...): a rich progress bar on a terminal,
-    nothing otherwise (logs and the final line say what happened)."""
+class PeriodicLog:
+    """Progress when stderr is no terminal (a service's journal, CI, a pipe):
+    one log line at most every `period` seconds, so a long removal or GC
+    shows it is moving without flooding the log."""
+
+    def __init__(self, what: str, unit: str, *, period: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 emit: Callable[[str], None] | None = None) -> None:
+        self.what, self.unit, self.period, self._clock = what, unit, period, clock
+        self._emit = emit if emit is not None else logging.getLogger("ferry").info
+        self._last = clock()
+
+    def _amount(self, n: int) -> str:
+        return f"{n / 1e6:.1f} MB" if self.unit == "bytes" else f"{n:,} {self.unit}"
+
+    def update(self, done: int, total: int, *_more: int) -> None:
+        now = self._clock()
+        if now - self._last < self.period:
+            return
+        self._last = now
+        if not total:
+            self._emit(f"{self.what}: {self._amount(done)}")
+        elif self.unit == "bytes":
+            self._emit(f"{self.what}: {self._amount(done)} of {self._amount(total)} ({100 * done / total:.0f}%)")
+        else:
+            self._emit(f"{self.what}: {done:,} of {self._amount(total)} ({100 * done / total:.0f}%)")
+
+
+def progress_reporter(what: str, unit: str = "objects"):
+    """A progress callback (done, total, ...) and its stop: a rich progress bar
+    on a terminal, a log line every 10 s otherwise."""
     if not sys.stderr.isatty():
-        return None, lambda: None
+        return PeriodicLog(what, unit).update, lambda: None
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     bar = Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -52,7 +81,7 @@ def progress_reporter(what: str):
 def byte_progress(what: str):
     """Like progress_reporter, counting bytes (transfer speed, not items)."""
     if not sys.stderr.isatty():
-        return None, lambda: None
+        return PeriodicLog(what, "bytes").update, lambda: None
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
     bar = Progress(TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),

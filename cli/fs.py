@@ -171,9 +171,11 @@ def cmd_fsck(args) -> int:
     from fsd.store import open_store
     from fsd.tools.fsck import fsck
     store = open_store(args.store)
+    update, stop = progress_reporter(f"{'verifying' if args.verify_data else 'checking'} {args.volume}", "blocks")
     try:
-        report = fsck(store, args.volume, verify_data=args.verify_data)
+        report = fsck(store, args.volume, verify_data=args.verify_data, progress=update)
     finally:
+        stop()
         store.close()
     for line in report.info:
         print(line)

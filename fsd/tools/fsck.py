@@ -4,6 +4,7 @@ present (and, with --verify-data, intact), journal well-formed. Read-only.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fsd.format import keys
@@ -37,7 +38,10 @@ class FsckReport:
                 f"run with --verify-data to read and verify every block")
 
 
-def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False) -> FsckReport:
+def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False,
+         progress: Callable[[int, int], None] | None = None) -> FsckReport:
+    """Check `volume`; `progress(done, total)` follows the blocks as they are
+    checked (with verify_data, each one is downloaded: the long part)."""
     rep = FsckReport()
     ref, sb = vol_mod.locate(store, volume)
     root = ref.root
@@ -61,9 +65,12 @@ def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False) -> FsckR
     if sb.origins:
         rep.info.append("clone of " + " <- ".join(f"{o.name} at {o.position}" for o in sb.origins))
     referenced = 0
+    total = sum(len(blocks) for blocks in state.blocks.values())
     for ino, blocks in sorted(state.blocks.items()):
         for idx, bref in sorted(blocks.items()):
             referenced += 1
+            if progress is not None:
+                progress(referenced, total)
             if bref.src >= len(roots):
                 rep.problems.append(f"inode {ino} block {idx}: refers to origin {bref.src}, but the volume "
                                     f"has {len(sb.origins)}")
