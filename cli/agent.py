@@ -55,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = read_token(args.token_file)      # the same rules as every control client
     metrics_at = metrics_addr(args.metrics)
     try:
-        open_store(args.store, create=True).close()     # a new file:// directory is made here
+        open_store(args.store).close()
     except Exception as e:  # noqa: BLE001 - bad URL or unusable store
         raise UsageError(f"--store: {e}") from None
     cfg = AgentConfig(control=args.control, host_id=args.host_id, store_url=args.store,

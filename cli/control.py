@@ -96,7 +96,28 @@ def _web_args(args: argparse.Namespace, token: str | None) -> tuple[tuple[str, i
     if not tokens:
         raise UsageError("--http: the page needs a token to check: the cluster token (--token-file), or a "
                          "read-only one (--http-read-token-file)")
+    if not args.tls_cert and not _loopback(at[0]):
+        raise UsageError(f"--http {args.http}: over plain HTTP the token the page sends could be read on the "
+                         f"network; give the service --tls-cert/--tls-key (the page is then HTTPS), or bind the "
+                         f"page to 127.0.0.1 and reach it through an SSH tunnel")
     return at, tokens
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _unwrap(e: BaseException) -> BaseException:
+    """The one exception inside trio's (nested) single-member exception groups."""
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return e
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -136,16 +157,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 await n.start(server.serve, host, port, ctx)
                 if web_at is not None:
                     web_tls = server_ssl_context(args.tls_cert, args.tls_key) if args.tls_cert else None
-                    await n.start(serve_web, WebApp(server.web_status, web_tokens), *web_at, web_tls)
+                    try:
+                        await n.start(serve_web, WebApp(server.web_status, web_tokens), *web_at, web_tls)
+                    except OSError as e:
+                        raise Failure(f"--http: cannot listen on {args.http}: {e.strerror or e}") from None
         finally:
             with trio.CancelScope(shield=True):
                 await state_store.aclose()
     try:
         trio.run(serve)
-    except OSError as e:
-        raise Failure(f"cannot listen on {args.listen}: {e.strerror or e}") from None
-    except StateError as e:
-        raise Failure(str(e)) from None
+    except BaseException as group:      # trio groups what the nursery raised
+        inner = _unwrap(group)
+        if isinstance(inner, (Failure, KeyboardInterrupt)):
+            raise inner from None
+        if isinstance(inner, OSError):
+            raise Failure(f"cannot listen on {args.listen}: {inner.strerror or inner}") from None
+        if isinstance(inner, StateError):
+            raise Failure(str(inner)) from None
+        raise
     return 0
 
 

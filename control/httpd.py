@@ -46,12 +46,15 @@ Handler = Callable[[Request], Awaitable[Response]]
 Refuse = Callable[[int, str], Response]
 
 
-def _encode(conn: h11.Connection, resp: Response, keep_alive: bool) -> bytes:
+def _encode(conn: h11.Connection, resp: Response, keep_alive: bool, head: bool = False) -> bytes:
+    """The response's bytes; to a HEAD request, its headers only (HTTP sends no body then)."""
     headers = [("Content-Type", resp.content_type), ("Content-Length", str(len(resp.body))), *resp.headers]
     if not keep_alive:
         headers.append(("Connection", "close"))
-    return (conn.send(h11.Response(status_code=resp.status, headers=headers))
-            + conn.send(h11.Data(data=resp.body)) + conn.send(h11.EndOfMessage()))
+    out = conn.send(h11.Response(status_code=resp.status, headers=headers))
+    if not head:
+        out += conn.send(h11.Data(data=resp.body))
+    return out + conn.send(h11.EndOfMessage())
 
 
 async def serve_connection(stream: trio.abc.Stream, handler: Handler, refuse: Refuse, *,
@@ -63,11 +66,11 @@ async def serve_connection(stream: trio.abc.Stream, handler: Handler, refuse: Re
             req: h11.Request | None = None
             body = bytearray()
             too_big = False
-            timeout = IDLE_TIMEOUT
+            deadline = trio.current_time() + IDLE_TIMEOUT
             while True:
                 ev = conn.next_event()
                 if ev is h11.NEED_DATA:
-                    with trio.move_on_after(timeout) as cs:
+                    with trio.move_on_at(deadline) as cs:
                         data = await stream.receive_some(65536)
                     if cs.cancelled_caught:
                         return
@@ -75,8 +78,8 @@ async def serve_connection(stream: trio.abc.Stream, handler: Handler, refuse: Re
                     continue
                 if isinstance(ev, h11.ConnectionClosed):
                     return
-                if isinstance(ev, h11.Request):
-                    req, timeout = ev, READ_TIMEOUT
+                if isinstance(ev, h11.Request):     # the rest of it must come within READ_TIMEOUT
+                    req, deadline = ev, trio.current_time() + READ_TIMEOUT
                     length = dict(ev.headers).get(b"content-length")
                     too_big = length is not None and int(length) > max_body
                 elif isinstance(ev, h11.Data):
@@ -102,7 +105,7 @@ async def serve_connection(stream: trio.abc.Stream, handler: Handler, refuse: Re
             except Exception as e:  # noqa: BLE001 - a bug must not kill the server
                 log.exception("internal error answering %s %s", request.method, path)
                 resp = refuse(500, f"internal error: {type(e).__name__}: {e}")
-            await stream.send_all(_encode(conn, resp, keep_alive=True))
+            await stream.send_all(_encode(conn, resp, keep_alive=True, head=request.method == "HEAD"))
             if conn.our_state is h11.MUST_CLOSE:
                 return
             conn.start_next_cycle()
@@ -112,8 +115,10 @@ async def serve_connection(stream: trio.abc.Stream, handler: Handler, refuse: Re
                                      OSError):
                 await stream.send_all(_encode(conn, refuse(e.error_status_hint or 400,
                                                            f"malformed HTTP request: {e}"), keep_alive=False))
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, h11.LocalProtocolError):
         pass
+    except Exception:  # noqa: BLE001 - a bug here must close this connection, never stop the server
+        log.exception("internal error on an HTTP connection")
     finally:
         with trio.CancelScope(shield=True):
             await trio.aclose_forcefully(stream)

@@ -97,6 +97,7 @@ class ControlServer:
         self.listener = Listener(self.handle, limits, open_access=self._token is None)
         self._trio_token: trio.lowlevel.TrioToken | None = None      # set while serving
         self.metrics = ControlMetrics(self._gauges_any_thread)
+        self._counted_grants: dict[str, Any] = {}      # volume -> generation of the grant last counted
         self._live_next = _LiveBatch()
         self._live_wake = trio.Event()
         self.ops: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
@@ -688,7 +689,9 @@ class ControlServer:
         return res
 
     def _log_acquire(self, vol: str, host: str, res: dict[str, Any]) -> None:
-        if res["status"] == "granted":
+        # A holder asking again gets its grant again (same generation): count each grant once.
+        if res["status"] == "granted" and self._counted_grants.get(vol) != res.get("generation"):
+            self._counted_grants[vol] = res.get("generation")
             self.metrics.lease_grants.labels("takeover" if res.get("takeover") else "normal").inc()
         log.info("lease %s volume=%s host=%s owner=%s takeover=%s generation=%s", res["status"], vol, host,
                  res.get("owner"), res.get("takeover"), res.get("generation"))

@@ -39,6 +39,8 @@ from control.leases import Cluster, status_view
 
 log = logging.getLogger("ferry.control.web")
 MAX_BODY = 4096           # the page sends no bodies
+MAX_CONNECTIONS = 64      # beyond this a new connection is closed at once: the page must not starve the service
+HANDSHAKE_TIMEOUT = 10.0
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/app.css": ("app.css", "text/css; charset=utf-8")}
 SECURITY_HEADERS = [
@@ -81,6 +83,9 @@ class WebApp:
             raise ValueError("the status page needs a token to check (the cluster token, or a read-only one)")
         self._status = status
         self._tokens = [t.encode() for t in tokens if t]
+        # read once: no file I/O on the trio loop per request
+        self._static = {path: (resources.files("control.static").joinpath(name).read_bytes(), ctype)
+                        for path, (name, ctype) in STATIC.items()}
 
     def _authorized(self, req: Request) -> bool:
         scheme, _, given = req.headers.get("authorization", "").partition(" ")
@@ -92,9 +97,8 @@ class WebApp:
     async def answer(self, req: Request) -> Response:
         if req.method not in ("GET", "HEAD"):
             return refuse(405, "only GET here")
-        if req.path in STATIC:
-            name, ctype = STATIC[req.path]
-            body = resources.files("control.static").joinpath(name).read_bytes()
+        if req.path in self._static:
+            body, ctype = self._static[req.path]
             return Response(200, body, ctype, [*SECURITY_HEADERS, ("Cache-Control", "no-cache")])
         if req.path == "/api/status":
             if not self._authorized(req):
@@ -116,18 +120,32 @@ async def serve_web(app: WebApp, host: str, port: int, ssl_context: ssl.SSLConte
     task_status.started(the bound port)."""
     listeners = await trio.open_tcp_listeners(port, host=host or None)
     bound = listeners[0].socket.getsockname()[1]
+    slots = trio.CapacityLimiter(MAX_CONNECTIONS)
 
     async def one(stream: trio.SocketStream) -> None:
-        s: trio.abc.Stream = stream
-        if ssl_context is not None:
-            tls = trio.SSLStream(stream, ssl_context, server_side=True)
-            try:
-                await tls.do_handshake()
-            except (trio.BrokenResourceError, ssl.SSLError, OSError):
-                await trio.aclose_forcefully(stream)
-                return
-            s = tls
-        await httpd.serve_connection(s, app.answer, refuse, max_body=MAX_BODY)
+        try:
+            slots.acquire_nowait()
+        except trio.WouldBlock:
+            await trio.aclose_forcefully(stream)
+            return
+        try:
+            s: trio.abc.Stream = stream
+            if ssl_context is not None:
+                tls = trio.SSLStream(stream, ssl_context, server_side=True)
+                with trio.move_on_after(HANDSHAKE_TIMEOUT) as cs:
+                    try:
+                        await tls.do_handshake()
+                    except (trio.BrokenResourceError, ssl.SSLError, OSError):
+                        cs.cancel()
+                if cs.cancelled_caught:
+                    await trio.aclose_forcefully(stream)
+                    return
+                s = tls
+            await httpd.serve_connection(s, app.answer, refuse, max_body=MAX_BODY)
+        except Exception:  # noqa: BLE001 - one connection's trouble never stops the page or the service
+            log.exception("status page connection failed")
+        finally:
+            slots.release()
 
     if ssl_context is None:
         log.warning("status page on http://%s:%d/ - plain HTTP: the token the page sends can be read on the "

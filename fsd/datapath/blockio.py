@@ -142,7 +142,6 @@ class BlockIO:
                 self.reads.cache += 1
                 return raw[: ref.length]
         self._fetching[h] = trio.Event()
-        self.reads.store += 1
         return await self._from_store(ino, idx, ref)
 
     def prefetch(self, ino: int, idx: int, ref: BlockRef, spawn: Callable[..., None]) -> None:
@@ -165,6 +164,7 @@ class BlockIO:
         waiters are released when it ends, whatever the outcome."""
         h = ref.hash
         ev = self._fetching[h]
+        self.reads.store += 1           # read-ahead counts too: it is a block that was not local
         try:
             if ref.src >= len(self.read_roots):
                 log.error("volume %s: inode %d block %d refers to origin %d, but the volume has %d origin(s)",

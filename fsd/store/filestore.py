@@ -44,17 +44,17 @@ class FileStore:
     """ObjectStore on a local (or NFS) directory.
 
     A missing directory is created only when the caller says so (`create`):
-    the commands that set a store up (agent serve, fs mkfs, fs import). A
-    command that reads (fsck, gc, mount) refuses instead, since a missing
-    directory there is a typo or an NFS share that is not mounted, and
-    creating it would hide that."""
+    the commands that make a volume on purpose (fs mkfs, fs import). Every
+    other one refuses, the agent included: a missing directory there is a
+    typo or an NFS share that is not mounted, and creating it would hide
+    that (the agent would even make empty volumes in it and serve them)."""
 
     def __init__(self, root: str | os.PathLike[str], *, create: bool = False) -> None:
         self.root = Path(root)
         self.url = StoreSpec("file", path=str(root)).to_url()
         if not self.root.exists() and create:
             try:
-                self.root.mkdir(parents=True, mode=0o700)
+                self.root.mkdir(parents=True, mode=0o700, exist_ok=True)
             except OSError as e:
                 raise StoreConfigError(f"cannot create store directory {root}: {e.strerror}") from None
             log.warning("store directory %s did not exist: created it (mode 0700)", root)

@@ -57,6 +57,9 @@ class MeteredStore:
         started = self._clock()
         try:
             yield from it
+        except GeneratorExit:       # the caller stopped early: not a store error
+            self._record(op, started, None)
+            raise
         except BaseException as e:
             self._record(op, started, e)
             raise

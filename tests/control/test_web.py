@@ -148,3 +148,39 @@ def test_control_serve_http_flag(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+async def test_head_and_slow_clients_do_not_stop_the_page(nursery):
+    port = await nursery.start(serve_web, WebApp(lambda: {"hosts": []}, [TOKEN]), "127.0.0.1", 0)
+
+    async def exchange(data: bytes) -> bytes:
+        s = await trio.open_tcp_stream("127.0.0.1", port)
+        try:
+            await s.send_all(data)
+            out = bytearray()
+            with trio.fail_after(10):
+                while chunk := await s.receive_some(65536):
+                    out += chunk
+            return bytes(out)
+        finally:
+            await s.aclose()
+    out = await exchange(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET /app.css HTTP/1.1\r\nHost: x\r\n"
+                         b"Connection: close\r\n\r\n")
+    head, _, rest = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"content-length" in head.lower(), out
+    assert rest.startswith(b"HTTP/1.1 200") and b"box-sizing" in rest, out   # no body after HEAD's headers
+    out = await exchange(b"NOT HTTP\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400")
+    assert (await exchange(b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).startswith(
+        b"HTTP/1.1 404")
+
+
+def test_plain_http_page_only_on_loopback(tmp_path):
+    import sys
+    (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "token").chmod(0o600)
+    r = subprocess.run([sys.executable, "-m", "cli", "control", "serve", "--listen", "127.0.0.1:1",
+                        "--state", f"sqlite:{tmp_path / 'c.db'}", "--token-file", str(tmp_path / "token"),
+                        "--http", "0.0.0.0:7451"], capture_output=True, text=True, cwd=Path(__file__).parents[2],
+                       timeout=60)
+    assert r.returncode == 2 and "--tls-cert" in r.stderr and "127.0.0.1" in r.stderr, r.stderr
