@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -30,6 +31,15 @@ class RemovalAborted(Exception):
     """The volume turned out to be in use here: it was not removed."""
 
 
+@dataclass
+class _Fencing:
+    """A fencing in progress, for a second job of the same volume to wait on."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    root: str | None = None
+    error: str | None = None
+
+
 class RemovalRunner:
     def __init__(self, host: str, store_url: str, control: Any, lock_for: Callable[[str], trio.Lock],
                  in_use: Callable[[str], bool], retry_after: float = RETRY_AFTER) -> None:
@@ -40,6 +50,7 @@ class RemovalRunner:
         self._in_use = in_use
         self.retry_after = retry_after
         self._running: set[Job] = set()
+        self._fencing: dict[str, _Fencing] = {}             # volume -> the fencing under way
         self._cooldown: dict[Job, float] = {}               # failed jobs: not restarted before (trio time)
         self._progress: dict[str, dict[str, int]] = {}     # root -> {deleted, total, bytes}
         self._plock = threading.Lock()                      # progress is written from worker threads
@@ -68,6 +79,15 @@ class RemovalRunner:
         `nursery.start`, a deletion failure is logged and the job handed out again."""
         key: Job = (name, root)
         if key in self._running:
+            fencing = self._fencing.get(name) if root is None else None
+            if fencing is not None:
+                # Docker's Remove and the control service's job can race here: the
+                # second must not answer before the volume is fenced (the promise of
+                # `volume rm`), so it waits for the first's fencing and its outcome.
+                await fencing.done.wait()
+                if fencing.error is not None:
+                    raise RemovalAborted(fencing.error)
+                root = fencing.root
             task_status.started(root)
             return
         self._running.add(key)
@@ -75,7 +95,16 @@ class RemovalRunner:
         started = False
         try:
             if root is None:
-                root = await self._fence(name)
+                fencing = self._fencing[name] = _Fencing()
+                try:
+                    root = fencing.root = await self._fence(name)
+                except BaseException as e:
+                    fencing.error = str(e) or type(e).__name__
+                    raise
+                finally:
+                    fencing.done.set()
+                    if self._fencing.get(name) is fencing:
+                        del self._fencing[name]
                 # From here on this job is also the deletion of (name, root), the
                 # job the control service hands out once the volume is fenced:
                 # a watch must not start that one beside it.
