@@ -134,17 +134,25 @@ class Lease:
     # must still say "take over", or its daemon would refuse the unsealed epoch.
     takeover_from: str | None = None
     previous_epoch: int | None = None
+    # The holder that last gave the lease up cleanly, and at which epoch; kept
+    # through the grant that follows (not through a takeover), so a release it
+    # repeats because the answer was lost (a replica or the etcd leader died
+    # after the write) is answered "released", not "another host holds it".
+    released_by: str | None = None
+    released_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"volume": self.volume, "host": self.host, "generation": self.generation,
                 "epoch": self.epoch, "in_use": self.in_use, "takeover_from": self.takeover_from,
-                "previous_epoch": self.previous_epoch}
+                "previous_epoch": self.previous_epoch, "released_by": self.released_by,
+                "released_epoch": self.released_epoch}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Lease:
         return cls(volume=d["volume"], host=d["host"], generation=int(d["generation"]),
                    epoch=d["epoch"], in_use=bool(d["in_use"]), takeover_from=d.get("takeover_from"),
-                   previous_epoch=d.get("previous_epoch"))
+                   previous_epoch=d.get("previous_epoch"), released_by=d.get("released_by"),
+                   released_epoch=d.get("released_epoch"))
 
 
 @dataclass(frozen=True)
@@ -440,7 +448,9 @@ def _grant(c: Cluster, lease: Lease | None, volume: str, host_id: str, now: floa
     gen = (lease.generation if lease else 0) + 1
     new = Lease(volume=volume, host=host_id, generation=gen, epoch=None, in_use=False,
                 takeover_from=previous if takeover else None,
-                previous_epoch=lease.epoch if takeover and lease else None)
+                previous_epoch=lease.epoch if takeover and lease else None,
+                released_by=None if takeover or lease is None else lease.released_by,
+                released_epoch=None if takeover or lease is None else lease.released_epoch)
     d = Decision(put_leases=[new], heard={host_id: now}, silent=[previous] if takeover and previous else [])
     if volume in c.moves:
         d.del_moves.append(volume)
@@ -495,11 +505,16 @@ def acquire(c: Cluster, volume: str, host_id: str, now: float, wait: float = 0.0
 
 def release(c: Cluster, volume: str, host_id: str, epoch: int | None, now: float) -> Decision:
     """Only the holder releases (with the matching epoch if it gives one).
-    Releasing a lease that is already free is a no-op (retries are safe)."""
+    Releasing a lease that is already free is a no-op, and so is a holder's
+    release repeated after the next holder was granted the volume it released
+    (its first answer was lost): retries are safe."""
     need_volume(c, volume)
     lease = c.leases.get(volume)
     d = Decision(heard={host_id: now} if host_id in c.hosts else {})
     if lease is None or lease.host is None:
+        d.result = {"released": False}
+        return d
+    if lease.host != host_id and lease.released_by == host_id and epoch in (None, lease.released_epoch):
         d.result = {"released": False}
         return d
     if lease.host != host_id:
@@ -508,7 +523,8 @@ def release(c: Cluster, volume: str, host_id: str, epoch: int | None, now: float
     if epoch is not None and lease.epoch is not None and epoch != lease.epoch:
         raise Refused("conflict", f"volume {volume!r}: release names epoch {epoch} but the lease is at "
                                   f"epoch {lease.epoch}; nothing released")
-    d.put_leases.append(replace(lease, host=None, in_use=False, takeover_from=None, previous_epoch=None))
+    d.put_leases.append(replace(lease, host=None, in_use=False, takeover_from=None, previous_epoch=None,
+                                released_by=host_id, released_epoch=lease.epoch if epoch is None else epoch))
     d.lags[volume] = None
     # A pending move stays: its requester (waiting in acquire) now gets the lease.
     d.result = {"released": True}

@@ -131,6 +131,35 @@ def test_only_owner_may_release_or_refuse():
                                                                             {"released": False}]
 
 
+def test_a_release_repeated_after_the_next_grant_is_answered_not_refused():
+    """The release was written, its answer lost (replica or etcd leader killed), the
+    waiting host got the volume, and the old holder asks again: no conflict."""
+    c = fresh("a", "b", "x")
+    r = run(c, [(0, "acquire", "v", "a"), (1, "hb", "a", [("v", False, 3, 0.0)]),
+                (2, "acquire", "v", "b", 5.0), (3, "release", "v", "a", 3), (4, "acquire", "v", "b"),
+                (5, "release", "v", "a", 3), (5, "release", "v", "a"),
+                (6, "release", "v", "a", 2),            # another epoch: not that release
+                (6, "release", "v", "x")])              # never held it
+    assert status(r[4]) == "granted" and r[4]["takeover"] is False
+    assert r[5:7] == [{"released": False}, {"released": False}]
+    assert r[7:9] == ["conflict", "conflict"]
+    assert c.leases["v"].host == "b"
+
+
+def test_a_takeover_forgets_the_last_release():
+    """a released, b got the volume and died, x took it over: a's old release is no
+    longer a harmless repeat (nothing says the lease x holds came from it)."""
+    c = fresh("a", "b", "x")
+    r = run(c, [(0, "acquire", "v", "a"), (1, "release", "v", "a"), (2, "acquire", "v", "b"),
+                (3, "release", "v", "a"),
+                (2 + TTL + 1, "hb", "x", []), (2 + TTL + 1, "acquire", "v", "x"),
+                (2 + TTL + 2, "release", "v", "a")])
+    assert r[3] == {"released": False}
+    assert r[5]["takeover"] is True and r[5]["previous_owner"] == "b"
+    assert r[6] == "conflict"
+    assert L.Lease.from_dict(c.leases["v"].to_dict()) == c.leases["v"]
+
+
 def test_second_requester_busy_while_move_pending_and_move_expires():
     c = fresh("a", "b", "x")
     r = run(c, [(0, "acquire", "v", "a"), (0, "hb", "x", []), (1, "acquire", "v", "b", 2.0),
