@@ -28,7 +28,7 @@ The agent serves Docker's volume plugin API on --socket, starts one `ferry fs mo
 daemon per mounted volume (<mount-root>/<volume>, cache <cache-dir>/<volume>), and keeps
 its mount IDs in <state-dir>/state.json. Restarting the agent does not unmount anything:
 the daemons run on and are adopted by the next agent.
-The cluster token comes from --token-file or the FERRY_TOKEN environment variable.
+The cluster token comes from --token-file, else $FERRY_TOKEN, $FERRY_TOKEN_FILE or /etc/ferry/token.
 """
 
 
@@ -96,7 +96,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="where volumes are mounted (default /var/lib/ferry/mounts)")
     s.add_argument("--state-dir", default="/var/lib/ferry/agent", metavar="DIR",
                    help="agent state (default /var/lib/ferry/agent)")
-    s.add_argument("--token-file", metavar="FILE", help="file holding the cluster token (else $FERRY_TOKEN)")
+    s.add_argument("--token-file", metavar="FILE",
+                   help="file holding the cluster token (else $FERRY_TOKEN, $FERRY_TOKEN_FILE or /etc/ferry/token)")
     add_tls_client_args(s.add_argument_group("TLS to the control service"))
     s.add_argument("--address", metavar="ADDR", help="address other hosts see for this host (informational)")
     add_metrics_arg(s)

@@ -118,17 +118,26 @@ ENV_CONTROL = "FERRY_CONTROL"
 
 
 ENV_TOKEN = "FERRY_TOKEN"
+ENV_TOKEN_FILE = "FERRY_TOKEN_FILE"
+DEFAULT_TOKEN_FILE = "/etc/ferry/token"    # where docs/cluster-setup.md and the quickstart put it
 
 
 MIN_TOKEN = 16
 
 
-def read_token(token_file: str | None, optional: bool = False) -> str:
-    """The cluster token from --token-file or $FERRY_TOKEN (UsageError if neither,
+def read_token(token_file: str | None, optional: bool = False, fallbacks: bool = True) -> str:
+    """The cluster token from --token-file, else $FERRY_TOKEN, else the file named by
+    $FERRY_TOKEN_FILE, else /etc/ferry/token if it exists (UsageError if none,
     "" if `optional`: mutual TLS authenticates instead). A token must be at least
     16 characters, and a token file must not be readable by every user: anyone
-    who reads it owns the cluster."""
+    who reads it owns the cluster. `fallbacks=False`: --token-file only (a
+    read-only token is never taken from where the cluster token lives)."""
     make = "make one with: head -c 32 /dev/urandom | base64 > /etc/ferry/token && chmod 600 /etc/ferry/token"
+    if not fallbacks and not token_file:
+        return ""
+    if not token_file and not os.environ.get(ENV_TOKEN, "").strip():
+        token_file = os.environ.get(ENV_TOKEN_FILE) or (DEFAULT_TOKEN_FILE if os.path.exists(DEFAULT_TOKEN_FILE)
+                                                        else None)
     if token_file:
         try:
             with open(token_file, encoding="utf-8") as f:
@@ -147,7 +156,8 @@ def read_token(token_file: str | None, optional: bool = False) -> str:
         if not token:
             if optional:
                 return ""
-            raise UsageError(f"no cluster token: pass --token-file FILE or set FERRY_TOKEN ({make})")
+            raise UsageError(f"no cluster token: pass --token-file FILE, set FERRY_TOKEN or FERRY_TOKEN_FILE, "
+                             f"or put it in {DEFAULT_TOKEN_FILE} ({make})")
         source = "FERRY_TOKEN"
     if not token:
         raise UsageError(f"{source} is empty; {make}")
@@ -184,7 +194,8 @@ def client_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--control", metavar="ADDR", default=None,
                    help=f"control service HOST:PORT, or every replica's: HOST:PORT,HOST:PORT,... (default "
                         f"${ENV_CONTROL} or 127.0.0.1:7450)")
-    g.add_argument("--token-file", metavar="FILE", help=f"cluster token file (default ${ENV_TOKEN})")
+    g.add_argument("--token-file", metavar="FILE", help=f"cluster token file (default ${ENV_TOKEN}, "
+                   f"${ENV_TOKEN_FILE} or {DEFAULT_TOKEN_FILE})")
     add_tls_client_args(g)
     g.add_argument("--json", action="store_true", help="machine-readable output")
 

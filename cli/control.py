@@ -16,7 +16,9 @@ import time
 
 from cli import backup, state
 from cli.common import (
+    DEFAULT_TOKEN_FILE,
     ENV_TOKEN,
+    ENV_TOKEN_FILE,
     add_metrics_arg,
     client_args,
     kv_list,
@@ -91,7 +93,7 @@ def _web_args(args: argparse.Namespace, token: str | None) -> tuple[tuple[str, i
         at = parse_addr(args.http, default_port=7451)
     except ValueError as e:
         raise UsageError(f"--http: {e}") from None
-    tokens = [t for t in (token, read_token(args.http_read_token_file, optional=True)
+    tokens = [t for t in (token, read_token(args.http_read_token_file, optional=True, fallbacks=False)
                           if args.http_read_token_file else None) if t]
     if not tokens:
         raise UsageError("--http: the page needs a token to check: the cluster token (--token-file), or a "
@@ -430,7 +432,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                       epilog=EXAMPLES_SERVE, formatter_class=raw)
     s.add_argument("--listen", default="0.0.0.0:7450", metavar="ADDR", help="HOST:PORT (default 0.0.0.0:7450)")
     state.add_state_args(s)
-    s.add_argument("--token-file", metavar="FILE", help=f"cluster token file (default ${ENV_TOKEN})")
+    s.add_argument("--token-file", metavar="FILE", help=f"cluster token file (default ${ENV_TOKEN}, "
+                   f"${ENV_TOKEN_FILE} or {DEFAULT_TOKEN_FILE})")
     s.add_argument("--tls-cert", metavar="FILE", help="serve TLS with this certificate (PEM)")
     s.add_argument("--tls-key", metavar="FILE", help="private key of --tls-cert (PEM)")
     s.add_argument("--tls-client-ca", metavar="FILE",

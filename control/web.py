@@ -148,9 +148,9 @@ async def serve_web(app: WebApp, host: str, port: int, ssl_context: ssl.SSLConte
             slots.release()
 
     if ssl_context is None:
-        log.warning("status page on http://%s:%d/ - plain HTTP: the token the page sends can be read on the "
-                    "network; bind it to 127.0.0.1 (and use an SSH tunnel) or give the service --tls-cert",
-                    host, bound)
+        # The CLI serves plain HTTP on loopback only, where nobody can read the token on the way.
+        log.info("status page on http://%s:%d/ (plain HTTP on loopback; from another machine use an SSH tunnel, "
+                 "or serve it with --tls-cert)", host, bound)
     else:
         log.info("status page on https://%s:%d/", host, bound)
     async with trio.open_nursery() as n:

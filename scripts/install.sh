@@ -5,18 +5,22 @@
 # iproute2 util-linux docker.io busybox-static (multi-host and Docker tests) etcd-server (the etcd state
 # backend's tests: a real etcd cluster on loopback) postgresql (PostgreSQL under kill -9 on a ferry
 # volume: a short round in every run, long ones under -m slow) chromium (the status page is tested in a
-# real headless browser); virtualenv at ${FERRY_VENV:-.venv}.
+# real headless browser); $FERRY_APT_EXTRA: more Debian packages to install in the same apt run.
+# Virtualenv at ${FERRY_VENV:-.venv} with ferry (editable) and, with --tests, its test extras;
+# skipped when a stamp in the virtualenv says this pyproject.toml is installed already.
 # --slow is kept for old callers and adds nothing now.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc patch attr fio psmisc util-linux e2fsprogs xfsprogs"
+EXTRAS=""
 for arg in "$@"; do
   case "$arg" in
-    --tests) PKGS="$PKGS iproute2 util-linux docker.io busybox-static etcd-server postgresql postgresql-contrib chromium" ;;
+    --tests) EXTRAS="[test]"; PKGS="$PKGS iproute2 util-linux docker.io busybox-static etcd-server postgresql postgresql-contrib chromium" ;;
     --slow) ;;
     *) echo "install.sh: unknown option $arg (known: --tests, --slow)" >&2; exit 2 ;;
   esac
 done
+PKGS="$PKGS ${FERRY_APT_EXTRA:-}"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -34,7 +38,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "install.sh: creating virtualenv $VENV" >&2
   python3 -m venv "$VENV"
 fi
+# The stamp names what was installed: pyproject.toml's hash, this checkout, the extras.
+# A runtime-only install is satisfied by an install with the test extras.
+stamp="$VENV/.ferry-installed"
+base="$(sha256sum pyproject.toml | cut -c1-16) $(pwd)"
+have=$(cat "$stamp" 2>/dev/null || true)
+if [ "$have" = "$base $EXTRAS" ] || { [ -z "$EXTRAS" ] && [ "$have" = "$base [test]" ]; }; then
+  exit 0
+fi
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-"$VENV/bin/python" -m pip install -q -e ".${FERRY_EXTRAS:-[test]}"
-# pyfuse3 with a FUSE fallocate handler, so block volumes can turn discards into holes (deploy/pyfuse3)
+# pyfuse3 first, with a FUSE fallocate handler, so block volumes can turn discards into
+# holes (deploy/pyfuse3); ferry's own install then finds its pyfuse3 requirement met
+# instead of building the unpatched one too.
 bash deploy/pyfuse3/install.sh "$(cd "$VENV" && pwd)"
+"$VENV/bin/python" -m pip install -q -e ".$EXTRAS"
+echo "$base $EXTRAS" > "$stamp"

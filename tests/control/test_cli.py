@@ -236,3 +236,25 @@ def test_token_rules_and_a_replica_list(service, tmp_path):
     assert r.returncode == 0, r.stderr
     r = ferry("volume", "ls", "--control", f"{dead},{dead}", env={"FERRY_TOKEN": TOKEN})
     assert r.returncode == 1 and "tried every replica" in r.stderr
+
+
+def test_token_from_ferry_token_file_and_which_source_wins(service, tmp_path):
+    """FERRY_TOKEN_FILE names the token file when neither --token-file nor FERRY_TOKEN
+    is given (the quickstart relies on it); FERRY_TOKEN wins over it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FERRY_TOKEN", "FERRY_TOKEN_FILE")}
+    bad = tmp_path / "bad-token"
+    bad.write_text("b" * 32)
+    bad.chmod(0o600)
+
+    def ls(extra: dict) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cli", "volume", "ls", "--control", service.addr],
+                              capture_output=True, text=True, timeout=30, env={**env, **extra},
+                              cwd=Path(__file__).parents[2])
+
+    assert ls({"FERRY_TOKEN_FILE": str(service.token_file)}).returncode == 0
+    r = ls({"FERRY_TOKEN_FILE": str(bad)})
+    assert r.returncode != 0 and "unauthorized" in r.stderr.lower(), r.stderr
+    assert ls({"FERRY_TOKEN_FILE": str(bad), "FERRY_TOKEN": TOKEN}).returncode == 0
+    if not os.path.exists("/etc/ferry/token"):
+        r = ls({})
+        assert r.returncode == 2 and "FERRY_TOKEN_FILE" in r.stderr, r.stderr
