@@ -68,6 +68,11 @@ def volume_families(statuses: list[tuple[str, dict[str, Any]]], now_ns: int) -> 
     reads = counter("block_reads", "Committed blocks read, by where from (memory, cache, store): the cache hit "
                     "ratio is the share not from the store", ("source",))
     gc_freed = counter("gc_freed_bytes", "Bytes garbage collection deleted from the store")
+    scrub_objects = counter("scrub_checked_objects", "Data objects the background scrub read and verified")
+    scrub_bytes = counter("scrub_checked_bytes", "Bytes the background scrub read")
+    scrub_damaged = gauge("scrub_damaged_objects", "Data objects the last (or current) scrub pass found damaged "
+                          "or missing")
+    scrub_finished = gauge("scrub_last_pass_timestamp_seconds", "When the last complete scrub pass finished")
     store_errors = counter("store_errors", "Store requests that failed, by request and error kind",
                            ("op", "kind"))
     fsync = HistogramMetricFamily("ferry_volume_fsync_seconds", "Time an fsync waited until its data was "
@@ -90,6 +95,13 @@ def volume_families(statuses: list[tuple[str, dict[str, Any]]], now_ns: int) -> 
             written.add_metric([vol], int(m["bytes_written"]))
             fsync_errors.add_metric([vol], int(m["fsync_errors"]))
             gc_freed.add_metric([vol], int(m["gc_freed_bytes"]))
+            sc = m.get("scrub")
+            if isinstance(sc, dict):        # daemons from before the scrub have none
+                scrub_objects.add_metric([vol], int(sc["checked_objects"]))
+                scrub_bytes.add_metric([vol], int(sc["checked_bytes"]))
+                scrub_damaged.add_metric([vol], int(sc["damaged_last_pass"]))
+                if sc.get("last_pass_finished") is not None:
+                    scrub_finished.add_metric([vol], float(sc["last_pass_finished"]))
             for source, n in sorted(m["reads"].items()):
                 reads.add_metric([vol, str(source)], int(n))
             h = Histogram.from_dict(m["fsync_seconds"])
@@ -102,7 +114,7 @@ def volume_families(statuses: list[tuple[str, dict[str, Any]]], now_ns: int) -> 
         except (KeyError, TypeError, ValueError) as e:
             log.debug("volume %s: unreadable metrics in its status file: %s", vol, e)
     yield from (dirty, inflight, lag, fenced, age, commits, written, fsync_errors, reads, gc_freed, store_errors,
-                fsync, store_seconds)
+                fsync, store_seconds, scrub_objects, scrub_bytes, scrub_damaged, scrub_finished)
 
 
 class _AgentCollector(Collector):

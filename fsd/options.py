@@ -140,6 +140,12 @@ class MountOptions:
     gc_interval: float = _opt(600.0, _duration(0.1), "time between background GC passes (default 10m)")
     gc_grace: float = _opt(300.0, _duration(0.0),
                            "unreferenced objects younger than this are kept by GC (default 5m)")
+    scrub_interval: float = _opt(7 * 86400.0, _duration(0.0),
+                                 "how often the owning daemon re-reads every live data object and verifies its "
+                                 "checksum, so damage in the store is found before a reader meets it (default 7d; "
+                                 "0: never)")
+    scrub_rate: int = _opt(8 << 20, _size(64 << 10),
+                           "bytes per second the scrub reads at most (default 8M)")
     image_only: bool = _opt(False, _on_off,
                             "on|off: for a layout=block volume, mount only ferry's filesystem holding the file "
                             "`image` (to check it with e2fsck/xfs_repair or copy it); the kernel filesystem is not "

@@ -56,6 +56,7 @@ from fsd.store.metered import MeteredStore
 from fsd.tasks import Background, Wakeup
 from fsd.volume import objects as vol_mod
 from fsd.volume.fencing import WriterPosition
+from fsd.volume.scrub import Scrubber, ScrubConfig
 
 log = logging.getLogger("ferry.mount")
 
@@ -147,6 +148,7 @@ class Parts:
     maintainer: Maintainer
     filler: CacheFiller
     background: Background
+    scrubber: Scrubber
 
 
 async def serve(cfg: MountConfig, on_ready: Callable[[], None] | None = None) -> int:
@@ -268,8 +270,12 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
         ops.purge(ino)
     fsops = FerryOperations(ops=ops, data=data, committer=committer, volume=cfg.volume,
                             size_limit=cfg.options.size or DEFAULT_SIZE_LIMIT, holes=sb.format >= BLOCK_FORMAT)
+    scrubber = Scrubber(volume=cfg.volume, roots=tuple(sb.data_roots(opened.ref.root)), store=opened.store,
+                        content_hash=sb.content_hash, blocks=lambda: state.blocks,
+                        progress_path=cfg.cache_dir / "scrub.json",
+                        cfg=ScrubConfig(interval=o.scrub_interval, rate=float(o.scrub_rate)), wall=time.time)
     return Parts(epoch=epoch, state=state, ops=ops, data=data, pos=pos, committer=committer, fsops=fsops,
-                 maintainer=maintainer, filler=filler, background=background)
+                 maintainer=maintainer, filler=filler, background=background, scrubber=scrubber)
 
 
 async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
@@ -311,6 +317,7 @@ async def serve_fuse(cfg: MountConfig, opened: Opened, parts: Parts,
             n.start_soon(guarded, cfg.volume, "signal handler", _on_signals, cfg, block)
             n.start_soon(guarded, cfg.volume, "kernel tuning", _tune_kernel, cfg, parts.fsops, fuse_mp)
             n.start_soon(guarded, cfg.volume, "snapshots and GC", parts.maintainer.run)
+            n.start_soon(guarded, cfg.volume, "scrub", parts.scrubber.run)
             if block is not None:
                 n.start_soon(block.run, parts.fsops, on_ready, parts.epoch)
             else:
@@ -401,6 +408,7 @@ class StatusReporter:
                 "dirty_bytes": p.data.dirty_bytes, "inflight_bytes": p.data.inflight_bytes,
                 "upload_lag_s": round(c.upload_lag_s(), 3), "commits": c.stats.commits,
                 "last_error": c.stats.last_error, "last_gc": p.maintainer.summary(), "updated_ns": time.time_ns(),
+                "scrub": p.scrubber.summary(),
                 "metrics": self.metrics(),
                 **({"image_size": self._image_size()} if self.block else {})}
 
@@ -409,7 +417,8 @@ class StatusReporter:
         p = self.parts
         return {"fsync_seconds": p.committer.stats.fsync.to_dict(), "fsync_errors": p.committer.stats.fsync_errors,
                 "bytes_written": p.data.bytes_written, "reads": p.data.bio.reads.to_dict(),
-                "gc_freed_bytes": p.maintainer.freed_bytes, "store": self.store.snapshot()}
+                "gc_freed_bytes": p.maintainer.freed_bytes, "store": self.store.snapshot(),
+                "scrub": {k: v for k, v in p.scrubber.summary().items() if k != "findings"}}
 
     def _image_size(self) -> int | None:
         try:

@@ -34,7 +34,8 @@ class FsckReport:
             return (f"clean: metadata checked, and all {self.blocks_referenced} referenced data blocks read "
                     f"and their checksums verified")
         return (f"clean: metadata checked and all {self.blocks_referenced} referenced data objects present; "
-                f"their contents were NOT read (a damaged object would be found only by a reader): "
+                f"their contents were NOT read (a damaged object is found by a reader, or by a "
+                f"mount's background scrub): "
                 f"run with --verify-data to read and verify every block")
 
 

@@ -78,4 +78,21 @@ def inspect_volume(store: ObjectStore, volume: str) -> dict:
         out["upload_lag_s"] = live.get("upload_lag_s")
         out["dirty_bytes"] = live.get("dirty_bytes")
         out["fenced"] = live.get("fenced")
+        if isinstance(live.get("scrub"), dict):
+            out["scrub"] = _scrub_summary(live["scrub"])
     return out
+
+
+def _scrub_summary(sc: dict) -> str:
+    """The mount's background scrub in one line (fsd/volume/scrub.py)."""
+    if sc.get("running"):
+        now = f"pass under way: {sc.get('pass_done', 0)}/{sc.get('pass_total', 0)} objects"
+    elif sc.get("last_pass_finished"):
+        now = "last pass finished " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sc["last_pass_finished"]))
+    else:
+        now = "no pass yet"
+    damaged = sc.get("damaged_last_pass", 0)
+    found = "; ".join(f"{f.get('key')} {f.get('problem')} (inode {f.get('inode')}, block {f.get('block')})"
+                      for f in sc.get("findings", [])[-3:])
+    return (f"{now}; {sc.get('checked_objects', 0)} objects checked so far"
+            + (f"; DAMAGED OR MISSING: {damaged}: {found}" if damaged else "; nothing damaged found"))

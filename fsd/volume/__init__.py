@@ -5,8 +5,9 @@ epochs, lists and reads the journal and loads its state; `fencing` holds
 the pure fencing state a mounted volume checks before it acknowledges;
 `creating` writes a new volume's first objects; `retention` holds the pure
 rules for what a volume still needs (what GC may delete, the history
-window, pins).
+window, pins); `scrub` re-reads the live data objects at a bounded rate and
+verifies their checksums.
 
 May import: the ground (format, store, meta, fsd's shared modules).
 """
-__all__ = ["creating", "fencing", "objects", "retention"]
+__all__ = ["creating", "fencing", "objects", "retention", "scrub"]

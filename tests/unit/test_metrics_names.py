@@ -32,7 +32,9 @@ def exported() -> set[str]:
     h = Histogram().to_dict()
     st = {"dirty_bytes": 0, "inflight_bytes": 0, "upload_lag_s": 0.0, "fenced": False, "commits": 0, "updated_ns": 0,
           "metrics": {"bytes_written": 0, "fsync_errors": 0, "gc_freed_bytes": 0, "reads": {"store": 0},
-                      "fsync_seconds": h, "store": {"latency": {"get": h}, "errors": [["get", "StoreError", 1]]}}}
+                      "fsync_seconds": h, "store": {"latency": {"get": h}, "errors": [["get", "StoreError", 1]]},
+                      "scrub": {"checked_objects": 1, "checked_bytes": 2, "damaged_last_pass": 0,
+                                "last_pass_finished": 1.0}}}
     for fam in volume_families([("v", st)], 0):
         names.add(fam.name + ("_total" if fam.type == "counter" else ""))
     agent = AgentMetrics(lambda: [VolumeHere("v", "serving", 1, None)],
