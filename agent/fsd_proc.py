@@ -86,8 +86,9 @@ class FsdManager:
 
     def __init__(self, store_url: str, cache_root: Path, mount_root: Path, *,
                  mount_timeout: float = 60.0,
-                 umount_timeout: float = 300.0, stat_timeout: float = 5.0) -> None:
+                 umount_timeout: float = 300.0, stat_timeout: float = 5.0, key_dir: Path | None = None) -> None:
         self.store_url = store_url
+        self.key_dir = key_dir          # keys of encrypted volumes, <name>.key (the daemons get it too)
         self.cache_root = Path(cache_root)
         self.mount_root = Path(mount_root)
         self.mount_timeout = mount_timeout
@@ -173,13 +174,17 @@ class FsdManager:
         return Health.HUNG
 
     # ------------------------------------------------------------ actions
+    def open_store(self) -> Any:
+        """The agent's store (blocking), able to open encrypted volumes with the key directory's keys."""
+        from fsd.store import KeyRing, open_store
+        return open_store(self.store_url, ring=KeyRing(key_dir=self.key_dir) if self.key_dir else None)
+
     async def _with_store(self, what: str, fn: Callable[[Any], T]) -> T:
         """`fn(store)` in a worker thread on a store opened for it; any failure
         becomes FsdError("cannot WHAT on URL: why")."""
-        from fsd.store import open_store
 
         def run() -> T:
-            store = open_store(self.store_url)
+            store = self.open_store()
             try:
                 return fn(store)
             finally:
@@ -230,6 +235,8 @@ class FsdManager:
         if await self._thread(lambda: in_proc_mounts(mp) or in_proc_mounts(fuse_mountpoint(cache))):
             await self.lazy_unmount(volume)
         args = ["fs", "mount", "--store", self.store_url, "--cache-dir", str(cache), volume, str(mp)]
+        if self.key_dir is not None:
+            args += ["--key-dir", str(self.key_dir)]
         if takeover:
             args.append("--takeover")
         for k, v in sorted(options.items()):

@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -42,9 +43,11 @@ class _Fencing:
 
 class RemovalRunner:
     def __init__(self, host: str, store_url: str, control: Any, lock_for: Callable[[str], trio.Lock],
-                 in_use: Callable[[str], bool], retry_after: float = RETRY_AFTER) -> None:
+                 in_use: Callable[[str], bool], retry_after: float = RETRY_AFTER,
+                 key_dir: Path | None = None) -> None:
         self.host = host
         self.store_url = store_url
+        self.key_dir = key_dir          # removing a clone reads its origin's (maybe encrypted) pins
         self.control = control
         self._lock_for = lock_for
         self._in_use = in_use
@@ -155,9 +158,8 @@ class RemovalRunner:
         removal because no live host holds the lease, so an unsealed newest epoch
         belongs to a dead or fenced owner, which the removal seals like a takeover."""
         from fsd.lifecycle import removal
-        from fsd.store import open_store
         from fsd.volume import objects as vol_mod
-        store = open_store(self.store_url)
+        store = self._open_store()
         try:
             if vol_mod.find_volume(store, name) is None:
                 return ""
@@ -178,16 +180,19 @@ class RemovalRunner:
                      res.bytes, f"; kept {res.kept_objects} objects that its clone(s) {', '.join(res.held_by)} "
                                 "share, until the last of them is removed" if res.held_by else "")
 
+    def _open_store(self) -> Any:
+        from fsd.store import KeyRing, open_store
+        return open_store(self.store_url, ring=KeyRing(key_dir=self.key_dir) if self.key_dir else None)
+
     def _delete_sync(self, name: str, root: str) -> Any:
         """Worker thread: delete what is left under `root` (None if nothing was)."""
         from fsd.lifecycle import removal
-        from fsd.store import open_store
 
         def report(done: int, total: int, nbytes: int) -> None:
             with self._plock:
                 self._progress[root] = {"deleted": done, "total": total, "bytes": nbytes}
 
-        store = open_store(self.store_url)
+        store = self._open_store()
         try:
             refs = [r for r in removal.pending_removals(store, name) if r.root == root]
             if not refs:

@@ -77,6 +77,7 @@ class AgentConfig:
     state_dir: Path = Path("/var/lib/ferry/agent")
     token: str = ""
     address: str = ""
+    key_dir: Path | None = None     # keys of encrypted volumes: <key_dir>/<name>.key
     heartbeat: float = 2.0          # until the control service says otherwise
     acquire_wait: float = 60.0      # waiting for a planned move (Docker allows 120 s per Mount)
     mount_timeout: float = 45.0
@@ -103,7 +104,7 @@ class Agent:
         self.host = cfg.host_id
         self.control = control if control is not None else ControlClient(cfg.control, cfg.token, tls=cfg.tls or False)
         self.fsd = fsd or FsdManager(cfg.store_url, cfg.cache_dir, cfg.mount_root,
-                                     mount_timeout=cfg.mount_timeout)
+                                     mount_timeout=cfg.mount_timeout, key_dir=cfg.key_dir)
         self.statefile = StateFile(cfg.state_dir)
         self.volumes = Volumes()        # one record per volume: mount IDs, phase, epoch (agent/volumes.py)
         self.registered = trio.Event()
@@ -111,7 +112,8 @@ class Agent:
         self._locks: dict[str, trio.Lock] = {}
         self._kick = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self.removals = RemovalRunner(self.host, cfg.store_url, self.control, self._lock, self.table_in_use)
+        self.removals = RemovalRunner(self.host, cfg.store_url, self.control, self._lock, self.table_in_use,
+                                      key_dir=cfg.key_dir)
         self.jobs = StoreJobs(self.host, cfg.store_url, self.control, self.fsd)
         self._snap_seen = 0              # highest snapshot job number taken from host.watch
         self._trio_token: trio.lowlevel.TrioToken | None = None     # set while running

@@ -33,14 +33,13 @@ class StoreJobs:
         remove a snapshot (a volume mounted here is committed first), make a
         clone, or grow a block volume. Never raises: failures are the answer."""
         from fsd.backup import snapshots as fsnap
-        from fsd.store import open_store
         volume, snap, op = str(job["volume"]), str(job["snap"]), job.get("op")
         if op == "resize":
             await self._resize_job(job)
             return
 
         def run() -> list[int] | None:
-            store = open_store(self.store_url)
+            store = self.fsd.open_store()
             try:
                 if op == "clone":
                     return self._make_clone(store, volume, snap, dict(job.get("options") or {}))

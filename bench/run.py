@@ -39,11 +39,11 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_MD = BENCH_DIR / "RESULTS.md"
 MiB = 1 << 20
-SYSTEMS = ("ferry", "ferry-block", "s3fs", "rclone", "s3backer", "null")
+SYSTEMS = ("ferry", "ferry-enc", "ferry-block", "s3fs", "rclone", "s3backer", "null")
 PEERS = ("s3fs", "rclone", "s3backer")
 # "null" is bench/nullfs.py: an in-memory pyfuse3 filesystem with ferry's mount options, the ceiling of
 # the Python FUSE binding itself. It is not a peer: it never counts as "best peer".
-LABELS = {"null": "pyfuse3 null", "ferry-block": "ferry block (ext4)"}
+LABELS = {"null": "pyfuse3 null", "ferry-block": "ferry block (ext4)", "ferry-enc": "ferry encrypted (AES-GCM)"}
 ACCESS_KEY = "bench"
 SECRET_KEY = "bench-secret"
 REGION = "us-east-1"
@@ -513,6 +513,19 @@ class Ferry(System):
 
     def alive(self):
         return is_mounted(self.mnt) and (self.daemon is None or _alive(self.daemon))
+
+
+class FerryEncrypted(Ferry):
+    """ferry with -o encryption=aes-256-gcm (docs/encryption.md): what sealing every object costs."""
+    name = "ferry-enc"
+
+    def setup(self):
+        key = self.dir / "volume.key"
+        key.write_bytes(os.urandom(32))
+        key.chmod(0o600)
+        self.env["FERRY_KEY_FILE"] = str(key)
+        run_cmd([self.ferry, "fs", "mkfs", "--store", self.url, "-o", "encryption=aes-256-gcm", "vol"],
+                timeout=120, env=self.env, what="ferry fs mkfs")
 
 
 class FerryBlock(Ferry):
@@ -1169,14 +1182,14 @@ class Harness:
         for name in SYSTEMS:
             if name not in self.only:
                 continue
-            cls = {"ferry": Ferry, "ferry-block": FerryBlock, "s3fs": S3fs, "rclone": Rclone, "s3backer": S3backer,
-                   "null": NullFS}[name]
+            cls = {"ferry": Ferry, "ferry-enc": FerryEncrypted, "ferry-block": FerryBlock, "s3fs": S3fs,
+                   "rclone": Rclone, "s3backer": S3backer, "null": NullFS}[name]
             try:
                 sysobj = cls(self)
             except Exception as e:  # noqa: BLE001
                 self.results[name] = {k: Fail("fail", f"{type(e).__name__}: {e}") for k, _, _ in WORKLOADS}
                 continue
-            self.run_system(sysobj, ferry_local=(name in ("ferry", "ferry-block")
+            self.run_system(sysobj, ferry_local=(name in ("ferry", "ferry-enc", "ferry-block")
                                                  and "randwrite_sync_local" in self.workloads))
             self.notes += [f"{name}: {n}" for n in sysobj.notes]
         self.notes += self.data_path_notes()
@@ -1331,9 +1344,9 @@ def build_rows(h: Harness) -> tuple[list[str], list[list[str]]]:
             out.append(f"{mark} {text}")
         return ", ".join(out)
 
-    header = ["workload", "unit", "ceiling", "ferry", LABELS["ferry-block"], "s3fs", "rclone", "s3backer",
-              LABELS["null"], "ferry/ceiling", "ferry/best peer", f"ferry/{LABELS['null']}", "target",
-              "block/ceiling", "block/best peer", "block/ferry files"]
+    header = ["workload", "unit", "ceiling", "ferry", LABELS["ferry-enc"], LABELS["ferry-block"], "s3fs", "rclone",
+              "s3backer", LABELS["null"], "ferry/ceiling", "ferry/best peer", f"ferry/{LABELS['null']}", "target",
+              "encrypted/ferry", "block/ceiling", "block/best peer", "block/ferry files"]
     rows = []
     for key, label, unit in WORKLOADS:
         if key not in h.workloads:     # --workloads
@@ -1344,8 +1357,9 @@ def build_rows(h: Harness) -> tuple[list[str], list[list[str]]]:
         ce, ce_name = ceilings[key]
         ce_txt = "—" if ce is None else f"{fmt(ce)} ({ce_name})"
         block_v = get("ferry-block", fk)
+        enc_v = get("ferry-enc", fk)
         cells = [label, unit, ce_txt, "—" if ferry_v is None else fmt(ferry_v),
-                 "—" if block_v is None else fmt(block_v)]
+                 "—" if enc_v is None else fmt(enc_v), "—" if block_v is None else fmt(block_v)]
         for p in PEERS:
             v = get(p, peer_key)
             txt = "—" if v is None else fmt(v)
@@ -1362,7 +1376,7 @@ def build_rows(h: Harness) -> tuple[list[str], list[list[str]]]:
         cells.append("—" if rb is None else f"{fmt_ratio(rb)}× ({bpn})")
         cells.append("—" if rn is None else f"{fmt_ratio(rn)}×")
         cells.append(target(key, num(ferry_v)))
-        for r in (ratio(block_v, ce), ratio(block_v, bp), ratio(block_v, ferry_v)):
+        for r in (ratio(enc_v, ferry_v), ratio(block_v, ce), ratio(block_v, bp), ratio(block_v, ferry_v)):
             cells.append("—" if r is None else f"{fmt_ratio(r)}×")
         if ratio(block_v, bp) is not None:
             cells[-2] += f" ({bpn})"

@@ -54,6 +54,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--host-id: {e.message}") from None
     token = read_token(args.token_file)      # the same rules as every control client
     metrics_at = metrics_addr(args.metrics)
+    key_dir = Path(args.key_dir).absolute() if args.key_dir else None
+    if key_dir is not None and not key_dir.is_dir():
+        raise UsageError(f"--key-dir {key_dir}: no such directory (it holds one <name>.key per key name)")
     try:
         open_store(args.store).close()
     except Exception as e:  # noqa: BLE001 - bad URL or unusable store
@@ -61,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = AgentConfig(control=args.control, host_id=args.host_id, store_url=args.store,
                       cache_dir=Path(args.cache_dir).absolute(), socket=Path(args.socket).absolute(),
                       mount_root=Path(args.mount_root).absolute(), state_dir=Path(args.state_dir).absolute(),
-                      token=token, address=args.address or "", tls=tls)
+                      token=token, address=args.address or "", tls=tls, key_dir=key_dir)
     agent = Agent(cfg)
     serve_metrics(metrics_at, agent.metrics.registry, f"agent {args.host_id}")
     try:
@@ -96,6 +99,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="where volumes are mounted (default /var/lib/ferry/mounts)")
     s.add_argument("--state-dir", default="/var/lib/ferry/agent", metavar="DIR",
                    help="agent state (default /var/lib/ferry/agent)")
+    s.add_argument("--key-dir", metavar="DIR",
+                   help="keys of encrypted volumes, one <name>.key per key name (docker volume create -d ferry "
+                        "-o encryption=aes-256-gcm -o key=NAME; docs/encryption.md)")
     s.add_argument("--token-file", metavar="FILE",
                    help="file holding the cluster token (else $FERRY_TOKEN, $FERRY_TOKEN_FILE or /etc/ferry/token)")
     add_tls_client_args(s.add_argument_group("TLS to the control service"))

@@ -29,18 +29,37 @@ store URLs:
 """
 
 
+def key_ring(args):
+    """The keys given with --key-file or --key-dir, else $FERRY_KEY_FILE or $FERRY_KEY_DIR, or None."""
+    from fsd.store import KeyRing
+    key_file = getattr(args, "key_file", None)
+    key_dir = getattr(args, "key_dir", None)
+    if not key_file and not key_dir:
+        key_file, key_dir = os.environ.get("FERRY_KEY_FILE"), os.environ.get("FERRY_KEY_DIR")
+    if key_file:
+        return KeyRing(key_file=Path(key_file).absolute())
+    if key_dir:
+        return KeyRing(key_dir=Path(key_dir).absolute())
+    return None
+
+
+def open_volume_store(args, create: bool = False):
+    """The store of --store, able to open encrypted volumes with the keys given."""
+    from fsd.store import open_store
+    return open_store(args.store, create=create, ring=key_ring(args))
+
+
 # ---------------------------------------------------------------------- fs mkfs
 def cmd_mkfs(args) -> int:
     from fsd.format import keys
     from fsd.options import parse_kv
-    from fsd.store import open_store
     from fsd.volume import objects as volume
     try:
         keys.validate_volume_name(args.volume)
         opts = parse_kv(args.option or [])
     except ValueError as e:
         raise UsageError(str(e)) from None
-    store = open_store(args.store, create=True)
+    store = open_volume_store(args, create=True)
     try:
         if args.source:
             from fsd.backup import clones
@@ -77,7 +96,7 @@ def _mount_config(args):
         raise UsageError(f"{mp} is already a mount point")
     return MountConfig(store_url=args.store, volume=args.volume, cache_dir=Path(args.cache_dir).resolve(),
                        mountpoint=mp.resolve(), options=opts, takeover=args.takeover,
-                       allow_unfenced=args.allow_unfenced_store)
+                       allow_unfenced=args.allow_unfenced_store, ring=key_ring(args))
 
 
 def cmd_mount(args) -> int:
@@ -168,9 +187,8 @@ def cmd_resize(args) -> int:
 
 # ---------------------------------------------------------------------- fs fsck
 def cmd_fsck(args) -> int:
-    from fsd.store import open_store
     from fsd.tools.fsck import fsck
-    store = open_store(args.store)
+    store = open_volume_store(args)
     update, stop = progress_reporter(f"{'verifying' if args.verify_data else 'checking'} {args.volume}", "blocks")
     try:
         report = fsck(store, args.volume, verify_data=args.verify_data, progress=update)
@@ -190,9 +208,8 @@ def cmd_fsck(args) -> int:
 
 # ------------------------------------------------------------------- fs inspect
 def cmd_inspect(args) -> int:
-    from fsd.store import open_store
     from fsd.tools.inspect import inspect_volume
-    store = open_store(args.store)
+    store = open_volume_store(args)
     try:
         info = inspect_volume(store, args.volume)
     finally:
@@ -211,13 +228,12 @@ def cmd_inspect(args) -> int:
 def cmd_rm(args) -> int:
     from fsd.format import keys
     from fsd.lifecycle import removal
-    from fsd.store import open_store
     from fsd.volume.objects import VolumeError
     try:
         keys.validate_volume_name(args.volume)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    store = open_store(args.store)
+    store = open_volume_store(args)
     try:
         refs = removal.pending_removals(store, args.volume)     # interrupted removals to finish
         refused: Exception | None = None
@@ -253,12 +269,11 @@ def cmd_rm(args) -> int:
 def cmd_gc(args) -> int:
     from fsd.gc.run import collect
     from fsd.options import parse_duration
-    from fsd.store import open_store
     try:
         grace = parse_duration(args.grace)
     except ValueError as e:
         raise UsageError(f"--grace: {e}") from None
-    store = open_store(args.store)
+    store = open_volume_store(args)
     try:
         update, stop = progress_reporter(f"collecting {args.volume}")
         try:
@@ -289,14 +304,13 @@ def cmd_gc(args) -> int:
 def cmd_snapshot(args) -> int:
     from fsd.backup import snapshots
     from fsd.format import keys
-    from fsd.store import open_store
     try:
         keys.validate_volume_name(args.volume)
         if args.snapcmd != "ls":
             keys.validate_snapshot_name(args.snap)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    store = open_store(args.store)
+    store = open_volume_store(args)
     try:
         if args.snapcmd == "create":
             t0 = time.monotonic()
@@ -327,9 +341,8 @@ def cmd_snapshot(args) -> int:
 # ----------------------------------------------------------------- fs history
 def cmd_history(args) -> int:
     from fsd.backup import history
-    from fsd.store import open_store
     from fsd.volume import objects as volume
-    store = open_store(args.store)
+    store = open_volume_store(args)
     try:
         ref, sb = volume.locate(store, args.volume)
         commits = history.commits(store, ref.root)
@@ -359,9 +372,8 @@ def cmd_history(args) -> int:
 
 def cmd_export(args) -> int:
     from fsd.backup import tarexport
-    from fsd.store import open_store
     out, close = open_output(args.output)
-    store = open_store(args.store)
+    store = open_volume_store(args)
     t0 = time.monotonic()
     update, stop = byte_progress(f"exporting {args.source}")
     try:
@@ -385,13 +397,12 @@ def cmd_export(args) -> int:
 def cmd_import(args) -> int:
     from fsd.backup import tarimport
     from fsd.options import parse_kv
-    from fsd.store import open_store
     try:
         opts = parse_kv(args.option or [])
     except ValueError as e:
         raise UsageError(str(e)) from None
     src, total, close = open_input(args.file)
-    store = open_store(args.store, create=True)
+    store = open_volume_store(args, create=True)
     t0 = time.monotonic()
     update, stop = byte_progress(f"importing {args.volume}")
     try:
@@ -411,6 +422,23 @@ def cmd_import(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------- fs rekey
+def cmd_rekey(args) -> int:
+    from fsd.store import KeyRing
+    from fsd.volume.rekey import rekey
+    if not (args.key_file or args.key_dir):
+        raise UsageError("rekey needs the volume's current key: --key-file FILE (or --key-dir DIR)")
+    new = KeyRing(key_file=Path(args.new_key_file)).get(args.new_key_name or "new")
+    store = open_volume_store(args)
+    try:
+        info = rekey(store, args.volume, new, args.new_key_name)
+    finally:
+        store.close()
+    print(f"volume {args.volume}: its data key is now wrapped by key {info.key_name!r} (fingerprint "
+          f"{info.keys[0].kek}); the old key no longer opens it")
+    return 0
+
+
 # ------------------------------------------------------------------------ main
 def register(sub: argparse._SubParsersAction[Parser]) -> None:
     """Add `ferry fs` and its subcommands to the top-level parser's subcommands."""
@@ -422,6 +450,15 @@ def register(sub: argparse._SubParsersAction[Parser]) -> None:
     def store_arg(sp):
         sp.add_argument("--store", required=True, metavar="URL", help="file:///PATH or s3://BUCKET[/PREFIX]?endpoint=URL&region=R")
         sp.add_argument("volume", metavar="VOLUME", help="volume name (1-128 of letters, digits, . _ -)")
+        key_args(sp)
+
+    def key_args(sp):
+        k = sp.add_mutually_exclusive_group()
+        k.add_argument("--key-file", metavar="FILE",
+                       help="key of an encrypted volume (32 bytes: raw, base64 or hex; default $FERRY_KEY_FILE; "
+                            "docs/encryption.md)")
+        k.add_argument("--key-dir", metavar="DIR",
+                       help="directory of keys, one <name>.key per key name (default $FERRY_KEY_DIR)")
 
     from fsd.format.superblock import KNOWN_OPTIONS as MKFS_OPTIONS
     m = fss.add_parser("mkfs", help="create a volume (empty, or a clone with --from)",
@@ -566,8 +603,24 @@ def register(sub: argparse._SubParsersAction[Parser]) -> None:
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ex.add_argument("--store", required=True, metavar="URL", help="file:///PATH or s3://BUCKET[/PREFIX]?endpoint=URL")
     ex.add_argument("source", metavar="VOLUME[@SNAP|@TIME]")
+    key_args(ex)
     ex.add_argument("-o", "--output", metavar="FILE", help="where to write the tar ('-' or omitted: stdout)")
     ex.set_defaults(fn=cmd_export)
+    rk = fss.add_parser("rekey", help="wrap an encrypted volume's data key with a new key",
+                        description="Key rotation: the volume's data key is unwrapped with its current key "
+                                    "(--key-file) and wrapped with the new one; the superblock is rewritten, "
+                                    "nothing else. The data key itself, and so every object, stays as it is: "
+                                    "what rotates is the key that guards it (docs/encryption.md). Clones "
+                                    "carry their own copy of the wrapped data key: rekey each of them too.",
+                        epilog="example:\n  ferry fs rekey --store file:///srv/ferry-store myvol --key-file old.key "
+                               "--new-key-file new.key",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    store_arg(rk)
+    rk.add_argument("--new-key-file", required=True, metavar="FILE", help="the key to wrap the data key with")
+    rk.add_argument("--new-key-name", metavar="NAME",
+                    help="the new key's name (what an agent's --key-dir holds as NAME.key; default: unchanged)")
+    rk.set_defaults(fn=cmd_rekey)
+
     im = fss.add_parser("import", help="create a volume from a tar, uploading straight to the store",
                         description="Create a new volume from a tar (pax, GNU or ustar; gzip, bzip2 or xz "
                                     "compressed or not): what ferry fs export, GNU tar, bsdtar or busybox tar "

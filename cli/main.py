@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.argv = argv
+    from fsd.format.crypto import KeyError_
     from fsd.format.framing import CorruptObject
     from fsd.store.base import StoreError
     from fsd.volume.objects import VolumeError
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"ferry: {e}", file=sys.stderr)
         return 2
-    except (StoreError, VolumeError, CorruptObject, Failure) as e:
+    except (StoreError, VolumeError, CorruptObject, KeyError_, Failure) as e:
         print(f"ferry: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -180,11 +180,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     """Rebuild control's records from the store (control/recover.py)."""
     from cli.common import store_url
-    from fsd.store import open_store
+    from fsd.store import KeyRing, open_store
     from fsd.tools import inventory
     url = store_url(args)
+    key_dir = args.key_dir or os.environ.get("FERRY_KEY_DIR")
     try:
-        store = open_store(url)
+        store = open_store(url, ring=KeyRing(key_dir=Path(key_dir)) if key_dir else None)
     except Exception as e:  # noqa: BLE001 - bad URL or unusable store
         raise UsageError(f"--store: {e}") from None
     update, stop = progress_reporter("reading the store")
@@ -264,6 +265,9 @@ def register(cs: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                                    "not in the store and come back empty.",
                        epilog=EXAMPLES, formatter_class=raw)
     rc.add_argument("--store", metavar="URL", help="the store the agents use (default $FERRY_STORE)")
+    rc.add_argument("--key-dir", metavar="DIR",
+                    help="the agents' key directory: without it, encrypted volumes whose snapshots, pins or "
+                         "image size must be read are left out with a note (default $FERRY_KEY_DIR)")
     rc.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
     client_args(rc)
     rc.set_defaults(fn=cmd_recover)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fsd.format import keys
+from fsd.format.crypto import CIPHERS, KEY_SIZE, NONCE_SIZE, TAG_SIZE, EncryptionInfo, WrappedKey
 from fsd.format.superblock import KNOWN_OPTIONS as MKFS_OPTIONS
 from fsd.format.superblock import make_superblock, mkfs_options
 from fsd.options import KNOWN as MOUNT_OPTIONS
@@ -32,6 +33,16 @@ def validate_volume_name(name: Any) -> str:
     return name
 
 
+def _placeholder_encryption(options: dict[str, str]) -> EncryptionInfo | None:
+    """Stands in for the key family the agent makes at mkfs (the control service never
+    holds keys), so an encrypted volume's options are checked like any other's."""
+    cipher = options.get("encryption", "none")
+    if cipher not in CIPHERS:
+        return None             # "none", or a bad value make_superblock explains
+    return EncryptionInfo(cipher, options.get("key", "default"), "0" * 32,
+                          (WrappedKey(1, "0" * 16, bytes(NONCE_SIZE), bytes(KEY_SIZE + TAG_SIZE)),))
+
+
 def validate_volume_options(name: str, options: dict[str, str]) -> dict[str, str]:
     """ValueError naming the bad option (and listing the known ones when unknown)."""
     known = known_volume_options()
@@ -39,7 +50,8 @@ def validate_volume_options(name: str, options: dict[str, str]) -> dict[str, str
     if unknown:
         raise ValueError(f"unknown volume option(s) {', '.join(unknown)}; known: "
                          + "; ".join(f"{k}={v}" for k, v in known.items()))
-    make_superblock(name, mkfs_options(options), 0)
+    mkfs = mkfs_options(options)
+    make_superblock(name, mkfs, 0, encryption=_placeholder_encryption(mkfs))
     if "from" in options:
         from fsd.backup.clones import parse_source
         try:

@@ -47,11 +47,12 @@ def _standalone_gc(store_url: str, delay: float, out: list) -> None:
     out.append(run_ferry("fs", "gc", "--store", store_url, VOL, "--grace", "0"))
 
 
-def run_trials(tmp_path: Path, store_url: str, mode: str, trials: int, seed0: int, gc: bool = False) -> None:
+def run_trials(tmp_path: Path, store_url: str, mode: str, trials: int, seed0: int, gc: bool = False,
+               mkfs_opts: tuple[str, ...] = ()) -> None:
     opts = [f"durability={mode}", f"commit_interval={COMMIT_INTERVAL}"] + (GC_OPTS if gc else [])
     m = FerryMount(tmp_path, tmp_path / "mnt", tmp_path / "cache-0")
     with m:
-        m.mkfs(store_url, VOL, options=["history=0"] if gc else [])
+        m.mkfs(store_url, VOL, options=(["history=0"] if gc else []) + list(mkfs_opts))
         m.mount(store_url, VOL, options=opts)
         for w in range(WRITERS):
             (m.mountpoint / f"w{w}").mkdir()
@@ -148,6 +149,33 @@ def test_crash_torture_with_gc(tmp_path, s3_store_url, mode):
     """Issue 8: the same model, with the owner's background GC and a
     standalone GC pass racing the writers and the kill."""
     run_trials(tmp_path, s3_store_url, mode, int(os.environ.get("FERRY_TORTURE_GC_TRIALS", "6")), _seed(), gc=True)
+
+
+def _encrypt(tmp_path: Path, monkeypatch) -> tuple[str, ...]:
+    """Every ferry process of the test (mkfs, the daemons, fsck, GC) gets the key from $FERRY_KEY_FILE."""
+    key = tmp_path / "volume.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    monkeypatch.setenv("FERRY_KEY_FILE", str(key))
+    return ("encryption=aes-256-gcm",)
+
+
+@pytest.mark.parametrize("mode", ["remote", "local"])
+def test_crash_torture_encrypted(tmp_path, s3_store_url, mode, monkeypatch):
+    """Issue 21: the same model on an encrypted volume, with GC (sealed journal,
+    snapshots, pins and data; takeover on a fresh cache unwraps the key again)."""
+    run_trials(tmp_path, s3_store_url, mode, int(os.environ.get("FERRY_TORTURE_ENC_TRIALS", "4")), _seed(),
+               gc=True, mkfs_opts=_encrypt(tmp_path, monkeypatch))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(7200)
+@pytest.mark.parametrize("chain", range(int(os.environ.get("FERRY_TORTURE_CHAINS", "2"))))
+@pytest.mark.parametrize("mode", ["remote", "local"])
+def test_crash_torture_encrypted_long(tmp_path, s3_store_url, mode, chain, monkeypatch):
+    trials = int(os.environ.get("FERRY_TORTURE_SLOW_TRIALS", "40"))
+    run_trials(tmp_path, s3_store_url, mode, trials, _seed() + chain * 100_000 + 70_000, gc=True,
+               mkfs_opts=_encrypt(tmp_path, monkeypatch))
 
 
 @pytest.mark.slow

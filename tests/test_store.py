@@ -14,7 +14,7 @@ import pytest
 import trio
 import urllib3
 
-from fsd.store import open_store
+from fsd.store import open_raw_store
 from fsd.store.aio import AsyncStore
 from fsd.store.base import NotFound, PreconditionFailed, StoreAuthError, StoreConfigError, StoreError, StoreUnavailable
 from fsd.store.filestore import FileStore
@@ -278,7 +278,7 @@ def test_bad_urls_are_refused_clearly(url, why):
 
 @pytest.mark.parametrize("key", ["", "a//b", "../x", "a/../../x", "a/./b", "/abs", "a/", "a/.tmp-x", "a\0b", "."])
 def test_file_store_rejects_bad_keys(file_store_url, key):
-    s = open_store(file_store_url)
+    s = open_raw_store(file_store_url)
     for op in (lambda: s.put(key, b"x"), lambda: s.get(key), lambda: s.head(key), lambda: s.delete(key)):
         with pytest.raises(StoreError, match="invalid object key"):
             op()
@@ -287,14 +287,14 @@ def test_file_store_rejects_bad_keys(file_store_url, key):
 
 def test_file_store_missing_directory_says_what_to_do(tmp_path):
     with pytest.raises(StoreConfigError, match=f"mkdir -p {tmp_path}/nope"):
-        open_store(f"file://{tmp_path}/nope")
+        open_raw_store(f"file://{tmp_path}/nope")
     (tmp_path / "f").write_bytes(b"")
     with pytest.raises(StoreConfigError, match="not a directory"):
-        open_store(f"file://{tmp_path}/f")
+        open_raw_store(f"file://{tmp_path}/f")
 
 
 def test_file_store_layout_and_no_temp_leftovers(file_store_url):
-    s = open_store(file_store_url)
+    s = open_raw_store(file_store_url)
     root = file_root(file_store_url)
     s.put("vol/data/ab/abcdef", b"block")
     assert (root / "vol" / "data" / "ab" / "abcdef").read_bytes() == b"block"
@@ -310,7 +310,7 @@ def test_file_store_layout_and_no_temp_leftovers(file_store_url):
 
 
 def test_file_store_directories_are_not_objects(file_store_url):
-    s = open_store(file_store_url)
+    s = open_raw_store(file_store_url)
     s.put("a/b", b"1")
     assert s.head("a") is None
     with pytest.raises(NotFound):
@@ -328,7 +328,7 @@ def test_file_store_directories_are_not_objects(file_store_url):
 
 
 def test_file_store_list_walks_only_the_prefix_directory(file_store_url, monkeypatch):
-    s = open_store(file_store_url)
+    s = open_raw_store(file_store_url)
     for i in range(3):
         s.put(f"vol/data/{i:02x}/h{i}", b"x")
         s.put(f"other/{i}", b"x")
@@ -357,7 +357,7 @@ def test_file_store_list_walks_only_the_prefix_directory(file_store_url, monkeyp
 ])
 def test_file_store_os_errors_are_store_errors(file_store_url, monkeypatch, err, exc, advice):
     """The CLI and the committer handle StoreError, not raw OSError."""
-    s = open_store(file_store_url)
+    s = open_raw_store(file_store_url)
     s.put("d/x", b"1")
     real_open = os.open
 
@@ -378,7 +378,7 @@ def test_file_store_os_errors_are_store_errors(file_store_url, monkeypatch, err,
 def test_file_store_permission_denied_for_real(file_store_url):
     if os.geteuid() == 0:
         pytest.skip("root ignores directory permissions")
-    s = open_store(file_store_url)
+    s = open_raw_store(file_store_url)
     root = file_root(file_store_url)
     s.put("locked/x", b"1")
     (root / "locked").chmod(0o500)
@@ -393,9 +393,9 @@ def test_file_store_permission_denied_for_real(file_store_url):
 
 def test_s3_missing_bucket(moto_endpoint):
     with pytest.raises(StoreConfigError, match="bucket no-such-bucket-here does not exist .* create it first"):
-        open_store(f"s3://no-such-bucket-here?endpoint={moto_endpoint}&region=us-east-1")
+        open_raw_store(f"s3://no-such-bucket-here?endpoint={moto_endpoint}&region=us-east-1")
     # without the early check, the first operation says the same
-    s = open_store(f"s3://no-such-bucket-here?endpoint={moto_endpoint}&region=us-east-1", check=False)
+    s = open_raw_store(f"s3://no-such-bucket-here?endpoint={moto_endpoint}&region=us-east-1", check=False)
     with pytest.raises(StoreConfigError, match="no-such-bucket-here does not exist"):
         s.put("k", b"1")
     with pytest.raises(StoreConfigError, match="does not exist"):
@@ -406,7 +406,7 @@ def test_s3_unreachable_endpoint_is_unavailable_quickly():
     url = f"s3://bucket?endpoint=http://127.0.0.1:{free_port()}&region=us-east-1"
     t0 = time.monotonic()
     with pytest.raises(StoreUnavailable, match=r"cannot reach object store at http://127\.0\.0\.1:\d+ .*3 attempt"):
-        open_store(url, attempts=3, base_delay=0.01, connect_timeout=1)
+        open_raw_store(url, attempts=3, base_delay=0.01, connect_timeout=1)
     s = S3Store(parse_store_url(url), attempts=2, base_delay=0.01, connect_timeout=1)
     with pytest.raises(StoreUnavailable, match="check the endpoint and the network"):
         s.get("x")
@@ -415,13 +415,13 @@ def test_s3_unreachable_endpoint_is_unavailable_quickly():
 
 def test_s3_prefix_is_transparent(moto_endpoint):
     b = make_bucket(moto_endpoint)
-    s = open_store(f"s3://{b}/some/prefix?endpoint={moto_endpoint}")
+    s = open_raw_store(f"s3://{b}/some/prefix?endpoint={moto_endpoint}")
     s.put("v/k", b"1")
     s.put("v/l", b"2")
     assert list(s.list("v/")) == ["v/k", "v/l"]
     assert list(s.list("v/", start_after="v/k")) == ["v/l"]
     assert s.get("v/k") == b"1" and s.head("v/l") == 1
-    raw = open_store(f"s3://{b}?endpoint={moto_endpoint}")
+    raw = open_raw_store(f"s3://{b}?endpoint={moto_endpoint}")
     raw.put("outside", b"x")
     assert list(raw.list("")) == ["outside", "some/prefix/v/k", "some/prefix/v/l"]
     assert list(s.list("")) == ["v/k", "v/l"]
@@ -430,7 +430,7 @@ def test_s3_prefix_is_transparent(moto_endpoint):
 
 
 def test_s3_list_paginates(s3_store_url):
-    s = open_store(s3_store_url)
+    s = open_raw_store(s3_store_url)
     s.page_size = 7
     keys = [f"p/{i:03d}" for i in range(40)]
     for k in keys + ["q/0"]:
@@ -468,7 +468,7 @@ def flaky_store(request, s3_store_url):
     lean = request.param == "data-path"
 
     def make(**kw):
-        s = open_store(s3_store_url, data_path=lean, **kw)
+        s = open_raw_store(s3_store_url, data_path=lean, **kw)
         assert (s.data is not None) == lean
 
         def flaky(method: str, exc: Exception, n: int, apply_first: bool = False) -> Flaky:
@@ -526,7 +526,7 @@ def test_s3_conditional_create_lost_to_another_writer_still_fails(flaky_store):
 def test_s3_data_path_errors_are_the_clients(s3_store_url):
     """The lean path reports S3's refusals as boto3 does, against the real
     wire protocol: a missing key, a taken key, a missing bucket, a dead server."""
-    lean, boto = open_store(s3_store_url), open_store(s3_store_url, data_path=False)
+    lean, boto = open_raw_store(s3_store_url), open_raw_store(s3_store_url, data_path=False)
     assert lean.data is not None and boto.data is None
     for s in (lean, boto):
         with pytest.raises(NotFound):
@@ -555,7 +555,7 @@ def test_s3_data_path_is_off_behind_a_proxy(s3_store_url, monkeypatch):
 
 
 def test_s3_missing_credentials_are_an_auth_error(s3_store_url):
-    s = open_store(s3_store_url)
+    s = open_raw_store(s3_store_url)
     s.client.head_object = Flaky(s.client.head_object, botocore.exceptions.NoCredentialsError(), 100)
     with pytest.raises(StoreAuthError, match="AWS_ACCESS_KEY_ID"):
         s.head("k")
@@ -592,7 +592,7 @@ def test_s3_outage_and_recovery(moto_control):
     """A store that goes away is StoreUnavailable (after the bounded retries)
     and usable again once it is back; the restarted moto is empty."""
     bucket = moto_control.make_bucket()
-    s = open_store(moto_control.store_url(bucket), attempts=2, base_delay=0.01, connect_timeout=1)
+    s = open_raw_store(moto_control.store_url(bucket), attempts=2, base_delay=0.01, connect_timeout=1)
     s.put("k", b"before")
     port = moto_control.port
     moto_control.stop()
@@ -609,14 +609,14 @@ def test_s3_outage_and_recovery(moto_control):
 
 
 def test_file_store_object_is_a_plain_file_store(file_store_url):
-    assert isinstance(open_store(file_store_url), FileStore)
-    assert open_store(file_store_url).url == file_store_url
+    assert isinstance(open_raw_store(file_store_url), FileStore)
+    assert open_raw_store(file_store_url).url == file_store_url
 
 
 def test_s3_data_path_names_keys_as_boto3_does(s3_store_url):
     """Keys with characters that need escaping reach S3 under the same name
     through either path (the signature covers the escaped path)."""
-    lean, boto = open_store(s3_store_url), open_store(s3_store_url, data_path=False)
+    lean, boto = open_raw_store(s3_store_url), open_raw_store(s3_store_url, data_path=False)
     for key in ("a b+c/ü~x", "v/100%/=&?#", "plain/k.0000000000000001"):
         lean.put(key, key.encode())
         assert boto.get(key) == key.encode() and lean.get(key) == key.encode()
@@ -635,16 +635,16 @@ def test_s3_data_path_addresses_aws_buckets_like_boto3():
 def test_a_missing_file_store_directory_is_created_only_by_commands_that_set_one_up(tmp_path, caplog):
     missing = tmp_path / "nfs-share" / "ferry-store"
     with pytest.raises(StoreConfigError, match="does not exist; create it with: mkdir -p"):
-        open_store(f"file://{missing}")                 # fsck, gc, mount: a typo or an unmounted share
+        open_raw_store(f"file://{missing}")                 # fsck, gc, mount: a typo or an unmounted share
     assert not missing.exists()
     with caplog.at_level("WARNING", logger="ferry.store"):
-        store = open_store(f"file://{missing}", create=True)
+        store = open_raw_store(f"file://{missing}", create=True)
     assert missing.is_dir() and (missing.stat().st_mode & 0o777) == 0o700
     assert any("did not exist: created it" in r.getMessage() and str(missing) in r.getMessage()
                for r in caplog.records), caplog.text
     store.put("k", b"v")
-    assert open_store(f"file://{missing}").get("k") == b"v"
+    assert open_raw_store(f"file://{missing}").get("k") == b"v"
     caplog.clear()
     with caplog.at_level("WARNING", logger="ferry.store"):
-        open_store(f"file://{missing}", create=True)      # there now: nothing to say
+        open_raw_store(f"file://{missing}", create=True)      # there now: nothing to say
     assert not caplog.records

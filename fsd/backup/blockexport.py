@@ -22,9 +22,11 @@ from typing import BinaryIO
 
 from fsd.backup.exportread import BlockReader, ExportError, ExportStats, extents, pieces
 from fsd.block.stack import IMAGE_NAME
+from fsd.format.dataobj import HashSpec
 from fsd.format.superblock import Superblock
 from fsd.meta.state import ROOT_INO, MetaState
 from fsd.store.base import ObjectStore
+from fsd.store.sealing import hash_spec
 
 Progress = Callable[[int, int], None]
 
@@ -35,7 +37,7 @@ def tar_argv(tree: Path) -> list[str]:
             "--numeric-owner", "--exclude=./lost+found", "-C", str(tree), "."]
 
 
-def copy_image(store: ObjectStore, state: MetaState, roots: list[str], content_hash: str, dest: Path,
+def copy_image(store: ObjectStore, state: MetaState, roots: list[str], content_hash: HashSpec, dest: Path,
                progress: Progress | None = None, window: int = 16) -> int:
     """Write the snapshot's `image` to `dest` as a sparse file; returns the data bytes copied."""
     ino = state.entries.get(ROOT_INO, {}).get(IMAGE_NAME.encode(), (None,))[0]
@@ -71,7 +73,7 @@ def export(store: ObjectStore, state: MetaState, sb: Superblock, roots: list[str
     tree.mkdir()
     device = None
     try:
-        stats.bytes = copy_image(store, state, roots, sb.content_hash, image, progress)
+        stats.bytes = copy_image(store, state, roots, hash_spec(store, roots[0], sb), image, progress)
         r = subprocess.run(["losetup", "--find", "--show", str(image)], capture_output=True, text=True)
         if r.returncode != 0:
             raise ExportError(f"cannot attach the image copy to a loop device: {r.stderr.strip()} "

@@ -149,9 +149,16 @@ def create(store: ObjectStore, new: str, source: str | Source, options: dict[str
     if any(k in opts for k in ("layout", "fs", "size", "hash")):
         raise CloneError("a clone has its origin's layout, filesystem, image size and content hash; "
                          "drop -o layout/fs/size/hash")
-    opts["hash"] = osb.content_hash     # the clone reads the origin's blocks by their names
+    if any(k in opts for k in ("encryption", "key")):
+        raise CloneError("a clone shares its origin's data objects, and so its encryption and data key; "
+                         "drop -o encryption/key")
+    enc = osb.encryption
+    if enc is None:
+        opts["hash"] = osb.content_hash     # the clone reads the origin's blocks by their names
+    else:                                   # the same key family: it opens the origin's objects
+        opts["encryption"], opts["key"] = enc.cipher, enc.key_name
     try:
-        sb = make_superblock(new, opts, clock())
+        sb = make_superblock(new, opts, clock(), encryption=enc)
     except ValueError as e:
         raise CloneError(str(e)) from None
     sb.block_size = osb.block_size

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from fsd.format import keys
-from fsd.format.dataobj import decode_block
+from fsd.format.dataobj import HashSpec, decode_block
 from fsd.meta.state import MetaState
 from fsd.store.base import NotFound, ObjectStore
 
@@ -75,7 +75,7 @@ def pieces(state: MetaState, ino: int, runs: list[tuple[int, int]]) -> Iterator[
 class BlockReader:
     """Fetches pieces `window` ahead in threads; yields their bytes in order."""
 
-    def __init__(self, store: ObjectStore, state: MetaState, roots: list[str], content_hash: str,
+    def __init__(self, store: ObjectStore, state: MetaState, roots: list[str], content_hash: HashSpec,
                  window: int = 16) -> None:
         self.store = store
         self.state = state

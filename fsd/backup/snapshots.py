@@ -26,6 +26,7 @@ from pathlib import Path
 
 from fsd import failpoints
 from fsd.format import keys
+from fsd.format.dataobj import HashSpec
 from fsd.format.framing import CorruptObject
 from fsd.format.pin import PENDING, PENDING_TIMEOUT_NS, READY, Pin
 from fsd.format.snapshot import decode_snapshot
@@ -211,7 +212,7 @@ def lookup(state: MetaState, path: str) -> int:
     return ino
 
 
-def read_file(store: ObjectStore, root: str, state: MetaState, ino: int, content_hash: str) -> bytes:
+def read_file(store: ObjectStore, root: str, state: MetaState, ino: int, content_hash: HashSpec) -> bytes:
     """The whole content of regular file `ino` in a (snapshot) state, from
     its data objects (named by the volume's `content_hash`) and inline
     patches; holes read as zeros."""

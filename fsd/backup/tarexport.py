@@ -28,8 +28,10 @@ from datetime import UTC
 from typing import BinaryIO
 
 from fsd.backup.exportread import BlockReader, ExportError, ExportStats, extents, pieces
+from fsd.format.dataobj import HashSpec
 from fsd.meta.state import MetaState
 from fsd.store.base import ObjectStore
+from fsd.store.sealing import hash_spec
 
 log = logging.getLogger("ferry.export")
 
@@ -136,7 +138,7 @@ def sparse_map(runs: list[tuple[int, int]], size: int) -> bytes:
     return b + b"\0" * (-len(b) % 512)
 
 
-def export(store: ObjectStore, state: MetaState, roots: list[str], content_hash: str, out: BinaryIO, *,
+def export(store: ObjectStore, state: MetaState, roots: list[str], content_hash: HashSpec, out: BinaryIO, *,
            progress: Progress | None = None, window: int = 16) -> ExportStats:
     """Write the tar of `state` (a snapshot's metadata; `roots`: where its
     blocks are by `src`; `content_hash`: the volume's) to `out`,
@@ -223,7 +225,7 @@ def export_volume(store: ObjectStore, spec: str, out: BinaryIO, *, progress: Pro
         if sb.layout == "block":       # the files inside the image, not the image
             from fsd.backup import blockexport
             return blockexport.export(store, state, sb, sb.data_roots(ref.root), out, progress=progress)
-        return export(store, state, sb.data_roots(ref.root), sb.content_hash, out, progress=progress)
+        return export(store, state, sb.data_roots(ref.root), hash_spec(store, ref.root, sb), out, progress=progress)
     finally:
         if temp is not None:
             snapshots.remove(store, src.volume, temp)

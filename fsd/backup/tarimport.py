@@ -39,12 +39,13 @@ from typing import BinaryIO
 
 from fsd import failpoints
 from fsd.format import keys
-from fsd.format.dataobj import encode_block
+from fsd.format.dataobj import HashSpec, encode_block
 from fsd.format.superblock import make_superblock
 from fsd.meta.check import check_state
 from fsd.meta.records import BLOCK, DENT, INODE, NAME_MAX, XATTR, XATTR_SIZE_MAX
 from fsd.meta.state import MetaState
 from fsd.store.base import ObjectStore, PreconditionFailed
+from fsd.store.sealing import adopt_root, hash_spec, new_encryption
 from fsd.volume import creating
 from fsd.volume import objects as vol_mod
 
@@ -233,7 +234,8 @@ def import_tar(store: ObjectStore, name: str, src: BinaryIO, options: dict[str, 
         raise TarImportError("import makes layout=files volumes only; to fill a block volume, mount it and "
                              "extract the tar into it (tar -xpf FILE -C MOUNTPOINT)")
     try:
-        sb = make_superblock(name, dict(options or {}), clock())
+        opts = dict(options or {})
+        sb = make_superblock(name, opts, clock(), encryption=new_encryption(store, opts))
     except ValueError as e:
         raise TarImportError(str(e)) from None
     sb.fencing = vol_mod.check_fencing_support(store, False)
@@ -241,7 +243,9 @@ def import_tar(store: ObjectStore, name: str, src: BinaryIO, options: dict[str, 
     marker = creating.Marker(store, root, f"import of {name}")
     stats = ImportStats()
     try:
-        tree = _read(store, root, sb.block_size, sb.compression == "zstd", sb.content_hash, src, strip, stats,
+        adopt_root(store, root, sb)           # data objects come before the superblock here
+        hs = hash_spec(store, root, sb)
+        tree = _read(store, root, sb.block_size, sb.compression == "zstd", hs, src, strip, stats,
                      marker, progress, total, window, clock())
         records = tree.records()
         problems = check_state(MetaState.from_records(sb.block_size, records))
@@ -260,7 +264,7 @@ def import_tar(store: ObjectStore, name: str, src: BinaryIO, options: dict[str, 
     return ref, stats
 
 
-def _read(store: ObjectStore, root: str, bs: int, compress: bool, content_hash: str, src: BinaryIO, strip: int,
+def _read(store: ObjectStore, root: str, bs: int, compress: bool, content_hash: HashSpec, src: BinaryIO, strip: int,
           stats: ImportStats, marker: creating.Marker, progress: Progress | None, total: int, window: int,
           now_ns: int) -> _Tree:
     tree = _Tree(now_ns)

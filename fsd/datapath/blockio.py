@@ -16,7 +16,7 @@ import trio
 from fsd.datapath.cache.blockcache import BlockCache
 from fsd.datapath.cache.filler import CacheFiller
 from fsd.format import keys
-from fsd.format.dataobj import decode_block, encode_block
+from fsd.format.dataobj import HashSpec, decode_block, encode_block
 from fsd.format.framing import CorruptObject
 from fsd.meta.ops import FsError
 from fsd.meta.state import BlockRef
@@ -46,7 +46,7 @@ class BlockIO:
     """Fetch (with de-duplication of concurrent fetches) and upload blocks."""
 
     def __init__(self, *, volume: str, root: str, epoch: int, astore: AsyncStore, cache: BlockCache,
-                 filler: CacheFiller, compress: bool, content_hash: str, cpu_limiter: trio.CapacityLimiter,
+                 filler: CacheFiller, compress: bool, content_hash: HashSpec, cpu_limiter: trio.CapacityLimiter,
                  origin_roots: tuple[str, ...] = (), recent_bytes: int = 32 << 20) -> None:
         self.volume = volume        # for log lines
         self.root = root            # key prefix of the volume's objects

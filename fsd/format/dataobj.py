@@ -42,10 +42,16 @@ _HASHERS: dict[str, Callable[[Buffer], bytes]] = {
     "blake3": lambda raw: blake3.blake3(raw).digest(),     # 32 bytes by default
 }
 HASHES = tuple(_HASHERS)
+# A volume's content hash: the name of an unkeyed one (HASHES), or for an
+# encrypted volume its key family's keyed hash (fsd.format.crypto.VolumeCipher.
+# content_hash: only a holder of the data key can compute it).
+HashSpec = str | Callable[[Buffer], bytes]
 
 
-def block_hash(raw: Buffer, algo: str) -> bytes:
-    """The content address of a raw block under hash `algo` (one of HASHES)."""
+def block_hash(raw: Buffer, algo: HashSpec) -> bytes:
+    """The content address of a raw block under hash `algo` (one of HASHES, or a keyed hash)."""
+    if callable(algo):
+        return algo(raw)
     try:
         fn = _HASHERS[algo]
     except KeyError:
@@ -53,7 +59,7 @@ def block_hash(raw: Buffer, algo: str) -> bytes:
     return fn(raw)
 
 
-def encode_block(raw: Buffer, compress: bool, algo: str) -> tuple[bytes, bytes]:
+def encode_block(raw: Buffer, compress: bool, algo: HashSpec) -> tuple[bytes, bytes]:
     """(hash of raw, object bytes). With `compress`, zstd is used only when it
     actually makes the object smaller; incompressible data is stored as is."""
     n = len(raw)
@@ -68,7 +74,7 @@ def encode_block(raw: Buffer, compress: bool, algo: str) -> tuple[bytes, bytes]:
     return h, b"".join((_HEAD.pack(MAGIC, VERSION, flags, n), payload))
 
 
-def decode_block(obj: Buffer, expected_hash: bytes, key: str, algo: str) -> bytes:
+def decode_block(obj: Buffer, expected_hash: bytes, key: str, algo: HashSpec) -> bytes:
     """The raw block stored in `obj`, which must hash to `expected_hash` under `algo`;
     CorruptObject naming `key` and the problem otherwise."""
     mv = memoryview(obj)

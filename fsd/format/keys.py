@@ -219,3 +219,17 @@ def parse_data_key(vol: str, key: str) -> tuple[bytes, int] | None:
     if m.group(2) and e == 0:
         return None           # epoch 0 is spelled without a suffix
     return bytes.fromhex(m.group(1)), e
+
+
+SEALED_KINDS = ("journal", "snapshots", "pins", "data")
+
+
+def sealed_root(key: str) -> str | None:
+    """The format-2 root (`NAME/UUID`) of `key` when it names an object an encrypted
+    volume seals (journal segments and seals, metadata snapshots, pins, data);
+    None for every other key: superblocks (they hold the wrapped data key),
+    epoch claims, GC reports, incarnation records, anything outside a volume."""
+    parts = key.split("/", 3)
+    if len(parts) == 4 and parts[2] in SEALED_KINDS and _UUID_RE.fullmatch(parts[1]):
+        return f"{parts[0]}/{parts[1]}"
+    return None

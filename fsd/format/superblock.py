@@ -12,6 +12,7 @@ import secrets
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fsd.format.crypto import CIPHERS, KEYED_HASH, EncryptionInfo
 from fsd.format.framing import CorruptObject, frame, require, unframe
 from fsd.format.keys import validate_volume_name
 from fsd.options import parse_duration, parse_size
@@ -23,7 +24,8 @@ MAGIC = b"FRYB"
 FORMAT = 3            # 2 + origins (clones share their origin's data objects)
 BLOCK_FORMAT = 4      # 3 + options layout, fs, image_size (layout=block)
 HASH_FORMAT = 5       # 4 + option hash: what mkfs writes unless -o hash=blake2b
-FORMATS = (1, 2, 3, 4, 5)  # what this ferry reads (docs/format.md, "Versions")
+ENCRYPTED_FORMAT = 6  # 5 + option encryption (wrapped data key), hash blake3-keyed, sealed objects
+FORMATS = (1, 2, 3, 4, 5, 6)  # what this ferry reads (docs/format.md, "Versions")
 HASHES = ("blake3", "blake2b")      # fsd/format/dataobj.py; the first is the default
 MIN_BLOCK_SIZE = 64 << 10
 MAX_BLOCK_SIZE = 16 << 20
@@ -46,6 +48,10 @@ KNOWN_OPTIONS = {
     "size": f"the image size of a layout=block volume, sparse (default {DEFAULT_IMAGE_SIZE})",
     "hash": "blake3|blake2b, the content hash of data blocks (default blake3; blake2b volumes stay readable "
             "by ferry releases before volume format 5)",
+    "encryption": "aes-256-gcm|chacha20-poly1305: encrypt and authenticate every object at rest (default none; "
+                  "needs a key: --key-file, or the agent's --key-dir; docs/encryption.md)",
+    "key": "the name of the key that wraps the volume's data key: the agent reads <key-dir>/<key>.key "
+           "(default: default)",
 }
 _UUID_RE = re.compile(r"[0-9a-f]{32}")
 
@@ -113,6 +119,12 @@ class Superblock:
         return str(self.options.get("hash", "blake2b"))
 
     @property
+    def encryption(self) -> EncryptionInfo | None:
+        """How the volume's objects are sealed (format 6), or None: stored in clear."""
+        e = self.options.get("encryption")
+        return None if e is None else EncryptionInfo.from_dict(e, f"volume {self.volume!r}'s superblock")
+
+    @property
     def block_fs(self) -> str:
         return str(self.options.get("fs", "ext4"))
 
@@ -147,7 +159,11 @@ class Superblock:
             raise CorruptObject(f"{key}: origins is not a list")
         origins = tuple(Origin.from_dict(o, key) for o in raw_origins)
         opts = b["options"]
-        if opts.get("hash", "blake2b") not in HASHES or ("hash" in opts and b["format"] < HASH_FORMAT):
+        if "encryption" in opts:
+            if b["format"] < ENCRYPTED_FORMAT or opts.get("hash") != KEYED_HASH:
+                raise CorruptObject(f"{key}: encryption needs format {ENCRYPTED_FORMAT} and hash {KEYED_HASH}")
+            EncryptionInfo.from_dict(opts["encryption"], key)
+        elif opts.get("hash", "blake2b") not in HASHES or ("hash" in opts and b["format"] < HASH_FORMAT):
             raise CorruptObject(f"{key}: unknown content hash {opts.get('hash')!r} for format {b['format']}")
         if opts.get("layout", "files") not in LAYOUTS:
             raise CorruptObject(f"{key}: unknown layout {opts.get('layout')!r}")
@@ -172,9 +188,12 @@ def valid_block_size(n: int) -> bool:
     return MIN_BLOCK_SIZE <= n <= MAX_BLOCK_SIZE and n & (n - 1) == 0
 
 
-def make_superblock(volume: str, options: dict[str, str], now_ns: int) -> Superblock:
+def make_superblock(volume: str, options: dict[str, str], now_ns: int,
+                    encryption: EncryptionInfo | None = None) -> Superblock:
     """A new volume's superblock from mkfs `-o` options; ValueError explains
-    any unusable volume name or option (listing the known options)."""
+    any unusable volume name or option (listing the known options). With
+    `-o encryption=`, the caller made the key family (`encryption`: it holds
+    the key, this module never does)."""
     validate_volume_name(volume)
     unknown = sorted(set(options) - set(KNOWN_OPTIONS))
     if unknown:
@@ -207,6 +226,22 @@ def make_superblock(volume: str, options: dict[str, str], now_ns: int) -> Superb
     if algo != "blake2b":       # BLAKE2b volumes keep the format older releases read
         vol_opts["hash"] = algo
         fmt = HASH_FORMAT
+    cipher = options.get("encryption", "none")
+    if cipher != "none":
+        if cipher not in CIPHERS:
+            raise ValueError(f"encryption must be {' or '.join(CIPHERS)}, not {cipher!r}")
+        if "hash" in options:
+            raise ValueError("an encrypted volume names its blocks by a keyed hash; leave out -o hash=")
+        try:
+            validate_volume_name(options.get("key", "default"))
+        except ValueError as e:
+            raise ValueError(f"key: a key name is a file name in the agent's key directory: {e}") from None
+        if encryption is None or encryption.cipher != cipher:
+            raise ValueError(f"-o encryption={cipher} needs a key (--key-file FILE, or the agent's --key-dir)")
+        vol_opts["hash"], vol_opts["encryption"] = KEYED_HASH, encryption.to_dict()
+        fmt = ENCRYPTED_FORMAT
+    elif "key" in options:
+        raise ValueError("-o key= names the key of an encrypted volume: add -o encryption=aes-256-gcm")
     return Superblock(volume=volume, uuid=secrets.token_hex(16), format=fmt, block_size=bs,
                       compression=comp, created_ns=now_ns, options=vol_opts)
 

@@ -42,6 +42,7 @@ from fsd.datapath.committer import Committer
 from fsd.datapath.data import DataLayer
 from fsd.datapath.fuse_ops import FerryOperations
 from fsd.datapath.localjournal import LocalJournal
+from fsd.format.dataobj import HashSpec
 from fsd.format.superblock import BLOCK_FORMAT, Superblock
 from fsd.gc.live import Maintainer, MaintenanceConfig
 from fsd.lifecycle import resume
@@ -53,6 +54,7 @@ from fsd.rundir import registry_path
 from fsd.store import open_store
 from fsd.store.aio import AsyncStore
 from fsd.store.metered import MeteredStore
+from fsd.store.sealing import KeyRing, hash_spec
 from fsd.tasks import Background, Wakeup
 from fsd.volume import objects as vol_mod
 from fsd.volume.fencing import WriterPosition
@@ -70,6 +72,7 @@ class MountConfig:
     options: MountOptions
     takeover: bool = False
     allow_unfenced: bool = False
+    ring: KeyRing | None = None      # keys of encrypted volumes (--key-file / the agent's --key-dir)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -132,6 +135,7 @@ class Opened:
     owner_epoch: int | None      # the epoch this cache dir's owner record names, if it is this volume's
     owner_token: str | None      # proof that that epoch was ours
     cache_tokens: tuple[str, ...]  # every claim token this cache dir may have used (owner's, and a pending one)
+    content_hash: HashSpec       # names and checks blocks: the superblock's hash, or an encrypted volume's keyed one
 
 
 @dataclass
@@ -175,8 +179,9 @@ async def serve(cfg: MountConfig, on_ready: Callable[[], None] | None = None) ->
 async def open_volume(cfg: MountConfig) -> Opened:
     """Read the superblock, re-check conditional writes, lock the cache dir."""
     t = trio.to_thread.run_sync
-    store = MeteredStore(await t(open_store, cfg.store_url))
+    store = MeteredStore(await t(lambda: open_store(cfg.store_url, ring=cfg.ring)))
     ref, sb = await t(vol_mod.locate, store, cfg.volume)
+    content_hash = await t(hash_spec, store, ref.root, sb)     # an encrypted volume's key is checked here
     if sb.fencing == "conditional" or not cfg.allow_unfenced:
         await t(vol_mod.check_fencing_support, store, cfg.allow_unfenced)
     cache_dir = CacheDir(cfg.cache_dir)
@@ -187,7 +192,8 @@ async def open_volume(cfg: MountConfig) -> Opened:
     mine_owner = owner if mine and owner else {}
     return Opened(store=store, astore=AsyncStore(store, limit=32), ref=ref, sb=sb, cache_dir=cache_dir,
                   ljournal=ljournal, owner_epoch=mine_owner.get("epoch"), owner_token=mine_owner.get("token"),
-                  cache_tokens=tuple(t for t in (mine_owner.get("token"), mine_owner.get("next_token")) if t))
+                  cache_tokens=tuple(t for t in (mine_owner.get("token"), mine_owner.get("next_token")) if t),
+                  content_hash=content_hash)
 
 
 async def recover_local(cfg: MountConfig, opened: Opened) -> None:
@@ -201,7 +207,7 @@ async def recover_local(cfg: MountConfig, opened: Opened) -> None:
         return
     report = await t(lambda: resume.recover_local_journal(
         opened.store, opened.ref.root, entries, own_epoch=opened.owner_epoch,
-        compress=opened.sb.compression == "zstd", content_hash=opened.sb.content_hash))
+        compress=opened.sb.compression == "zstd", content_hash=opened.content_hash))
     resume.log_report(cfg.volume, report)
     await t(opened.ljournal.clear)
 
@@ -243,11 +249,11 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
             log.warning("volume %s: local working copy disabled: %r", cfg.volume, e)
             wc = None
     ops = MetaOps(state)
-    cache = await t(lambda: BlockCache(cfg.cache_dir / "blocks", cfg.options.cache_size, sb.content_hash))
+    cache = await t(lambda: BlockCache(cfg.cache_dir / "blocks", cfg.options.cache_size, opened.content_hash))
     filler = CacheFiller(cache, cfg.volume)
     bio = BlockIO(volume=cfg.volume, root=opened.ref.root, epoch=epoch, astore=opened.astore, cache=cache,
                   filler=filler,
-                  compress=sb.compression == "zstd", content_hash=sb.content_hash,
+                  compress=sb.compression == "zstd", content_hash=opened.content_hash,
                   cpu_limiter=trio.CapacityLimiter(4), origin_roots=tuple(o.root for o in sb.origins))
     pos = WriterPosition(epoch=epoch, next_seq=2)
     wakeup, background = Wakeup(), Background()
@@ -271,7 +277,7 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
     fsops = FerryOperations(ops=ops, data=data, committer=committer, volume=cfg.volume,
                             size_limit=cfg.options.size or DEFAULT_SIZE_LIMIT, holes=sb.format >= BLOCK_FORMAT)
     scrubber = Scrubber(volume=cfg.volume, roots=tuple(sb.data_roots(opened.ref.root)), store=opened.store,
-                        content_hash=sb.content_hash, blocks=lambda: state.blocks,
+                        content_hash=opened.content_hash, blocks=lambda: state.blocks,
                         progress_path=cfg.cache_dir / "scrub.json",
                         cfg=ScrubConfig(interval=o.scrub_interval, rate=float(o.scrub_rate)), wall=time.time)
     return Parts(epoch=epoch, state=state, ops=ops, data=data, pos=pos, committer=committer, fsops=fsops,

@@ -25,7 +25,7 @@ from fsd.datapath.recovery import (
     segment_records,
 )
 from fsd.format import keys
-from fsd.format.dataobj import encode_block
+from fsd.format.dataobj import HashSpec, encode_block
 from fsd.format.segment import Segment
 from fsd.store.base import NotFound, ObjectStore, PreconditionFailed
 from fsd.volume.fencing import journal_run
@@ -64,7 +64,7 @@ def read_tail(store: ObjectStore, root: str, epoch: int, seqs: list[int] | None 
 
 
 def recover_local_journal(store: ObjectStore, root: str, entries: list[LocalEntry], *,
-                          own_epoch: int | None, compress: bool, content_hash: str,
+                          own_epoch: int | None, compress: bool, content_hash: HashSpec,
                           clock: Callable[[], int] = time.time_ns) -> RecoveryReport:
     """Append what the store lacks of this cache directory's crashed epoch,
     then seal that epoch ("release"). The caller clears the local journal
@@ -94,7 +94,7 @@ def recover_local_journal(store: ObjectStore, root: str, entries: list[LocalEntr
 
 
 def _append(store: ObjectStore, root: str, epoch: int, seq: int, seg: PlannedSegment, *,
-            compress: bool, content_hash: str, clock: Callable[[], int]) -> bool:
+            compress: bool, content_hash: HashSpec, clock: Callable[[], int]) -> bool:
     """Upload the segment's whole blocks, then write it at `seq` with
     If-None-Match. False if the key is taken by something else (a seal)."""
     blocks = [it for it in seg.items if isinstance(it, WholeBlock)]

@@ -13,6 +13,7 @@ from fsd.format.framing import CorruptObject
 from fsd.meta.check import check_state, find_orphans
 from fsd.meta.state import own_refs
 from fsd.store.base import NotFound, ObjectStore
+from fsd.store.sealing import hash_spec
 from fsd.volume import objects as vol_mod
 
 
@@ -66,6 +67,7 @@ def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False,
     if sb.origins:
         rep.info.append("clone of " + " <- ".join(f"{o.name} at {o.position}" for o in sb.origins))
     referenced = 0
+    hs = hash_spec(store, root, sb)
     total = sum(len(blocks) for blocks in state.blocks.values())
     for ino, blocks in sorted(state.blocks.items()):
         for idx, bref in sorted(blocks.items()):
@@ -83,7 +85,7 @@ def fsck(store: ObjectStore, volume: str, *, verify_data: bool = False,
             elif verify_data:
                 key = keys.data_key(roots[bref.src], bref.hash, bref.epoch)
                 try:
-                    decode_block(store.get(key), bref.hash, key, sb.content_hash)
+                    decode_block(store.get(key), bref.hash, key, hs)
                 except (CorruptObject, NotFound) as e:
                     rep.problems.append(f"inode {ino} block {idx}: {e}")
     rep.blocks_referenced, rep.data_verified = referenced, verify_data

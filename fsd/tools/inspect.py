@@ -57,6 +57,8 @@ def inspect_volume(store: ObjectStore, volume: str) -> dict:
         "block_size": sb.block_size,
         "compression": sb.compression,
         "content_hash": sb.content_hash,
+        "encryption": (f"{sb.encryption.cipher}, key {sb.encryption.key_name!r} (fingerprint "
+                       f"{', '.join(k.kek for k in sb.encryption.keys)})" if sb.encryption else "none"),
         "fencing": sb.fencing,
         "history": f"{sb.history_s:g}s" if sb.history_s else "none (snapshots only)",
         "clone_of": " <- ".join(f"{o.name} at {o.position[0]}/{o.position[1]}" for o in sb.origins) or None,

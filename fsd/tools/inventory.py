@@ -494,7 +494,10 @@ def _volume_options(store: ObjectStore, ref: vol_mod.VolumeRef, sb: Superblock, 
             opts["compression"] = sb.compression
         if sb.block_size != DEFAULT_BLOCK_SIZE:
             opts["block_size"] = _fmt_size(sb.block_size)
-        if sb.content_hash != "blake3":
+        enc = sb.encryption
+        if enc is not None:            # as created: the agents' key directory holds that key
+            opts["encryption"], opts["key"] = enc.cipher, enc.key_name
+        elif sb.content_hash != "blake3":
             opts["hash"] = sb.content_hash
         if sb.layout == "block":
             opts["layout"] = "block"

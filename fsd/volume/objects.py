@@ -28,6 +28,7 @@ from fsd.format.superblock import Superblock, make_superblock
 from fsd.meta.state import MetaState, new_volume_records, own_refs_of_records
 from fsd.store import probe
 from fsd.store.base import NotFound, ObjectStore, PreconditionFailed
+from fsd.store.sealing import adopt_root, new_encryption
 from fsd.volume import fencing
 
 log = logging.getLogger("ferry.volume")
@@ -126,7 +127,8 @@ def read_superblock(store: ObjectStore, ref: VolumeRef) -> Superblock:
 
 def locate(store: ObjectStore, name: str) -> tuple[VolumeRef, Superblock]:
     """The current volume of `name` and its superblock; VolumeError with
-    advice if there is none."""
+    advice if there is none. An encrypted volume's key is checked here, so
+    a missing or wrong key is one clear error before anything is read."""
     keys.validate_volume_name(name)
     ref = find_volume(store, name)
     if ref is None:
@@ -134,7 +136,9 @@ def locate(store: ObjectStore, name: str) -> tuple[VolumeRef, Superblock]:
             f"volume {name!r} does not exist in {store.url}; create it with "
             f"'ferry fs mkfs --store {store.url} {name}'"
         )
-    return ref, read_superblock(store, ref)
+    sb = read_superblock(store, ref)
+    adopt_root(store, ref.root, sb)      # no second read of it; KeyUnavailable / KeyError_ naming the key to give
+    return ref, sb
 
 
 def latest_claim(store: ObjectStore, root: str) -> EpochClaim | None:
@@ -189,7 +193,7 @@ def mkfs(store: ObjectStore, volume: str, options: dict[str, str], *,
     keys.validate_volume_name(volume)
     fencing_mode = check_fencing_support(store, allow_unfenced)
     try:
-        sb = make_superblock(volume, options, _now_ns())
+        sb = make_superblock(volume, options, _now_ns(), encryption=new_encryption(store, options))
     except ValueError as e:
         raise VolumeError(str(e)) from None
     sb.fencing = fencing_mode

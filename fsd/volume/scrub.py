@@ -32,7 +32,7 @@ from typing import Any
 import trio
 
 from fsd.format import keys
-from fsd.format.dataobj import decode_block
+from fsd.format.dataobj import HashSpec, decode_block
 from fsd.format.framing import CorruptObject
 from fsd.meta.state import BlockRef
 from fsd.store.base import NotFound, ObjectStore
@@ -183,7 +183,7 @@ class Scrubber:
     map (read on the trio thread, never across an await), `wall()` the time
     of day for the progress file; sleeping uses trio's clock."""
 
-    def __init__(self, *, volume: str, roots: tuple[str, ...], store: ObjectStore, content_hash: str,
+    def __init__(self, *, volume: str, roots: tuple[str, ...], store: ObjectStore, content_hash: HashSpec,
                  blocks: Callable[[], Mapping[int, Mapping[int, BlockRef]]], progress_path: Path,
                  cfg: ScrubConfig, wall: Callable[[], float]) -> None:
         self.volume, self.roots, self.store, self.content_hash = volume, roots, store, content_hash

@@ -294,13 +294,15 @@ def test_superblock_values_validated():
     good = Superblock.decode(_sb().encode(), "k").__dict__
     for field, value, msg in [("block_size", 3000, "block_size"), ("block_size", 32 << 20, "block_size"),
                               ("compression", "lz4", "compression"), ("fencing", "none", "fencing"),
-                              ("format", 6, "format 6"), ("origins", [{"name": "a"}], "origin"),
+                              ("format", 7, "format 7"), ("origins", [{"name": "a"}], "origin"),
                               ("options", {"hash": "sha1"}, "unknown content hash 'sha1'"),
                               ("uuid", "x", "uuid"), ("options", [], "options"),
                               ("options", {"layout": "disk"}, "unknown layout"),
                               ("options", {"layout": "block", "fs": "zfs", "image_size": 1 << 30}, "block layout"),
                               ("options", {"layout": "block", "fs": "ext4", "image_size": 4096}, "block layout"),
-                              ("options", {"layout": "block", "fs": "ext4"}, "block layout")]:
+                              ("options", {"layout": "block", "fs": "ext4"}, "block layout"),
+                              ("options", {"hash": "blake3-keyed"}, "unknown content hash"),
+                              ("options", {"hash": "blake3", "encryption": {}}, "encryption needs format 6")]:
         with pytest.raises(CorruptObject, match=msg):
             Superblock.decode(frame(b"FRYB", {**good, field: value}), "k")
     with pytest.raises(CorruptObject, match="content hash 'blake3' for format 3"):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from fsd.datapath.cache.directio import CacheFileIO
 from fsd.datapath.cache.policy import CachePolicy
-from fsd.format.dataobj import block_hash
+from fsd.format.dataobj import HashSpec, block_hash
 
 log = logging.getLogger("ferry.cache")
 
@@ -49,7 +49,8 @@ class CacheFull(OSError):
 
 
 class BlockCache:
-    def __init__(self, directory: Path | str, capacity_bytes: int, content_hash: str, direct_io: bool = True) -> None:
+    def __init__(self, directory: Path | str, capacity_bytes: int, content_hash: HashSpec,
+                 direct_io: bool = True) -> None:
         self.dir = Path(directory)
         self.content_hash = content_hash     # the volume's: a block file is checked against its name
         self.dir.mkdir(parents=True, exist_ok=True)
