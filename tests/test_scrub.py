@@ -53,11 +53,13 @@ def test_a_clean_pass_finds_nothing_and_the_next_finds_a_flipped_byte(file_store
     key = sorted(store.list(keys.data_prefix(ref.root)))[1]
     body = bytearray(store.get(key))
     body[len(body) // 2] ^= 0x01
+    flipped_at = time.time()
     store.put(key, bytes(body))
     store.close()
-    passes = sc["passes"]
-    sc = _wait(m, "the next pass to report the flipped byte",
-               lambda s: s.get("passes", 0) > passes and not s.get("running"))
+    # A pass may have been under way (and past that object) while the byte flipped: wait
+    # for one that started afterwards (the scrubber stamps passes with the same wall clock).
+    sc = _wait(m, "a pass started after the flip to report it",
+               lambda s: (s.get("last_pass_started") or 0) > flipped_at + 0.01 and not s.get("running"))
     assert sc["damaged_last_pass"] == 1, sc
     assert [f["key"] for f in sc["findings"]] == [key] and "damaged" in sc["findings"][0]["problem"], sc
     assert f"scrub found data object {key} damaged" in m.log()

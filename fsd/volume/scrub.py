@@ -266,6 +266,7 @@ class Scrubber:
         p = self.progress
         return {"passes": p.passes, "checked_objects": p.checked_objects, "checked_bytes": p.checked_bytes,
                 "damaged_total": p.damaged_total, "damaged_last_pass": p.damaged_in_last_pass(),
-                "last_pass_finished": p.last_pass_finished, "pass_done": p.pass_done,
+                "last_pass_started": p.last_pass_started, "last_pass_finished": p.last_pass_finished,
+                "pass_done": p.pass_done,
                 "pass_total": p.pass_total, "running": p.pass_started is not None,
                 "findings": p.findings[-10:]}
