@@ -15,6 +15,7 @@ import pytest
 
 from tests.cluster.netns import Bridge, SimHost, plugin_call, sweep_leftovers
 from tests.conftest import _moto_binary, free_port, make_bucket
+from tests.helpers.net import wait_listening
 
 TOKEN = "multi-host-test-token"
 LEASE_TTL = 3.0
@@ -98,7 +99,7 @@ class Cluster:
                             "--lease-ttl", str(self.lease_ttl), "--heartbeat", str(self.heartbeat)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         host, port = self.control_addr.split(":")
-        _wait_tcp(host, int(port), self.control)
+        wait_listening(host, int(port), self.control, self.dir / "control.log")
 
     def kill_control(self) -> None:
         if self.control is not None and self.control.poll() is None:
@@ -169,19 +170,6 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{url} did not answer") from None
-            time.sleep(0.05)
-
-
-def _wait_tcp(host: str, port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    import socket
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"control service on {host}:{port} did not start") from None
             time.sleep(0.05)
 
 
