@@ -119,6 +119,7 @@ def cmd_mount(args) -> int:
 
 
 # -------------------------------------------------------------------- fs umount
+UMOUNT_LOG_EVERY = 10.0
 def cmd_umount(args) -> int:
     from fsd.lifecycle.daemon import unmount_and_wait
     from fsd.rundir import registry_path
@@ -127,22 +128,30 @@ def cmd_umount(args) -> int:
     info = json.loads(reg.read_text()) if reg.exists() else None
     name = info["volume"] if info else str(mp)
     started = time.monotonic()
+    tty = sys.stderr.isatty()
     shown = [False]
+    last_line = [started - UMOUNT_LOG_EVERY]
 
     def progress(st: dict | None) -> None:
-        if time.monotonic() - started <= 1.0:
+        """A line rewritten in place on a terminal; elsewhere (a service's journal, a
+        pipe) a full line at most every UMOUNT_LOG_EVERY seconds."""
+        now = time.monotonic()
+        if now - started <= 1.0 or (not tty and now - last_line[0] < UMOUNT_LOG_EVERY):
             return
         if st is not None:
             left = st.get("dirty_bytes", 0) + st.get("inflight_bytes", 0)
-            msg = f"\rcommitting {name}: {left / 1e6:.1f} MB left to upload, phase {st.get('phase')}   "
+            msg = f"committing {name}: {left / 1e6:.1f} MB left to upload, phase {st.get('phase')}"
         else:
-            msg = f"\rcommitting {name}...   "
-        if sys.stderr.isatty() or not shown[0]:
-            print(msg, end="", file=sys.stderr, flush=True)
-            shown[0] = True
+            msg = f"committing {name}..."
+        if tty:
+            print(f"\r{msg}   ", end="", file=sys.stderr, flush=True)
+        else:
+            print(f"{msg} ({now - started:.0f} s)", file=sys.stderr, flush=True)
+            last_line[0] = now
+        shown[0] = True
 
     result = unmount_and_wait(mp, info, progress=progress)
-    if shown[0]:
+    if shown[0] and tty:
         print(file=sys.stderr)
     if result.ok:
         print(result.message)

@@ -45,6 +45,15 @@ def delay(name: str) -> None:
         time.sleep(_delays[name])
 
 
+def delay_seconds(name: str) -> float:
+    """For async code (it sleeps on its own clock): the pause FERRY_FAILPOINT_DELAYS
+    arms at `name`, the first time only; 0 otherwise."""
+    secs = _delays.pop(name, 0.0)
+    if secs:
+        logging.getLogger("ferry.failpoints").warning("failpoint %s: pausing %g s", name, secs)
+    return secs
+
+
 def hit(name: str) -> None:
     """SIGKILL this process the n-th time `name` is reached, if armed."""
     if name in _points:

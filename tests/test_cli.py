@@ -130,3 +130,17 @@ def test_mkfs_creates_a_missing_store_directory_and_fsck_does_not(tmp_path):
     r = run_ferry("fs", "mkfs", "--store", f"file://{store}", "v")
     assert r.returncode == 0 and store.is_dir(), r.stdout + r.stderr
     assert f"store directory {store} did not exist: created it" in r.stderr, r.stderr
+
+
+def test_a_slow_unmount_off_a_terminal_says_it_is_moving_every_ten_seconds(file_store_url, new_mount):
+    """Issue 21: `ferry fs umount` in a service's journal or a pipe prints a full progress
+    line when it starts waiting and then every 10 s, not one line rewritten with \\r."""
+    m = new_mount("a")
+    m.mkfs(file_store_url, "v")
+    m.mount(file_store_url, "v", options=["commit_interval=600"],
+            extra_env={"FERRY_FAILPOINT_DELAYS": "segment_put=12"})    # the unmount's commit waits 12 s
+    (m.mountpoint / "f").write_bytes(os.urandom(4 << 20))
+    r = m.umount()
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("committing v")]
+    assert len(lines) >= 2 and all(ln.endswith(" s)") for ln in lines) and "\r" not in r.stderr, r.stderr
+    assert "failpoint segment_put: pausing 12 s" in m.log()

@@ -382,6 +382,9 @@ class Committer:
     async def _put_segment(self, seq: int, body: bytes) -> bool:
         key = keys.journal_key(self.root, self.pos.epoch, seq)
         failpoints.bug("segment_put")
+        pause = failpoints.delay_seconds("segment_put")      # tests: a slow store, once
+        if pause:
+            await trio.sleep(pause)
         try:
             await self.astore.put(key, body, if_none_match=True)
             return True
