@@ -48,7 +48,10 @@ def _writer(path, stop: threading.Event, acked: list[int]) -> None:
 
 
 def _counts(m) -> tuple[int, int]:
-    st = json.loads((m.cache_dir / "status.json").read_text())
+    try:
+        st = json.loads((m.cache_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return 0, 0                          # not written yet (the daemon writes it every second)
     fsyncs = sum(st["metrics"]["fsync_seconds"]["counts"])
     return fsyncs, st["commits"]
 
