@@ -276,10 +276,10 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
         ops.purge(ino)
     fsops = FerryOperations(ops=ops, data=data, committer=committer, volume=cfg.volume,
                             size_limit=cfg.options.size or DEFAULT_SIZE_LIMIT, holes=sb.format >= BLOCK_FORMAT)
-    scrubber = Scrubber(volume=cfg.volume, roots=tuple(sb.data_roots(opened.ref.root)), store=opened.store,
-                        content_hash=opened.content_hash, blocks=lambda: state.blocks,
-                        progress_path=cfg.cache_dir / "scrub.json",
-                        cfg=ScrubConfig(interval=o.scrub_interval, rate=float(o.scrub_rate)), wall=time.time)
+    scrubber = await t(lambda: Scrubber(      # reads its progress file: not on the trio loop
+        volume=cfg.volume, roots=tuple(sb.data_roots(opened.ref.root)), store=opened.store,
+        content_hash=opened.content_hash, blocks=lambda: state.blocks, progress_path=cfg.cache_dir / "scrub.json",
+        cfg=ScrubConfig(interval=o.scrub_interval, rate=float(o.scrub_rate)), wall=time.time))
     return Parts(epoch=epoch, state=state, ops=ops, data=data, pos=pos, committer=committer, fsops=fsops,
                  maintainer=maintainer, filler=filler, background=background, scrubber=scrubber)
 
