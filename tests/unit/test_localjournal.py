@@ -1,8 +1,12 @@
-"""The local journal (durability=local): append-only log files whose torn or
-damaged tail is ignored, never misread."""
+"""The local journal (durability=local): log files whose torn or damaged
+tail is ignored, never misread; preallocated with zeros (records overwrite
+them in place) or, when the disk is too full for that, appended to."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 import fsd.datapath.localjournal as lj
 from fsd.datapath.localjournal import MAGIC, LocalEntry, LocalJournal
@@ -24,6 +28,13 @@ def test_round_trip_in_order(tmp_path: Path):
     assert got[0] == _e(1)
 
 
+@pytest.fixture
+def unpreallocated(monkeypatch):
+    """Log files that grow as they are written (a disk too full to preallocate)."""
+    monkeypatch.setattr(lj, "PREALLOC_BYTES", 0)
+
+
+@pytest.mark.usefixtures("unpreallocated")
 def test_torn_tail_is_ignored_and_earlier_entries_kept(tmp_path: Path):
     j = LocalJournal(tmp_path)
     j.append(_e(1))
@@ -37,6 +48,47 @@ def test_torn_tail_is_ignored_and_earlier_entries_kept(tmp_path: Path):
     assert LocalJournal(tmp_path).entries() == []
 
 
+def test_torn_record_in_preallocated_space_is_ignored(tmp_path: Path):
+    """A crash mid-overwrite leaves part of a record and the zeros after it."""
+    j = LocalJournal(tmp_path)
+    j.append(_e(1))
+    first = j._size
+    j.append(_e(2))
+    end = j._size
+    j.close()
+    (log,) = tmp_path.glob("log-*")
+    assert log.stat().st_size == lj.PREALLOC_BYTES, "records overwrite the zeros; the size never changes"
+    data = bytearray(log.read_bytes())
+    for cut in (first + 2, first + 9, end - 7):
+        torn = bytearray(data)
+        torn[cut:end] = bytes(end - cut)
+        log.write_bytes(bytes(torn))
+        assert [e.batch for e in LocalJournal(tmp_path).entries()] == [1], cut
+
+
+def test_failed_append_is_zeroed_so_the_next_one_takes_its_place(tmp_path: Path, monkeypatch):
+    j = LocalJournal(tmp_path)
+    j.append(_e(1))
+    real = os.fdatasync
+    calls = {"n": 0}
+
+    def failing(fd: int) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(5, "I/O error")
+        real(fd)
+
+    monkeypatch.setattr(lj.os, "fdatasync", failing)
+    with pytest.raises(OSError):
+        j.append(_e(2, b"z" * 5000))           # written, then its fdatasync fails
+    monkeypatch.setattr(lj.os, "fdatasync", real)
+    assert [e.batch for e in LocalJournal(tmp_path).entries()] == [1], "the failed record was zeroed"
+    j.append(_e(3))
+    j.close()
+    assert [e.batch for e in LocalJournal(tmp_path).entries()] == [1, 3]
+
+
+@pytest.mark.usefixtures("unpreallocated")
 def test_damaged_record_stops_reading_that_file(tmp_path: Path):
     j = LocalJournal(tmp_path)
     for b in (1, 2, 3):
@@ -50,6 +102,7 @@ def test_damaged_record_stops_reading_that_file(tmp_path: Path):
     assert [e.batch for e in LocalJournal(tmp_path).entries()] == [1]
 
 
+@pytest.mark.usefixtures("unpreallocated")
 def test_a_new_journal_appends_to_a_new_file_never_after_an_old_tail(tmp_path: Path):
     j = LocalJournal(tmp_path)
     j.append(_e(1))
@@ -65,6 +118,7 @@ def test_a_new_journal_appends_to_a_new_file_never_after_an_old_tail(tmp_path: P
 
 def test_file_is_dropped_once_everything_is_uploaded_and_it_is_big(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(lj, "ROTATE_BYTES", 1000)
+    monkeypatch.setattr(lj, "PREALLOC_BYTES", 1000)
     j = LocalJournal(tmp_path)
     j.append(_e(1, b"y" * 2000))
     j.append(_e(2))
@@ -109,6 +163,7 @@ def test_concurrent_append_and_remove_never_lose_an_entry_nor_crash(tmp_path: Pa
     appended entry that was not removed must still be readable."""
     import threading
     monkeypatch.setattr(lj, "ROTATE_BYTES", 600)
+    monkeypatch.setattr(lj, "PREALLOC_BYTES", 600)
     j = LocalJournal(tmp_path)
     appended: list[int] = []
     errors: list[BaseException] = []
