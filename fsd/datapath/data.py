@@ -338,8 +338,11 @@ class DataLayer:
         for o, n in edges:
             await self.write(ino, o, bytes(n), now_ns)
         if count:
+            def hit(k: Key) -> bool:
+                return k[0] == ino and first <= k[1] < first + count
+            uncommitted = any(hit(k) for k in self.unsettled) or any(hit(k) for k in self.inflight)
             self._forget_blocks(ino, first, count)
-            self.ops.punch(ino, first, count, now_ns)
+            self.ops.punch(ino, first, count, now_ns, uncommitted=uncommitted)
 
     def _forget_blocks(self, ino: int, first: int, count: int) -> None:
         """Drop buffers of blocks [first, first+count): as for a truncate, an

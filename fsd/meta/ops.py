@@ -436,16 +436,20 @@ class MetaOps:
         self._emit(r)
         return n
 
-    def punch(self, ino: int, first: int, count: int, now_ns: int) -> Inode:
+    def punch(self, ino: int, first: int, count: int, now_ns: int, *, uncommitted: bool = False) -> Inode:
         """Blocks [first, first+count) of regular file `ino` become holes
         (fallocate PUNCH_HOLE, ZERO_RANGE); size unchanged, mtime/ctime set.
         A HOLE record is emitted only if the range maps something, so a
-        filesystem re-trimming free space costs no journal."""
+        filesystem re-trimming free space costs no journal. `uncommitted`:
+        the data layer has blocks of the range in commits not yet settled
+        here; their BLOCK records will be in the journal before this, so
+        the HOLE must be too (or a remount brings the punched data back)."""
         n = self._node(ino)
         if n.mode & S_FMT != S_IFREG:
             raise FsError(errno.EINVAL)
         st = self.state
-        if in_range(st.blocks.get(ino, {}), first, count) or in_range(st.patches.get(ino, {}), first, count):
+        if (uncommitted or in_range(st.blocks.get(ino, {}), first, count)
+                or in_range(st.patches.get(ino, {}), first, count)):
             self._emit([HOLE, ino, first, count])
         n.mtime_ns = n.ctime_ns = now_ns
         self.attr_dirty.add(ino)

@@ -12,7 +12,7 @@ import stat
 
 from fsd.datapath.data import DataLayer, overlay
 from fsd.meta.ops import MetaOps
-from fsd.meta.records import BLOCK, INODE, PATCH
+from fsd.meta.records import BLOCK, HOLE, INODE, PATCH
 from fsd.meta.state import BlockRef, MetaState, new_volume_records
 
 BS = 4096
@@ -91,3 +91,24 @@ async def test_group_of_batches_settles_the_latest_content_once():
     await data.settle(2, b2.keys(), {}, len(b2[K]), inline={K: pieces})
     assert overlay(b"", state.block_patches(INO, 0)) == b"A" * 10 + bytes(10) + b"B" * 10
     assert not data.inflight and not data.unsettled
+
+
+async def test_punch_of_a_block_in_flight_is_journaled():
+    """A block cut into a batch that is not committed yet, then punched: the
+    batch's BLOCK record reaches the journal, so the HOLE must follow it
+    there, although the committed state did not map the block yet when the
+    punch came (found by tests/unit/test_datalayer_model.py: the punched
+    data came back after a remount)."""
+    data, state = _layer()
+    ops = data.ops
+    await data.write(INO, 0, b"A" * (3 * BS), 1)
+    recs1 = ops.take_pending()
+    b1, _ = data.cut(1)
+    await data.punch(INO, BS, BS, 2)
+    recs2 = ops.take_pending()
+    assert [r for r in recs2 if r[0] == HOLE] == [[HOLE, INO, 1, 1]]
+    refs = {key: BlockRef(bytes([key[1]]) * 32, BS) for key in b1}
+    await data.settle(1, b1.keys(), refs, len(b1[K]) * 3)
+    journal = recs1 + [refs[k].record(*k) for k in sorted(refs)] + recs2
+    replay = _journal_replay(journal)
+    assert 1 not in replay.blocks[INO] and 1 not in state.blocks[INO]
