@@ -8,11 +8,12 @@ acknowledged. Then the daemon is killed (-9) and the volume mounted again:
 with durability=remote taken over on a fresh cache (another host), with
 durability=local on the same cache (its promise is the host's local
 journal): every acknowledged record of every writer must be there, in
-order. With durability=remote the daemon's own counts (status file) say
-how many fsyncs it answered and how many commits (segment PUTs) it wrote:
-fewer commits than fsyncs means fsyncs were answered together. (With
-durability=local an fsync waits for a local-journal append, which nothing
-counts yet; there only the durability half is checked.)
+order. The daemon's own counts (status file) say how many fsyncs it
+answered and how many commits it made durable: segment PUTs with
+durability=remote, local-journal appends (each one fdatasync) with
+durability=local. Fewer than fsyncs means fsyncs were answered together;
+with durability=local the segment PUTs must be fewer still (the uploader
+gathers locally durable batches).
 """
 from __future__ import annotations
 
@@ -47,13 +48,14 @@ def _writer(path, stop: threading.Event, acked: list[int]) -> None:
             os.close(fd)
 
 
-def _counts(m) -> tuple[int, int]:
+def _counts(m) -> tuple[int, int, int]:
+    """fsyncs answered, segment PUTs, local-journal appends."""
     try:
         st = json.loads((m.cache_dir / "status.json").read_text())
     except (OSError, ValueError):
-        return 0, 0                          # not written yet (the daemon writes it every second)
+        return 0, 0, 0                       # not written yet (the daemon writes it every second)
     fsyncs = sum(st["metrics"]["fsync_seconds"]["counts"])
-    return fsyncs, st["commits"]
+    return fsyncs, st["commits"], st["local_appends"]
 
 
 @pytest.mark.parametrize("durability", ["remote", "local"])
@@ -69,7 +71,7 @@ def test_eight_writers_share_commits_and_keep_every_acknowledged_record(s3_store
         t.start()
     deadline = time.monotonic() + 60
     while True:              # every writer has had many fsyncs answered, and the status file says so
-        fsyncs, commits = _counts(a)            # (it is rewritten every second)
+        fsyncs, commits, appends = _counts(a)   # (it is rewritten every second)
         if min(len(x) for x in acked) >= 40 and fsyncs >= WRITERS * 40:
             break
         assert time.monotonic() < deadline and all(t.is_alive() for t in threads), [len(x) for x in acked]
@@ -80,6 +82,9 @@ def test_eight_writers_share_commits_and_keep_every_acknowledged_record(s3_store
         t.join(timeout=30)
     if durability == "remote":
         assert commits < fsyncs, f"{fsyncs} fsyncs took {commits} commits: none were answered together"
+    else:
+        assert 0 < appends < fsyncs, f"{fsyncs} fsyncs took {appends} local appends: none were answered together"
+        assert commits < appends, f"{appends} local appends took {commits} segment PUTs: uploads were not gathered"
 
     if durability == "local":
         b = a

@@ -43,6 +43,14 @@ T = TypeVar("T")
 
 
 FOLD_PER_COMMIT = 8              # blocks folded back into objects per commit when over budget
+# durability=local: how long the uploader lets locally durable batches gather
+# before it writes them to the store as one segment. Each segment PUT costs
+# CPU in this process (and in a local S3 server) that small fsyncs compete
+# for; measured with one fio writer (4 KiB randwrite + fdatasync, moto):
+# 298 fsyncs/s with no wait, 392 with 50 ms, 441 with 200 ms. The wait is
+# cut short when memory runs low, at unmount, and when a batch could not be
+# made durable locally (its fsync waits for the store).
+UPLOAD_GATHER_S = 0.1
 
 
 @dataclass
@@ -51,6 +59,7 @@ class CommitStats:
     fsync: Histogram = field(default_factory=Histogram)   # seconds an fsync waited (acknowledged ones)
     fsync_errors: int = 0                                   # fsyncs answered EIO (fenced, or failed)
     segments_since_snapshot: int = 0
+    local_appends: int = 0         # durability=local: batches made durable in the local journal
     last_commit_ns: int = 0
     oldest_uncommitted_ns: int | None = None   # when the first uncommitted change was made
     last_error: str | None = None
@@ -104,6 +113,7 @@ class Committer:
         self.working_copy = working_copy    # fsd.datapath.localdb.WorkingCopy, kept equal to the journal
         self._wc_limiter = trio.CapacityLimiter(1)
         self._wake = wakeup
+        self._upload_now = Wakeup()       # durability=local: end the uploader's gathering wait
         self._progress = trio.Condition()
         self._running = False
         # Background maintenance (fsd/gc/live.py) takes this lock to see the
@@ -192,6 +202,7 @@ class Committer:
         has left the dirty set and would be lost."""
         self._stopping = True
         self.request()
+        self._upload_now.set()
         await self._stopped.wait()
 
     async def _wait_for_work(self) -> None:
@@ -236,13 +247,17 @@ class Committer:
                       "once it is in the object store", self.volume, e, batch.id)
             self.stats.last_error = f"local journal: {e}"
             self._queue_times[batch.id] = batch.first_change_ns
+            self._upload_now.set()
             await send.send(batch)
             async with self._progress:
                 while self._done < batch.id and not self.pos.fenced:
                     await self._progress.wait()
         else:
             failpoints.hit("after_local_append")
+            self.stats.local_appends += 1
             self._queue_times[batch.id] = batch.first_change_ns
+            if self.data.dirty_bytes + self.data.inflight_bytes >= self.data.dirty_limit // 2:
+                self._upload_now.set()      # memory runs low: upload now, not after the gathering wait
             await send.send(batch)
         self._local_done = bid
         await self._notify()
@@ -250,9 +265,13 @@ class Committer:
     async def _uploader(self, recv) -> None:
         """Commit queued local batches in order. Whatever queued up while the
         previous upload ran goes into ONE segment, so the upload rate does
-        not limit the (local) fsync rate."""
+        not limit the (local) fsync rate; and it lets batches gather for
+        `UPLOAD_GATHER_S` first, so a stream of small fsyncs costs a few PUTs
+        a second, not one each."""
         async with recv:
             async for first in recv:
+                if not self._stopping:
+                    await self._upload_now.wait(UPLOAD_GATHER_S)
                 batches = [first]
                 while len(batches) < 256:
                     try:

@@ -413,6 +413,7 @@ class StatusReporter:
         return {**self.base, "phase": phase, "next_seq": p.pos.next_seq, "fenced": p.pos.fenced,
                 "dirty_bytes": p.data.dirty_bytes, "inflight_bytes": p.data.inflight_bytes,
                 "upload_lag_s": round(c.upload_lag_s(), 3), "commits": c.stats.commits,
+                "local_appends": c.stats.local_appends,
                 "last_error": c.stats.last_error, "last_gc": p.maintainer.summary(), "updated_ns": time.time_ns(),
                 "scrub": p.scrubber.summary(),
                 "metrics": self.metrics(),
