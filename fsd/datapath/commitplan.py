@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fsd.datapath.overlay import Overlay, content_length, content_slice
 from fsd.meta.records import PATCH
 from fsd.meta.state import BlockRef
 
@@ -40,7 +41,7 @@ class Batch:
 
     id: int
     records: list[Record]
-    blocks: dict[Key, bytes]
+    blocks: dict[Key, bytes | Overlay]     # whole content, or an Overlay (fsd/datapath/overlay.py)
     nbytes: int
     first_change_ns: int = 0
     # key -> merged written ranges; None (or absent): written whole
@@ -83,7 +84,8 @@ def plan_commit(batches: list[Batch], patch_bytes: int, existing_patches: Mappin
     bytes, the block's patches stay within `patch_max_per_block`, and the
     volume's budget has room (blocks in the order the group first wrote
     them take it first). Every other
-    block is uploaded once, for the latest batch that wrote it."""
+    block is uploaded once, for the latest batch that wrote it (the
+    executor lays an Overlay onto its base first: `overlay.content`)."""
     latest: dict[Key, int] = {}
     for i, b in enumerate(batches):
         for key in b.blocks:
@@ -102,8 +104,9 @@ def plan_commit(batches: list[Batch], patch_bytes: int, existing_patches: Mappin
                     break
                 ranges.extend(ext)
         if not whole:
-            raw = batches[i].blocks[key]
-            pieces = [(s, raw[s:min(e, len(raw))]) for s, e in merge_extents(ranges) if s < len(raw)]
+            v = batches[i].blocks[key]
+            length = content_length(v)
+            pieces = [(s, content_slice(v, s, min(e, length))) for s, e in merge_extents(ranges) if s < length]
             n = sum(len(d) for _, d in pieces)
             if (n <= limits.inline_max and existing_patches.get(key, 0) + n <= limits.patch_max_per_block
                     and n <= budget):

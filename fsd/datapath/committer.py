@@ -28,6 +28,7 @@ from fsd.datapath.blockio import BlockIO
 from fsd.datapath.commitplan import INLINE_MAX, PATCH_BUDGET, Batch, plan_commit, segment_records
 from fsd.datapath.data import DataLayer
 from fsd.datapath.localjournal import LocalEntry, LocalJournal
+from fsd.datapath.overlay import content, content_length, content_slice, version_bytes
 from fsd.format import keys
 from fsd.format.segment import Segment
 from fsd.meta.ops import FsError, MetaOps
@@ -72,14 +73,15 @@ def _local_pieces(batch: Batch) -> list[tuple[int, int, int | None, bytes]]:
     segment and whole blocks into data objects, so small ranges keep the
     recovery of many small fsyncs to a few PUTs."""
     out: list[tuple[int, int, int | None, bytes]] = []
-    for (ino, idx), raw in batch.blocks.items():
+    for (ino, idx), v in batch.blocks.items():
         ext = batch.extents.get((ino, idx))
+        length = content_length(v)
         if ext is not None:
             written = sum(e - s for s, e in ext)
-            if written <= INLINE_MAX or written <= len(raw) // 2:
-                out.extend((ino, idx, s, raw[s:min(e, len(raw))]) for s, e in ext if s < len(raw))
+            if written <= INLINE_MAX or written <= length // 2:
+                out.extend((ino, idx, s, content_slice(v, s, min(e, length))) for s, e in ext if s < length)
                 continue
-        out.append((ino, idx, None, raw))
+        out.append((ino, idx, None, content(v)))
     return out
 
 
@@ -221,7 +223,7 @@ class Committer:
         blocks, extents = self.data.cut(batch_id)
         first = self.stats.oldest_uncommitted_ns or time.time_ns()
         self.stats.oldest_uncommitted_ns = None
-        return Batch(batch_id, records, blocks, sum(len(b) for b in blocks.values()), first, extents)
+        return Batch(batch_id, records, blocks, sum(version_bytes(b) for b in blocks.values()), first, extents)
 
     async def _notify(self) -> None:
         async with self._progress:
@@ -350,7 +352,7 @@ class Committer:
 
         async with trio.open_nursery() as n:
             for i, key in plan.uploads:
-                n.start_soon(up, i, key, batches[i].blocks[key])
+                n.start_soon(up, i, key, content(batches[i].blocks[key]))
         if self.pos.fenced:
             return await self._fenced_during(f"the uploads of segment {self.pos.next_seq}")
         failpoints.hit("after_blocks_uploaded")

@@ -20,6 +20,11 @@ Each dirty buffer also records which byte ranges were written since it was
 made from the committed (or in-flight) content: the committer sends small
 changes inline in the journal segment (PATCH records) instead of uploading
 the whole block, so an fsync after a small write costs one PUT, not two.
+
+A small write to a block that is in flight and not dirty does not copy the
+in-flight version: it starts an `Overlay` (fsd/datapath/overlay.py) that
+holds only the written bytes over it, so small fsyncs in a loop cost a few
+KiB each, not a 1 MiB copy at the write and another at the cut.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ import trio
 
 from fsd.datapath.blockio import BlockIO
 from fsd.datapath.commitplan import merge_extents
+from fsd.datapath.overlay import OVERLAY_MAX, Overlay, Version, content_length, content_slice, version_bytes
 from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.records import PATCH
 from fsd.meta.state import BlockRef
@@ -96,11 +102,12 @@ class DataLayer:
         self.bio = bio
         self.bs = block_size
         self.dirty_limit = dirty_limit
-        # A dirty buffer is a bytearray, or the bytes of a write that replaced
-        # the whole block (no copy made); `_mutable` turns one into the other.
-        self.dirty: dict[Key, bytes | bytearray] = {}
+        # A dirty buffer is a bytearray, the bytes of a write that replaced
+        # the whole block (no copy made), or an Overlay of small writes over
+        # the in-flight version; `_mutable` turns either into a bytearray.
+        self.dirty: dict[Key, Version] = {}
         self.extents: dict[Key, Extents] = {}     # per dirty key: what was written into it
-        self.inflight: dict[Key, tuple[int, bytes]] = {}    # newest in-flight version: what reads see
+        self.inflight: dict[Key, tuple[int, bytes | Overlay]] = {}    # newest in-flight version: what reads see
         # Per key, the in-flight batches whose commit must still reach the
         # committed state (in journal order). A truncate or delete of the key
         # empties it: memory already holds the later TRUNC/INODE_DEL, which
@@ -158,14 +165,14 @@ class DataLayer:
             if buf is None:
                 fl = self.inflight.get(key)
                 if fl is not None:
-                    chunk = fl[1][boff:boff + n]
+                    chunk = content_slice(fl[1], boff, boff + n)
                 elif self.state.block_patches(ino, idx):
                     chunk = (await self.committed_block(ino, idx))[boff:boff + n]
                 else:
                     ref = self.state.blocks.get(ino, {}).get(idx)
                     chunk = b"" if ref is None else await self.bio.read_range(ino, idx, ref, boff, boff + n)
             else:
-                chunk = bytes(buf[boff:boff + n])
+                chunk = content_slice(buf, boff, boff + n)
             if len(chunk) < n:
                 chunk = chunk + bytes(n - len(chunk))
             parts.append(chunk)
@@ -221,7 +228,7 @@ class DataLayer:
         while True:
             fl = self.inflight.get((ino, idx))
             if fl is not None:
-                return bytearray(fl[1])
+                return bytearray(content_slice(fl[1], 0, self.bs))
             ref = self.state.blocks.get(ino, {}).get(idx)
             patches = self.state.block_patches(ino, idx)
             npatches = len(patches) if patches else 0
@@ -262,20 +269,33 @@ class DataLayer:
                 self.dirty[key] = data
                 self.extents[key] = None
                 self.sealed.pop(key, None)
-                self.dirty_bytes += n - (len(old) if old is not None else 0)
+                self.dirty_bytes += n - (version_bytes(old) if old is not None else 0)
                 if self._background_runs:
                     self._eager_upload(key, data)
                 pos += n
                 continue
-            if key in self.dirty:
+            cur = self.dirty.get(key)
+            if isinstance(cur, Overlay) and cur.nbytes + n <= OVERLAY_MAX:
+                self._overlay_put(key, cur, boff, bytes(mv[pos:pos + n]))
+                pos += n
+                continue
+            if cur is not None:
                 buf = self._mutable(key)
             else:
                 existing = self.inflight.get(key)
+                if existing is not None and n <= OVERLAY_MAX and n < self.bs:
+                    # A small write over a block in flight: keep just the bytes
+                    # (no copy of the in-flight version; see overlay.py).
+                    self.dirty[key] = Overlay(existing[1])
+                    self.extents[key] = []
+                    self._overlay_put(key, self.dirty[key], boff, bytes(mv[pos:pos + n]))  # type: ignore[arg-type]
+                    pos += n
+                    continue
                 ref = self.state.blocks.get(ino, {}).get(idx)
                 covers = boff == 0 and (
                     (existing is None and (ref is None or ref.length <= n)
                      and self.state.block_length(ino, idx) <= n)
-                    or (existing is not None and len(existing[1]) <= n)
+                    or (existing is not None and content_length(existing[1]) <= n)
                 )
                 base = bytearray() if covers else await self._base(ino, idx)
                 if ino not in self.state.inodes:
@@ -300,7 +320,7 @@ class DataLayer:
         """Mirror a size change (already applied by MetaOps.setattr) in the buffers."""
         cut_idx, rem = divmod(size, self.bs)
         for key in [k for k in self.dirty if k[0] == ino and (k[1] > cut_idx or (k[1] == cut_idx and rem == 0))]:
-            self.dirty_bytes -= len(self.dirty.pop(key))
+            self.dirty_bytes -= version_bytes(self.dirty.pop(key))
             self.extents.pop(key, None)
         for key in [k for k in self.inflight if k[0] == ino and (k[1] > cut_idx or (k[1] == cut_idx and rem == 0))]:
             del self.inflight[key]
@@ -321,7 +341,7 @@ class DataLayer:
             elif key in self.inflight:
                 # The in-flight copy has bytes past the new end; replace it by a
                 # clipped dirty copy so they can never reappear if the file grows.
-                clipped = bytearray(self.inflight.pop(key)[1][:rem])
+                clipped = bytearray(content_slice(self.inflight.pop(key)[1], 0, rem))
                 self.dirty[key] = clipped
                 self.extents[key] = None
                 self.dirty_bytes += len(clipped)
@@ -351,7 +371,7 @@ class DataLayer:
         def hit(k: Key) -> bool:
             return k[0] == ino and first <= k[1] < first + count
         for key in [k for k in self.dirty if hit(k)]:
-            self.dirty_bytes -= len(self.dirty.pop(key))
+            self.dirty_bytes -= version_bytes(self.dirty.pop(key))
             self.extents.pop(key, None)
         for key in [k for k in self.inflight if hit(k)]:
             del self.inflight[key]
@@ -362,7 +382,7 @@ class DataLayer:
         """Recovery: a block from the local journal becomes dirty again."""
         old = self.dirty.pop((ino, idx), None)
         if old is not None:
-            self.dirty_bytes -= len(old)
+            self.dirty_bytes -= version_bytes(old)
         self.dirty[(ino, idx)] = bytearray(raw)
         self.extents[(ino, idx)] = None
         self.dirty_bytes += len(raw)
@@ -385,12 +405,28 @@ class DataLayer:
 
     def _mutable(self, key: Key) -> bytearray:
         """The dirty buffer of `key` as a bytearray (copying a whole-block
-        write's bytes the first time it is changed in part)."""
+        write's bytes the first time it is changed in part, or laying an
+        Overlay onto a copy of its in-flight base). The written ranges
+        recorded so far stay as they were."""
         buf = self.dirty[key]
-        if not isinstance(buf, bytearray):
+        if isinstance(buf, Overlay):
+            whole = bytearray(content_slice(buf, 0, self.bs))
+            self.dirty_bytes += len(whole) - buf.nbytes
+            buf = self.dirty[key] = whole
+        elif not isinstance(buf, bytearray):
             buf = self.dirty[key] = bytearray(buf)
             self.sealed.pop(key, None)
         return buf
+
+    def _overlay_put(self, key: Key, ov: Overlay, off: int, piece: bytes) -> None:
+        """Add a written piece to the dirty Overlay of `key` and remember its range."""
+        ov.add(off, piece)
+        ext = self.extents.get(key)
+        if ext is not None:
+            ext.append((off, off + len(piece)))
+            if len(ext) > 64:
+                ext[:] = merge_extents(ext)
+        self.dirty_bytes += len(piece)
 
     def _put(self, key: Key, buf: bytearray, off: int, piece) -> None:
         """Lay `piece` into dirty buffer `buf` at `off` (zero-filling a gap)
@@ -425,7 +461,7 @@ class DataLayer:
         self._last_read_end.pop(ino, None)
         self._ra_window.pop(ino, None)
         for key in [k for k in self.dirty if k[0] == ino]:
-            self.dirty_bytes -= len(self.dirty.pop(key))
+            self.dirty_bytes -= version_bytes(self.dirty.pop(key))
             self.extents.pop(key, None)
         for key in [k for k in self.inflight if k[0] == ino]:
             del self.inflight[key]
@@ -433,15 +469,17 @@ class DataLayer:
             del self.unsettled[key]
 
     # ---------------------------------------------------------------- commit
-    def cut(self, batch_id: int) -> tuple[dict[Key, bytes], dict[Key, Extents]]:
+    def cut(self, batch_id: int) -> tuple[dict[Key, bytes | Overlay], dict[Key, Extents]]:
         """Freeze every dirty block into batch `batch_id` (synchronous, atomic
         with MetaOps.take_pending on the single trio thread). Returns the
-        blocks and, per block, the ranges written into it (merged)."""
-        batch: dict[Key, bytes] = {}
+        blocks and, per block, the ranges written into it (merged). An
+        Overlay is frozen as it is: nothing changes it once it left `dirty`."""
+        batch: dict[Key, bytes | Overlay] = {}
         extents: dict[Key, Extents] = {}
         for key, buf in self.dirty.items():
             snap = self.sealed.get(key)
-            if isinstance(buf, bytes):
+            frozen: bytes | Overlay
+            if isinstance(buf, (bytes, Overlay)):
                 frozen = buf     # a whole-block write, never changed since: immutable already
             elif snap is not None and snap == buf:
                 # (The comparison is cheap next to a copy and a second upload,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import stat
 
 from fsd.datapath.data import DataLayer, overlay
+from fsd.datapath.overlay import content, content_slice, version_bytes
 from fsd.meta.ops import MetaOps
 from fsd.meta.records import BLOCK, HOLE, INODE, PATCH
 from fsd.meta.state import BlockRef, MetaState, new_volume_records
@@ -43,8 +44,8 @@ async def test_older_batch_of_a_block_settles_before_a_newer_patch():
     assert ext2[K] == [(100, 110)]
     ref1 = BlockRef(b"1" * 32, 100)
     journal = [[BLOCK, INO, 0, ref1.hash, ref1.length], [PATCH, INO, 0, 100, b"B" * 10]]
-    await data.settle(1, b1.keys(), {K: ref1}, len(b1[K]))
-    await data.settle(2, b2.keys(), {}, len(b2[K]), inline={K: [(100, b"B" * 10)]})
+    await data.settle(1, b1.keys(), {K: ref1}, version_bytes(b1[K]))
+    await data.settle(2, b2.keys(), {}, version_bytes(b2[K]), inline={K: [(100, b"B" * 10)]})
     assert state.blocks[INO][0] == ref1, "batch 1's BLOCK must reach memory although batch 2 cut the block too"
     assert state.block_patches(INO, 0) == [(100, b"B" * 10)]
     assert not data.inflight and not data.unsettled and data.inflight_bytes == 0
@@ -67,11 +68,11 @@ async def test_truncate_between_cuts_keeps_memory_equal_to_replay():
     recs2 = ops.take_pending()
     b2, ext2 = data.cut(2)
     assert ext2[K] is None, "a block whose in-flight content was clipped is committed whole"
-    assert b2[K] == b"A" * 50 + bytes(10) + b"C" * 5
+    assert content(b2[K]) == b"A" * 50 + bytes(10) + b"C" * 5
     ref1, ref2 = BlockRef(b"1" * 32, 300), BlockRef(b"2" * 32, 65)
     journal = recs1 + [[BLOCK, INO, 0, ref1.hash, 300]] + recs2 + [[BLOCK, INO, 0, ref2.hash, 65]]
-    await data.settle(1, b1.keys(), {K: ref1}, len(b1[K]))
-    await data.settle(2, b2.keys(), {K: ref2}, len(b2[K]))
+    await data.settle(1, b1.keys(), {K: ref1}, version_bytes(b1[K]))
+    await data.settle(2, b2.keys(), {K: ref2}, version_bytes(b2[K]))
     replay = _journal_replay(journal)
     assert replay.blocks == state.blocks == {INO: {0: ref2}}
     assert replay.inodes[INO].size == state.inodes[INO].size == 65
@@ -86,9 +87,9 @@ async def test_group_of_batches_settles_the_latest_content_once():
     await data.write(INO, 20, b"B" * 10, 2)
     b2, e2 = data.cut(2)
     union = [(0, 10), (20, 30)]
-    pieces = [(s, b2[K][s:e]) for s, e in union]
-    await data.settle(1, b1.keys(), {}, len(b1[K]))
-    await data.settle(2, b2.keys(), {}, len(b2[K]), inline={K: pieces})
+    pieces = [(s, content_slice(b2[K], s, e)) for s, e in union]
+    await data.settle(1, b1.keys(), {}, version_bytes(b1[K]))
+    await data.settle(2, b2.keys(), {}, version_bytes(b2[K]), inline={K: pieces})
     assert overlay(b"", state.block_patches(INO, 0)) == b"A" * 10 + bytes(10) + b"B" * 10
     assert not data.inflight and not data.unsettled
 
@@ -108,7 +109,7 @@ async def test_punch_of_a_block_in_flight_is_journaled():
     recs2 = ops.take_pending()
     assert [r for r in recs2 if r[0] == HOLE] == [[HOLE, INO, 1, 1]]
     refs = {key: BlockRef(bytes([key[1]]) * 32, BS) for key in b1}
-    await data.settle(1, b1.keys(), refs, len(b1[K]) * 3)
+    await data.settle(1, b1.keys(), refs, version_bytes(b1[K]) * 3)
     journal = recs1 + [refs[k].record(*k) for k in sorted(refs)] + recs2
     replay = _journal_replay(journal)
     assert 1 not in replay.blocks[INO] and 1 not in state.blocks[INO]
