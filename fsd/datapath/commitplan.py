@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsd.datapath.overlay import Overlay, content_length, content_slice
+from fsd.datapath.overlay import BaseNeeded, Overlay, content_length, content_slice
 from fsd.meta.records import PATCH
 from fsd.meta.state import BlockRef
 
@@ -46,6 +46,9 @@ class Batch:
     first_change_ns: int = 0
     # key -> merged written ranges; None (or absent): written whole
     extents: dict[Key, list[tuple[int, int]] | None] = field(default_factory=dict)
+    # blocks to store whole although their ranges are known (folded: their
+    # content did not change, so the local journal keeps only the ranges)
+    store_whole: set[Key] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -99,16 +102,19 @@ def plan_commit(batches: list[Batch], patch_bytes: int, existing_patches: Mappin
         for b in batches[: i + 1]:
             if key in b.blocks:
                 ext = b.extents.get(key)
-                if ext is None:
+                if ext is None or key in b.store_whole:
                     whole = True             # written whole at least once: stored whole
                     break
                 ranges.extend(ext)
         if not whole:
             v = batches[i].blocks[key]
             length = content_length(v)
-            pieces = [(s, content_slice(v, s, min(e, length))) for s, e in merge_extents(ranges) if s < length]
+            try:
+                pieces = [(s, content_slice(v, s, min(e, length))) for s, e in merge_extents(ranges) if s < length]
+            except BaseNeeded:      # not expected (written ranges are always held): store it whole
+                pieces, whole = [], True
             n = sum(len(d) for _, d in pieces)
-            if (n <= limits.inline_max and existing_patches.get(key, 0) + n <= limits.patch_max_per_block
+            if (not whole and n <= limits.inline_max and existing_patches.get(key, 0) + n <= limits.patch_max_per_block
                     and n <= budget):
                 inline[i][key] = pieces
                 budget -= n

@@ -28,7 +28,7 @@ from fsd.datapath.blockio import BlockIO
 from fsd.datapath.commitplan import INLINE_MAX, PATCH_BUDGET, Batch, plan_commit, segment_records
 from fsd.datapath.data import DataLayer
 from fsd.datapath.localjournal import LocalEntry, LocalJournal
-from fsd.datapath.overlay import content, content_length, content_slice, version_bytes
+from fsd.datapath.overlay import Overlay, content_length, version_bytes
 from fsd.format import keys
 from fsd.format.segment import Segment
 from fsd.meta.ops import FsError, MetaOps
@@ -66,22 +66,26 @@ class CommitStats:
     last_error: str | None = None
 
 
-def _local_pieces(batch: Batch) -> list[tuple[int, int, int | None, bytes]]:
+async def _local_pieces(batch: Batch, data: DataLayer) -> list[tuple[int, int, int | None, bytes]]:
     """What the local journal keeps of a batch's blocks: the written ranges
     when they are small (at most INLINE_MAX) or a small part of the block,
     else the whole block. Recovery turns ranges into PATCH records in one
     segment and whole blocks into data objects, so small ranges keep the
-    recovery of many small fsyncs to a few PUTs."""
+    recovery of many small fsyncs to a few PUTs. Only a whole block may
+    need a read (an Overlay's committed base)."""
     out: list[tuple[int, int, int | None, bytes]] = []
-    for (ino, idx), v in batch.blocks.items():
-        ext = batch.extents.get((ino, idx))
+    for key, v in batch.blocks.items():
+        ino, idx = key
+        ext = batch.extents.get(key)
         length = content_length(v)
         if ext is not None:
             written = sum(e - s for s, e in ext)
             if written <= INLINE_MAX or written <= length // 2:
-                out.extend((ino, idx, s, content_slice(v, s, min(e, length))) for s, e in ext if s < length)
+                for s, e in ext:
+                    if s < length:
+                        out.append((ino, idx, s, await data.version_slice(key, v, s, min(e, length))))
                 continue
-        out.append((ino, idx, None, content(v)))
+        out.append((ino, idx, None, await data.version_content(key, v)))
     return out
 
 
@@ -124,6 +128,7 @@ class Committer:
         self.commit_lock = trio.Lock()
         self.snapshot_due = trio.Event()     # set once `snapshot_every` segments were committed
         self._recorders: list[set[bytes]] = []
+        self._folding: set[tuple[int, int]] = set()    # blocks folded whose patches have not left yet
 
     # -------------------------------------------------------------- requests
     def request(self) -> None:
@@ -220,10 +225,11 @@ class Committer:
         if not self._pending_anything():
             return None
         records = self.ops.take_pending()
-        blocks, extents = self.data.cut(batch_id)
+        blocks, extents, whole = self.data.cut(batch_id)
         first = self.stats.oldest_uncommitted_ns or time.time_ns()
         self.stats.oldest_uncommitted_ns = None
-        return Batch(batch_id, records, blocks, sum(version_bytes(b) for b in blocks.values()), first, extents)
+        return Batch(batch_id, records, blocks, sum(version_bytes(b) for b in blocks.values()), first, extents,
+                     whole)
 
     async def _notify(self) -> None:
         async with self._progress:
@@ -232,15 +238,16 @@ class Committer:
     async def _cut_local(self, send) -> None:
         """Cut a batch, make it durable in the local journal, acknowledge,
         queue it for upload. If the local disk refuses (ENOSPC, EIO), the
-        batch is acknowledged only once it is in the store instead."""
-        await self._fold_patches()
+        batch is acknowledged only once it is in the store instead. (Folding
+        runs in the uploader: it reads whole blocks, which an fsync must not
+        wait for.)"""
         batch = self._cut()
         bid = self._next_cut - 1
         if batch is None:
             self._local_done = bid
             await self._notify()
             return
-        entry = LocalEntry(self.pos.epoch, batch.id, batch.records, _local_pieces(batch))
+        entry = LocalEntry(self.pos.epoch, batch.id, batch.records, await _local_pieces(batch, self.data))
         assert self.local is not None     # only run() in local mode calls this
         try:
             await trio.to_thread.run_sync(self.local.append, entry)
@@ -283,22 +290,43 @@ class Committer:
                 ok = await self._commit_batches(batches)
                 if not ok:
                     return
+                await self._fold_patches()          # the folded blocks go out with a later batch
                 assert self.local is not None
                 await trio.to_thread.run_sync(self.local.remove, self.pos.epoch, [b.id for b in batches])
                 await self._notify()
 
     async def _fold_patches(self) -> None:
-        """Over the inline budget: turn the most-patched blocks back into
-        whole objects (they become dirty and go out with this commit)."""
+        """Over half the inline budget: turn the most-patched blocks back into
+        whole objects (they become dirty and go out with the next commit).
+
+        Blocks folded earlier keep their patches until their commit settles;
+        they count as already on their way out, so a round folds only what
+        is still needed (it used to fold FOLD_PER_COMMIT more blocks in every
+        round until the first folds settled: with small fsyncs in a loop,
+        hundreds of needless 1 MiB reads and uploads a second)."""
         st = self.data.state
         if st.patch_bytes <= PATCH_BUDGET // 2:
             return
+        folding = 0
+        for key in list(self._folding):
+            pl = st.block_patches(*key)
+            if pl and (key in self.data.dirty or key in self.data.inflight):
+                folding += sum(len(d) for _, d in pl)
+            else:
+                self._folding.discard(key)      # settled (or dropped): its patches are gone
+        excess = st.patch_bytes - folding - PATCH_BUDGET // 2
+        if excess <= 0:
+            return
         sizes = sorted(((sum(len(d) for _, d in pl), ino, idx) for ino, pm in st.patches.items()
-                        for idx, pl in pm.items()), reverse=True)
-        for _, ino, idx in sizes[:FOLD_PER_COMMIT]:
+                        for idx, pl in pm.items() if (ino, idx) not in self._folding), reverse=True)
+        for size, ino, idx in sizes[:FOLD_PER_COMMIT]:
+            if excess <= 0:
+                break
             # unreadable base: reported by reads; keep the patches
             with contextlib.suppress(FsError):
-                await self.data.fold(ino, idx)
+                if await self.data.fold(ino, idx):
+                    self._folding.add((ino, idx))
+                    excess -= size
 
     async def commit_once(self) -> bool:
         """One remote group-commit round. Returns False if there was nothing to do."""
@@ -345,14 +373,15 @@ class Committer:
         plan = plan_commit(batches, st.patch_bytes, existing)
         uploaded: list[dict[tuple[int, int], BlockRef]] = [{} for _ in batches]
 
-        async def up(i: int, key: tuple[int, int], raw: bytes) -> None:
+        async def up(i: int, key: tuple[int, int], v: bytes | Overlay) -> None:
+            raw = await self.data.version_content(key, v)
             ref = await self._retry(f"upload of inode {key[0]} block {key[1]}", lambda: self.bio.upload(raw))
             if ref is not None:
                 uploaded[i][key] = ref
 
         async with trio.open_nursery() as n:
             for i, key in plan.uploads:
-                n.start_soon(up, i, key, content(batches[i].blocks[key]))
+                n.start_soon(up, i, key, batches[i].blocks[key])
         if self.pos.fenced:
             return await self._fenced_during(f"the uploads of segment {self.pos.next_seq}")
         failpoints.hit("after_blocks_uploaded")

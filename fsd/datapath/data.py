@@ -21,10 +21,11 @@ made from the committed (or in-flight) content: the committer sends small
 changes inline in the journal segment (PATCH records) instead of uploading
 the whole block, so an fsync after a small write costs one PUT, not two.
 
-A small write to a block that is in flight and not dirty does not copy the
-in-flight version: it starts an `Overlay` (fsd/datapath/overlay.py) that
-holds only the written bytes over it, so small fsyncs in a loop cost a few
-KiB each, not a 1 MiB copy at the write and another at the cut.
+A small write to a block that is not dirty neither reads nor copies the
+block: it starts an `Overlay` (fsd/datapath/overlay.py) that holds only the
+written bytes over the block's in-flight version or, if none, over its
+committed state captured by value; small fsyncs in a loop then cost a few
+KiB each, not a 1 MiB read or copy at the write and another at the cut.
 """
 from __future__ import annotations
 
@@ -35,7 +36,18 @@ import trio
 
 from fsd.datapath.blockio import BlockIO
 from fsd.datapath.commitplan import merge_extents
-from fsd.datapath.overlay import OVERLAY_MAX, Overlay, Version, content_length, content_slice, version_bytes
+from fsd.datapath.overlay import (
+    OVERLAY_MAX,
+    BaseNeeded,
+    CommittedBase,
+    Overlay,
+    Version,
+    committed_bottom,
+    content,
+    content_length,
+    content_slice,
+    version_bytes,
+)
 from fsd.meta.ops import FsError, MetaOps
 from fsd.meta.records import PATCH
 from fsd.meta.state import BlockRef
@@ -104,9 +116,14 @@ class DataLayer:
         self.dirty_limit = dirty_limit
         # A dirty buffer is a bytearray, the bytes of a write that replaced
         # the whole block (no copy made), or an Overlay of small writes over
-        # the in-flight version; `_mutable` turns either into a bytearray.
+        # the in-flight or committed content (`_write_piece`); `_mutable`
+        # turns a whole-block write into a bytearray, `_materialize` an Overlay.
         self.dirty: dict[Key, Version] = {}
         self.extents: dict[Key, Extents] = {}     # per dirty key: what was written into it
+        # Dirty keys to be stored whole although their written ranges are
+        # known: folded blocks (`fold`). Their content did not change, so the
+        # local journal keeps only what was written into them since.
+        self.store_whole: set[Key] = set()
         self.inflight: dict[Key, tuple[int, bytes | Overlay]] = {}    # newest in-flight version: what reads see
         # Per key, the in-flight batches whose commit must still reach the
         # committed state (in journal order). A truncate or delete of the key
@@ -165,14 +182,14 @@ class DataLayer:
             if buf is None:
                 fl = self.inflight.get(key)
                 if fl is not None:
-                    chunk = content_slice(fl[1], boff, boff + n)
+                    chunk = await self.version_slice(key, fl[1], boff, boff + n)
                 elif self.state.block_patches(ino, idx):
                     chunk = (await self.committed_block(ino, idx))[boff:boff + n]
                 else:
                     ref = self.state.blocks.get(ino, {}).get(idx)
                     chunk = b"" if ref is None else await self.bio.read_range(ino, idx, ref, boff, boff + n)
             else:
-                chunk = content_slice(buf, boff, boff + n)
+                chunk = await self.version_slice(key, buf, boff, boff + n)
             if len(chunk) < n:
                 chunk = chunk + bytes(n - len(chunk))
             parts.append(chunk)
@@ -223,12 +240,40 @@ class DataLayer:
         base = b"" if ref is None else await self.bio.fetch(ino, idx, ref)
         return overlay(base, list(patches)) if patches else base
 
+    async def _bottom(self, key: Key, v: Version) -> bytes | None:
+        """The content of the CommittedBase `v`'s chain ends in (None: it
+        ends in a version held in memory)."""
+        cb = committed_bottom(v)
+        if cb is None:
+            return None
+        raw = b"" if cb.ref is None else await self.bio.fetch(key[0], key[1], cb.ref)
+        return overlay(raw, list(cb.patches)) if cb.patches else raw
+
+    async def version_content(self, key: Key, v: Version) -> bytes:
+        """The whole content of a dirty or in-flight version of block `key`."""
+        if isinstance(v, (bytes, bytearray)):
+            return bytes(v)
+        return content(v, await self._bottom(key, v))
+
+    async def version_slice(self, key: Key, v: Version, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a version; its committed base is read only
+        when the range is not covered by bytes written since."""
+        if isinstance(v, (bytes, bytearray)):
+            return bytes(v[start:end])
+        try:
+            return content_slice(v, start, end)
+        except BaseNeeded:
+            return content_slice(v, start, end, await self._bottom(key, v))
+
     async def _base(self, ino: int, idx: int) -> bytearray:
         """Current content of a block as a new mutable buffer."""
         while True:
             fl = self.inflight.get((ino, idx))
             if fl is not None:
-                return bytearray(content_slice(fl[1], 0, self.bs))
+                raw = await self.version_content((ino, idx), fl[1])
+                if self.inflight.get((ino, idx)) is fl:     # (an in-flight version is immutable)
+                    return bytearray(raw)
+                continue
             ref = self.state.blocks.get(ino, {}).get(idx)
             patches = self.state.block_patches(ino, idx)
             npatches = len(patches) if patches else 0
@@ -274,47 +319,73 @@ class DataLayer:
                     self._eager_upload(key, data)
                 pos += n
                 continue
-            cur = self.dirty.get(key)
-            if isinstance(cur, Overlay) and cur.nbytes + n <= OVERLAY_MAX:
-                self._overlay_put(key, cur, boff, bytes(mv[pos:pos + n]))
-                pos += n
-                continue
-            if cur is not None:
-                buf = self._mutable(key)
-            else:
-                existing = self.inflight.get(key)
-                if existing is not None and n <= OVERLAY_MAX and n < self.bs:
-                    # A small write over a block in flight: keep just the bytes
-                    # (no copy of the in-flight version; see overlay.py).
-                    self.dirty[key] = Overlay(existing[1])
-                    self.extents[key] = []
-                    self._overlay_put(key, self.dirty[key], boff, bytes(mv[pos:pos + n]))  # type: ignore[arg-type]
-                    pos += n
-                    continue
-                ref = self.state.blocks.get(ino, {}).get(idx)
-                covers = boff == 0 and (
-                    (existing is None and (ref is None or ref.length <= n)
-                     and self.state.block_length(ino, idx) <= n)
-                    or (existing is not None and content_length(existing[1]) <= n)
-                )
-                base = bytearray() if covers else await self._base(ino, idx)
-                if ino not in self.state.inodes:
-                    raise FsError(errno.ENOENT)
-                if key in self.dirty:       # another writer created it meanwhile
-                    buf = self._mutable(key)
-                else:
-                    buf = self.dirty[key] = base
-                    self.extents[key] = []
-                    self.dirty_bytes += len(base)
-            self._put(key, buf, boff, mv[pos:pos + n])
-            if boff + n == self.bs and self._background_runs:
-                self._eager_upload(key, bytes(buf))
+            await self._write_piece(ino, idx, boff, mv[pos:pos + n])
             pos += n
         self.ops.note_write(ino, off + len(data), now_ns)
         self.bytes_written += len(data)
         if self.dirty_bytes >= self.commit_trigger:
             self.on_pressure()
         return len(data)
+
+    async def _write_piece(self, ino: int, idx: int, boff: int, piece: memoryview) -> None:
+        """Write `piece` at `boff` into block `idx` (at most the rest of the block)."""
+        key = (ino, idx)
+        n = len(piece)
+        while True:
+            cur = self.dirty.get(key)
+            if isinstance(cur, Overlay):
+                if cur.nbytes + n <= OVERLAY_MAX:
+                    self._overlay_put(key, cur, boff, bytes(piece))
+                    return
+                await self._materialize(key, cur)
+                if ino not in self.state.inodes:
+                    raise FsError(errno.ENOENT)
+                continue                       # look again: now a whole buffer (or changed meanwhile)
+            if cur is not None:
+                buf = self._mutable(key)
+                break
+            existing = self.inflight.get(key)
+            ref = self.state.blocks.get(ino, {}).get(idx)
+            if n <= OVERLAY_MAX and n < self.bs:
+                # A small write: keep just its bytes, over the in-flight version
+                # or the committed state (overlay.py); nothing is read or copied.
+                patches = self.state.block_patches(ino, idx)
+                under: bytes | Overlay | CommittedBase | None = (
+                    existing[1] if existing is not None
+                    else CommittedBase(ref, tuple(patches or ())) if ref is not None or patches else None)
+                if under is not None:
+                    ov = Overlay(under)
+                    self.dirty[key] = ov
+                    self.extents[key] = []
+                    self._overlay_put(key, ov, boff, bytes(piece))
+                    return
+            covers = boff == 0 and (
+                (existing is None and (ref is None or ref.length <= n)
+                 and self.state.block_length(ino, idx) <= n)
+                or (existing is not None and content_length(existing[1]) <= n)
+            )
+            base = bytearray() if covers else await self._base(ino, idx)
+            if ino not in self.state.inodes:
+                raise FsError(errno.ENOENT)
+            if key in self.dirty:              # another writer created it meanwhile: look again
+                continue
+            buf = self.dirty[key] = base
+            self.extents[key] = []
+            self.dirty_bytes += len(base)
+            break
+        self._put(key, buf, boff, piece)
+        if boff + n == self.bs and self._background_runs:
+            self._eager_upload(key, bytes(buf))
+
+    async def _materialize(self, key: Key, ov: Overlay) -> None:
+        """Turn the dirty Overlay `ov` of `key` into a whole buffer (its
+        written ranges stay recorded), unless it changed meanwhile."""
+        gen = ov.gen
+        raw = await self.version_content(key, ov)
+        if self.dirty.get(key) is ov and ov.gen == gen:
+            buf = bytearray(raw)
+            self.dirty[key] = buf
+            self.dirty_bytes += len(buf) - ov.nbytes
 
     def truncate(self, ino: int, size: int) -> None:
         """Mirror a size change (already applied by MetaOps.setattr) in the buffers."""
@@ -331,7 +402,13 @@ class DataLayer:
             # is in flight, its older batches no longer settle into memory
             # (the TRUNC already did), so the block is committed whole next.
             key = (ino, cut_idx)
-            if key in self.dirty:
+            cur = self.dirty.get(key)
+            if isinstance(cur, Overlay):
+                if content_length(cur) > rem:
+                    self.dirty_bytes -= cur.cut_at(rem)
+                    self.extents[key] = None
+                    self.unsettled.pop(key, None)
+            elif cur is not None:
                 buf = self._mutable(key)
                 if len(buf) > rem:
                     self.dirty_bytes -= len(buf) - rem
@@ -339,12 +416,10 @@ class DataLayer:
                     self.extents[key] = None
                     self.unsettled.pop(key, None)
             elif key in self.inflight:
-                # The in-flight copy has bytes past the new end; replace it by a
-                # clipped dirty copy so they can never reappear if the file grows.
-                clipped = bytearray(content_slice(self.inflight.pop(key)[1], 0, rem))
-                self.dirty[key] = clipped
+                # The in-flight version has bytes past the new end; replace it by
+                # a clipped dirty one so they can never reappear if the file grows.
+                self.dirty[key] = Overlay(self.inflight.pop(key)[1], clip=rem)
                 self.extents[key] = None
-                self.dirty_bytes += len(clipped)
                 self.unsettled.pop(key, None)
 
     async def punch(self, ino: int, off: int, length: int, now_ns: int) -> None:
@@ -395,6 +470,9 @@ class DataLayer:
         if ino not in self.state.inodes:
             return
         key = (ino, idx)
+        cur = self.dirty.get(key)
+        if isinstance(cur, Overlay):
+            await self._materialize(key, cur)
         if key not in self.dirty:
             base = await self._base(ino, idx)
             if key not in self.dirty:
@@ -409,11 +487,9 @@ class DataLayer:
         Overlay onto a copy of its in-flight base). The written ranges
         recorded so far stay as they were."""
         buf = self.dirty[key]
-        if isinstance(buf, Overlay):
-            whole = bytearray(content_slice(buf, 0, self.bs))
-            self.dirty_bytes += len(whole) - buf.nbytes
-            buf = self.dirty[key] = whole
-        elif not isinstance(buf, bytearray):
+        if isinstance(buf, Overlay):     # callers materialize overlays first (it may read)
+            raise AssertionError(f"block {key}: an Overlay where a whole buffer was expected")
+        if not isinstance(buf, bytearray):
             buf = self.dirty[key] = bytearray(buf)
             self.sealed.pop(key, None)
         return buf
@@ -453,7 +529,8 @@ class DataLayer:
         if key in self.dirty or ino not in self.state.inodes:
             return False
         self.dirty[key] = base
-        self.extents[key] = None
+        self.extents[key] = []
+        self.store_whole.add(key)
         self.dirty_bytes += len(base)
         return True
 
@@ -469,10 +546,11 @@ class DataLayer:
             del self.unsettled[key]
 
     # ---------------------------------------------------------------- commit
-    def cut(self, batch_id: int) -> tuple[dict[Key, bytes | Overlay], dict[Key, Extents]]:
+    def cut(self, batch_id: int) -> tuple[dict[Key, bytes | Overlay], dict[Key, Extents], set[Key]]:
         """Freeze every dirty block into batch `batch_id` (synchronous, atomic
         with MetaOps.take_pending on the single trio thread). Returns the
-        blocks and, per block, the ranges written into it (merged). An
+        blocks, per block the ranges written into it (merged), and the
+        blocks to store whole although their ranges are known (folded). An
         Overlay is frozen as it is: nothing changes it once it left `dirty`."""
         batch: dict[Key, bytes | Overlay] = {}
         extents: dict[Key, Extents] = {}
@@ -492,12 +570,14 @@ class DataLayer:
             extents[key] = None if ext is None else merge_extents(ext)
             self.inflight[key] = (batch_id, frozen)
             self.unsettled.setdefault(key, set()).add(batch_id)
+        whole = self.store_whole & batch.keys()
         self.inflight_bytes += self.dirty_bytes
+        self.store_whole = set()
         self.dirty = {}
         self.extents = {}
         self.sealed = {}
         self.dirty_bytes = 0
-        return batch, extents
+        return batch, extents, whole
 
     async def settle(self, batch_id: int, keys: Iterable[Key], results: dict[Key, BlockRef], nbytes: int,
                      inline: dict[Key, list[tuple[int, bytes]]] | None = None) -> None:

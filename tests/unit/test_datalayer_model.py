@@ -1,5 +1,5 @@
 """The data layer against a model, with randomness: writes of every size
-(small ones become Overlays over in-flight versions), cuts into batches,
+(small ones become Overlays), cuts into batches, folds of patched blocks,
 groups of batches committed as the committer plans them (inline PATCH or
 uploaded object), truncates and punches, in random interleavings with
 several batches in flight (durability=local).
@@ -19,7 +19,7 @@ import pytest
 
 from fsd.datapath.commitplan import Batch, Limits, plan_commit, segment_records
 from fsd.datapath.data import DataLayer
-from fsd.datapath.overlay import content, version_bytes
+from fsd.datapath.overlay import version_bytes
 from fsd.meta.ops import MetaOps
 from fsd.meta.records import INODE
 from fsd.meta.state import BlockRef, MetaState, new_volume_records
@@ -58,7 +58,7 @@ async def _commit(data: DataLayer, bio: FakeBlockIO, group: list[Batch], journal
     plan = plan_commit(group, st.patch_bytes, existing, limits)
     uploaded: list[dict] = [{} for _ in group]
     for i, key in plan.uploads:
-        uploaded[i][key] = await bio.upload(content(group[i].blocks[key]))
+        uploaded[i][key] = await bio.upload(await data.version_content(key, group[i].blocks[key]))
     journal.extend(segment_records(group, plan, uploaded))
     for i, b in enumerate(group):
         await data.settle(b.id, b.blocks.keys(), uploaded[i], b.nbytes, plan.inline[i])
@@ -99,8 +99,9 @@ async def test_random_interleavings_read_back_the_model_and_replay_equals_memory
             _model_write(model, off, payload)
         elif r < 0.75:
             records = ops.take_pending()
-            blocks, extents = data.cut(next_id)
-            queue.append(Batch(next_id, records, blocks, sum(version_bytes(b) for b in blocks.values()), 0, extents))
+            blocks, extents, whole = data.cut(next_id)
+            nbytes = sum(version_bytes(b) for b in blocks.values())
+            queue.append(Batch(next_id, records, blocks, nbytes, 0, extents, whole))
             trace.append(('cut', next_id))
             next_id += 1
         elif r < 0.88 and queue:
@@ -108,6 +109,12 @@ async def test_random_interleavings_read_back_the_model_and_replay_equals_memory
             group, queue = queue[:n], queue[n:]
             await _commit(data, bio, group, journal, limits)
             trace.append(('commit', [b.id for b in group]))
+        elif r < 0.91:
+            patched = sorted(state.patches.get(INO, {}))
+            if patched:                   # what the committer does over the inline budget
+                idx = rng.choice(patched)
+                await data.fold(INO, idx)
+                trace.append(('fold', idx))
         elif r < 0.95:
             size = rng.randrange(0, 7 * BS)
             ops.setattr(INO, now, size=size)
@@ -127,8 +134,8 @@ async def test_random_interleavings_read_back_the_model_and_replay_equals_memory
         got = await data.read(INO, 0, size + BS)
         assert got == bytes(model), f"seed {seed} step {_step}: content differs from the model: {trace[-12:]}"
     records = ops.take_pending()
-    blocks, extents = data.cut(next_id)
-    queue.append(Batch(next_id, records, blocks, sum(version_bytes(b) for b in blocks.values()), 0, extents))
+    blocks, extents, whole = data.cut(next_id)
+    queue.append(Batch(next_id, records, blocks, sum(version_bytes(b) for b in blocks.values()), 0, extents, whole))
     await _commit(data, bio, queue, journal, limits)
     assert not data.inflight and not data.unsettled and data.inflight_bytes == 0
     replay = _state()

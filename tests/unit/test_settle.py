@@ -38,9 +38,9 @@ def _journal_replay(journal: list[list]) -> MetaState:
 async def test_older_batch_of_a_block_settles_before_a_newer_patch():
     data, state = _layer()
     await data.write(INO, 0, b"A" * 100, 1)
-    b1, _ = data.cut(1)
+    b1, _, _ = data.cut(1)
     await data.write(INO, 100, b"B" * 10, 2)       # dirty copy made from batch 1's in-flight buffer
-    b2, ext2 = data.cut(2)
+    b2, ext2, _ = data.cut(2)
     assert ext2[K] == [(100, 110)]
     ref1 = BlockRef(b"1" * 32, 100)
     journal = [[BLOCK, INO, 0, ref1.hash, ref1.length], [PATCH, INO, 0, 100, b"B" * 10]]
@@ -60,13 +60,13 @@ async def test_truncate_between_cuts_keeps_memory_equal_to_replay():
     data, state = _layer()
     ops = data.ops
     await data.write(INO, 0, b"A" * 300, 1)
-    b1, _ = data.cut(1)
+    b1, _, _ = data.cut(1)
     recs1 = ops.take_pending()
     ops.setattr(INO, 2, size=50)
     data.truncate(INO, 50)
     await data.write(INO, 60, b"C" * 5, 3)
     recs2 = ops.take_pending()
-    b2, ext2 = data.cut(2)
+    b2, ext2, _ = data.cut(2)
     assert ext2[K] is None, "a block whose in-flight content was clipped is committed whole"
     assert content(b2[K]) == b"A" * 50 + bytes(10) + b"C" * 5
     ref1, ref2 = BlockRef(b"1" * 32, 300), BlockRef(b"2" * 32, 65)
@@ -83,9 +83,9 @@ async def test_group_of_batches_settles_the_latest_content_once():
     batch of a block carries its content (a PATCH of the union of ranges)."""
     data, state = _layer()
     await data.write(INO, 0, b"A" * 10, 1)
-    b1, e1 = data.cut(1)
+    b1, e1, _ = data.cut(1)
     await data.write(INO, 20, b"B" * 10, 2)
-    b2, e2 = data.cut(2)
+    b2, e2, _ = data.cut(2)
     union = [(0, 10), (20, 30)]
     pieces = [(s, content_slice(b2[K], s, e)) for s, e in union]
     await data.settle(1, b1.keys(), {}, version_bytes(b1[K]))
@@ -104,7 +104,7 @@ async def test_punch_of_a_block_in_flight_is_journaled():
     ops = data.ops
     await data.write(INO, 0, b"A" * (3 * BS), 1)
     recs1 = ops.take_pending()
-    b1, _ = data.cut(1)
+    b1, _, _ = data.cut(1)
     await data.punch(INO, BS, BS, 2)
     recs2 = ops.take_pending()
     assert [r for r in recs2 if r[0] == HOLE] == [[HOLE, INO, 1, 1]]
@@ -113,3 +113,24 @@ async def test_punch_of_a_block_in_flight_is_journaled():
     journal = recs1 + [refs[k].record(*k) for k in sorted(refs)] + recs2
     replay = _journal_replay(journal)
     assert 1 not in replay.blocks[INO] and 1 not in state.blocks[INO]
+
+
+async def test_a_folded_block_is_stored_whole_and_journaled_locally_as_its_written_ranges():
+    """Folding does not change a block's content: the commit stores it whole
+    (its patches leave the metadata), the local journal keeps only what was
+    written into it since (it used to keep the whole block)."""
+    from fsd.datapath.commitplan import Batch, plan_commit
+    from fsd.datapath.committer import _local_pieces
+    data, state = _layer()
+    await data.write(INO, 0, b"A" * 100, 1)
+    b1, _, _ = data.cut(1)
+    await data.settle(1, b1.keys(), {}, version_bytes(b1[K]), inline={K: [(0, b"A" * 100)]})
+    assert state.block_patches(INO, 0)
+    assert await data.fold(INO, 0)
+    await data.write(INO, 200, b"B" * 10, 2)
+    b2, ext2, whole2 = data.cut(2)
+    assert whole2 == {K} and ext2[K] == [(200, 210)]
+    batch = Batch(2, [], b2, version_bytes(b2[K]), 0, ext2, whole2)
+    assert await _local_pieces(batch, data) == [(INO, 0, 200, b"B" * 10)]
+    plan = plan_commit([batch], state.patch_bytes, {K: 100})
+    assert plan.uploads == [(0, K)] and not plan.inline[0]
