@@ -1,0 +1,136 @@
+"""Does recovering a crashed `durability=local` mount get slower as the
+volume ages? (issue 22: the remount after kill -9 on the same cache must
+stay within 2x of the first trial's time over 200 trials on one volume.)
+
+One volume, one cache directory, on moto. Each trial mounts with
+`durability=local`, writes for a random while (4 KiB random writes into a
+64 MiB file with fdatasync, and small files created and fsynced), kills the
+daemon with -9, and times the remount of the same cache directory until the
+mount answers. Every acknowledged write is checked after each remount (so a
+slow recovery cannot hide a wrong one). Prints the time per trial by
+quarter, the first trial's, the worst, and their ratio.
+
+    .venv/bin/python bench/recovery_age.py [--trials 200] [--src DIR]
+
+--src runs the ferry code of another checkout (a `git worktree` of an older
+commit) with this checkout's virtualenv, for before/after figures.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.conftest import _started_moto, make_bucket  # noqa: E402
+from tests.helpers.mount import FSTYPE, is_mounted  # noqa: E402
+
+FILE_MB = 64
+BS = 4096
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=200)
+    ap.add_argument("--src", help="run the ferry code of this checkout instead")
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    work = Path(tempfile.mkdtemp(prefix="ferry-bench-age-"))
+    env = {**os.environ, "FERRY_RUN_DIR": str(work / "run")}
+    if args.src:
+        env["PYTHONPATH"] = str(Path(args.src).resolve())
+    ferry = [sys.executable, "-m", "cli"]
+    srv = _started_moto(work)
+    mnt, cache = work / "mnt", work / "cache"
+    mnt.mkdir()
+    proc: subprocess.Popen | None = None
+    rnd = random.Random(args.seed)
+    times: list[float] = []
+    try:
+        url = f"s3://{make_bucket(srv.endpoint)}?endpoint={srv.endpoint}&region=us-east-1"
+        subprocess.run(ferry + ["fs", "mkfs", "--store", url, "v"], check=True, env=env, cwd=work,
+                       stdout=subprocess.DEVNULL)
+
+        def mount() -> tuple[subprocess.Popen, float]:
+            t0 = time.monotonic()
+            with open(work / "fsd.log", "ab") as log:
+                p = subprocess.Popen(ferry + ["fs", "mount", "--store", url, "--cache-dir", str(cache), "v", str(mnt),
+                                              "--foreground", "-o", "durability=local"],
+                                     stdout=log, stderr=log, env=env, cwd=work, start_new_session=True)
+            while not is_mounted(mnt, FSTYPE):
+                if p.poll() is not None:
+                    raise SystemExit(f"mount failed; see {work / 'fsd.log'}")
+                time.sleep(0.005)
+            return p, time.monotonic() - t0
+
+        proc, _ = mount()
+        big = mnt / "big"
+        with open(big, "wb") as f:
+            f.truncate(FILE_MB << 20)
+            os.fsync(f.fileno())
+        model = bytearray(FILE_MB << 20)
+        files: dict[str, bytes] = {}
+        (mnt / "d").mkdir()
+        for trial in range(args.trials):
+            fd = os.open(big, os.O_RDWR)
+            deadline = time.monotonic() + rnd.uniform(0.2, 2.0)
+            n = 0
+            while time.monotonic() < deadline:
+                if rnd.random() < 0.8:
+                    off = rnd.randrange(0, (FILE_MB << 20) // BS) * BS
+                    data = rnd.randbytes(BS)
+                    os.pwrite(fd, data, off)
+                    os.fdatasync(fd)
+                    model[off:off + BS] = data
+                else:
+                    name = f"d/t{trial}-{n}"
+                    data = rnd.randbytes(rnd.randrange(1, 9000))
+                    (mnt / name).write_bytes(data)
+                    with open(mnt / name, "rb+") as f:
+                        os.fsync(f.fileno())
+                    files[name] = data
+                n += 1
+            os.close(fd)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, stderr=subprocess.DEVNULL)
+            proc, dt = mount()
+            times.append(dt)
+            got = big.read_bytes()
+            if got != bytes(model):
+                raise SystemExit(f"trial {trial}: acknowledged writes to the big file are missing")
+            for name, data in files.items():
+                if (mnt / name).read_bytes() != data:
+                    raise SystemExit(f"trial {trial}: {name} differs")
+            print(f"trial {trial + 1}/{args.trials}: {n} fsyncs, remount {dt:.2f} s", flush=True)
+        q = max(1, len(times) // 4)
+        quarters = [times[i:i + q] for i in range(0, len(times), q)][:4]
+        print("\nremount after kill -9 (durability=local, same cache), seconds:")
+        for i, part in enumerate(quarters):
+            print(f"  quarter {i + 1}: mean {statistics.mean(part):.2f}, max {max(part):.2f}")
+        print(f"  first trial {times[0]:.2f}, worst {max(times):.2f} (trial {times.index(max(times)) + 1}), "
+              f"worst / first {max(times) / times[0]:.2f}x, last quarter / first quarter "
+              f"{statistics.mean(quarters[-1]) / statistics.mean(quarters[0]):.2f}x")
+        return 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, stderr=subprocess.DEVNULL)
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
