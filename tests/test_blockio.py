@@ -31,6 +31,7 @@ from fsd.datapath.cache.blockcache import BlockCache
 from fsd.datapath.cache.directio import ALIGN, CacheFileIO
 from fsd.datapath.cache.filler import CacheFiller
 from fsd.datapath.data import DataLayer
+from fsd.datapath.overlay import version_bytes
 from fsd.format.dataobj import block_hash
 from fsd.meta.ops import MetaOps
 from fsd.meta.records import INODE
@@ -164,7 +165,7 @@ async def test_eagerly_uploaded_block_is_encoded_and_put_once(tmp_path, monkeypa
         await trio.testing.wait_all_tasks_blocked()
         data.background.stop()
     assert store.calls["put"] == 4 and encodes["n"] == 4, "each full block went up eagerly"
-    batch, _ = data.cut(1)
+    batch, _, _ = data.cut(1)
     expect2 = full[2][:10] + b"changed" + full[2][17:]
     assert batch[(INO, 2)] == expect2, "a block changed after its eager upload is cut as it is now"
     refs = {key: await bio.upload(raw) for key, raw in batch.items()}
@@ -251,10 +252,10 @@ async def test_data_layer_matches_a_byte_model_with_eager_uploads_and_commits(tm
     async def commit() -> None:
         nonlocal batch_id
         batch_id += 1
-        blocks, _ = data.cut(batch_id)
+        blocks, _, _ = data.cut(batch_id)
         ops.take_pending()
-        results = {key: await bio.upload(raw) for key, raw in blocks.items()}
-        await data.settle(batch_id, blocks.keys(), results, sum(map(len, blocks.values())))
+        results = {key: await bio.upload(await data.version_content(key, v)) for key, v in blocks.items()}
+        await data.settle(batch_id, blocks.keys(), results, sum(map(version_bytes, blocks.values())))
 
     async with trio.open_nursery() as n:
         await n.start(data.background.run)
