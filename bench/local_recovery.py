@@ -26,14 +26,14 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from localmount import FERRY, bench_env, mount_local  # noqa: E402
+
 from tests.conftest import _started_moto, make_bucket  # noqa: E402
-from tests.helpers.mount import FSTYPE, is_mounted  # noqa: E402
 from tests.helpers.tcpproxy import TcpProxy  # noqa: E402
 
 
@@ -43,13 +43,8 @@ def main() -> int:
     ap.add_argument("--src", help="run the ferry code of this checkout instead")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (daemon log) and print its path")
     args = ap.parse_args()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    work = Path(tempfile.mkdtemp(prefix="ferry-bench-recovery-"))
-    env = {**os.environ, "FERRY_RUN_DIR": str(work / "run")}
-    if args.src:
-        env["PYTHONPATH"] = str(Path(args.src).resolve())
-    ferry = [sys.executable, "-m", "cli"]
+    work, env = bench_env("ferry-bench-recovery-", args.src)
+    ferry = FERRY
     srv = _started_moto(work)
     proxy = TcpProxy("127.0.0.1", srv.port)
     mnt, cache = work / "mnt", work / "cache"
@@ -60,15 +55,7 @@ def main() -> int:
         subprocess.run(ferry + ["fs", "mkfs", "--store", url, "v"], check=True, env=env, cwd=work)
 
         def mount() -> subprocess.Popen:
-            with open(work / "fsd.log", "ab") as log:   # the child has its own copy of the descriptor
-                p = subprocess.Popen(ferry + ["fs", "mount", "--store", url, "--cache-dir", str(cache), "v", str(mnt),
-                                              "--foreground", "-o", "durability=local"],
-                                     stdout=log, stderr=log, env=env, cwd=work, start_new_session=True)
-            while not is_mounted(mnt, FSTYPE):
-                if p.poll() is not None:
-                    raise SystemExit(f"mount failed; see {work / 'fsd.log'}")
-                time.sleep(0.005)
-            return p
+            return mount_local(url, cache, mnt, work, env)
 
         proc = mount()
         proxy.cut()

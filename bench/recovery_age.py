@@ -25,14 +25,14 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from localmount import FERRY, bench_env, mount_local  # noqa: E402
+
 from tests.conftest import _started_moto, make_bucket  # noqa: E402
-from tests.helpers.mount import FSTYPE, is_mounted  # noqa: E402
 
 FILE_MB = 64
 BS = 4096
@@ -44,13 +44,8 @@ def main() -> int:
     ap.add_argument("--src", help="run the ferry code of this checkout instead")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-    work = Path(tempfile.mkdtemp(prefix="ferry-bench-age-"))
-    env = {**os.environ, "FERRY_RUN_DIR": str(work / "run")}
-    if args.src:
-        env["PYTHONPATH"] = str(Path(args.src).resolve())
-    ferry = [sys.executable, "-m", "cli"]
+    work, env = bench_env("ferry-bench-age-", args.src)
+    ferry = FERRY
     srv = _started_moto(work)
     mnt, cache = work / "mnt", work / "cache"
     mnt.mkdir()
@@ -64,14 +59,7 @@ def main() -> int:
 
         def mount() -> tuple[subprocess.Popen, float]:
             t0 = time.monotonic()
-            with open(work / "fsd.log", "ab") as log:
-                p = subprocess.Popen(ferry + ["fs", "mount", "--store", url, "--cache-dir", str(cache), "v", str(mnt),
-                                              "--foreground", "-o", "durability=local"],
-                                     stdout=log, stderr=log, env=env, cwd=work, start_new_session=True)
-            while not is_mounted(mnt, FSTYPE):
-                if p.poll() is not None:
-                    raise SystemExit(f"mount failed; see {work / 'fsd.log'}")
-                time.sleep(0.005)
+            p = mount_local(url, cache, mnt, work, env)
             return p, time.monotonic() - t0
 
         proc, _ = mount()
