@@ -11,6 +11,9 @@ import time
 
 import pytest
 
+from fsd.format import keys
+from fsd.store import open_store
+from fsd.volume import objects as vol_mod
 from tests.helpers.mount import MountError, fsck_clean, write_fsync
 
 VOL = "vol"
@@ -232,3 +235,38 @@ def test_open_with_o_trunc_truncates_in_the_store(store_url, new_mount, crash):
         a.mount(store_url, VOL)
     assert (a.mountpoint / "f").read_bytes() == short
     a.umount()
+
+
+def _snapshots(store_url: str) -> int:
+    store = open_store(store_url)
+    try:
+        root = vol_mod.locate(store, VOL)[0].root
+        return sum(1 for _ in store.list(keys.snapshots_prefix(root)))
+    finally:
+        store.close()
+
+
+def test_a_volume_remounted_after_crashes_still_takes_snapshots(store_url, new_mount):
+    """The snapshot cadence counts the journal since the newest snapshot, not
+    the few segments a remount replays after its local working copy: a volume
+    whose mounts always end in a crash must still snapshot, or every listing,
+    remount and takeover grows with its whole history."""
+    a = new_mount("a")
+    a.mkfs(store_url, VOL)
+    opts = ["snapshot_every=6"]
+    before = _snapshots(store_url)
+    for r in range(3):
+        a.mount(store_url, VOL, options=opts)
+        for i in range(3):
+            _write_fsync(a.mountpoint / f"r{r}-{i}", b"x" * (i + 1))
+        a.kill9()
+    a.mount(store_url, VOL, options=opts)
+    _write_fsync(a.mountpoint / "last", b"y")
+    deadline = time.monotonic() + 30
+    while _snapshots(store_url) <= before:
+        assert time.monotonic() < deadline, f"no snapshot after 4 crashed mounts:\n{a.log()}"
+        time.sleep(0.05)
+    assert sorted(p.name for p in a.mountpoint.iterdir()) == sorted(
+        ["last"] + [f"r{r}-{i}" for r in range(3) for i in range(3)])
+    a.umount()
+    _fsck_clean(store_url)

@@ -87,6 +87,11 @@ class WorkingCopy:
             db.execute("ROLLBACK")
             raise
 
+    def advance(self, position: tuple[int, int]) -> None:
+        """Move the position without changing the copy: for a position whose
+        segments between carry no records (a new epoch's begin segment)."""
+        self.db.execute("INSERT OR REPLACE INTO kv VALUES ('position', ?)", (msgpack.packb(list(position)),))
+
     def _bulk_load(self, state: MetaState) -> None:
         """Fill empty tables from `state` with one executemany per table:
         a mount on a new host does this before serving, so it is on the

@@ -161,10 +161,16 @@ async def serve(cfg: MountConfig, on_ready: Callable[[], None] | None = None) ->
     The order is what makes this safe (see the module docstring): open,
     recover this cache dir's own crashed epoch, claim ours (sealing older
     ones), only then load the metadata, serve, release."""
+    phases = _PhaseClock()
     opened = await open_volume(cfg)
+    phases.mark("open")
     await recover_local(cfg, opened)
+    phases.mark("local recovery")
     epoch = await claim(cfg, opened)
+    phases.mark("claim")
     parts = await assemble(cfg, opened, epoch)
+    phases.mark("metadata")
+    log.info("volume %s: ready to serve in %s", cfg.volume, phases)
     try:
         block = BlockStack(cfg, opened.sb) if opened.sb.layout == "block" and not cfg.options.image_only else None
         if not await serve_fuse(cfg, opened, parts, on_ready, block):
@@ -174,6 +180,24 @@ async def serve(cfg: MountConfig, on_ready: Callable[[], None] | None = None) ->
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(parts.filler.close)   # queued cache copies reach the disk
+
+
+class _PhaseClock:
+    """Where a mount's start-up time went, for its log line: a slow mount
+    (a long local recovery, a long replay) says which step was slow."""
+
+    def __init__(self) -> None:
+        self._last = trio.current_time()
+        self._start = self._last
+        self._parts: list[str] = []
+
+    def mark(self, name: str) -> None:
+        now = trio.current_time()
+        self._parts.append(f"{name} {now - self._last:.2f}")
+        self._last = now
+
+    def __str__(self) -> str:
+        return f"{self._last - self._start:.2f} s ({', '.join(self._parts)})"
 
 
 async def open_volume(cfg: MountConfig) -> Opened:
@@ -244,7 +268,10 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
     if wc is not None:
         # The begin segment (epoch, 1) carries no records: the copy is exact there.
         try:
-            await t(wc.reset, sb.uuid, state, (epoch, 1))
+            if loaded.local_advanced and await t(wc.position, sb.uuid) == loaded.last:
+                await t(wc.advance, (epoch, 1))        # it already equals `state`
+            else:
+                await t(wc.reset, sb.uuid, state, (epoch, 1))
         except Exception as e:  # noqa: BLE001 - an accelerator only
             log.warning("volume %s: local working copy disabled: %r", cfg.volume, e)
             wc = None
@@ -264,7 +291,7 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
                           interval=cfg.options.commit_interval, snapshot_every=cfg.options.snapshot_every,
                           local=opened.ljournal if cfg.options.durability == "local" else None,
                           working_copy=wc)
-    committer.stats.segments_since_snapshot = loaded.replayed
+    committer.stats.segments_since_snapshot = loaded.since_snapshot
     o = cfg.options
     maintainer = Maintainer(volume=cfg.volume, root=opened.ref.root, uuid=sb.uuid, store=opened.store,
                             committer=committer, bio=bio, state=state, wc_path=cfg.cache_dir / "meta.db",

@@ -29,7 +29,7 @@ from fsd.format.dataobj import HashSpec, encode_block
 from fsd.format.segment import Segment
 from fsd.store.base import NotFound, ObjectStore, PreconditionFailed
 from fsd.volume.fencing import journal_run
-from fsd.volume.objects import epoch_seal, list_epoch_seqs, list_journal, read_segment, seal_epoch
+from fsd.volume.objects import epoch_seal, list_epoch_seqs, list_epochs, read_segment, seal_epoch
 
 log = logging.getLogger("ferry.recovery")
 
@@ -70,9 +70,13 @@ def recover_local_journal(store: ObjectStore, root: str, entries: list[LocalEntr
     then seal that epoch ("release"). The caller clears the local journal
     afterwards (only then: a crash before leaves the epoch to resume again)."""
     t0 = time.monotonic()
-    view = list_journal(store, root)
-    tails = {e: read_tail(store, root, e, view.seqs.get(e, [])) for e in sorted({x.epoch for x in entries})}
-    plan = plan_recovery(entries, own_epoch=own_epoch, latest_epoch=view.latest_epoch, tails=tails)
+    # Of the whole volume only the newest epoch matters (claims are never
+    # deleted, and an epoch's segments follow its claim); each crashed
+    # epoch's tail comes from a listing of that epoch alone. So the cost
+    # follows what the crashed mount wrote, not the volume's age.
+    latest = max(list_epochs(store, root), default=0)
+    tails = {e: read_tail(store, root, e) for e in sorted({x.epoch for x in entries})}
+    plan = plan_recovery(entries, own_epoch=own_epoch, latest_epoch=latest, tails=tails)
     report = RecoveryReport(plan)
     if plan.resume is not None:
         tail = plan.resume

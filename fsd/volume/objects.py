@@ -454,6 +454,14 @@ class LoadResult:
     start: tuple[int, int] = (0, 0)  # position of that starting point
     # (hash, epoch) of every data object a replayed segment referenced
     replayed_refs: set[tuple[bytes, int]] = field(default_factory=set)
+    # Journal segments after the newest snapshot in the store: what the next
+    # snapshot is due by. Not `replayed`: a mount from the local working copy
+    # replays only a few, and a volume remounted often after crashes would
+    # then never snapshot, and every listing and takeover would grow with it.
+    since_snapshot: int = 0
+    # The local working copy was advanced through the replay (`local` source
+    # only): it equals `state` at `last`, so the mount need not rewrite it.
+    local_advanced: bool = False
 
 
 def load_state(store: ObjectStore, root: str, sb: Superblock, local=None, *, attempts: int = 3) -> LoadResult:
@@ -535,12 +543,35 @@ def _load_state_once(store: ObjectStore, root: str, sb: Superblock, local, *, ta
     last = start
     replayed = 0
     refs: set[tuple[bytes, int]] = set()
+    advancing = source == "local"
     for pos, seg in replayable_after(store, root, view, start):
         state.apply_all(seg.records)
+        if advancing:
+            advancing = _advance_local(local, seg.records, pos)
         refs |= own_refs_of_records(seg.records)
         last = pos
         replayed += 1
-    return LoadResult(state, last, replayed, source, start, refs)
+    return LoadResult(state, last, replayed, source, start, refs,
+                      since_snapshot=segments_after(view, view.snapshots[-1] if view.snapshots else (0, 0)),
+                      local_advanced=advancing)
+
+
+def _advance_local(local, records: list, pos: tuple[int, int]) -> bool:
+    """Apply one replayed segment to the working copy the load started from,
+    so that the mount need not rewrite the whole copy (its cost grew with the
+    volume). False, and the copy left as it was (each apply is atomic), if
+    that fails: the mount then rewrites it from the loaded state."""
+    try:
+        local.apply_segment(records, pos)
+        return True
+    except Exception as e:  # noqa: BLE001 - an accelerator: the store is the truth
+        log.warning("local working copy: cannot apply segment %d-%d (%r); it will be rewritten", *pos, e)
+        return False
+
+
+def segments_after(view: JournalView, pos: tuple[int, int]) -> int:
+    """Journal keys listed in `view` after position `pos`."""
+    return sum(1 for e, seqs in view.seqs.items() for s in seqs if (e, s) > pos)
 
 
 def replayable_after(store: ObjectStore, root: str, view: JournalView, start: tuple[int, int]
