@@ -270,3 +270,30 @@ def test_a_volume_remounted_after_crashes_still_takes_snapshots(store_url, new_m
         ["last"] + [f"r{r}-{i}" for r in range(3) for i in range(3)])
     a.umount()
     _fsck_clean(store_url)
+
+
+def test_a_mount_that_finds_the_journal_long_snapshots_without_writing(store_url, new_mount):
+    """Mounts too short for the background pass (crashes soon after mounting)
+    must not leave the journal growing: a mount that finds `snapshot_every`
+    segments after the newest snapshot takes one from the state it loaded,
+    before anything is written."""
+    a = new_mount("a")
+    a.mkfs(store_url, VOL)
+    a.mount(store_url, VOL, options=["snapshot_every=1000"])
+    for i in range(25):
+        _write_fsync(a.mountpoint / f"f{i}", b"z" * i)
+    a.kill9()
+    before = _snapshots(store_url)
+    a.mount(store_url, VOL, options=["snapshot_every=20"])
+    deadline = time.monotonic() + 30
+    while _snapshots(store_url) <= before:
+        assert time.monotonic() < deadline, f"the mount took no snapshot:\n{a.log()}"
+        time.sleep(0.05)
+    assert "taken at mount" in a.log()
+    a.kill9()
+    b = new_mount("b")          # a new host starts from that snapshot and sees everything
+    b.mount(store_url, VOL, takeover=True)
+    assert "metadata rebuilt from snapshot" in b.log()
+    assert all((b.mountpoint / f"f{i}").read_bytes() == b"z" * i for i in range(25))
+    b.umount()
+    _fsck_clean(store_url)

@@ -89,10 +89,24 @@ def split_own(p: GcPlan, root: str, epoch: int) -> tuple[list[Deletion], list[De
     return rest, own
 
 
+@dataclass(frozen=True)
+class MountSnapshot:
+    """A snapshot due when the mount loaded the volume (`since` segments
+    after the newest one: mounts too short to take one, such as a run of
+    crashes), taken from the loaded state, which is exact at `position`
+    (the mount's begin segment carries no records). Written first by
+    `Maintainer.run`, off the mount's path."""
+    position: tuple[int, int]
+    records: list
+    next_ino: int
+    since: int
+
+
 class Maintainer:
     def __init__(self, *, volume: str, root: str, uuid: str, store: ObjectStore, committer: Committer,
                  bio: BlockIO, state: MetaState, wc_path: Path, block_size: int, cfg: MaintenanceConfig,
-                 base: tuple[int, int], wall_ns: Callable[[], int] = time.time_ns) -> None:
+                 base: tuple[int, int], wall_ns: Callable[[], int] = time.time_ns,
+                 due_at_mount: MountSnapshot | None = None) -> None:
         self.volume = volume
         self.root = root
         self.uuid = uuid
@@ -104,6 +118,7 @@ class Maintainer:
         self.block_size = block_size
         self.cfg = cfg
         self.last_snapshot = base        # newest snapshot (or starting point) we know of
+        self.due_at_mount = due_at_mount
         self.wall_ns = wall_ns
         self.passes = 0
         self.last_report: GcReport | None = None
@@ -126,6 +141,9 @@ class Maintainer:
         """Forever: a snapshot when `snapshot_every` segments were committed,
         a GC pass every `gc_interval`."""
         next_gc = trio.current_time() + self.cfg.gc_interval
+        if self.due_at_mount is not None:
+            await self._write_mount_snapshot(self.due_at_mount)
+            self.due_at_mount = None
         while True:
             timeout = max(0.0, next_gc - trio.current_time()) if self.cfg.gc else float("inf")
             with trio.move_on_after(timeout):
@@ -136,6 +154,22 @@ class Maintainer:
             await self.pass_once(collect=collect)
             if collect:
                 next_gc = trio.current_time() + self.cfg.gc_interval
+
+    async def _write_mount_snapshot(self, snap: MountSnapshot) -> None:
+        """Upload the snapshot the mount took of the state it loaded. A
+        failure is logged and leaves the usual cadence to take one."""
+        t0 = trio.current_time()
+        try:
+            await trio.to_thread.run_sync(partial(vol_mod.write_snapshot, self.store, self.root, snap.position[0],
+                                                  snap.position[1], self.state, snap.records, snap.next_ino))
+        except Exception as e:  # noqa: BLE001 - the next due snapshot retries
+            log.warning("volume %s: snapshot at mount failed (%r); the next one is taken after %d segments",
+                        self.volume, e, self.committer.snapshot_every)
+            self.committer.stats.segments_since_snapshot = snap.since + self.committer.stats.segments_since_snapshot
+            return
+        self.last_snapshot = max(self.last_snapshot, snap.position)
+        log.info("volume %s: snapshot written at segment %s, taken at mount (%d records; %.2fs)", self.volume,
+                 snap.position, len(snap.records), trio.current_time() - t0)
 
     async def pass_once(self, *, collect: bool) -> PassResult:
         out = PassResult()

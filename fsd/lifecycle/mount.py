@@ -44,7 +44,7 @@ from fsd.datapath.fuse_ops import FerryOperations
 from fsd.datapath.localjournal import LocalJournal
 from fsd.format.dataobj import HashSpec
 from fsd.format.superblock import BLOCK_FORMAT, Superblock
-from fsd.gc.live import Maintainer, MaintenanceConfig
+from fsd.gc.live import Maintainer, MaintenanceConfig, MountSnapshot
 from fsd.lifecycle import resume
 from fsd.lifecycle.kernel_tuning import set_io_flusher, tune_bdi
 from fsd.meta.ops import FsError, MetaOps
@@ -291,14 +291,22 @@ async def assemble(cfg: MountConfig, opened: Opened, epoch: int) -> Parts:
                           interval=cfg.options.commit_interval, snapshot_every=cfg.options.snapshot_every,
                           local=opened.ljournal if cfg.options.durability == "local" else None,
                           working_copy=wc)
-    committer.stats.segments_since_snapshot = loaded.since_snapshot
+    due: MountSnapshot | None = None
+    if loaded.since_snapshot >= cfg.options.snapshot_every and loaded.last == (epoch, 1):
+        # Mounts too short for the background pass (a run of crashes) left the
+        # journal long: snapshot the loaded state, exact at our begin segment
+        # (nothing changes it before serving), and upload it in the background.
+        records = await t(lambda: list(state.snapshot_records()))
+        due = MountSnapshot(position=(epoch, 1), records=records, next_ino=state.next_ino,
+                            since=loaded.since_snapshot)
+    committer.stats.segments_since_snapshot = 0 if due else loaded.since_snapshot
     o = cfg.options
     maintainer = Maintainer(volume=cfg.volume, root=opened.ref.root, uuid=sb.uuid, store=opened.store,
                             committer=committer, bio=bio, state=state, wc_path=cfg.cache_dir / "meta.db",
                             block_size=sb.block_size,
                             cfg=MaintenanceConfig(gc=o.gc, gc_interval=o.gc_interval, gc_grace=o.gc_grace,
                                                   history=sb.history_s),
-                            base=loaded.start if loaded.source == "snapshot" else (0, 0))
+                            base=loaded.start if loaded.source == "snapshot" else (0, 0), due_at_mount=due)
     for ino in ops.orphans():          # unlinked-but-open files of a crashed mount
         ops.purge(ino)
     fsops = FerryOperations(ops=ops, data=data, committer=committer, volume=cfg.volume,
