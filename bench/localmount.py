@@ -29,12 +29,13 @@ def bench_env(prefix: str, src: str | None) -> tuple[Path, dict[str, str]]:
     return work, env
 
 
-def mount_local(url: str, cache: Path, mnt: Path, work: Path, env: dict[str, str]) -> subprocess.Popen:
-    """`ferry fs mount -o durability=local` in the foreground (its own
-    session, log in WORK/fsd.log); returns once the mount answers."""
+def mount_local(url: str, cache: Path, mnt: Path, work: Path, env: dict[str, str],
+                durability: str = "local") -> subprocess.Popen:
+    """`ferry fs mount -o durability=local` (or `durability`) in the foreground
+    (its own session, log in WORK/fsd.log); returns once the mount answers."""
     with open(work / "fsd.log", "ab") as log:   # the child has its own copy of the descriptor
         p = subprocess.Popen(FERRY + ["fs", "mount", "--store", url, "--cache-dir", str(cache), "v", str(mnt),
-                                      "--foreground", "-o", "durability=local"],
+                                      "--foreground", "-o", f"durability={durability}"],
                              stdout=log, stderr=log, env=env, cwd=work, start_new_session=True)
     while not is_mounted(mnt, FSTYPE):
         if p.poll() is not None:

@@ -2,7 +2,7 @@
 volume ages? (issue 22: the remount after kill -9 on the same cache must
 stay within 2x of the first trial's time over 200 trials on one volume.)
 
-One volume, one cache directory, on moto. Each trial mounts with
+One volume, one cache directory, on moto (or --store file). Each trial mounts with
 `durability=local`, writes for a random while (4 KiB random writes into a
 64 MiB file with fdatasync, and small files created and fsynced), kills the
 daemon with -9, and times the remount of the same cache directory until the
@@ -44,25 +44,34 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--src", help="run the ferry code of this checkout instead")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--store", choices=("moto", "file"), default="moto",
+                    help="moto_server (default; its LIST walks every key of the bucket, so each listing grows "
+                         "with the volume's object count) or a file:// store (listings cost what they list)")
+    ap.add_argument("--durability", choices=("local", "remote"), default="local",
+                    help="the mount's durability mode (remote: the same run, for comparison)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (its fsd.log times each "
                     "mount's phases)")
     args = ap.parse_args()
     work, env = bench_env("ferry-bench-age-", args.src)
     ferry = FERRY
-    srv = _started_moto(work)
+    srv = _started_moto(work) if args.store == "moto" else None
     mnt, cache = work / "mnt", work / "cache"
     mnt.mkdir()
     proc: subprocess.Popen | None = None
     rnd = random.Random(args.seed)
     times: list[float] = []
     try:
-        url = f"s3://{make_bucket(srv.endpoint)}?endpoint={srv.endpoint}&region=us-east-1"
+        if srv is not None:
+            url = f"s3://{make_bucket(srv.endpoint)}?endpoint={srv.endpoint}&region=us-east-1"
+        else:
+            (work / "store").mkdir()
+            url = f"file://{work / 'store'}"
         subprocess.run(ferry + ["fs", "mkfs", "--store", url, "v"], check=True, env=env, cwd=work,
                        stdout=subprocess.DEVNULL)
 
         def mount() -> tuple[subprocess.Popen, float]:
             t0 = time.monotonic()
-            p = mount_local(url, cache, mnt, work, env)
+            p = mount_local(url, cache, mnt, work, env, args.durability)
             return p, time.monotonic() - t0
 
         proc, _ = mount()
@@ -112,7 +121,7 @@ def main() -> int:
             print(f"trial {trial + 1}/{args.trials}: {n} fsyncs, remount {dt:.2f} s", flush=True)
         q = max(1, len(times) // 4)
         quarters = [times[i:i + q] for i in range(0, len(times), q)][:4]
-        print("\nremount after kill -9 (durability=local, same cache), seconds:")
+        print(f"\nremount after kill -9 (durability={args.durability}, same cache, {args.store} store), seconds:")
         for i, part in enumerate(quarters):
             print(f"  quarter {i + 1}: mean {statistics.mean(part):.2f}, max {max(part):.2f}")
         print(f"  first trial {times[0]:.2f}, worst {max(times):.2f} (trial {times.index(max(times)) + 1}), "
@@ -124,7 +133,8 @@ def main() -> int:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         subprocess.run(["fusermount3", "-uz", str(mnt)], check=False, stderr=subprocess.DEVNULL)
-        srv.stop()
+        if srv is not None:
+            srv.stop()
         if args.keep:
             print(f"work directory kept: {work}")
         else:
