@@ -12,9 +12,8 @@ import time
 import pytest
 
 from fsd.format import keys
-from fsd.store import open_store
-from fsd.volume import objects as vol_mod
 from tests.helpers.mount import MountError, fsck_clean, write_fsync
+from tests.helpers.objects import count_objects
 
 VOL = "vol"
 
@@ -238,12 +237,7 @@ def test_open_with_o_trunc_truncates_in_the_store(store_url, new_mount, crash):
 
 
 def _snapshots(store_url: str) -> int:
-    store = open_store(store_url)
-    try:
-        root = vol_mod.locate(store, VOL)[0].root
-        return sum(1 for _ in store.list(keys.snapshots_prefix(root)))
-    finally:
-        store.close()
+    return count_objects(store_url, VOL, keys.snapshots_prefix)
 
 
 def test_a_volume_remounted_after_crashes_still_takes_snapshots(store_url, new_mount):

@@ -17,6 +17,7 @@ from fsd.format.pin import PENDING, PENDING_TIMEOUT_NS, Pin
 from fsd.store import open_store
 from fsd.volume import objects as vol_mod
 from tests.helpers.mount import fsck_clean, run_ferry, write_fsync
+from tests.helpers.objects import count_objects
 
 VOL = "vol"
 
@@ -35,12 +36,7 @@ def snap_file(store_url: str, snap: str, path: str) -> bytes | None:
 
 
 def data_objects(store_url: str) -> int:
-    store = open_store(store_url)
-    try:
-        root = vol_mod.locate(store, VOL)[0].root
-        return sum(1 for _ in store.list(keys.data_prefix(root)))
-    finally:
-        store.close()
+    return count_objects(store_url, VOL, keys.data_prefix)
 
 
 def _gc_report(store_url: str) -> dict | None:
