@@ -13,6 +13,14 @@ locking. What it measures is the cost of the kernel <-> /dev/fuse <->
 libfuse <-> pyfuse3 <-> trio round trip per request, i.e. the best any
 pyfuse3 filesystem with these options can do on this machine.
 
+With `--journal FILE`, fsync does the least a filesystem that keeps
+fsync-acknowledged writes on local disk must do: it appends the bytes
+written to that file since its last fsync to a preallocated journal file
+and fdatasyncs it, in a worker thread, with group commit (one fdatasync
+covers every fsync waiting when it starts). That is the ceiling for
+ferry's `durability=local` fsync (issue 22, item 1): the FUSE round trips
+of write and fsync plus one disk flush, and nothing else.
+
 Runs in the foreground until unmounted (`fusermount3 -u MOUNTPOINT`, or
 SIGTERM/SIGINT, which unmount). At exit, and on SIGUSR1, it prints one JSON
 line with the number of requests per operation so far to stderr, and writes
@@ -44,11 +52,63 @@ from fsd.options import MountOptions  # noqa: E402
 ROOT = pyfuse3.ROOT_INODE
 
 
+class GroupJournal:
+    """Appends with group commit: an fsync waits for the first flush that
+    starts after its bytes were queued; one flush covers every waiter."""
+
+    def __init__(self, path: str, size: int = 256 << 20) -> None:
+        # Written once with zeros and synced: later fdatasyncs overwrite
+        # allocated blocks, so ext4 commits no journal transaction for them
+        # (ferry's local journal does the same).
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        chunk = bytes(1 << 20)
+        for _ in range(size >> 20):
+            os.write(self.fd, chunk)
+        os.fsync(self.fd)
+        self.size = size
+        self.pos = 0
+        self.pending: list[bytes] = []
+        self.queued = 0           # flush round that will carry what is pending
+        self.done = 0             # last flush round completed
+        self.busy = False
+        self.changed = trio.Condition()
+        self.flushes = 0
+
+    async def sync(self, payload: list[bytes]) -> None:
+        self.pending.extend(payload)
+        mine = self.queued + 1
+        async with self.changed:
+            while self.done < mine:
+                if self.busy:
+                    await self.changed.wait()
+                    continue
+                self.busy = True
+                batch, self.pending = b"".join(self.pending), []
+                self.queued += 1
+                rnd = self.queued
+                try:
+                    await trio.to_thread.run_sync(self._write, batch)
+                finally:
+                    self.busy = False
+                self.done = rnd
+                self.changed.notify_all()
+
+    def _write(self, batch: bytes) -> None:
+        if self.pos + len(batch) > self.size:
+            self.pos = 0
+        os.pwrite(self.fd, batch, self.pos)
+        self.pos += len(batch)
+        os.fdatasync(self.fd)
+        self.flushes += 1
+
+
 class NullFS(pyfuse3.Operations):
     enable_writeback_cache = True
 
-    def __init__(self) -> None:
+    def __init__(self, journal: GroupJournal | None = None) -> None:
         super().__init__()
+        self.journal = journal
+        self.unsynced: dict[int, list[bytes]] = {}            # ino -> written since its last fsync (--journal)
         self.initialized = trio.Event()
         self.calls: Counter[str] = Counter()
         self.attrs: dict[int, pyfuse3.EntryAttributes] = {}   # ino -> attributes (returned as is)
@@ -225,6 +285,8 @@ class NullFS(pyfuse3.Operations):
             d.extend(bytes(off - n))
         end = off + len(buf)
         d[off:end] = buf
+        if self.journal is not None:
+            self.unsynced.setdefault(fh, []).append(off.to_bytes(8, "little") + bytes(buf))
         if end > n:
             a = self.attrs[fh]
             a.st_size = len(d)
@@ -245,6 +307,8 @@ class NullFS(pyfuse3.Operations):
 
     async def fsync(self, fh, datasync):
         self.calls["fsync"] += 1
+        if self.journal is not None:
+            await self.journal.sync(self.unsynced.pop(fh, []))
 
     async def forget(self, inode_list):
         self.calls["forget"] += 1
@@ -296,8 +360,9 @@ async def _enosys(*args, **kwargs):
     raise pyfuse3.FUSEError(errno.ENOSYS)
 
 
-async def serve(mountpoint: str, stats: str | None, no_flush: bool = False, no_xattr: bool = False) -> None:
-    fs = NullFS()
+async def serve(mountpoint: str, stats: str | None, no_flush: bool = False, no_xattr: bool = False,
+                journal: str | None = None) -> None:
+    fs = NullFS(GroupJournal(journal) if journal else None)
     # Experiments (not ferry's behaviour): the kernel stops sending a request type after one ENOSYS.
     if no_flush:
         fs.flush = _enosys
@@ -312,7 +377,8 @@ async def serve(mountpoint: str, stats: str | None, no_flush: bool = False, no_x
         print(f"nullfs: kernel tuning {tuned}", file=sys.stderr, flush=True)
 
     def dump() -> None:
-        line = json.dumps(dict(sorted(fs.calls.items())))
+        calls = dict(fs.calls, **({"journal_flushes": fs.journal.flushes} if fs.journal else {}))
+        line = json.dumps(dict(sorted(calls.items())))
         print(f"nullfs: requests {line}", file=sys.stderr, flush=True)
         if stats:
             Path(stats).write_text(line + "\n")
@@ -351,8 +417,11 @@ def main() -> int:
     ap.add_argument("--no-xattr", action="store_true",
                     help="experiment: answer GETXATTR/LISTXATTR with ENOSYS (the kernel then stops sending them, "
                          "including the security.capability check before every write(2))")
+    ap.add_argument("--journal", metavar="FILE",
+                    help="make fsync durable: append what was written since to FILE (on the local disk) and "
+                         "fdatasync it, with group commit; the ceiling for durability=local")
     args = ap.parse_args()
-    trio.run(serve, os.path.abspath(args.mountpoint), args.stats, args.no_flush, args.no_xattr)
+    trio.run(serve, os.path.abspath(args.mountpoint), args.stats, args.no_flush, args.no_xattr, args.journal)
     return 0
 
 
