@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,7 +35,8 @@ from typing import Any
 
 import trio
 
-from agent import plugin
+from agent import docker_engine, plugin
+from agent.defaults import DEFAULT_IN_USE_WAIT
 from agent.fsd_proc import FsdError, FsdManager
 from agent.http import serve_unix
 from agent.metrics import AgentMetrics, VolumeHere
@@ -80,12 +82,19 @@ class AgentConfig:
     key_dir: Path | None = None     # keys of encrypted volumes: <key_dir>/<name>.key
     heartbeat: float = 2.0          # until the control service says otherwise
     acquire_wait: float = 60.0      # waiting for a planned move (Docker allows 120 s per Mount)
+    # How long a Mount waits for a volume in use on another (live) host to be
+    # released: a Swarm task moved by a drain or an update mounts before the
+    # old task has stopped. 0: refuse at once.
+    in_use_wait: float = DEFAULT_IN_USE_WAIT
     mount_timeout: float = 45.0
     monitor_interval: float = 2.0
     watch_timeout: float = 30.0
     # How long a Mount waits for a control service that is down (Docker gives a Mount 120 s).
     control_wait: float = 90.0
     tls: ssl.SSLContext | None = None   # TLS to the control service (None: plain TCP)
+    # The local engine's API socket: the agent makes dockerd name the plugin
+    # (agent/docker_engine.py) so Swarm places ferry volumes here. None: leave dockerd alone.
+    docker_socket: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,8 +108,12 @@ class _Start:
 
 
 class Agent:
-    def __init__(self, cfg: AgentConfig, control: Any = None, fsd: FsdManager | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, control: Any = None, fsd: FsdManager | None = None,
+                 engine: docker_engine.DockerEngine | None = None) -> None:
         self.cfg = cfg
+        if engine is None and cfg.docker_socket:
+            engine = docker_engine.DockerEngine(cfg.docker_socket)
+        self.engine = engine
         self.host = cfg.host_id
         self.control = control if control is not None else ControlClient(cfg.control, cfg.token, tls=cfg.tls or False)
         self.fsd = fsd or FsdManager(cfg.store_url, cfg.cache_dir, cfg.mount_root,
@@ -115,6 +128,7 @@ class Agent:
         self.removals = RemovalRunner(self.host, cfg.store_url, self.control, self._lock, self.table_in_use,
                                       key_dir=cfg.key_dir)
         self.jobs = StoreJobs(self.host, cfg.store_url, self.control, self.fsd)
+        self._granted_at: dict[str, float] = {}     # per volume: when control last granted us its lease
         self._snap_seen = 0              # highest snapshot job number taken from host.watch
         self._trio_token: trio.lowlevel.TrioToken | None = None     # set while running
         self.metrics = AgentMetrics(self._volumes_any_thread, self.removals.progress)
@@ -361,7 +375,8 @@ class Agent:
         async def acquire() -> Any:
             return await self._control_call(
                 name, "mount", deadline, lambda: self.control.lease_acquire(
-                    name, self.host, wait=max(1.0, min(self.cfg.acquire_wait, deadline - trio.current_time()))))
+                    name, self.host, wait=max(1.0, min(self.cfg.acquire_wait, deadline - trio.current_time())),
+                    in_use_wait=self.cfg.in_use_wait))
         try:
             try:
                 res = await acquire()
@@ -376,9 +391,15 @@ class Agent:
         except (ControlError, Unreachable) as e:
             return _Start(f"cannot mount volume {name!r}: {getattr(e, 'message', e)}", None, False, False)
         status, owner = res.get("status"), res.get("owner")
+        if status == "granted":
+            self._granted_at[name] = trio.current_time()
         if status == "busy":
             return _Start(f"volume {name!r} is in use on host {owner}; stop its containers there first"
-                          + (f" ({res['message']})" if res.get("message") else ""), None, False, True)
+                          + (f" ({res['message']})" if res.get("message") else "")
+                          + (". A Swarm service cannot start a task on another node while the old one runs: "
+                             "update it with --update-order stop-first (the default), and give each replica its "
+                             "own volume (source=NAME-{{.Task.Slot}})" if self.cfg.in_use_wait > 0 else ""),
+                          None, False, True)
         if status != "granted":
             return _Start(f"volume {name!r}: host {owner} did not release it within {self.cfg.acquire_wait:g}s; "
                           "retry, or wait for its lease to expire if that host is down", None, False, True)
@@ -600,6 +621,7 @@ class Agent:
                 if not self.registered.is_set():
                     await self.register()
                 await self._retry_releases()
+                asked_at = trio.current_time()
                 res = await self.control.host_heartbeat(self.host, await self._reports(),
                                                         self.removals.progress())
                 if failing:
@@ -611,7 +633,7 @@ class Agent:
                 for m in res.get("moves", []):
                     self._start_move(m.get("volume"), m.get("to"))
                 for name in res.get("lost", []):
-                    await self._lost(name)
+                    await self._lost(name, asked_at)
             except ControlError as e:
                 if e.code == "not_found":        # the service does not know us (state reset): register again
                     self.registered = trio.Event()
@@ -630,11 +652,21 @@ class Agent:
                 await self._kick.wait()
             self._kick = trio.Event()
 
-    async def _lost(self, name: str) -> None:
-        """The control service says we no longer hold `name` (taken over after our lease expired)."""
+    async def _lost(self, name: str, asked_at: float) -> None:
+        """The control service says we no longer hold `name` (taken over after our lease expired).
+
+        The answer describes the lease as it was while the heartbeat `asked_at`
+        was on its way. A Mount that was waiting for the lease then (a move,
+        a Swarm task whose old task was still stopping) is reported while
+        STARTING and may have been granted it since: that answer is stale,
+        and acting on it would stop a volume its container just got."""
         async with self._lock(name):
             rec = self.volumes.get(name)
             if not rec.has_daemon or rec.phase is Phase.LOST:
+                return
+            if rec.phase is Phase.STARTING or self._granted_at.get(name, -math.inf) >= asked_at:
+                log.info("host=%s volume=%s: ignoring a heartbeat answer from before this host was granted "
+                         "the lease", self.host, name)
                 return
             self.volumes.step(name, Event.LEASE_LOST)
             if on_lease_lost(rec) is Action.NOTHING:
@@ -791,6 +823,46 @@ class Agent:
             elif health is Health.DEAD:
                 self.volumes.step(name, Event.FOUND_DEAD)      # the monitor reseals and releases it
 
+    async def engine_loop(self, engine: docker_engine.DockerEngine) -> None:
+        """Keep the local dockerd naming this plugin (agent/docker_engine.py).
+        Never ends on an error: the engine may start after us, restart, or
+        not run at all; only the first failure of a kind is logged."""
+        name = self.cfg.socket.stem       # Docker names a legacy plugin after its socket file
+        last: str | None = None
+        while True:
+            try:
+                try:
+                    listed: list[str] | None = await engine.volume_plugins()
+                except docker_engine.EngineError as e:
+                    listed = None
+                    if last != str(e):
+                        log.info("host=%s dockerd at %s does not answer (%s); will try again, Swarm cannot "
+                                 "place ferry volumes here until it does", self.host, engine.socket_path, e)
+                        last = str(e)
+                step = docker_engine.next_step(listed, name)
+                if step is docker_engine.Step.ACTIVATE:
+                    await engine.list_volumes()
+                    if name in await engine.volume_plugins():
+                        log.info("host=%s dockerd now lists the %r volume plugin: Swarm can place %s volumes "
+                                 "on this node", self.host, name, name)
+                        last = None
+                    elif last != "not listed":
+                        log.warning("host=%s dockerd does not list the %r plugin even after a volume listing; "
+                                    "is its plugin directory the one holding %s?", self.host, name,
+                                    self.cfg.socket)
+                        last = "not listed"
+                elif step is docker_engine.Step.LISTED:
+                    last = None
+            except docker_engine.EngineError as e:
+                step = docker_engine.Step.UNREACHABLE
+                if last != str(e):
+                    log.warning("host=%s dockerd: %s", self.host, e)
+                    last = str(e)
+            except Exception:  # noqa: BLE001 - a helper must never stop the agent
+                step = docker_engine.Step.UNREACHABLE
+                log.exception("host=%s checking dockerd's plugin list failed", self.host)
+            await trio.sleep(docker_engine.delay_after(step))
+
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. Cancelling stops the agent only: mounts keep running."""
         self._trio_token = trio.lowlevel.current_trio_token()
@@ -802,6 +874,8 @@ class Agent:
                 n.start_soon(self.heartbeat_loop)
                 n.start_soon(self.watch_loop)
                 n.start_soon(self.monitor_loop)
+                if self.engine is not None:
+                    n.start_soon(self.engine_loop, self.engine)
                 log.info("host=%s agent ready: socket %s, mounts under %s, store %s", self.host,
                          self.cfg.socket, self.cfg.mount_root, self.cfg.store_url)
                 task_status.started()

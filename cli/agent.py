@@ -5,6 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
+from agent.defaults import DEFAULT_IN_USE_WAIT
 from cli.common import (
     ENV_CONTROL,
     add_metrics_arg,
@@ -35,6 +36,7 @@ The cluster token comes from --token-file, else $FERRY_TOKEN, $FERRY_TOKEN_FILE 
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
+    from agent.docker_engine import parse_docker_host
     from agent.service import Agent, AgentConfig
     from control.client import parse_addrs
     from control.leases import Refused, validate_host_id
@@ -61,10 +63,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         open_store(args.store).close()
     except Exception as e:  # noqa: BLE001 - bad URL or unusable store
         raise UsageError(f"--store: {e}") from None
+    try:
+        docker_socket = parse_docker_host(args.docker_host or os.environ.get("DOCKER_HOST")
+                                          or "unix:///var/run/docker.sock")
+    except ValueError as e:
+        raise UsageError(f"--docker-host: {e}") from None
     cfg = AgentConfig(control=args.control, host_id=args.host_id, store_url=args.store,
                       cache_dir=Path(args.cache_dir).absolute(), socket=Path(args.socket).absolute(),
                       mount_root=Path(args.mount_root).absolute(), state_dir=Path(args.state_dir).absolute(),
-                      token=token, address=args.address or "", tls=tls, key_dir=key_dir)
+                      token=token, address=args.address or "", tls=tls, key_dir=key_dir,
+                      docker_socket=docker_socket, in_use_wait=args.in_use_wait)
     agent = Agent(cfg)
     serve_metrics(metrics_at, agent.metrics.registry, f"agent {args.host_id}")
     try:
@@ -95,6 +103,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--cache-dir", required=True, metavar="DIR", help="local cache root (one subdirectory per volume)")
     s.add_argument("--socket", default="/run/docker/plugins/ferry.sock", metavar="PATH",
                    help="plugin socket (default /run/docker/plugins/ferry.sock)")
+    s.add_argument("--docker-host", metavar="unix:///PATH",
+                   help="the local Docker engine's API socket (default $DOCKER_HOST, else "
+                        "unix:///var/run/docker.sock; 'none' to leave it alone). The agent makes the engine "
+                        "list the ferry plugin as soon as both run, so Swarm can place ferry volumes on this "
+                        "node without a manual 'docker volume' command")
+    s.add_argument("--in-use-wait", type=float, default=DEFAULT_IN_USE_WAIT, metavar="SECONDS",
+                   help="how long a Mount waits for a volume in use on another host to be released before it "
+                        f"fails (default {DEFAULT_IN_USE_WAIT:g}; 0: fail at once). Swarm mounts a moved task's "
+                        "volume before the old task has stopped")
     s.add_argument("--mount-root", default="/var/lib/ferry/mounts", metavar="DIR",
                    help="where volumes are mounted (default /var/lib/ferry/mounts)")
     s.add_argument("--state-dir", default="/var/lib/ferry/agent", metavar="DIR",

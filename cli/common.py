@@ -28,7 +28,7 @@ def setup_logging(verbose: bool, volume: str | None = None) -> None:
     fmt = f"%(asctime)s ferry[%(process)d] host={host}" + (f" volume={volume}" if volume else "") + \
           " %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=fmt, stream=sys.stderr)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -311,9 +311,16 @@ class ControlClient:
         return await self.call("host.watch", {"host_id": host_id, "timeout": timeout, "running": running or [],
                                               "snap_after": snap_after}, timeout=self.timeout + timeout)
 
-    async def lease_acquire(self, volume: str, host_id: str, wait: float = 0.0) -> dict[str, Any]:
-        return await self.call("lease.acquire", {"volume": volume, "host_id": host_id, "wait": wait},
-                               timeout=self.timeout + wait)
+    async def lease_acquire(self, volume: str, host_id: str, wait: float = 0.0,
+                            in_use_wait: float = 0.0) -> dict[str, Any]:
+        """Ask for a volume's lease. `wait`: how long to wait for an owner that
+        does not use it to release it (a planned move) or for a dead owner's
+        lease to expire; `in_use_wait`: how long to wait for a live owner's
+        containers to stop using it (a Swarm task moving)."""
+        args: dict[str, Any] = {"volume": volume, "host_id": host_id, "wait": wait}
+        if in_use_wait > 0:         # only then: a control service older than the argument refuses it
+            args["in_use_wait"] = in_use_wait
+        return await self.call("lease.acquire", args, timeout=self.timeout + wait + in_use_wait)
 
     async def lease_release(self, volume: str, host_id: str, epoch: int | None = None) -> None:
         await self.call("lease.release", {"volume": volume, "host_id": host_id, "epoch": epoch})

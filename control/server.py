@@ -618,6 +618,28 @@ class ControlServer:
             return res
         return busy        # it spoke up (really in use there), or the wait is over
 
+    def _in_use_by(self, vol: str, owner: Any) -> bool:
+        lease = self.cluster.leases.get(vol)
+        return lease is not None and lease.host == owner and lease.in_use
+
+    async def _await_in_use_end(self, vol: str, host: str, busy: dict[str, Any], wait: float,
+                                in_use_wait: float) -> dict[str, Any]:
+        """The volume is in use on a live owner and the requester may wait
+        `in_use_wait` s for that to end (a Swarm task moving: its new Mount
+        comes while the old task is still stopping). Woken by the owner's
+        release, then asked again (the usual answer: granted, or a pending
+        move if the owner still holds it unused). Still in use at the end:
+        the busy answer, saying how long it waited."""
+        owner = busy["owner"]
+        log.info("volume=%s: in use on %s; host %s waits up to %gs for its containers to stop", vol, owner,
+                 host, in_use_wait)
+        if await self._wait_for(lambda c, now: waits.in_use_ended(c, vol, owner, now), in_use_wait) is None:
+            return {**busy, "message": f"{busy.get('message') or 'in use on ' + repr(owner)}, "
+                                       f"still after waiting {in_use_wait:g}s"}
+        res = await self._mutate(lambda c, now: leases.acquire(c, vol, host, now, wait))
+        self._log_acquire(vol, host, res)
+        return res
+
     async def op_host_register(self, a: dict[str, Any]) -> Any:
         host = a["host_id"]
         res = await self._mutate(lambda c, now: leases.register_host(c, host, a["address"], a["version"],
@@ -667,11 +689,13 @@ class ControlServer:
             await self._wait_change(deadline)
 
     async def op_lease_acquire(self, a: dict[str, Any]) -> Any:
-        vol, host, wait = a["volume"], a["host_id"], a["wait"]
+        vol, host, wait, in_use_wait = a["volume"], a["host_id"], a["wait"], a["in_use_wait"]
         res = await self._mutate(lambda c, now: leases.acquire(c, vol, host, now, wait))
         self._log_acquire(vol, host, res)
         if res["status"] == "busy" and wait > 0 and res.get("owner") in self.cluster.hosts:
             res = await self._await_owner_fate(vol, host, res, wait)
+        if res["status"] == "busy" and in_use_wait > 0 and self._in_use_by(vol, res.get("owner")):
+            res = await self._await_in_use_end(vol, host, res, wait, in_use_wait)
         if res["status"] != "pending" or wait <= 0:
             return res
         seq = res["move_seq"]

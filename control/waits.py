@@ -62,6 +62,19 @@ def owner_fate(c: Cluster, vol: str, owner: str, beat_before: int, beat_now: int
     return None
 
 
+def in_use_ended(c: Cluster, vol: str, owner: str, now: float) -> str | None:
+    """`lease.acquire` with `in_use_wait` of a volume in use on a live `owner`:
+    ACQUIRE (ask again) once the owner no longer holds it in use (its last
+    container stopped: it releases, or no longer reports it in use), or
+    died; None while its containers still use it. This is a Swarm task
+    moved by a drain or an update: its new Mount arrives while the old task
+    is still stopping."""
+    lease = c.leases.get(vol)
+    if lease is None or lease.host != owner or not lease.in_use or not c.alive(owner, now):
+        return ACQUIRE
+    return None
+
+
 def removal_outcome(c: Cluster, name: str) -> str | None:
     """`volume.remove` with `wait`: "fenced" once the volume record is gone (the
     host fenced it in the store), "aborted" once the host found it in use, None

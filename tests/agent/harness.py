@@ -81,7 +81,7 @@ def agent_config(tmp: Path, control: str, host: str, store_url: str) -> AgentCon
     return AgentConfig(control=control, host_id=host, store_url=store_url, cache_dir=base / "cache",
                        socket=base / "plugin.sock", mount_root=base / "mnt", state_dir=base / "state",
                        token=TOKEN, heartbeat=1.0, monitor_interval=0.3, watch_timeout=5.0,
-                       acquire_wait=10.0)
+                       acquire_wait=10.0, in_use_wait=0.0)      # refusals at once; the wait has its own test
 
 
 class RunningAgent:

@@ -3,6 +3,7 @@ Mount/Unmount with data, mount-ID refcount, agent restart with adoption,
 a killed fsd remounted, a volume moving between two hosts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -111,6 +112,55 @@ async def test_agent_restart_adopts_and_killed_fsd_is_remounted(nursery, tmp_pat
     assert agent.volumes.ids("db") == {"c1"}
     assert (await ra.call("/VolumeDriver.Unmount", {"Name": "db", "ID": "c1"}))["Err"] == ""
     assert not in_proc_mounts(Path(mp))
+
+
+async def test_a_mount_waits_for_a_volume_in_use_elsewhere_to_be_released(nursery, tmp_path, control,
+                                                                            file_store_url):
+    """A Swarm task moved off a drained node mounts its volume before the old
+    task has stopped: with `in_use_wait`, the Mount waits for the owner's
+    release and succeeds; an owner that keeps using it is still refused,
+    with the time waited and the Swarm advice."""
+    addr = control
+    ra = RunningAgent(nursery, dataclasses.replace(agent_config(tmp_path, addr, "h1", file_store_url),
+                                                   in_use_wait=4.0))
+    await ra.start()
+    for vol in ("moving", "held"):
+        assert await ra.call("/VolumeDriver.Create", {"Name": vol}) == {"Err": ""}
+    async with control_client(addr) as other:
+        await other.host_register("h2")
+        for vol in ("moving", "held"):
+            assert (await other.lease_acquire(vol, "h2"))["status"] == "granted"
+        in_use = {"moving", "held"}
+
+        async def alive_h2() -> None:
+            while True:
+                await other.host_heartbeat("h2", [{"name": v, "in_use": True, "epoch": 2, "upload_lag_s": 0.0}
+                                                  for v in sorted(in_use)])
+                await trio.sleep(0.3)
+
+        async def old_task_stops() -> None:
+            await trio.sleep(1.5)      # longer than a heartbeat period: the waiting volume is reported
+            in_use.discard("moving")
+            await other.lease_release("moving", "h2", 2)
+
+        async with trio.open_nursery() as n:
+            n.start_soon(alive_h2)
+            await trio.sleep(0.7)              # a heartbeat has reported both in use
+            n.start_soon(old_task_stops)
+            started = trio.current_time()
+            r = await ra.call("/VolumeDriver.Mount", {"Name": "moving", "ID": "c1"})
+            assert r["Err"] == "", r
+            assert trio.current_time() - started >= 0.5, "the Mount did not wait for the release"
+            # A heartbeat sent while the Mount waited was answered "lost" (the lease was h2's then);
+            # acting on it now would stop the volume the container just got. Watch two heartbeats.
+            await trio.sleep(2 * ra.cfg.heartbeat)
+            assert ra.agent is not None and ra.agent.volumes.get("moving").phase is Phase.SERVING
+            r = await ra.call("/VolumeDriver.Mount", {"Name": "held", "ID": "c2"})
+            assert "in use on host h2" in r["Err"] and "still after waiting 4s" in r["Err"], r
+            assert "--update-order stop-first" in r["Err"] and "{{.Task.Slot}}" in r["Err"], r
+            n.cancel_scope.cancel()
+        await other.lease_release("held", "h2", 2)
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "moving", "ID": "c1"}))["Err"] == ""
 
 
 async def test_volume_moves_between_hosts(nursery, tmp_path, control, file_store_url):

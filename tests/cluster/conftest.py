@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.dockerd import Dockerd
 from tests.cluster.netns import Bridge, SimHost, plugin_call, sweep_leftovers
 from tests.conftest import _moto_binary, free_port, make_bucket
 from tests.helpers.net import wait_listening
@@ -37,9 +38,12 @@ def _ferry() -> list[str]:
 class Agent:
     """`ferry agent serve` on one simulated host."""
 
-    def __init__(self, cluster: Cluster, host: SimHost, sock: Path | None = None) -> None:
+    def __init__(self, cluster: Cluster, host: SimHost, sock: Path | None = None,
+                 docker_host: str = "none", in_use_wait: float | None = None) -> None:
         self.cluster = cluster
         self.host = host
+        self.docker_host = docker_host      # the host's dockerd API (tests/cluster/dockerd.py), or none
+        self.in_use_wait = in_use_wait      # --in-use-wait (None: the agent's default)
         self.sock = sock or host.dir / "ferry.sock"     # a path inside the host's mount namespace
         self.mount_root = host.dir / "mnt"
         self.log = host.dir / "agent.log"
@@ -52,7 +56,9 @@ class Agent:
             _ferry() + ["agent", "serve", "--control", c.control_addr, "--host-id", self.host.name,
                         "--store", c.store_url, "--cache-dir", str(self.host.dir / "cache"),
                         "--socket", str(self.sock), "--mount-root", str(self.mount_root),
-                        "--state-dir", str(self.host.dir / "state"), "--address", self.host.ip],
+                        "--state-dir", str(self.host.dir / "state"), "--address", self.host.ip,
+                        "--docker-host", self.docker_host]
+            + ([] if self.in_use_wait is None else ["--in-use-wait", str(self.in_use_wait)]),
             self.log, env=env)
         deadline = time.monotonic() + 30
         while self.host.run("test", "-S", str(self.sock), check=False).returncode != 0:
@@ -106,16 +112,18 @@ class Cluster:
             os.killpg(self.control.pid, 9)
             self.control.wait()
 
-    def add_host(self, name: str, docker: bool = False) -> Agent:
+    def add_host(self, name: str, docker: bool = False, in_use_wait: float | None = None) -> Agent:
         """A simulated host with a running agent; with `docker`, its plugin
         socket is at Docker's discovery path, private to the host."""
         host = SimHost(self.bridge, len(self.hosts), name, self.dir)
         self.hosts.append(host)
         sock = None
+        docker_host = "none"
         if docker:
             host.private_tmpfs("/run/docker/plugins")
             sock = Path("/run/docker/plugins/ferry.sock")
-        agent = Agent(self, host, sock)
+            docker_host = f"unix://{Dockerd.api_socket(host)}"
+        agent = Agent(self, host, sock, docker_host, in_use_wait)
         agent.start()
         if not docker:
             # Answering Activate means the plugin socket serves.

@@ -21,7 +21,7 @@ from tests.cluster.netns import SimHost
 
 IMAGE = "ferry-test-busybox"
 DOCKER = "/usr/bin/docker"          # docker.io's client, matching its daemon's API
-APPLETS = ("sh", "cat", "echo", "ls", "sleep", "sha256sum", "dd", "sync", "test", "head", "wc", "df")
+APPLETS = ("sh", "cat", "echo", "ls", "sleep", "sha256sum", "dd", "sync", "test", "head", "wc", "df", "tail")
 
 
 def available() -> str | None:
@@ -55,8 +55,8 @@ class Dockerd:
     def __init__(self, host: SimHost) -> None:
         self.host = host
         self.dir = host.dir / "docker"
-        self.dir.mkdir()
-        self.sock = self.dir / "docker.sock"
+        self.dir.mkdir(exist_ok=True)
+        self.sock = self.api_socket(host)
         self.log = self.dir / "dockerd.log"
         # Short: containerd's sockets live under it, and unix socket paths are
         # limited to 107 bytes (pytest's tmp paths are long).
@@ -80,6 +80,12 @@ class Dockerd:
         except BaseException:
             self.stop()
             raise
+
+    @staticmethod
+    def api_socket(host: SimHost) -> Path:
+        """Where this host's dockerd serves its API (known before it starts:
+        the host's agent is told at its own start)."""
+        return host.dir / "docker" / "docker.sock"
 
     def docker(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
         """The docker CLI against this host's daemon (the API socket is a file:

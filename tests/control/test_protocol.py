@@ -74,6 +74,7 @@ def test_version_error_keeps_id():
     ("lease.acquire", {"volume": "a", "host_id": "h", "wait": float("nan")}),
     ("lease.acquire", {"volume": "a", "host_id": "h", "wait": 1e9}),
     ("lease.acquire", {"volume": "a", "host_id": "h", "wait": True}),
+    ("lease.acquire", {"volume": "a", "host_id": "h", "in_use_wait": -1}),
     ("lease.release", {"volume": "a", "host_id": "h", "epoch": "3"}),
     ("lease.release", {"volume": "a", "host_id": "h", "epoch": -3}),
     ("host.heartbeat", {"host_id": "h", "volumes": {"a": 1}}),
@@ -90,7 +91,7 @@ def test_bad_args(op, args):
 
 def test_good_args_with_defaults():
     req = P.parse_request(body(good(op="lease.acquire", args={"volume": "a", "host_id": "h"})))
-    assert P.check_args(req) == {"volume": "a", "host_id": "h", "wait": 0.0}
+    assert P.check_args(req) == {"volume": "a", "host_id": "h", "wait": 0.0, "in_use_wait": 0.0}
     req = P.parse_request(body(good(op="host.heartbeat", args={"host_id": "h", "volumes": [
         {"name": "v", "in_use": True, "epoch": 3, "upload_lag_s": 1}]})))
     assert P.check_args(req)["volumes"] == [{"name": "v", "in_use": True, "epoch": 3, "upload_lag_s": 1.0,

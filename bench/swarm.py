@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""How long a Swarm service's task is stopped when its node is drained, on
+a `local` volume (Swarm's own cost: data does not move) and on ferry volumes
+(files and block), in one run; and after the loss of a whole node.
+
+One command, as root, on one machine: moto_server and the control service
+on a test bridge, simulated hosts (network + mount namespaces, each with its
+own dockerd and ferry agent) joined into a Swarm, exactly as
+tests/cluster/test_swarm.py builds them. The service runs an fsync loop
+(`dd conv=fsync` of one line every 50 ms); the figure is the time from the
+old task's last acknowledged line to the new task's first, seen by polling
+the acknowledgement file every 20 ms.
+
+    python bench/swarm.py                 # 2 rounds of each drain, 1 node loss
+    python bench/swarm.py --rounds 3 --no-loss
+
+Issue 23's target: ferry's share of a drain (ferry's gap minus the local
+volume's, same run) under 2 s. A benchmark, not a test: it asserts only
+that every acknowledged line is in the moved volume.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.cluster import dockerd as dk  # noqa: E402
+from tests.cluster.conftest import Cluster  # noqa: E402
+from tests.cluster.netns import sweep_leftovers  # noqa: E402
+from tests.cluster.swarm import AckLog, Swarm, check_moved, start_fsync_service  # noqa: E402
+
+KINDS = {
+    "local": "type=volume,source={vol},target=/data",
+    "ferry files": "type=volume,source={vol},target=/data,volume-driver=ferry",
+    "ferry block": ("type=volume,source={vol},target=/data,volume-driver=ferry,volume-opt=layout=block,"
+                    "volume-opt=fs=ext4,volume-opt=size=256M"),
+}
+
+
+def move(swarm: Swarm, kind: str, n: int, work: Path, *, lose_node: bool) -> float:
+    """Start the service, let it acknowledge 20 lines, drain (or kill) its
+    node, return the gap; the service is removed and the node made active again."""
+    acks = AckLog(work / f"acks-{n}")
+    name = f"s{n}"
+    old = start_fsync_service(swarm, name, KINDS[kind].format(vol=f"v{n}"), acks, "--stop-grace-period", "5s")
+    if lose_node:
+        swarm.kill_node(old)
+    else:
+        swarm.manager.docker("node", "update", "--availability", "drain", swarm.ids[old])
+    gap = acks.handover(swarm=swarm)
+    if kind != "local":         # (a local volume's data does not move)
+        check_moved(swarm, name, acks, lines=5)
+    swarm.manager.docker("service", "rm", name)
+    if not lose_node:
+        swarm.manager.docker("node", "update", "--availability", "active", swarm.ids[old])
+    return gap
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=2, help="drains of each kind, interleaved (default 2)")
+    ap.add_argument("--no-loss", action="store_true", help="skip the node-loss run")
+    args = ap.parse_args()
+    if why := dk.available():
+        print(f"cannot run: {why}", file=sys.stderr)
+        return 2
+    sweep_leftovers()
+    gaps: dict[str, list[float]] = {k: [] for k in KINDS}
+    loss: float | None = None
+    with tempfile.TemporaryDirectory(prefix="ferry-swarm-bench-") as tmp:
+        work = Path(tmp)
+        cluster = Cluster(work)
+        swarm = Swarm(cluster)
+        try:
+            for name in ("a", "b", "c"):
+                swarm.add(name)
+            # The manager takes no tasks: a drain always moves the task between b and c.
+            swarm.manager.docker("node", "update", "--availability", "drain", swarm.ids["a"])
+            n = 0
+            for r in range(args.rounds):
+                for kind in KINDS:
+                    n += 1
+                    gaps[kind].append(move(swarm, kind, n, work, lose_node=False))
+                    print(f"round {r + 1}, {kind}: drain gap {gaps[kind][-1]:.2f} s", flush=True)
+            if not args.no_loss:
+                loss = move(swarm, "ferry files", n + 1, work, lose_node=True)
+                print(f"ferry files: node loss gap {loss:.2f} s (lease TTL {cluster.lease_ttl:g} s)", flush=True)
+        finally:
+            swarm.leave_all()
+            cluster.destroy()
+    base = statistics.median(gaps["local"])
+    print("\n| volume | drain gaps (s) | median | ferry's share (median - local) |")
+    print("|---|---|---:|---:|")
+    for kind, g in gaps.items():
+        med = statistics.median(g)
+        share = "—" if kind == "local" else f"{med - base:.2f}"
+        print(f"| {kind} | {', '.join(f'{x:.2f}' for x in g)} | {med:.2f} | {share} |")
+    if loss is not None:
+        print(f"\nnode loss (kill -9 of the task's node), ferry files: {loss:.2f} s; Swarm's dispatcher "
+              f"heartbeat 1 s, ferry's lease TTL {cluster.lease_ttl:g} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
