@@ -142,3 +142,32 @@ volumes:
     cid = swarm.container_on("a", "st_db")
     assert swarm.manager.docker("exec", cid, "cat", "/data/f").stdout.strip() == "stacked"
     swarm.manager.docker("stack", "rm", "st")
+
+
+def test_a_start_first_update_never_lets_two_nodes_write(cluster, tmp_path):
+    """`--update-order start-first` with the new task on another node: its
+    Mount waits for the old task, which Swarm keeps until the new one runs;
+    after --in-use-wait the Mount fails and the update pauses, saying why.
+    Meanwhile only the old task writes."""
+    swarm = Swarm(cluster, in_use_wait=4.0)
+    try:
+        swarm.add("a")
+        swarm.add("b")
+        acks = AckLog(tmp_path / "acks")
+        start_fsync_service(swarm, "db", "type=volume,source=dbvol,target=/data,volume-driver=ferry", acks,
+                            "--replicas-max-per-node", "1", "--update-failure-action", "pause")
+        swarm.manager.docker("service", "update", "--detach", "--update-order", "start-first",
+                             "--env-add", "NEW=1", "db")
+        deadline = time.monotonic() + CONVERGE_S
+        while True:
+            status = json.loads(swarm.manager.docker("service", "inspect", "db").stdout)[0].get("UpdateStatus") or {}
+            if status.get("State") == "paused":
+                break
+            assert time.monotonic() < deadline, f"the update did not pause: {status} {swarm.tasks('db')}"
+            time.sleep(0.5)
+        assert "in use on host" in status.get("Message", "") + json.dumps(swarm.tasks("db")), status
+        assert len(acks.writers()) == 1, f"two tasks acknowledged fsyncs: {acks.writers()}"
+        before = len(acks.lines())
+        acks.wait_for(lambda: len(acks.lines()) > before + 5, "the old task still writes", swarm=swarm)
+    finally:
+        swarm.leave_all()
