@@ -846,6 +846,7 @@ class Agent:
                         log.info("host=%s dockerd now lists the %r volume plugin: Swarm can place %s volumes "
                                  "on this node", self.host, name, name)
                         last = None
+                        step = docker_engine.Step.LISTED
                     elif last != "not listed":
                         log.warning("host=%s dockerd does not list the %r plugin even after a volume listing; "
                                     "is its plugin directory the one holding %s?", self.host, name,

@@ -176,3 +176,28 @@ def test_control_state_lost_then_rebuilt_from_the_store(docker_cluster, cluster)
     assert out.strip() == "precious"
     again = cluster.ferry("control", "recover", "--store", cluster.store_url)
     assert again.returncode == 0 and "recovered:" not in again.stdout, again.stdout
+
+
+def test_dockerd_lists_the_plugin_again_after_it_restarts(docker_cluster):
+    """Swarm places ferry volumes only on nodes whose dockerd lists the
+    plugin, and a dockerd restart forgets a host-installed plugin until it
+    is used: the agent makes it list ferry again, with no docker command."""
+    import time
+    agent, da = docker_cluster("a")
+
+    def listed(d: dk.Dockerd) -> bool:
+        return "ferry" in d.docker("info", "--format", "{{json .Plugins.Volume}}", check=False).stdout
+
+    deadline = time.monotonic() + 60
+    while not listed(da):
+        assert time.monotonic() < deadline, "dockerd never listed the ferry plugin"
+        time.sleep(0.3)
+    da.stop()
+    db = dk.Dockerd(agent.host)          # the same host, data root and API socket: a restart
+    try:
+        deadline = time.monotonic() + 60
+        while not listed(db):
+            assert time.monotonic() < deadline, "the restarted dockerd never listed the ferry plugin"
+            time.sleep(0.3)
+    finally:
+        db.stop()
