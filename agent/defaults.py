@@ -7,3 +7,6 @@ the agent)."""
 # task has stopped (a drain, an update); with the planned-move wait this stays
 # well within Docker's 120 s per Mount.
 DEFAULT_IN_USE_WAIT = 30.0
+# The most it may be: with the planned-move wait (60 s) and a mount, a
+# Mount must still answer within Docker's 120 s.
+MAX_IN_USE_WAIT = 50.0

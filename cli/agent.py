@@ -5,7 +5,7 @@ import argparse
 import os
 from pathlib import Path
 
-from agent.defaults import DEFAULT_IN_USE_WAIT
+from agent.defaults import DEFAULT_IN_USE_WAIT, MAX_IN_USE_WAIT
 from cli.common import (
     ENV_CONTROL,
     add_metrics_arg,
@@ -63,6 +63,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         open_store(args.store).close()
     except Exception as e:  # noqa: BLE001 - bad URL or unusable store
         raise UsageError(f"--store: {e}") from None
+    if not 0 <= args.in_use_wait <= MAX_IN_USE_WAIT:
+        raise UsageError(f"--in-use-wait {args.in_use_wait:g}: give 0 to {MAX_IN_USE_WAIT:g} seconds (Docker gives "
+                         "a Mount 120 s, and a planned move may take up to 60 of them)")
     try:
         docker_socket = parse_docker_host(args.docker_host or os.environ.get("DOCKER_HOST")
                                           or "unix:///var/run/docker.sock")

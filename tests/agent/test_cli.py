@@ -33,6 +33,14 @@ def test_usage_errors(tmp_path):
     assert r.returncode == 2 and "host" in r.stderr
     r = run_ferry("agent", "serve")
     assert r.returncode == 2
+    ok = [*base, "--control", "127.0.0.1:1"]
+    token = {"FERRY_TOKEN": "a-test-token-of-20ch"}
+    r = run_ferry(*ok, "--in-use-wait", "-1", env=token)
+    assert r.returncode == 2 and "--in-use-wait -1: give 0 to 50 seconds" in r.stderr, r.stderr
+    r = run_ferry(*ok, "--in-use-wait", "90", env=token)
+    assert r.returncode == 2 and "Docker gives a Mount 120 s" in r.stderr, r.stderr
+    r = run_ferry(*ok, "--docker-host", "tcp://10.0.0.1:2375", env=token)
+    assert r.returncode == 2 and "--docker-host" in r.stderr and "unix:///PATH" in r.stderr, r.stderr
 
 
 class AgentProc:
