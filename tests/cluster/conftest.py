@@ -119,6 +119,8 @@ class Cluster:
         self.hosts.append(host)
         sock = None
         docker_host = "none"
+        if not docker and in_use_wait is None:
+            in_use_wait = 0.0       # plugin calls by hand: a Mount of a volume in use elsewhere is refused at once
         if docker:
             host.private_tmpfs("/run/docker/plugins")
             sock = Path("/run/docker/plugins/ferry.sock")
