@@ -5,7 +5,7 @@
 # iproute2 util-linux docker.io busybox-static (multi-host and Docker tests) etcd-server (the etcd state
 # backend's tests: a real etcd cluster on loopback) postgresql (PostgreSQL under kill -9 on a ferry
 # volume: a short round in every run, long ones under -m slow) chromium (the status page is tested in a
-# real headless browser); $FERRY_APT_EXTRA: more Debian packages to install in the same apt run.
+# real headless browser) mmdebstrap (the managed plugin's rootfs: scripts/build-plugin.sh); $FERRY_APT_EXTRA: more Debian packages to install in the same apt run.
 # Virtualenv at ${FERRY_VENV:-.venv} with ferry (editable) and, with --tests, its test extras;
 # skipped when a stamp in the virtualenv says this pyproject.toml is installed already.
 # --slow is kept for old callers and adds nothing now.
@@ -15,7 +15,7 @@ PKGS="fuse3 libfuse3-dev pkg-config python3-venv python3-dev gcc patch attr fio 
 EXTRAS=""
 for arg in "$@"; do
   case "$arg" in
-    --tests) EXTRAS="[test]"; PKGS="$PKGS iproute2 util-linux docker.io busybox-static etcd-server postgresql postgresql-contrib chromium" ;;
+    --tests) EXTRAS="[test]"; PKGS="$PKGS iproute2 util-linux docker.io busybox-static etcd-server postgresql postgresql-contrib chromium mmdebstrap" ;;
     --slow) ;;
     *) echo "install.sh: unknown option $arg (known: --tests, --slow)" >&2; exit 2 ;;
   esac
