@@ -145,7 +145,12 @@ async def test_a_mount_waits_for_a_volume_in_use_elsewhere_to_be_released(nurser
 
         async with trio.open_nursery() as n:
             n.start_soon(alive_h2)
-            await trio.sleep(0.7)              # a heartbeat has reported both in use
+            async def reported_in_use(v: str) -> bool:
+                return bool(((await other.volume_get(v)).get("lease") or {}).get("in_use"))
+
+            with trio.fail_after(10):          # until a heartbeat has reported both in use
+                while not (await reported_in_use("moving") and await reported_in_use("held")):
+                    await trio.sleep(0.05)
             n.start_soon(old_task_stops)
             started = trio.current_time()
             r = await ra.call("/VolumeDriver.Mount", {"Name": "moving", "ID": "c1"})
