@@ -155,7 +155,10 @@ class FsdManager:
                 out.append(vol)
         return sorted(out)
 
-    async def health(self, volume: str) -> Health:
+    async def health(self, volume: str, *, host_link: bool = True) -> Health:
+        """What the volume's daemon looks like from here. `host_link` False: the host
+        tore down the mounts under the mount root (agent/hostlink.py), so a live
+        daemon whose mount is gone from this namespace is DETACHED, not dead."""
         info = await self.info(volume)
         mp = self.mountpoint(volume)
         mounted = await self._thread(in_proc_mounts, mp)
@@ -163,8 +166,8 @@ class FsdManager:
             return Health.DEAD if mounted else Health.ABSENT
         if not await self._thread(pid_alive, info.pid):
             return Health.DEAD
-        if not mounted:
-            return Health.DEAD          # daemon alive but not mounted: stopping or broken
+        if not mounted:                 # daemon alive but not mounted: stopping or broken,
+            return Health.DEAD if host_link else Health.DETACHED    # or unmounted by the host
         with trio.move_on_after(self.stat_timeout):
             try:
                 ok = await self._thread(_stat_ok, mp, abandon=True)

@@ -35,7 +35,7 @@ from typing import Any
 
 import trio
 
-from agent import docker_engine, plugin
+from agent import docker_engine, hostlink, plugin
 from agent.defaults import DEFAULT_IN_USE_WAIT
 from agent.fsd_proc import FsdError, FsdManager
 from agent.http import serve_unix
@@ -95,6 +95,9 @@ class AgentConfig:
     # The local engine's API socket: the agent makes dockerd name the plugin
     # (agent/docker_engine.py) so Swarm places ferry volumes here. None: leave dockerd alone.
     docker_socket: str | None = None
+    # Running as a Docker managed plugin: watch that mounts under mount_root
+    # still reach the host (agent/hostlink.py).
+    managed_plugin: bool = False
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,15 @@ class _Start:
 
 class Agent:
     def __init__(self, cfg: AgentConfig, control: Any = None, fsd: FsdManager | None = None,
-                 engine: docker_engine.DockerEngine | None = None) -> None:
+                 engine: docker_engine.DockerEngine | None = None,
+                 marker: hostlink.MountMarker | None = None) -> None:
         self.cfg = cfg
+        if marker is None and cfg.managed_plugin:
+            marker = hostlink.MountMarker(cfg.mount_root)
+        self.marker = marker            # None: mounts reach the host by construction (host agent)
+        self._link_reported = False
+        self.exit_reason: str | None = None     # why the agent ended itself (run() returned)
+        self.monitor_rounds = 0         # completed passes of the monitor (observers wait on it)
         if engine is None and cfg.docker_socket:
             engine = docker_engine.DockerEngine(cfg.docker_socket)
         self.engine = engine
@@ -290,8 +300,12 @@ class Agent:
         async with self._lock(name):
             mp = str(self.fsd.mountpoint(name))
             rec = self.volumes.get(name)
-            health = await self.fsd.health(name) if needs_probe(rec) else None
-            action = on_mount(rec, health)
+            linked = await self._linked()
+            health = await self.fsd.health(name, host_link=linked) if needs_probe(rec) else None
+            action = on_mount(rec, health, host_link=linked)
+            if action is Action.UNREACHABLE:
+                log.error("host=%s volume=%s mount refused: %s", self.host, name, hostlink.BROKEN)
+                return plugin.err(hostlink.BROKEN)
             if action is Action.REFUSE:
                 return plugin.err(f"volume {name!r} was taken over by another host after this host's lease "
                                   f"expired; the {self.volumes.count(name)} container(s) still using it here get "
@@ -450,7 +464,8 @@ class Agent:
             await self.fsd.stop(name)
         except FsdError as e:
             log.error("host=%s volume=%s %s", self.host, name, e)
-            if await self.fsd.health(name) in (Health.RUNNING, Health.HUNG):
+            if await self.fsd.health(name, host_link=await self._linked()) in (
+                    Health.RUNNING, Health.HUNG, Health.DETACHED):
                 self.volumes.step(name, Event.STOP_FAILED)
                 return str(e)           # still serving (busy mountpoint): retried by the monitor
             await self._reseal(name)    # the daemon died while stopping
@@ -766,16 +781,34 @@ class Agent:
             rec.moving = False
             self.volumes.keep(rec)
 
+    async def _linked(self) -> bool:
+        """Whether mounts made under the mount root reach the host (agent/hostlink.py)."""
+        if self.marker is None:
+            return True
+        linked = await trio.to_thread.run_sync(self.marker.mounted)
+        if not linked and not self._link_reported:
+            log.error("host=%s %s", self.host, hostlink.BROKEN)
+            self._link_reported = True
+        return linked
+
     async def monitor_loop(self) -> None:
         while True:
             for name in self.volumes.active():
                 await self.check_volume(name)
+            self.monitor_rounds += 1
+            if self.marker is not None and hostlink.restart_now(await self._linked(), self.volumes.active()):
+                self.exit_reason = ("mounts no longer reach the host and no ferry volume is in use here: "
+                                    "ending the plugin so that dockerd restarts it with its propagated mount")
+                log.warning("host=%s %s", self.host, self.exit_reason)
+                if self._nursery is not None:
+                    self._nursery.cancel_scope.cancel()
+                return
             await trio.sleep(self.cfg.monitor_interval)
 
     async def check_volume(self, name: str) -> None:
         """Remount a dead daemon still in use; stop a daemon nobody uses (agent/volumes.py decides)."""
         async with self._lock(name):
-            health = await self.fsd.health(name)
+            health = await self.fsd.health(name, host_link=await self._linked())
             rec = self.volumes.get(name)
             action = on_monitor(rec, health)
             if action is Action.NOTHING:
@@ -867,6 +900,8 @@ class Agent:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. Cancelling stops the agent only: mounts keep running."""
         self._trio_token = trio.lowlevel.current_trio_token()
+        if self.marker is not None:
+            await trio.to_thread.run_sync(self.marker.establish)
         await self.adopt()
         try:
             async with trio.open_nursery() as n:

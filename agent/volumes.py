@@ -207,6 +207,9 @@ class Health(Enum):
     DEAD = "dead"            # registered but pid gone, or mountpoint ENOTCONN
     ABSENT = "absent"        # no daemon registered for this mountpoint
     HUNG = "hung"            # mountpoint did not answer a stat in time (reported, not remounted)
+    # pid alive, its mount gone from this namespace only because the host tore down the mounts
+    # under the mount root (agent/hostlink.py): it still serves the containers that hold it
+    DETACHED = "detached"
 
 
 class Action(Enum):
@@ -221,10 +224,15 @@ class Action(Enum):
     STOP_ONLY = "stop_only"          # lease lost: stop the daemon, release nothing
     REFUSE = "refuse"                # a move of a volume in use here
     RELEASE = "release"              # a move of a volume with no daemon here: release the lease
+    UNREACHABLE = "unreachable"      # mounts made here would not reach the host: refuse the Mount
 
 
-def on_mount(rec: VolumeRecord, health: Health | None) -> Action:
-    """A Mount arrived. `health` is None when no probe was needed (nothing of ours here)."""
+def on_mount(rec: VolumeRecord, health: Health | None, *, host_link: bool = True) -> Action:
+    """A Mount arrived. `health` is None when no probe was needed (nothing of ours here).
+    `host_link`: mounts made under the mount root still reach the host (agent/hostlink.py);
+    when they do not, a Mount would hand Docker an empty directory, so it is refused."""
+    if not host_link:
+        return Action.UNREACHABLE
     if rec.phase is Phase.LOST:
         return Action.REFUSE             # another host holds the lease: a new container must not start on it
     if (rec.has_daemon or rec.in_use) and health is Health.RUNNING and allowed(rec.phase, Event.ALIVE):
@@ -239,7 +247,7 @@ def after_failed_start(health: Health, *, lease_elsewhere: bool) -> Event:
     is not ours to reseal: the agent kills what is left of it (START_FAILED)."""
     if health is Health.DEAD:
         return Event.START_FAILED if lease_elsewhere else Event.LEFT_DEAD
-    if health in (Health.RUNNING, Health.HUNG):
+    if health in (Health.RUNNING, Health.HUNG, Health.DETACHED):
         return Event.LEASE_LOST if lease_elsewhere else Event.STILL_RUNNING
     return Event.START_FAILED
 
@@ -250,7 +258,12 @@ def needs_probe(rec: VolumeRecord) -> bool:
 
 
 def on_monitor(rec: VolumeRecord, health: Health) -> Action:
-    """The periodic check: remount a dead daemon still in use; stop a daemon nobody uses."""
+    """The periodic check: remount a dead daemon still in use; stop a daemon nobody uses.
+    A DETACHED daemon is left to the containers that hold it: a remount could not reach them."""
+    if health is Health.DETACHED:
+        if rec.in_use:
+            return Action.NOTHING
+        health = Health.RUNNING          # nobody here uses it any more: stop it as a running one
     if rec.in_use:
         if health is Health.RUNNING:
             return Action.NOTHING

@@ -13,6 +13,7 @@ the acknowledgement file every 20 ms.
 
     python bench/swarm.py                 # 2 rounds of each drain, 1 node loss
     python bench/swarm.py --rounds 3 --no-loss
+    python bench/swarm.py --fill 1g       # ferry volumes holding 1 GiB (or --fill 100k files)
 
 Issue 23's target: ferry's share of a drain (ferry's gap minus the local
 volume's, same run) under 2 s. A benchmark, not a test: it asserts only
@@ -24,6 +25,7 @@ import argparse
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,11 +44,33 @@ KINDS = {
 }
 
 
-def move(swarm: Swarm, kind: str, n: int, work: Path, *, lose_node: bool) -> float:
+# What a ferry volume holds before its service starts (--fill): written by a
+# one-off container whose exit unmounts the volume, so it is all committed.
+FILLS = {
+    "1g": "dd if=/dev/urandom of=/data/big bs=1048576 count=1024 conv=fsync 2>/dev/null",
+    "100k": "i=0; while [ $i -lt 100000 ]; do echo $i > /data/f$i; i=$((i+1)); done; sync",
+}
+CREATE_OPTS = {"ferry files": [], "ferry block": ["-o", "layout=block", "-o", "fs=ext4", "-o", "size=2G"]}
+
+
+def fill(swarm: Swarm, kind: str, vol: str, what: str) -> float:
+    """Create `vol` on node b and fill it; the seconds the fill took."""
+    d = swarm.nodes["b"]
+    d.docker("volume", "create", "-d", "ferry", *CREATE_OPTS[kind], vol)
+    t0 = time.monotonic()
+    d.docker("run", "--rm", "--network", "none", "-v", f"{vol}:/data", dk.IMAGE, "sh", "-c", FILLS[what],
+             timeout=3600)
+    return time.monotonic() - t0
+
+
+def move(swarm: Swarm, kind: str, n: int, work: Path, *, lose_node: bool, fill_with: str | None = None) -> float:
     """Start the service, let it acknowledge 20 lines, drain (or kill) its
     node, return the gap; the service is removed and the node made active again."""
     acks = AckLog(work / f"acks-{n}")
     name = f"s{n}"
+    if fill_with and kind != "local":       # (a local volume's data does not move: nothing to fill)
+        took = fill(swarm, kind, f"v{n}", fill_with)
+        print(f"{kind}: filled v{n} with {fill_with} in {took:.0f} s", flush=True)
     old = start_fsync_service(swarm, name, KINDS[kind].format(vol=f"v{n}"), acks, "--stop-grace-period", "5s")
     if lose_node:
         swarm.kill_node(old)
@@ -66,6 +90,8 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2, help="drains of each kind, interleaved (default 2)")
     ap.add_argument("--no-loss", action="store_true", help="skip the node-loss run")
+    ap.add_argument("--fill", choices=sorted(FILLS),
+                    help="fill each ferry volume before its service starts: 1 GiB in one file, or 100,000 files")
     args = ap.parse_args()
     if why := dk.available():
         print(f"cannot run: {why}", file=sys.stderr)
@@ -86,15 +112,16 @@ def main() -> int:
             for r in range(args.rounds):
                 for kind in KINDS:
                     n += 1
-                    gaps[kind].append(move(swarm, kind, n, work, lose_node=False))
+                    gaps[kind].append(move(swarm, kind, n, work, lose_node=False, fill_with=args.fill))
                     print(f"round {r + 1}, {kind}: drain gap {gaps[kind][-1]:.2f} s", flush=True)
             if not args.no_loss:
-                loss = move(swarm, "ferry files", n + 1, work, lose_node=True)
+                loss = move(swarm, "ferry files", n + 1, work, lose_node=True, fill_with=args.fill)
                 print(f"ferry files: node loss gap {loss:.2f} s (lease TTL {cluster.lease_ttl:g} s)", flush=True)
         finally:
             swarm.leave_all()
             cluster.destroy()
     base = statistics.median(gaps["local"])
+    print(f"\nferry volumes filled with: {args.fill or 'nothing'}")
     print("\n| volume | drain gaps (s) | median | ferry's share (median - local) |")
     print("|---|---|---:|---:|")
     for kind, g in gaps.items():

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from agent.defaults import DEFAULT_IN_USE_WAIT, MAX_IN_USE_WAIT
 from cli.common import (
@@ -16,6 +18,8 @@ from cli.common import (
     serve_metrics,
 )
 from cli.errors import Failure, UsageError
+
+log = logging.getLogger("ferry.agent")
 
 EXAMPLE = """\
 example (one host of a cluster; token shared with `ferry control serve`):
@@ -75,16 +79,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
                       cache_dir=Path(args.cache_dir).absolute(), socket=Path(args.socket).absolute(),
                       mount_root=Path(args.mount_root).absolute(), state_dir=Path(args.state_dir).absolute(),
                       token=token, address=args.address or "", tls=tls, key_dir=key_dir,
-                      docker_socket=docker_socket, in_use_wait=args.in_use_wait)
+                      docker_socket=docker_socket, in_use_wait=args.in_use_wait,
+                      managed_plugin=args.managed_plugin)
     agent = Agent(cfg)
     serve_metrics(metrics_at, agent.metrics.registry, f"agent {args.host_id}")
     try:
-        trio.run(agent.run)
+        trio.run(_serve_until_terminated, agent)
     except OSError as e:
         raise Failure(f"agent cannot start: {e}") from None
     except KeyboardInterrupt:
         pass
+    if agent.exit_reason:
+        raise Failure(f"agent ended: {agent.exit_reason}")
     return 0
+
+
+async def _serve_until_terminated(agent: Any) -> None:
+    """Run the agent until it ends itself or SIGTERM arrives (systemd stopping the service,
+    dockerd stopping the managed plugin). SIGTERM must be handled: as a managed plugin the
+    agent is the init of its container, and the kernel drops a signal an init did not ask
+    for, so Docker would wait 10 s and then kill it. Stopping the agent stops the agent only:
+    the daemons of mounted volumes run on (a plugin's die with its container)."""
+    import signal
+
+    import trio
+
+    async with trio.open_nursery() as n:
+        async def on_sigterm() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    log.info("agent: SIGTERM, stopping")
+                    n.cancel_scope.cancel()
+                    return
+        n.start_soon(on_sigterm)
+        await agent.run()
+        n.cancel_scope.cancel()        # the agent ended itself (agent.exit_reason)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -115,6 +144,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="how long a Mount waits for a volume in use on another host to be released before it "
                         f"fails (default {DEFAULT_IN_USE_WAIT:g}; 0: fail at once). Swarm mounts a moved task's "
                         "volume before the old task has stopped")
+    s.add_argument("--managed-plugin", action="store_true",
+                   help="run as Docker's managed plugin (deploy/plugin/entrypoint.sh sets it): watch that mounts "
+                        "under --mount-root still reach the host, refuse Mounts when they do not (after a dockerd "
+                        "restart with live-restore), and end once nothing is mounted so dockerd restarts the "
+                        "plugin (docs/plugin.md)")
     s.add_argument("--mount-root", default="/var/lib/ferry/mounts", metavar="DIR",
                    help="where volumes are mounted (default /var/lib/ferry/mounts)")
     s.add_argument("--state-dir", default="/var/lib/ferry/agent", metavar="DIR",

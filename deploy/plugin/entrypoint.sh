@@ -13,10 +13,15 @@ if [ -n "$missing" ]; then
   echo "ferry plugin: set$missing first: docker plugin set ferry:TAG CONTROL=HOST:PORT STORE=s3://... TOKEN=..." >&2
   exit 2
 fi
-mkdir -p /var/lib/ferry/cache /var/lib/ferry/agent /mnt/ferry
+# CACHE_DIR (a host directory, bound at /var/lib/ferry-host) keeps the cache,
+# the local journals of durability=local volumes and the agent's mount table
+# outside the plugin's rootfs, so they outlive `docker plugin rm` and a
+# replacement of the plugin.
+state=/var/lib/ferry-host/ferry-plugin
+mkdir -p "$state/cache" "$state/agent" /mnt/ferry
 export FERRY_TOKEN="$TOKEN"
 set -- --control "$CONTROL" --host-id "${HOST_ID:-$(hostname)}" --store "$STORE" \
-  --cache-dir /var/lib/ferry/cache --state-dir /var/lib/ferry/agent --mount-root /mnt/ferry \
-  --socket /run/docker/plugins/ferry.sock --docker-host none
+  --cache-dir "$state/cache" --state-dir "$state/agent" --mount-root /mnt/ferry \
+  --socket /run/docker/plugins/ferry.sock --docker-host none --managed-plugin
 [ -z "${TLS_CA:-}" ] || set -- "$@" --tls-ca "$TLS_CA"
 exec /opt/ferry/bin/ferry agent serve "$@"

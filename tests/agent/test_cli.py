@@ -148,3 +148,21 @@ async def test_agent_process_killed_and_restarted(agent_proc):
     r = await ap.call("/VolumeDriver.Mount", {"Name": "v", "ID": "c2"})
     assert (mp / "two").read_bytes() == b"2"
     assert (await ap.call("/VolumeDriver.Unmount", {"Name": "v", "ID": "c2"}))["Err"] == ""
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+async def test_sigterm_stops_the_agent_cleanly_and_leaves_the_mount(agent_proc):
+    """systemd and dockerd stop the agent with SIGTERM (as a managed plugin it is its
+    container's init, where an unhandled SIGTERM is dropped): it exits 0, removes its
+    socket, and the volume's daemon serves on for the next agent to adopt."""
+    ap = agent_proc
+    await ap.start()
+    assert (await ap.call("/VolumeDriver.Create", {"Name": "v"}))["Err"] == ""
+    mp = Path((await ap.call("/VolumeDriver.Mount", {"Name": "v", "ID": "c1"}))["Mountpoint"])
+    ap.proc.send_signal(signal.SIGTERM)
+    assert await trio.to_thread.run_sync(lambda: ap.proc.wait(timeout=20)) == 0, ap.log()
+    assert "SIGTERM, stopping" in ap.log() and not ap.sock.exists()
+    assert in_proc_mounts(mp)
+    await ap.start()
+    assert "adopted fsd" in ap.log()
+    assert (await ap.call("/VolumeDriver.Unmount", {"Name": "v", "ID": "c1"}))["Err"] == ""

@@ -235,3 +235,54 @@ async def test_fsd_dead_at_unmount_is_resealed_so_another_host_mounts(nursery, t
     assert r["Err"] == "", r
     assert await in_thread((Path(r["Mountpoint"]) / "acked").read_bytes) == b"fsync-acknowledged"
     assert (await b.call("/VolumeDriver.Unmount", {"Name": "crash", "ID": "y"}))["Err"] == ""
+
+
+async def test_a_managed_plugin_whose_mounts_no_longer_reach_the_host(nursery, tmp_path, control, file_store_url):
+    """What dockerd --live-restore does to a managed plugin on restart, without Docker: the host
+    unmounts everything under the plugin's mount root (the marker and the volume's mount here);
+    the container keeps its own copy of the mount (a bind mount here). The agent must refuse new
+    Mounts (they would not reach the host), leave the daemon serving the container, stop it cleanly
+    at the container's Unmount, and then end itself so that dockerd restarts the plugin."""
+    cfg = dataclasses.replace(agent_config(tmp_path, control, "h1", file_store_url), managed_plugin=True)
+    ra = RunningAgent(nursery, cfg)
+    agent = await ra.start()
+    marker = cfg.mount_root / ".ferry-host-link"
+    assert in_proc_mounts(marker)
+    assert (await ra.call("/VolumeDriver.Create", {"Name": "db"}))["Err"] == ""
+    mp = (await ra.call("/VolumeDriver.Mount", {"Name": "db", "ID": "c1"}))["Mountpoint"]
+    pid = fsd_pid(mp)
+    container = tmp_path / "container-view"
+    container.mkdir()
+    await trio.run_process(["mount", "--bind", mp, str(container)])
+    try:
+        await in_thread(write_fsync, container / "a", b"before the teardown")
+        for path in (marker, Path(mp)):            # dockerd's teardown, deepest first, lazily
+            await trio.run_process(["umount", "-l", str(path)])
+
+        reply = await ra.call("/VolumeDriver.Mount", {"Name": "db", "ID": "c2"})
+        assert "no longer reach this host" in reply["Err"], reply
+        assert (await ra.call("/VolumeDriver.Create", {"Name": "other"}))["Err"] == ""
+        reply = await ra.call("/VolumeDriver.Mount", {"Name": "other", "ID": "c3"})
+        assert "no longer reach this host" in reply["Err"], reply
+        # three monitor passes later the daemon still serves the container (no remount killed it)
+        seen = agent.monitor_rounds
+        with trio.fail_after(30):
+            while agent.monitor_rounds < seen + 3:
+                await trio.sleep(0.05)
+        await in_thread(write_fsync, container / "b", b"after the teardown")
+        assert fsd_pid(mp) == pid and agent.volumes.ids("db") == {"c1"}
+        assert agent.volumes.get("db").phase is Phase.SERVING     # no remount was tried
+        assert agent.exit_reason is None
+    finally:
+        await trio.run_process(["umount", "-l", str(container)], check=False)   # the container is gone
+    assert (await ra.call("/VolumeDriver.Unmount", {"Name": "db", "ID": "c1"}))["Err"] == ""
+    with trio.fail_after(30):
+        await ra.stopped.wait()                   # ended itself: dockerd would restart the plugin
+    assert agent.exit_reason and "no ferry volume is in use" in agent.exit_reason
+    # the volume was committed and released: another host mounts it with both writes
+    rb = RunningAgent(nursery, agent_config(tmp_path, control, "h2", file_store_url))
+    await rb.start()
+    mp2 = (await rb.call("/VolumeDriver.Mount", {"Name": "db", "ID": "d1"}))["Mountpoint"]
+    assert await in_thread((Path(mp2) / "a").read_bytes) == b"before the teardown"
+    assert await in_thread((Path(mp2) / "b").read_bytes) == b"after the teardown"
+    assert (await rb.call("/VolumeDriver.Unmount", {"Name": "db", "ID": "d1"}))["Err"] == ""

@@ -106,6 +106,11 @@ MONITOR = [
     (P.LOST, 0, Health.RUNNING, Action.STOP_ONLY),
     (P.LOST, 0, Health.DEAD, Action.STOP_ONLY),
     (P.LOST, 0, Health.ABSENT, Action.FORGET),
+    # the host tore down the mounts under the mount root; the daemon serves the containers holding it
+    (P.SERVING, 1, Health.DETACHED, Action.NOTHING),    # a remount would kill their mount, reach nobody
+    (P.LOST, 1, Health.DETACHED, Action.NOTHING),
+    (P.SERVING, 0, Health.DETACHED, Action.STOP_RELEASE),
+    (P.LOST, 0, Health.DETACHED, Action.STOP_ONLY),
 ]
 
 
@@ -134,6 +139,13 @@ def test_request_decisions(phase, ids, health, mount, move, last, lost):
     assert V.on_move(rec) is move
     assert V.on_last_unmount(rec) is last
     assert V.on_lease_lost(rec) is lost
+    # mounts made here would not reach the host: every Mount is refused, whatever runs
+    assert V.on_mount(rec, health, host_link=False) is Action.UNREACHABLE
+
+
+def test_a_failed_start_leaves_a_detached_daemon_running():
+    assert V.after_failed_start(Health.DETACHED, lease_elsewhere=False) is Event.STILL_RUNNING
+    assert V.after_failed_start(Health.DETACHED, lease_elsewhere=True) is Event.LEASE_LOST
 
 
 # ======================================================================= the hunt

@@ -52,26 +52,21 @@ def busybox_tar(workdir: Path) -> Path:
 
 
 class Dockerd:
-    def __init__(self, host: SimHost) -> None:
+    def __init__(self, host: SimHost, extra_args: tuple[str, ...] = (), *, slave_data_root: bool = False) -> None:
         self.host = host
+        self.extra_args = extra_args         # e.g. ("--live-restore",)
         self.dir = host.dir / "docker"
         self.dir.mkdir(exist_ok=True)
+        if slave_data_root:
+            self._slave_data_root()
         self.sock = self.api_socket(host)
         self.log = self.dir / "dockerd.log"
         # Short: containerd's sockets live under it, and unix socket paths are
         # limited to 107 bytes (pytest's tmp paths are long).
         self.exec_root = Path(f"/tmp/fdk{os.getpid()}{host.name}")
         shutil.rmtree(self.exec_root, ignore_errors=True)
-        self.proc = host.popen(
-            ["/usr/sbin/dockerd", "--storage-driver=vfs", "--iptables=false", "--ip6tables=false",
-             "--bridge=none", f"--data-root={self.dir / 'data'}", f"--exec-root={self.exec_root}",
-             f"--pidfile={self.dir / 'docker.pid'}", f"--host=unix://{self.sock}"], self.log)
         try:
-            deadline = time.monotonic() + 60
-            while self.docker("info", check=False).returncode != 0:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"dockerd on {host.name} did not start:\n{self.log.read_text()[-3000:]}")
-                time.sleep(0.2)
+            self._start()
             with open(busybox_tar(host.dir.parent), "rb") as f:
                 r = subprocess.run([DOCKER, "-H", f"unix://{self.sock}", "import", "-", IMAGE], stdin=f,
                                    capture_output=True, text=True, timeout=120)
@@ -80,6 +75,62 @@ class Dockerd:
         except BaseException:
             self.stop()
             raise
+
+    def _slave_data_root(self) -> None:
+        """Put the data root on a mount that receives propagation but does not send it (a slave),
+        as on hosts whose docker.service has MountFlags=slave, or a dockerd run in a container
+        with rslave propagation. dockerd keeps such a root as it is (it makes only a private
+        one shared), so a managed plugin's propagated mount is the only path from the plugin's
+        mounts to the host's."""
+        data = self.dir / "data"
+        data.mkdir(exist_ok=True)
+        for args in (["--bind"], ["--make-shared"], ["--bind"], ["--make-slave"]):
+            self.host.run("mount", *args, *([str(data), str(data)] if args == ["--bind"] else [str(data)]))
+
+    def _start(self) -> None:
+        self.proc = self.host.popen(
+            ["/usr/sbin/dockerd", "--storage-driver=vfs", "--iptables=false", "--ip6tables=false",
+             "--bridge=none", f"--data-root={self.dir / 'data'}", f"--exec-root={self.exec_root}",
+             f"--pidfile={self.dir / 'docker.pid'}", f"--host=unix://{self.sock}", *self.extra_args], self.log)
+        deadline = time.monotonic() + 60
+        while self.docker("info", check=False).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd on {self.host.name} did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def restart(self, *, kill: bool = False) -> None:
+        """Stop dockerd (SIGTERM, as `systemctl restart docker` does; or kill -9) and start it again
+        with the same data root, exec root and flags. Containers are left to dockerd: it stops them
+        on SIGTERM unless --live-restore, and restores or restarts them by their policy."""
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        self.proc.wait(timeout=60)
+        if kill:
+            self._forget_dead_containerd()
+        self._start()
+
+    def _forget_dead_containerd(self) -> None:
+        """dockerd's managed containerd dies with it (parent-death signal) and is left a zombie
+        until an init reaps it; this machine's init reaps late, and a dockerd started meanwhile
+        takes the zombie's pid file for a live containerd and times out dialing it. A host's
+        systemd reaps at once; do what it would: wait for the reaping, then drop the pid file."""
+        pid_file = self.exec_root / "containerd" / "containerd.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+            except OSError:
+                return                       # reaped: the next dockerd starts a new containerd
+            if state == "Z":
+                pid_file.unlink(missing_ok=True)
+                return
+            time.sleep(0.1)                  # still dying (or alive: then the next dockerd reuses it)
 
     @staticmethod
     def api_socket(host: SimHost) -> Path:

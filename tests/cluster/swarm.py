@@ -36,16 +36,20 @@ class Swarm:
         self.dead: list[dk.Dockerd] = []
 
     def add(self, name: str) -> dk.Dockerd:
+        """A new host with a dockerd and a host agent, in the Swarm."""
         agent = self.cluster.add_host(name, docker=True, in_use_wait=self.in_use_wait)
-        d = dk.Dockerd(agent.host)
+        return self.join(name, dk.Dockerd(agent.host))
+
+    def join(self, name: str, d: dk.Dockerd) -> dk.Dockerd:
+        """Put a host's running dockerd in the Swarm (the first one inits it)."""
         self.nodes[name] = d
         if len(self.nodes) == 1:
             # A short dispatcher heartbeat: a lost node is noticed in seconds, not the default 15.
-            d.docker("swarm", "init", "--advertise-addr", agent.host.ip, "--dispatcher-heartbeat", "1s")
+            d.docker("swarm", "init", "--advertise-addr", d.host.ip, "--dispatcher-heartbeat", "1s")
         else:
             manager = next(iter(self.nodes.values()))
             token = manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
-            d.docker("swarm", "join", "--advertise-addr", agent.host.ip, "--token", token,
+            d.docker("swarm", "join", "--advertise-addr", d.host.ip, "--token", token,
                      f"{manager.host.ip}:2377")
         self.ids[name] = d.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
         return d
@@ -103,10 +107,11 @@ class Swarm:
 # The service's fsync loop: each line is appended to /data/log with an fsync
 # (dd conv=fsync), then acknowledged in /ack/acked, a bind mount of one
 # directory outside every volume (the simulated hosts share the test's
-# filesystem). A line names its container, so the test sees which task
-# wrote it and when the new task took over.
+# filesystem). A line names its container and how many containers had
+# started before it (a container restarted by its policy counts again), so
+# the test sees which task wrote it and when the new task took over.
 FSYNC_LOOP = (
-    "trap 'exit 0' TERM; H=$(cat /etc/hostname); i=0; "
+    "trap 'exit 0' TERM; echo >> /ack/starts; H=$(cat /etc/hostname).$(wc -l < /ack/starts); i=0; "
     "while :; do i=$((i+1)); "
     "echo \"$H $i\" | dd of=/data/log oflag=append conv=notrunc,fsync 2>/dev/null || exit 1; "
     "echo \"$H $i\" >> /ack/acked; sleep 0.05; done"
@@ -126,7 +131,7 @@ class AckLog:
         return [ln for ln in self.path.read_text().splitlines() if ln.strip()]
 
     def writers(self) -> list[str]:
-        """Container IDs (short hostnames) in the order they first acknowledged."""
+        """Writers (a container's short ID and start count) in the order they first acknowledged."""
         out: list[str] = []
         for ln in self.lines():
             h = ln.split()[0]
