@@ -28,9 +28,11 @@ CONVERGE_S = 120
 class Swarm:
     """Nodes by name; the first is the manager."""
 
-    def __init__(self, cluster: Any, in_use_wait: float | None = None) -> None:
+    def __init__(self, cluster: Any, in_use_wait: float | None = None, dispatcher_heartbeat: str | None = "1s") -> None:
         self.cluster = cluster
         self.in_use_wait = in_use_wait      # the agents' --in-use-wait (None: ferry's default)
+        # A short dispatcher heartbeat: a lost node is noticed in seconds. None: Swarm's default (5 s).
+        self.dispatcher_heartbeat = dispatcher_heartbeat
         self.nodes: dict[str, dk.Dockerd] = {}
         self.ids: dict[str, str] = {}
         self.dead: list[dk.Dockerd] = []
@@ -44,8 +46,8 @@ class Swarm:
         """Put a host's running dockerd in the Swarm (the first one inits it)."""
         self.nodes[name] = d
         if len(self.nodes) == 1:
-            # A short dispatcher heartbeat: a lost node is noticed in seconds, not the default 15.
-            d.docker("swarm", "init", "--advertise-addr", d.host.ip, "--dispatcher-heartbeat", "1s")
+            beat = ["--dispatcher-heartbeat", self.dispatcher_heartbeat] if self.dispatcher_heartbeat else []
+            d.docker("swarm", "init", "--advertise-addr", d.host.ip, *beat)
         else:
             manager = next(iter(self.nodes.values()))
             token = manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
