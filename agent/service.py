@@ -898,7 +898,8 @@ class Agent:
             await trio.sleep(docker_engine.delay_after(step))
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled. Cancelling stops the agent only: mounts keep running."""
+        """Serve until cancelled, or until a managed plugin's agent ends itself (`exit_reason`,
+        agent/hostlink.py). Cancelling stops the agent only: mounts keep running."""
         self._trio_token = trio.lowlevel.current_trio_token()
         if self.marker is not None:
             await trio.to_thread.run_sync(self.marker.establish)
