@@ -23,13 +23,15 @@ that still serve containers alone, and ends itself once nothing of ours
 runs: dockerd restarts an exited managed plugin, and that restart sets the
 shared mount up again.
 
-`MountMarker` is the thin adapter (a mount syscall through mount(8), a
-read of /proc/mounts); `restart_now` is the decision.
+`MountMarker` is the thin adapter (a mount through mount(8), a read of
+/proc/mounts); `restart_now` is the decision.
 """
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+
+from agent.fsd_proc import in_proc_mounts
 
 MARKER = ".ferry-host-link"
 
@@ -54,9 +56,7 @@ class MountMarker:
         self.path = mount_root / MARKER
 
     def mounted(self) -> bool:
-        target = str(self.path.absolute())
-        with open("/proc/mounts") as f:
-            return any(line.split()[1:2] == [target] for line in f)
+        return in_proc_mounts(self.path)
 
     def establish(self) -> None:
         """Mount the marker (blocking; at start, before the plugin socket serves)."""
